@@ -1,0 +1,42 @@
+# Two commands: `make run` starts everything, `make test` proves it works.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PORT ?= 8000
+
+.PHONY: run test lint format schema bench worker api clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "JobQL needs Python 3.11+"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+run: $(STAMP)  ## Valkey (unless REDIS_URL is set), a worker and the API on :$(PORT)
+	$(BIN)/python -m gql.devserver --port $(PORT)
+
+test: $(STAMP) lint  ## lint, type-check, then the tests against real services
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy gql tasks
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+schema: $(STAMP)  ## rewrite schema.graphql from the code
+	$(BIN)/python -m gql.export > schema.graphql
+
+worker: $(STAMP)  ## production worker (needs REDIS_URL)
+	$(BIN)/celery -A tasks.app worker --loglevel=INFO
+
+api: $(STAMP)  ## production API (needs REDIS_URL)
+	$(BIN)/uvicorn gql.app:create_app --factory --host 0.0.0.0 --port $(PORT) --workers 4
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

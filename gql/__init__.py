@@ -1,0 +1,1 @@
+"""JobQL's API: a Strawberry GraphQL schema over Celery, served by FastAPI."""

@@ -1,0 +1,28 @@
+"""What every resolver receives: the services of this process and who is asking."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import strawberry
+from strawberry.fastapi import BaseContext
+
+from gql.health import HealthCheck
+from gql.jobs import JobService
+
+# Until authentication is configured every caller is this owner; records carry it already,
+# so reads, lists and streams are scoped by owner from the start.
+ANONYMOUS = "anonymous"
+
+
+@dataclass
+class Context(BaseContext):
+    jobs: JobService
+    health: HealthCheck
+    owner: str = ANONYMOUS
+
+    def __post_init__(self) -> None:
+        super().__init__()
+
+
+Info = strawberry.Info[Context, None]

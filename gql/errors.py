@@ -1,0 +1,192 @@
+"""One error vocabulary, mapped to ``extensions.code`` at one boundary.
+
+Resolvers raise the small exceptions below. :class:`ErrorCodes` turns every error of an
+operation into a coded one; whatever it does not recognise is logged once with its
+traceback and masked, so no traceback or internal detail reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from enum import StrEnum
+from typing import Any, ClassVar
+
+import kombu.exceptions
+import redis.exceptions
+from graphql import (
+    BREAK,
+    ArgumentNode,
+    ASTValidationRule,
+    DocumentNode,
+    GraphQLError,
+    Node,
+    ObjectFieldNode,
+    Visitor,
+    visit,
+)
+from graphql.validation import ProvidedRequiredArgumentsRule, ValuesOfCorrectTypeRule
+from pydantic import ValidationError
+from strawberry.extensions import MaskErrors, SchemaExtension
+
+logger = logging.getLogger(__name__)
+
+
+class ErrorCode(StrEnum):
+    BAD_USER_INPUT = "BAD_USER_INPUT"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    FORBIDDEN = "FORBIDDEN"
+    NOT_FOUND = "NOT_FOUND"
+    RATE_LIMITED = "RATE_LIMITED"
+    SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
+    INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
+    GRAPHQL_PARSE_FAILED = "GRAPHQL_PARSE_FAILED"
+    GRAPHQL_VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
+
+
+class JobQLError(Exception):
+    code: ClassVar[ErrorCode]
+
+    def __init__(self, message: str, **extensions: Any) -> None:
+        super().__init__(message)
+        self.extensions = {"code": self.code.value, **extensions}
+
+
+class BadUserInput(JobQLError):
+    """Invalid input; ``fields`` lists each offending path in GraphQL's camelCase."""
+
+    code = ErrorCode.BAD_USER_INPUT
+
+    def __init__(self, message: str, fields: Sequence[dict[str, str]]) -> None:
+        super().__init__(message, fields=list(fields))
+
+    @classmethod
+    def field(cls, path: str, message: str) -> BadUserInput:
+        return cls(f"{path}: {message}", [{"path": path, "message": message}])
+
+    @classmethod
+    def from_validation(cls, error: ValidationError, prefix: str) -> BadUserInput:
+        fields = [
+            {"path": ".".join([prefix, *map(str, item["loc"])]), "message": item["msg"]}
+            for item in error.errors(include_url=False)
+        ]
+        summary = "; ".join(f"{f['path']}: {f['message']}" for f in fields)
+        return cls(f"Invalid input: {summary}", fields)
+
+
+class NotFound(JobQLError):
+    code = ErrorCode.NOT_FOUND
+
+
+class ServiceUnavailable(JobQLError):
+    code = ErrorCode.SERVICE_UNAVAILABLE
+
+
+# What a broker or Redis that is down raises, wherever it is called from.
+UNAVAILABLE = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    kombu.exceptions.OperationalError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def classify(error: GraphQLError) -> None:
+    """Give ``error`` its ``extensions.code``; log what nobody expected."""
+    original = error.original_error
+    extensions = dict(error.extensions or {})
+    if isinstance(original, JobQLError):
+        extensions.update(original.extensions)
+    elif isinstance(original, UNAVAILABLE):
+        logger.warning("service unavailable: %s: %s", type(original).__name__, original)
+        error.message = "A backing service (broker or Redis) is unavailable; try again shortly."
+        extensions["code"] = ErrorCode.SERVICE_UNAVAILABLE.value
+    elif original is not None and not isinstance(original, GraphQLError):
+        logger.error("unexpected error in %s", error.path, exc_info=original)
+        extensions["code"] = ErrorCode.INTERNAL_SERVER_ERROR.value
+    elif "code" not in extensions:
+        extensions["code"] = _request_error_code(error.message).value
+        if variable := _VARIABLE_PATH.match(error.message):
+            path = "$" + variable.group(1) + (variable.group(2) or "")
+            extensions["fields"] = [{"path": path, "message": error.message}]
+    error.extensions = extensions
+
+
+def _request_error_code(message: str) -> ErrorCode:
+    if message.startswith("Syntax Error"):
+        return ErrorCode.GRAPHQL_PARSE_FAILED
+    if message.startswith("Variable '$"):
+        return ErrorCode.BAD_USER_INPUT
+    return ErrorCode.GRAPHQL_VALIDATION_FAILED
+
+
+_REQUIRED_FIELD = re.compile(r"required field '(\w+)'|\((\w+):\)' of type")
+_VARIABLE_PATH = re.compile(r"Variable '\$(\w+)' (?:has|got) invalid value(?: at (\S+?))?[:;]")
+
+
+def _value_path(document: DocumentNode, target: Node, message: str) -> str:
+    """``input.userId`` for a value node: the argument and object fields leading to it."""
+    names: list[str] = []
+
+    class Finder(Visitor):
+        def enter(self, node: Node, *args: Any) -> Any:
+            if node is target:
+                ancestors = [*args[3], args[1]]
+                for item in ancestors:
+                    if isinstance(item, ArgumentNode | ObjectFieldNode):
+                        names.append(item.name.value)
+                return BREAK
+            return None
+
+    visit(document, Finder())
+    if missing := _REQUIRED_FIELD.search(message):
+        names.append(missing.group(1) or missing.group(2))
+    return ".".join(names)
+
+
+def _tagged(rule: type[ASTValidationRule]) -> type[ASTValidationRule]:
+    """A validation rule whose errors concern argument values: they are bad user input."""
+
+    class Tagged(rule):  # type: ignore[valid-type,misc]
+        def report_error(self, error: GraphQLError) -> None:
+            extensions: dict[str, Any] = {"code": ErrorCode.BAD_USER_INPUT.value}
+            if error.nodes:
+                path = _value_path(self.context.document, error.nodes[0], error.message)
+                extensions["fields"] = [{"path": path, "message": error.message}]
+            error.extensions = {**(error.extensions or {}), **extensions}
+            super().report_error(error)
+
+    Tagged.__name__ = rule.__name__
+    return Tagged
+
+
+_INPUT_RULES: dict[type[ASTValidationRule], type[ASTValidationRule]] = {
+    rule: _tagged(rule) for rule in (ValuesOfCorrectTypeRule, ProvidedRequiredArgumentsRule)
+}
+
+
+class InputValidationCodes(SchemaExtension):
+    """Wrong-typed or missing arguments are ``BAD_USER_INPUT``, like invalid model input."""
+
+    def on_operation(self) -> Iterator[None]:
+        rules = self.execution_context.validation_rules
+        self.execution_context.validation_rules = tuple(_INPUT_RULES.get(r, r) for r in rules)
+        yield
+
+
+def _unexpected(error: GraphQLError) -> bool:
+    return (error.extensions or {}).get("code") == ErrorCode.INTERNAL_SERVER_ERROR.value
+
+
+class MaskUnexpectedErrors(MaskErrors):
+    """Strawberry's masking, for unexpected errors only, keeping their code."""
+
+    def __init__(self) -> None:
+        super().__init__(should_mask_error=_unexpected, error_message="Internal server error.")
+
+    def anonymise_error(self, error: GraphQLError) -> GraphQLError:
+        masked = super().anonymise_error(error)
+        masked.extensions = {"code": ErrorCode.INTERNAL_SERVER_ERROR.value}
+        return masked

@@ -1,0 +1,81 @@
+"""Celery's producer behind one async facade: its calls block, so they run on a thread pool.
+
+It publishes through the producer-side app (no result backend, so no result subscription
+per message: see ``tasks.app``) and carries the control commands (revoke, ping) too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from tasks.app import create_celery_app
+from tasks.settings import Settings
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """When and where a message goes: Celery's ``apply_async`` options that JobQL exposes."""
+
+    queue: str
+    countdown: float | None = None
+    eta: datetime | None = None
+    expires: datetime | None = None
+    priority: int | None = None
+
+
+class Producer:
+    def __init__(self, settings: Settings) -> None:
+        self.app = create_celery_app(settings, producer=True)
+        self._timeout = settings.connect_timeout
+        self._pool = ThreadPoolExecutor(
+            max_workers=settings.producer_threads, thread_name_prefix="jobql-producer"
+        )
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+
+    async def publish(self, task: str, job_id: str, kwargs: dict[str, Any], to: Delivery) -> None:
+        """Send one task message; raises kombu's ``OperationalError`` if the broker is down."""
+        await self._run(
+            self.app.send_task,
+            task,
+            kwargs=kwargs,
+            task_id=job_id,
+            queue=to.queue,
+            countdown=to.countdown,
+            eta=to.eta,
+            expires=to.expires,
+            priority=to.priority,
+        )
+
+    async def revoke(self, job_id: str, *, terminate: bool) -> None:
+        await self._run(self.app.control.revoke, job_id, terminate=terminate)
+
+    async def ping_broker(self) -> float:
+        """Seconds a fresh broker connection takes to answer."""
+
+        def ping() -> float:
+            started = time.perf_counter()
+            with self.app.connection_for_write() as connection:
+                connection.ensure_connection(max_retries=1, interval_start=0, timeout=self._timeout)
+            return time.perf_counter() - started
+
+        return await self._run(ping)
+
+    async def workers(self) -> list[str]:
+        """Names of the workers that answered a ping within the connect timeout."""
+        replies = await self._run(self.app.control.ping, timeout=self._timeout)
+        return sorted(name for reply in replies or [] for name in reply)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.app.close()

@@ -1,0 +1,184 @@
+"""The schema: the contract's queries and mutations, plus one typed mutation per task."""
+
+# Resolver annotations must stay real objects: typed mutations are built at run time.
+from typing import Annotated, Any
+
+import strawberry
+from strawberry.extensions import ParserCache, ValidationCache
+from strawberry.scalars import JSON
+from strawberry.schema.config import StrawberryConfig
+from strawberry.tools import create_type
+from strawberry.types.field import StrawberryField
+
+from gql.context import Info
+from gql.errors import BadUserInput, InputValidationCodes, MaskUnexpectedErrors, classify
+from gql.inputs import InputTypes, mutation_name, to_data
+from gql.jobs import EnqueueRequest
+from gql.store import PageQuery
+from gql.types import (
+    EnqueueOptions,
+    Health,
+    Job,
+    JobConnection,
+    JobEdge,
+    JobFilter,
+    PageInfo,
+    TaskInfo,
+    decode_cursor,
+    encode_cursor,
+)
+from tasks.registry import TaskRegistry, TaskSpec
+
+
+def _request(options: EnqueueOptions | None) -> EnqueueRequest:
+    if options is None:
+        return EnqueueRequest()
+    return EnqueueRequest(
+        countdown=options.countdown,
+        eta=options.eta,
+        expires=options.expires,
+        priority=options.priority,
+        queue=options.queue,
+        idempotency_key=options.idempotency_key,
+    )
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="A job by id; null when unknown or not yours.")
+    async def job(self, info: Info, id: strawberry.ID) -> Job | None:
+        snapshot = await info.context.jobs.get(str(id), info.context.owner)
+        return Job.from_snapshot(snapshot) if snapshot else None
+
+    @strawberry.field(description="Your jobs, newest first, one Redis round trip per page.")
+    async def jobs(
+        self,
+        info: Info,
+        first: int | None = 20,
+        after: str | None = None,
+        filter: JobFilter | None = None,
+    ) -> JobConnection:
+        jobs = info.context.jobs
+        first = 20 if first is None else first
+        if not 0 <= first <= jobs.settings.max_page_size:
+            raise BadUserInput.field("first", f"must be 0..{jobs.settings.max_page_size}")
+        query = PageQuery(
+            owner=info.context.owner,
+            limit=first + 1,
+            after=decode_cursor(after) if after else None,
+            states=frozenset(filter.states or ()) if filter else frozenset(),
+            task=filter.task if filter else None,
+            created_after=filter.created_after if filter else None,
+            created_before=filter.created_before if filter else None,
+        )
+        snapshots = await jobs.page(query) if first else []
+        edges = [JobEdge(cursor=encode_cursor(s), node=Job.from_snapshot(s)) for s in snapshots]
+        page = edges[:first]
+        return JobConnection(
+            edges=page,
+            page_info=PageInfo(
+                has_next_page=len(edges) > first,
+                has_previous_page=after is not None,
+                start_cursor=page[0].cursor if page else None,
+                end_cursor=page[-1].cursor if page else None,
+            ),
+        )
+
+    @strawberry.field(description="Every task that can be enqueued, with its input's JSON Schema.")
+    def tasks(self, info: Info) -> list[TaskInfo]:
+        jobs = info.context.jobs
+        return [
+            TaskInfo.from_spec(
+                spec, jobs.settings.default_queue, mutation_name(spec.name) if spec.typed else None
+            )
+            for spec in jobs.registry.all()
+        ]
+
+    @strawberry.field(description="Broker, result backend, broadcast and workers, checked now.")
+    async def health(self, info: Info) -> Health:
+        return await info.context.health.report()
+
+
+async def enqueue(
+    info: Info,
+    task: str,
+    input: Annotated[
+        JSON, strawberry.argument(description="The task's input, camelCase keys.")
+    ] = JSON({}),  # noqa: B008
+    options: EnqueueOptions | None = None,
+) -> Job:
+    jobs = info.context.jobs
+    snapshot = await jobs.enqueue(jobs.spec(task), input, _request(options), info.context.owner)
+    return Job.from_snapshot(snapshot)
+
+
+async def cancel_job(info: Info, id: strawberry.ID, terminate: bool | None = False) -> Job:
+    snapshot = await info.context.jobs.cancel(
+        str(id), info.context.owner, terminate=bool(terminate)
+    )
+    return Job.from_snapshot(snapshot)
+
+
+async def retry_job(info: Info, id: strawberry.ID) -> Job:
+    snapshot = await info.context.jobs.retry(str(id), info.context.owner)
+    return Job.from_snapshot(snapshot)
+
+
+def _typed_mutation(spec: TaskSpec, input_types: InputTypes) -> StrawberryField:
+    assert spec.input_model is not None
+    input_type = input_types.for_model(spec.input_model)
+
+    async def resolver(info: Info, input: Any, options: EnqueueOptions | None = None) -> Job:
+        snapshot = await info.context.jobs.enqueue(
+            spec, to_data(input), _request(options), info.context.owner
+        )
+        return Job.from_snapshot(snapshot)
+
+    resolver.__annotations__ = {
+        "info": Info,
+        "input": input_type,
+        "options": EnqueueOptions | None,
+        "return": Job,
+    }
+    resolver.__name__ = mutation_name(spec.name)
+    description = f"Enqueue `{spec.name}`. {spec.description}".strip()
+    return strawberry.mutation(resolver, name=mutation_name(spec.name), description=description)
+
+
+class JobQLSchema(strawberry.Schema):
+    """Every error gets its code here, once, before masking and before it is sent."""
+
+    def process_errors(self, errors: list[Any], execution_context: Any = None) -> None:
+        for error in errors:
+            classify(error)
+
+
+def build_schema(registry: TaskRegistry) -> strawberry.Schema:
+    """The schema for the typed tasks of ``registry`` (import the task modules first)."""
+    input_types = InputTypes()
+    mutation_fields = [
+        strawberry.mutation(enqueue, name="enqueue", description="Enqueue any task by name."),
+        *(_typed_mutation(spec, input_types) for spec in registry.typed),
+        strawberry.mutation(
+            cancel_job,
+            name="cancelJob",
+            description="Revoke a job: a waiting one never runs; a running one stops with "
+            "terminate: true.",
+        ),
+        strawberry.mutation(
+            retry_job, name="retryJob", description="A new job with the same task and input."
+        ),
+    ]
+    mutation = create_type("Mutation", mutation_fields)
+    return JobQLSchema(
+        query=Query,
+        mutation=mutation,
+        config=StrawberryConfig(auto_camel_case=True),
+        # Instances, not classes: each cache lives in its instance and must outlive a request.
+        extensions=[
+            InputValidationCodes,
+            ParserCache(maxsize=1024),  # type: ignore[list-item]
+            ValidationCache(maxsize=1024),  # type: ignore[list-item]
+            MaskUnexpectedErrors(),  # type: ignore[list-item]
+        ],
+    )

@@ -1,0 +1,207 @@
+"""The GraphQL types of the contract (see DESIGN.md), with descriptions for GraphiQL and codegen."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Any, NewType
+
+import strawberry
+from strawberry.scalars import JSON
+
+from gql.errors import BadUserInput
+from tasks.records import JobSnapshot, to_score
+from tasks.records import JobState as JobStateValue
+from tasks.registry import TaskSpec
+
+JobState = strawberry.enum(
+    JobStateValue,
+    name="JobState",
+    description="Where a job is in its life. SUCCESS, FAILURE and REVOKED are final.",
+)
+
+Email = strawberry.scalar(
+    NewType("Email", str),
+    name="Email",
+    description="An email address (RFC 5322 syntax).",
+    serialize=str,
+    parse_value=str,
+)
+
+
+@strawberry.type(description="How far a running job has got.")
+class Progress:
+    current: float = strawberry.field(description="Work done so far, in the task's own units.")
+    total: float | None = strawberry.field(description="Work in all, when the task knows it.")
+    percent: float | None = strawberry.field(description="current / total, 0..100.")
+    message: str | None = strawberry.field(description="What the task is doing now.")
+    data: JSON | None = strawberry.field(description="Anything else the task reported.")
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> Progress:
+        return cls(
+            current=float(value.get("current") or 0),
+            total=value.get("total"),
+            percent=value.get("percent"),
+            message=value.get("message"),
+            data=value.get("data"),
+        )
+
+
+@strawberry.type(description="Why a job failed or was revoked.")
+class JobError:
+    type: str = strawberry.field(description="The exception's type, e.g. ValueError, Revoked.")
+    message: str = strawberry.field(description="The exception's message.")
+
+
+@strawberry.type(description="One background job: a Celery task run with its input.")
+class Job:
+    id: strawberry.ID = strawberry.field(description="The Celery task id.")
+    task: str = strawberry.field(description='Registered task name, e.g. "generate_report".')
+    state: JobState = strawberry.field(description="Current state.")  # type: ignore[valid-type]
+    done: bool = strawberry.field(description="True once SUCCESS, FAILURE or REVOKED.")
+    sequence: int = strawberry.field(description="Grows by one with every change of this job.")
+    progress: Progress | None = strawberry.field(description="Latest progress report.")
+    result: JSON | None = strawberry.field(description="The task's return value, on SUCCESS.")
+    error: JobError | None = strawberry.field(description="Set on FAILURE and REVOKED.")
+    input: JSON | None = strawberry.field(description="The validated input, as camelCase JSON.")
+    retries: int = strawberry.field(description="How many times the task was retried.")
+    queue: str = strawberry.field(description="The queue the job was sent to.")
+    created_at: datetime = strawberry.field(description="When the job was enqueued (UTC).")
+    started_at: datetime | None = strawberry.field(description="When a worker first started it.")
+    finished_at: datetime | None = strawberry.field(description="When it reached a final state.")
+
+    @classmethod
+    def from_snapshot(cls, snapshot: JobSnapshot) -> Job:
+        error = snapshot.error
+        return cls(
+            id=strawberry.ID(snapshot.id),
+            task=snapshot.task,
+            state=snapshot.state,
+            done=snapshot.done,
+            sequence=snapshot.sequence,
+            progress=Progress.from_dict(snapshot.progress) if snapshot.progress else None,
+            result=snapshot.result,
+            error=JobError(type=error["type"], message=error["message"]) if error else None,
+            input=snapshot.input,
+            retries=snapshot.retries,
+            queue=snapshot.queue,
+            created_at=snapshot.created_at,
+            started_at=snapshot.started_at,
+            finished_at=snapshot.finished_at,
+        )
+
+
+@strawberry.type(description="An edge of a job connection.")
+class JobEdge:
+    cursor: str = strawberry.field(description="Pass as `after` to read the jobs after this one.")
+    node: Job
+
+
+@strawberry.type(description="Relay page information.")
+class PageInfo:
+    has_next_page: bool
+    has_previous_page: bool
+    start_cursor: str | None
+    end_cursor: str | None
+
+
+@strawberry.type(description="A page of jobs, newest first (Relay connection).")
+class JobConnection:
+    edges: list[JobEdge]
+    page_info: PageInfo
+
+    @strawberry.field(description="The page's jobs without their edges.")
+    def nodes(self) -> list[Job]:
+        return [edge.node for edge in self.edges]
+
+
+def encode_cursor(snapshot: JobSnapshot) -> str:
+    raw = f"{to_score(snapshot.created_at)}:{snapshot.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        score, _, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
+        return int(score), job_id
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise BadUserInput.field("after", "not a cursor this API gave out") from None
+
+
+@strawberry.type(description="Limits a task runs under.")
+class TaskLimits:
+    soft_time_limit: float | None = strawberry.field(description="Seconds before SoftTimeLimit.")
+    time_limit: float | None = strawberry.field(description="Seconds before the run is killed.")
+    max_retries: int | None
+    rate_limit: str | None = strawberry.field(description='Celery rate limit, e.g. "10/m".')
+
+
+@strawberry.type(description="A task that can be enqueued.")
+class TaskInfo:
+    name: str
+    description: str
+    typed: bool = strawberry.field(description="Whether it has its own typed mutation.")
+    mutation: str | None = strawberry.field(description="Name of that typed mutation.")
+    input_schema: JSON = strawberry.field(description="JSON Schema of `input`.")
+    output_schema: JSON | None = strawberry.field(description="JSON Schema of `result`.")
+    queue: str
+    limits: TaskLimits
+
+    @classmethod
+    def from_spec(cls, spec: TaskSpec, default_queue: str, mutation: str | None) -> TaskInfo:
+        return cls(
+            name=spec.name,
+            description=spec.description,
+            typed=spec.typed,
+            mutation=mutation,
+            input_schema=JSON(spec.input_schema()),
+            output_schema=JSON(output) if (output := spec.output_schema()) else None,
+            queue=spec.queue or default_queue,
+            limits=TaskLimits(
+                soft_time_limit=spec.soft_time_limit,
+                time_limit=spec.time_limit,
+                max_retries=spec.max_retries,
+                rate_limit=spec.rate_limit,
+            ),
+        )
+
+
+@strawberry.type(description="One dependency as this API process sees it now.")
+class ComponentHealth:
+    ok: bool
+    latency_ms: float | None
+    error: str | None
+
+
+@strawberry.type(description="Whether jobs can be enqueued, run, read and watched.")
+class Health:
+    ok: bool = strawberry.field(description="All components answer and a worker is alive.")
+    broker: ComponentHealth
+    result_backend: ComponentHealth = strawberry.field(description="Where job records live.")
+    broadcast: ComponentHealth = strawberry.field(description="Where progress is published.")
+    workers: list[str] = strawberry.field(description="Workers that answered a ping.")
+
+
+@strawberry.input(description="How and when to run a job (Celery's apply_async options).")
+class EnqueueOptions:
+    countdown: float | None = strawberry.field(default=None, description="Seconds to wait first.")
+    eta: datetime | None = strawberry.field(default=None, description="Run no earlier than this.")
+    expires: datetime | None = strawberry.field(
+        default=None, description="Revoke if not started by then."
+    )
+    priority: int | None = strawberry.field(default=None, description="0 (first) to 9.")
+    queue: str | None = strawberry.field(default=None, description="Queue to send it to.")
+    idempotency_key: str | None = strawberry.field(
+        default=None,
+        description="The same key within the retention window returns the same job.",
+    )
+
+
+@strawberry.input(description="Which jobs to list or watch.")
+class JobFilter:
+    states: list[JobState] | None = None  # type: ignore[valid-type]
+    task: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None

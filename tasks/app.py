@@ -1,0 +1,88 @@
+"""The Celery apps: the worker's, and the API's producer-side twin without a result backend.
+
+The producer app matters: with a Redis result backend, every ``apply_async`` in a long-lived
+process subscribes to that task's result channel and nothing ever reads it, until the
+producer blocks for good (Celery issues #3808 and #6963). The API therefore publishes
+through an app whose backend is disabled, and reads state from the job records instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from tasks.registry import TaskRegistry
+from tasks.settings import Settings, get_settings
+
+# Redis "priority steps": 0 is served first, as Celery's Redis transport defines it.
+PRIORITY_STEPS = list(range(10))
+
+
+def celery_config(settings: Settings, *, producer: bool = False) -> dict[str, Any]:
+    """Celery configuration derived from the settings, for real use."""
+    transport_options = {
+        "socket_connect_timeout": settings.connect_timeout,
+        "socket_timeout": settings.socket_timeout,
+        "priority_steps": PRIORITY_STEPS,
+        "sep": ":",
+        "queue_order_strategy": "priority",
+        # A message unacknowledged this long is redelivered: keep it above any ETA we accept.
+        "visibility_timeout": max(3600, int(settings.task_time_limit) * 2),
+    }
+    config: dict[str, Any] = {
+        "broker_url": settings.broker,
+        "result_backend": None if producer else settings.result_backend,
+        "imports": () if producer else settings.task_modules,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "event_serializer": "json",
+        "timezone": "UTC",
+        "enable_utc": True,
+        "task_track_started": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_soft_time_limit": settings.task_soft_time_limit,
+        "task_time_limit": settings.task_time_limit,
+        "result_expires": settings.job_retention_seconds,
+        "result_extended": True,
+        "task_default_queue": settings.default_queue,
+        "worker_prefetch_multiplier": 1,
+        "worker_send_task_events": True,
+        "worker_hijack_root_logger": False,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": settings.connect_timeout,
+        "broker_transport_options": transport_options,
+        "result_backend_transport_options": {"retry_policy": {"max_retries": 2}},
+        "redis_socket_connect_timeout": settings.connect_timeout,
+        "redis_socket_timeout": settings.socket_timeout,
+        # A broker that is down must be reported at once, not after Celery's patient default.
+        "task_publish_retry_policy": {
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.2,
+        },
+    }
+    return config
+
+
+def create_celery_app(settings: Settings | None = None, *, producer: bool = False) -> Celery:
+    """Build an app whose configuration is read when first used, not at import."""
+    app = Celery(
+        "jobql-producer" if producer else "jobql",
+        task_cls="tasks.base:JobTask",
+        set_as_current=not producer,
+    )
+    app.add_defaults(lambda: celery_config(settings or get_settings(), producer=producer))
+    return app
+
+
+# The worker's entry point: ``celery -A tasks.app worker``.
+celery_app = create_celery_app()
+
+# Declares typed tasks on the worker's app: ``@job()`` above a function.
+registry = TaskRegistry(celery_app)
+job = registry.job

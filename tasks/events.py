@@ -1,0 +1,189 @@
+"""The worker's side of job records: every state change updates the snapshot and publishes it.
+
+Celery signals report retries, results, failures and revocations; :class:`tasks.base.JobTask`
+reports starts and progress. Each change is one call of the update script, so the sequence
+grows by one per change and the event equals the snapshot it announces.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from typing import Any
+
+import redis
+from celery import Task
+from celery.signals import task_failure, task_retry, task_revoked, task_success
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from tasks import records
+from tasks.records import JobState
+from tasks.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+_client_lock = threading.Lock()
+_client: tuple[int, redis.Redis, Any, Any] | None = None
+
+
+def _scripts() -> tuple[redis.Redis, Any, Any]:
+    """One client per process: a forked pool child must not share its parent's sockets."""
+    global _client
+    with _client_lock:
+        if _client is None or _client[0] != os.getpid():
+            settings = get_settings()
+            client = redis.Redis.from_url(
+                settings.redis,
+                decode_responses=True,
+                socket_connect_timeout=settings.connect_timeout,
+                socket_timeout=settings.socket_timeout,
+                retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=5),
+            )
+            _client = (
+                os.getpid(),
+                client,
+                client.register_script(records.CREATE_SCRIPT),
+                client.register_script(records.UPDATE_SCRIPT),
+            )
+        return _client[1], _client[2], _client[3]
+
+
+def transition(
+    job_id: str,
+    state: JobState,
+    fields: dict[str, str] | None = None,
+    *,
+    allowed_from: frozenset[JobState] = frozenset(),
+) -> str:
+    """Move a job to ``state``; returns 'ok', 'missing' or the state that refused the move."""
+    _, _, update = _scripts()
+    settings = get_settings()
+    return str(
+        update(
+            keys=[records.job_key(job_id)],
+            args=[
+                settings.job_retention_seconds,
+                state.value,
+                records.now().isoformat(),
+                records.job_channel(job_id),
+                records.OWNER_CHANNEL_PREFIX,
+                ",".join(sorted(allowed_from)),
+                *records.flatten(fields or {}),
+            ],
+        )
+    )
+
+
+def adopt(task: Task, job_id: str, kwargs: dict[str, Any]) -> None:
+    """Create the record of a job that was sent with plain Celery rather than through the API."""
+    _, create, _ = _scripts()
+    settings = get_settings()
+    created = records.now()
+    delivery = task.request.delivery_info or {}
+    fields = records.new_record(
+        job_id=job_id,
+        task=task.name,
+        owner="anonymous",
+        queue=delivery.get("routing_key") or settings.default_queue,
+        input_json=kwargs,
+        created_at=created,
+    )
+    create(
+        keys=[records.job_key(job_id), records.index_key("anonymous"), ""],
+        args=[
+            settings.job_retention_seconds,
+            records.to_score(created),
+            job_id,
+            records.JOB_KEY_PREFIX,
+            *records.flatten(fields),
+        ],
+    )
+
+
+def progress_fields(meta: Any) -> dict[str, str]:
+    """Map Celery's free-form ``meta`` (``{'current': 3, 'total': 10, ...}``) to Progress."""
+    meta = dict(meta) if isinstance(meta, dict) else {"data": meta}
+    current = _number(meta.pop("current", None)) or 0.0
+    total = _number(meta.pop("total", None))
+    percent = _number(meta.pop("percent", None))
+    if percent is None and total:
+        percent = round(100.0 * current / total, 4)
+    message = meta.pop("message", None) or meta.pop("status", None)
+    data = meta.pop("data", None)
+    if meta:
+        data = {**meta, **data} if isinstance(data, dict) else {**meta, "data": data}
+    progress = {"current": current, "total": total, "percent": percent, "message": message}
+    if data is not None:
+        progress["data"] = data
+    return {"progress": records.dumps(progress)}
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _error_json(kind: str, message: str) -> str:
+    return records.dumps({"type": kind, "message": message})
+
+
+def _is_job_task(task: Any) -> bool:
+    from tasks.base import JobTask
+
+    return isinstance(task, JobTask)
+
+
+def _safely(job_id: str | None, state: JobState, fields: dict[str, str]) -> None:
+    """Signals must not break the worker: a lost Redis is logged, the task still completes."""
+    if not job_id:
+        return
+    try:
+        transition(job_id, state, fields)
+    except redis.RedisError:
+        logger.exception("could not record %s for job %s", state, job_id)
+
+
+@task_success.connect
+def _on_success(sender: Any = None, result: Any = None, **_: Any) -> None:
+    if _is_job_task(sender):
+        payload = json.dumps(result, default=str, separators=(",", ":"))
+        _safely(sender.request.id, JobState.SUCCESS, {"result": payload, "error": ""})
+
+
+@task_failure.connect
+def _on_failure(
+    sender: Any = None, task_id: str | None = None, exception: BaseException | None = None, **_: Any
+) -> None:
+    if _is_job_task(sender):
+        kind = type(exception).__name__ if exception else "Error"
+        _safely(task_id, JobState.FAILURE, {"error": _error_json(kind, str(exception))})
+
+
+@task_retry.connect
+def _on_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
+    if _is_job_task(sender) and request is not None:
+        retries = str((request.retries or 0) + 1)
+        _safely(request.id, JobState.RETRY, {"retries": retries})
+
+
+@task_revoked.connect
+def _on_revoked(
+    sender: Any = None,
+    request: Any = None,
+    terminated: bool = False,
+    expired: bool = False,
+    **_: Any,
+) -> None:
+    if _is_job_task(sender) and request is not None:
+        if expired:
+            error = _error_json("Expired", "the job expired before a worker could start it")
+        elif terminated:
+            error = _error_json("Terminated", "the job was cancelled and terminated while running")
+        else:
+            error = _error_json("Revoked", "the job was cancelled")
+        _safely(request.id, JobState.REVOKED, {"error": error})

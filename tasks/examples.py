@@ -1,0 +1,127 @@
+"""The reference guide's example tasks, declared the JobQL way.
+
+Each body is plain code: it reads a validated model, reports progress through ``job`` and
+returns a model. Celery handles delivery and retries; JobQL types, records and broadcasts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from email.message import EmailMessage
+
+from pydantic import Field, JsonValue
+
+from tasks.app import job
+from tasks.models import Email, JobModel
+from tasks.progress import JobContext
+from tasks.settings import get_settings
+
+
+class ProcessDataInput(JobModel):
+    data: JsonValue = Field(description="Any JSON value to process.")
+    delay: float = Field(default=1.0, ge=0, le=60, description="Seconds the work takes.")
+
+
+class ProcessDataOutput(JobModel):
+    processed: JsonValue
+    status: str
+
+
+@job()
+def process_data(input: ProcessDataInput) -> ProcessDataOutput:
+    """Process a JSON payload (the guide's synchronous task)."""
+    time.sleep(input.delay)
+    return ProcessDataOutput(processed=input.data, status="complete")
+
+
+class ProcessDataAsyncOutput(JobModel):
+    processed: JsonValue
+    is_async: bool = Field(alias="async")
+    coroutine: str = Field(description="The asyncio task the body ran in.")
+
+
+@job()
+async def process_data_async(input: ProcessDataInput, job: JobContext) -> ProcessDataAsyncOutput:
+    """Process a JSON payload in an ``async def`` body, awaited on the worker's event loop."""
+    await job.aprogress(0, 1, "started")
+    await asyncio.sleep(input.delay)
+    await job.aprogress(1, 1, "done")
+    running = asyncio.current_task()
+    return ProcessDataAsyncOutput(
+        processed=input.data,
+        is_async=True,
+        coroutine=running.get_name() if running else "",
+    )
+
+
+class GenerateReportInput(JobModel):
+    user_id: int = Field(description="Whose report to build.")
+    steps: int = Field(default=100, ge=1, le=10_000, description="How many steps it takes.")
+    step_delay: float = Field(default=0.1, ge=0, le=10, description="Seconds per step.")
+
+
+class GenerateReportOutput(JobModel):
+    user_id: int
+    report_url: str
+
+
+@job()
+def generate_report(input: GenerateReportInput, job: JobContext) -> GenerateReportOutput:
+    """Build a user's report, reporting progress after every step."""
+    for step in range(1, input.steps + 1):
+        time.sleep(input.step_delay)
+        job.progress(step, input.steps, f"step {step} of {input.steps}")
+    return GenerateReportOutput(user_id=input.user_id, report_url=f"/reports/{input.user_id}.pdf")
+
+
+class TransientEmailError(Exception):
+    """The mail server said "try again later"."""
+
+
+class PermanentEmailError(Exception):
+    """The mail can never be delivered; retrying would not help."""
+
+
+class SendEmailInput(JobModel):
+    to: Email
+    subject: str = Field(min_length=1, max_length=998)
+    body: str = Field(max_length=1_000_000)
+    simulate_transient_failures: int = Field(
+        default=0,
+        ge=0,
+        le=5,
+        description="Fail this many attempts with a transient error first, to show retries.",
+    )
+
+
+class SendEmailOutput(JobModel):
+    message_id: str
+    to: str
+    attempts: int
+
+
+@job(
+    autoretry_for=(TransientEmailError,),
+    retry_backoff=1,
+    retry_backoff_max=60,
+    retry_jitter=True,
+    max_retries=5,
+)
+def send_email(input: SendEmailInput, job: JobContext) -> SendEmailOutput:
+    """Send an email into the outbox folder; transient errors retry with backoff and jitter.
+
+    A recipient at the reserved ``.invalid`` domain fails permanently, without retrying.
+    """
+    if input.to.lower().endswith(".invalid"):
+        raise PermanentEmailError(f"no mail server accepts mail for {input.to}")
+    if job.retries < input.simulate_transient_failures:
+        raise TransientEmailError(f"mail server busy (attempt {job.retries + 1})")
+    message = EmailMessage()
+    message["To"], message["Subject"] = input.to, input.subject
+    message["Message-ID"] = f"<{job.id}@jobql.local>"
+    message.set_content(input.body)
+    outbox = get_settings().outbox
+    outbox.mkdir(parents=True, exist_ok=True)
+    (outbox / f"{job.id}.eml").write_bytes(bytes(message))
+    return SendEmailOutput(message_id=message["Message-ID"], to=input.to, attempts=job.retries + 1)

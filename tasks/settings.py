@@ -1,0 +1,95 @@
+"""The one settings object: read from the environment (prefix ``JOBQL_``), validated at start-up.
+
+The API and the worker both build their configuration from it, so a broker URL is never
+written twice. It lives in ``tasks`` because the worker needs it and ``gql`` depends on
+``tasks``, never the other way. Nothing else in the project reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class Settings(BaseSettings):
+    """Everything JobQL can be told; see ``.env.example`` for each one."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="JOBQL_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    env: Environment = Environment.DEVELOPMENT
+    # ``REDIS_URL`` without the prefix is honoured too: it is what hosting platforms set.
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("JOBQL_REDIS_URL", "REDIS_URL")
+    )
+    broker_url: str | None = None
+    result_backend_url: str | None = None
+    broadcast_url: str | None = None
+
+    task_modules: tuple[str, ...] = ("tasks.examples",)
+    default_queue: str = "jobql"
+    extra_queues: tuple[str, ...] = ()
+
+    job_retention_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    task_soft_time_limit: float = Field(default=300.0, gt=0)
+    task_time_limit: float = Field(default=360.0, gt=0)
+
+    connect_timeout: float = Field(default=1.0, gt=0)
+    socket_timeout: float = Field(default=3.0, gt=0)
+    producer_threads: int = Field(default=8, ge=1, le=256)
+    max_page_size: int = Field(default=100, ge=1, le=1000)
+    graphiql: bool = True
+
+    data_dir: Path = Path("var")
+    outbox_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        if self.env is Environment.PRODUCTION and not self.redis_url:
+            raise ValueError("JOBQL_REDIS_URL (or REDIS_URL) must be set in production")
+        if self.task_soft_time_limit >= self.task_time_limit:
+            raise ValueError("JOBQL_TASK_SOFT_TIME_LIMIT must be below JOBQL_TASK_TIME_LIMIT")
+        return self
+
+    @property
+    def redis(self) -> str:
+        """Where job records live; the embedded server sets ``JOBQL_REDIS_URL`` before we start."""
+        if not self.redis_url:
+            raise RuntimeError("no Redis configured: set REDIS_URL or start through `make run`")
+        return self.redis_url
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or self.redis
+
+    @property
+    def result_backend(self) -> str:
+        return self.result_backend_url or self.redis
+
+    @property
+    def broadcast(self) -> str:
+        return self.broadcast_url or self.redis
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        return (self.default_queue, *(q for q in self.extra_queues if q != self.default_queue))
+
+    @property
+    def outbox(self) -> Path:
+        return self.outbox_dir or self.data_dir / "outbox"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
