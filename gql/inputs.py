@@ -86,13 +86,15 @@ class InputTypes:
 
 
 def to_data(value: Any) -> Any:
-    """A Strawberry input object back to plain data keyed by Python field names."""
-    if hasattr(value, "__strawberry_definition__"):
-        return {
-            name: to_data(item)
-            for name, item in vars(value).items()
-            if item is not strawberry.UNSET
-        }
+    """A Strawberry input object back to plain data keyed by its GraphQL (alias) names,
+    so that Pydantic reports an invalid field by the name the client used."""
+    definition = getattr(value, "__strawberry_definition__", None)
+    if definition is not None:
+        items = (
+            (f.graphql_name or f.python_name, getattr(value, f.python_name))
+            for f in definition.fields
+        )
+        return {name: to_data(item) for name, item in items if item is not strawberry.UNSET}
     if isinstance(value, list):
         return [to_data(item) for item in value]
     return value

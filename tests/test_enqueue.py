@@ -131,7 +131,10 @@ def test_send_email_retries_a_transient_error_then_succeeds(api: GraphQL, outbox
 
 def test_send_email_to_the_invalid_domain_fails_without_retrying(api: GraphQL) -> None:
     job = _typed(
-        api, "sendEmail", "SendEmailInput", {"to": "eve@nowhere.invalid", "subject": "s", "body": "b"}
+        api,
+        "sendEmail",
+        "SendEmailInput",
+        {"to": "eve@nowhere.invalid", "subject": "s", "body": "b"},
     )
 
     done = api.wait_done(str(job["id"]))

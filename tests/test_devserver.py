@@ -1,0 +1,73 @@
+"""`make run` as a new user meets it: everything starts, a job runs, one Ctrl-C stops all."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gql.devserver import free_port, wait_for_port
+from tests.conftest import ROOT, GraphQL
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _group_members(pgid: int) -> list[int]:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,pgid="], capture_output=True, text=True).stdout
+    return [int(p) for p, g in (line.split() for line in out.splitlines()) if int(g) == pgid]
+
+
+def test_run_starts_everything_and_one_ctrl_c_stops_it(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBQL_") and k != "REDIS_URL"}
+    env.update(PYTHONPATH=str(ROOT), JOBQL_DATA_DIR=str(tmp_path))
+    port = free_port()
+    with (tmp_path / "run.log").open("wb") as log:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "gql.devserver", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, like a terminal's foreground job
+        )
+    try:
+        wait_for_port(port, 60, run)
+        api = GraphQL(f"http://127.0.0.1:{port}")
+        job = api.data('mutation { processData(input: {data: "hi", delay: 0}) { id } }')
+        done = api.wait_done(job["processData"]["id"], timeout=60)
+        assert done["state"] == "SUCCESS"
+        assert (tmp_path / "valkey").is_dir(), "the embedded Valkey keeps its data in the data dir"
+        api.http.close()
+        members = _group_members(run.pid)
+        assert len(members) >= 3, "the runner, a worker and the API share the process group"
+
+        os.killpg(run.pid, signal.SIGINT)  # what one Ctrl-C in the terminal sends
+
+        assert run.wait(timeout=60) == 0, (tmp_path / "run.log").read_text()[-3000:]
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in members) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in members if _alive(pid)], "something outlived Ctrl-C"
+        assert not _valkey_running(tmp_path / "run.log"), "the embedded Valkey outlived Ctrl-C"
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+
+
+def _valkey_running(run_log: Path) -> bool:
+    found = re.search(r"embedded Valkey on redis://([\d.]+:\d+)", run_log.read_text())
+    assert found, "the runner says where its Valkey listens"
+    out = subprocess.run(["ps", "-e", "-o", "args="], capture_output=True, text=True).stdout
+    return any(
+        line.startswith("valkey-server") and found.group(1) in line for line in out.splitlines()
+    )
