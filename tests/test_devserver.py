@@ -68,6 +68,4 @@ def _valkey_running(run_log: Path) -> bool:
     found = re.search(r"embedded Valkey on redis://([\d.]+:\d+)", run_log.read_text())
     assert found, "the runner says where its Valkey listens"
     out = subprocess.run(["ps", "-e", "-o", "args="], capture_output=True, text=True).stdout
-    return any(
-        line.startswith("valkey-server") and found.group(1) in line for line in out.splitlines()
-    )
+    return any("valkey-server" in line and found.group(1) in line for line in out.splitlines())
