@@ -15,7 +15,7 @@ from typing import Any
 
 import strawberry
 from pydantic import BaseModel
-from pydantic.alias_generators import to_camel, to_pascal
+from pydantic.alias_generators import to_camel
 from pydantic.fields import FieldInfo
 from strawberry.scalars import JSON
 
