@@ -4,9 +4,10 @@ With Celery's Redis result backend, every ``apply_async`` in a long-lived produc
 to that task's result channel; nothing reads them and the producer blocks for good after
 ~138,000 enqueues (Celery #3808, #6963). JobQL publishes through a producer-side app without
 a result backend. This script proves it end to end: an embedded Valkey, one uvicorn API
-process, no worker (messages pile up in the queue), and N typed mutations over HTTP from an
-asyncio client in this process. It prints throughput per slice (a stall shows as a slice
-that never ends), the API's subscriptions on Redis at the end (must be 0), and its RSS.
+process, no worker (messages pile up in the queue), and N typed mutations over HTTP from a
+lean asyncio client (``bench/httpload.py``) in this process. It prints throughput per slice
+(a stall shows as a slice that never ends), the API's subscriptions on Redis at the end
+(must be 0), and its RSS.
 
     .venv/bin/python bench/enqueue_flood.py --jobs 200000
 """
@@ -14,7 +15,6 @@ that never ends), the API's subscriptions on Redis at the end (must be 0), and i
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import subprocess
@@ -22,13 +22,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-import httpx
 import redis
+import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import httpload  # noqa: E402
 from gql.devserver import EmbeddedValkey, api_command, free_port, stop_all, wait_for_port  # noqa: E402
 
 MUTATION = "mutation($i: ProcessDataInput!) { processData(input: $i) { id } }"
@@ -41,37 +43,46 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-async def flood(url: str, jobs: int, concurrency: int, slice_size: int, deadline: float) -> dict:
-    sent = completed = 0
-    errors = 0
+def flood(port: int, jobs: int, concurrency: int, deadline: float) -> dict[str, Any]:
+    slice_size = max(1, jobs // 20)
     slices: list[float] = []
-    started = slice_started = time.perf_counter()
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    mark = [time.perf_counter()]
 
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+    def progress(done: int) -> None:
+        if done % slice_size == 0:
+            now = time.perf_counter()
+            slices.append(round(slice_size / (now - mark[0])))
+            mark[0] = now
+            print(f"  {done:>7} enqueued, {slices[-1]:6d} req/s", flush=True)
 
-        async def one(i: int) -> None:
-            nonlocal errors
-            body = {"query": MUTATION, "variables": {"i": {"data": i, "delay": 0}}}
-            response = await client.post("/graphql", json=body)
-            if response.status_code != 200 or "errors" in response.json():
-                errors += 1
+    def request(n: int) -> bytes:
+        body = {"query": MUTATION, "variables": {"i": {"data": n, "delay": 0}}}
+        return httpload.post_request("127.0.0.1", port, "/graphql", body)
 
-        async def lane() -> None:
-            nonlocal sent, completed, slice_started
-            while sent < jobs and time.monotonic() < deadline:
-                sent += 1
-                await one(sent)
-                completed += 1
-                if completed % slice_size == 0:
-                    now = time.perf_counter()
-                    slices.append(slice_size / (now - slice_started))
-                    slice_started = now
-                    print(f"  {completed:>7} enqueued, {slices[-1]:7.0f} req/s", flush=True)
-
-        await asyncio.gather(*(lane() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    return {"sent": completed, "errors": errors, "seconds": elapsed, "slices_per_s": slices}
+    result = uvloop.run(
+        httpload.run(
+            "127.0.0.1",
+            port,
+            request,
+            total=jobs,
+            concurrency=concurrency,
+            ok=lambda status, body: status == 200 and b'"errors"' not in body,
+            on_progress=progress,
+            deadline=deadline,
+        )
+    )
+    latencies = sorted(result.latencies)
+    return {
+        "completed": result.completed,
+        "failed": result.failed,
+        "first_failure": result.first_failure,
+        "seconds": round(result.seconds, 1),
+        "mean_per_s": round(result.per_second),
+        "slices_per_s": slices,
+        "p50_ms": round(latencies[len(latencies) // 2] * 1000, 2),
+        "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2),
+        "max_ms": round(latencies[-1] * 1000, 2),
+    }
 
 
 def main() -> None:
@@ -88,16 +99,17 @@ def main() -> None:
     port = free_port()
     with (data / "api.log").open("wb") as log:
         api = subprocess.Popen(
-            api_command("127.0.0.1", port), env=env, cwd=ROOT, stdout=log, stderr=log
+            [*api_command("127.0.0.1", port), "--no-access-log"],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
         )
     try:
         wait_for_port(port, 30, api)
         rss_before = rss_kib(api.pid)
         deadline = time.monotonic() + args.max_seconds
-        slice_size = max(1, args.jobs // 10)
-        result = asyncio.run(
-            flood(f"http://127.0.0.1:{port}", args.jobs, args.concurrency, slice_size, deadline)
-        )
+        result = flood(port, args.jobs, args.concurrency, deadline)
         client = redis.Redis.from_url(valkey.url, decode_responses=True)
         subscribed = [
             c for c in client.client_list() if int(c.get("sub", 0)) or int(c.get("psub", 0))
@@ -113,7 +125,6 @@ def main() -> None:
     finally:
         stop_all([api])
         valkey.stop()
-    result["mean_per_s"] = result["sent"] / result["seconds"]
     print(json.dumps(result, indent=2))
 
 

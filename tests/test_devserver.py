@@ -27,9 +27,7 @@ def _group_members(pgid: int) -> list[int]:
     return [int(p) for p, g in (line.split() for line in out.splitlines()) if int(g) == pgid]
 
 
-def test_run_starts_everything_and_one_ctrl_c_stops_it(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBQL_") and k != "REDIS_URL"}
-    env.update(PYTHONPATH=str(ROOT), JOBQL_DATA_DIR=str(tmp_path))
+def _start(env: dict[str, str], tmp_path: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     with (tmp_path / "run.log").open("wb") as log:
         run = subprocess.Popen(
@@ -40,6 +38,37 @@ def test_run_starts_everything_and_one_ctrl_c_stops_it(tmp_path: Path) -> None:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, like a terminal's foreground job
         )
+    return run, port
+
+
+def _clean_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBQL_") and k != "REDIS_URL"}
+    env.update(PYTHONPATH=str(ROOT), JOBQL_DATA_DIR=str(tmp_path))
+    return env
+
+
+def test_run_uses_redis_url_when_it_is_set(tmp_path: Path, valkey: object) -> None:
+    env = _clean_env(tmp_path)
+    env["REDIS_URL"] = valkey.url  # type: ignore[attr-defined]
+    run, port = _start(env, tmp_path)
+    try:
+        wait_for_port(port, 60, run)
+        api = GraphQL(f"http://127.0.0.1:{port}")
+        job = api.data("mutation { processData(input: {data: 2, delay: 0}) { id } }")
+        assert api.wait_done(job["processData"]["id"], timeout=60)["state"] == "SUCCESS"
+        api.http.close()
+        os.killpg(run.pid, signal.SIGTERM)
+        assert run.wait(timeout=60) == 0
+        assert "embedded Valkey" not in (tmp_path / "run.log").read_text()
+        assert not (tmp_path / "valkey").exists()
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+
+
+def test_run_starts_everything_and_one_ctrl_c_stops_it(tmp_path: Path) -> None:
+    env = _clean_env(tmp_path)
+    run, port = _start(env, tmp_path)
     try:
         wait_for_port(port, 60, run)
         api = GraphQL(f"http://127.0.0.1:{port}")
