@@ -9,9 +9,11 @@ through an app whose backend is disabled, and reads state from the job records i
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlparse
 
 from celery import Celery
 
+from tasks.broker import TRANSPORT
 from tasks.registry import TaskRegistry
 from tasks.settings import Settings, get_settings
 
@@ -32,6 +34,8 @@ def celery_config(settings: Settings, *, producer: bool = False) -> dict[str, An
     }
     config: dict[str, Any] = {
         "broker_url": settings.broker,
+        # Our patched Redis transport (see tasks.broker) when the broker is Redis.
+        "broker_transport": TRANSPORT if urlparse(settings.broker).scheme == "redis" else None,
         "result_backend": None if producer else settings.result_backend,
         "imports": () if producer else settings.task_modules,
         "task_serializer": "json",
@@ -55,7 +59,6 @@ def celery_config(settings: Settings, *, producer: bool = False) -> dict[str, An
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": settings.connect_timeout,
         "broker_transport_options": transport_options,
-        "result_backend_transport_options": {"retry_policy": {"max_retries": 2}},
         "redis_socket_connect_timeout": settings.connect_timeout,
         "redis_socket_timeout": settings.socket_timeout,
         # A broker that is down must be reported at once, not after Celery's patient default.
