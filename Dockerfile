@@ -9,4 +9,4 @@ RUN pip install --no-cache-dir . "flower>=2,<3"
 USER jobql
 ENV JOBQL_DATA_DIR=/tmp/jobql
 EXPOSE 8000
-CMD ["uvicorn", "gql.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", "--workers", "4"]
+CMD ["uvicorn", "gql.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", "--workers", "4", "--http", "gql.sockets:BoundedHttpToolsProtocol"]

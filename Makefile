@@ -36,7 +36,8 @@ worker: $(STAMP)  ## production worker (needs REDIS_URL)
 	$(BIN)/celery -A tasks.app worker --loglevel=INFO
 
 api: $(STAMP)  ## production API (needs REDIS_URL)
-	$(BIN)/uvicorn gql.app:create_app --factory --host 0.0.0.0 --port $(PORT) --workers 4
+	$(BIN)/uvicorn gql.app:create_app --factory --host 0.0.0.0 --port $(PORT) --workers 4 \
+		--http gql.sockets:BoundedHttpToolsProtocol
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse
-from strawberry.fastapi import GraphQLRouter
+from starlette.requests import HTTPConnection
 
+from gql.broadcast import JobBroadcast, RedisPubSubBackend
 from gql.context import Context
 from gql.health import HealthCheck
 from gql.jobs import JobService
 from gql.producer import Producer
 from gql.schema import build_schema
 from gql.store import JobStore, connect
+from gql.transports import SUBSCRIPTION_PROTOCOLS, JobQLRouter
 from tasks.app import registry
 from tasks.settings import Settings, get_settings
 
@@ -37,32 +41,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         records = connect(settings.redis, settings)
-        broadcast = (
-            records
-            if settings.broadcast == settings.redis
-            else connect(settings.broadcast, settings)
-        )
+        backend = RedisPubSubBackend(settings.broadcast, connect_timeout=settings.connect_timeout)
+        broadcast = JobBroadcast(backend, queue_limit=settings.subscriber_queue_limit)
+        await broadcast.connect()
         producer = Producer(settings)
         app.state.jobs = JobService(settings, JobStore(records, settings), producer, registry)
-        app.state.health = HealthCheck(records, broadcast, producer, settings.connect_timeout)
+        app.state.health = HealthCheck(records, backend, producer, settings.connect_timeout)
+        app.state.broadcast = broadcast
         logger.info("JobQL API ready; GraphQL at /graphql")
         try:
             yield
         finally:
             producer.close()
+            await broadcast.disconnect()
             await records.aclose()
-            if broadcast is not records:
-                await broadcast.aclose()
 
-    async def context(request: Request) -> Context:
-        state = request.app.state
-        return Context(jobs=state.jobs, health=state.health)
+    async def context(connection: HTTPConnection) -> Context:
+        state = connection.app.state
+        return Context(jobs=state.jobs, health=state.health, broadcast=state.broadcast)
 
     app = FastAPI(title="JobQL", lifespan=lifespan)
-    graphql: GraphQLRouter[Context, None] = GraphQLRouter(
+    graphql = JobQLRouter(
         build_schema(registry),
         graphql_ide="graphiql" if settings.graphiql else None,
         context_getter=context,
+        subscription_protocols=SUBSCRIPTION_PROTOCOLS,
+        keep_alive=True,
+        keep_alive_interval=settings.keep_alive_interval,
+        connection_init_wait_timeout=timedelta(seconds=settings.connection_init_timeout),
     )
     app.include_router(graphql, prefix="/graphql")
 
@@ -80,5 +86,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Jobs can be accepted now: Redis and the broker answer."""
         ok = await request.app.state.health.ready()
         return JSONResponse({"status": "ok" if ok else "unavailable"}, 200 if ok else 503)
+
+    @app.get("/health/stats")
+    async def stats(request: Request) -> dict[str, int]:
+        """Live subscriptions and what they hold: channels, queued events, asyncio tasks."""
+        return {**request.app.state.broadcast.stats(), "tasks": len(asyncio.all_tasks())}
 
     return app

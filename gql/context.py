@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import strawberry
 from strawberry.fastapi import BaseContext
 
+from gql.broadcast import JobBroadcast
 from gql.health import HealthCheck
 from gql.jobs import JobService
 
@@ -19,6 +20,7 @@ ANONYMOUS = "anonymous"
 class Context(BaseContext):
     jobs: JobService
     health: HealthCheck
+    broadcast: JobBroadcast
     owner: str = ANONYMOUS
 
     def __post_init__(self) -> None:

@@ -107,6 +107,7 @@ def api_command(host: str, port: int, workers: int = 1) -> list[str]:
     return [
         sys.executable, "-m", "uvicorn", "gql.app:create_app", "--factory",
         "--host", host, "--port", str(port), "--workers", str(workers),
+        "--http", "gql.sockets:BoundedHttpToolsProtocol",
     ]  # fmt: skip
 
 

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 
+from gql.broadcast import RedisPubSubBackend
 from gql.producer import Producer
 from gql.types import ComponentHealth, Health
 
@@ -25,7 +26,7 @@ class HealthCheck:
     def __init__(
         self,
         records: aioredis.Redis,
-        broadcast: aioredis.Redis,
+        broadcast: RedisPubSubBackend,
         producer: Producer,
         timeout: float,
     ) -> None:
@@ -45,7 +46,7 @@ class HealthCheck:
     async def report(self) -> Health:
         records, broadcast, broker, workers = await asyncio.gather(
             _probe(self._records.ping, self._timeout),
-            _probe(self._broadcast.ping, self._timeout),
+            _probe(self._broadcast_alive, self._timeout),
             _probe(self._producer.ping_broker, self._timeout * 2),
             self._workers(),
         )
@@ -56,6 +57,12 @@ class HealthCheck:
             broadcast=broadcast,
             workers=workers,
         )
+
+    async def _broadcast_alive(self) -> None:
+        """Published events reach this process only while its pub/sub connection is up."""
+        if not self._broadcast.connected.is_set():
+            raise ConnectionError("the pub/sub connection is down")
+        await self._broadcast.ping()
 
     async def _workers(self) -> list[str]:
         try:

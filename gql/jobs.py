@@ -135,6 +135,9 @@ class JobService:
         snapshot = await self.store.get(job_id)
         return snapshot if snapshot is not None and snapshot.owner == owner else None
 
+    async def get_many(self, job_ids: list[str], owner: str) -> list[JobSnapshot]:
+        return [s for s in await self.store.get_many(job_ids) if s.owner == owner]
+
     async def require(self, job_id: str, owner: str) -> JobSnapshot:
         snapshot = await self.get(job_id, owner)
         if snapshot is None:

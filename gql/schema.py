@@ -15,6 +15,7 @@ from gql.errors import BadUserInput, InputValidationCodes, MaskUnexpectedErrors,
 from gql.inputs import InputTypes, mutation_name, to_data
 from gql.jobs import EnqueueRequest
 from gql.store import PageQuery
+from gql.subscriptions import Subscription
 from gql.types import (
     EnqueueOptions,
     Health,
@@ -173,6 +174,7 @@ def build_schema(registry: TaskRegistry) -> strawberry.Schema:
     return JobQLSchema(
         query=Query,
         mutation=mutation,
+        subscription=Subscription,
         config=StrawberryConfig(auto_camel_case=True),
         # Instances, not classes: each cache lives in its instance and must outlive a request.
         extensions=[

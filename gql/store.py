@@ -92,6 +92,14 @@ class JobStore:
         fields: dict[str, str] = await self.client.hgetall(records.job_key(job_id))  # type: ignore[assignment]
         return JobSnapshot.from_hash(fields) if fields else None
 
+    async def get_many(self, job_ids: list[str]) -> list[JobSnapshot]:
+        """Several jobs in one round trip; unknown ids are left out."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(records.job_key(job_id))
+            rows: list[dict[str, str]] = await pipe.execute()
+        return [JobSnapshot.from_hash(row) for row in rows if row]
+
     async def transition(
         self,
         job_id: str,

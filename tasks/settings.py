@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     socket_timeout: float = Field(default=3.0, gt=0)
     producer_threads: int = Field(default=8, ge=1, le=256)
     max_page_size: int = Field(default=100, ge=1, le=1000)
+    subscriber_queue_limit: int = Field(default=256, ge=8)
+    keep_alive_interval: float = Field(default=15.0, gt=0)
+    connection_init_timeout: float = Field(default=10.0, gt=0)
     graphiql: bool = True
 
     data_dir: Path = Path("var")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -118,6 +119,38 @@ def running_api(env: dict[str, str], data_dir: Path) -> Iterator[GraphQL]:
         stop_all([process], timeout=10)
 
 
+@contextlib.contextmanager
+def running_worker(
+    env: dict[str, str],
+    data_dir: Path,
+    settings: Settings,
+    queues: tuple[str, ...] = QUEUES,
+    extra_args: tuple[str, ...] = (),
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real Celery worker (prefork, two processes), ready once it answers a ping."""
+    name = f"worker-{free_port()}"
+    with _log(data_dir, name) as log:
+        process = subprocess.Popen(
+            [*worker_command(queues, concurrency=2), "--hostname", f"{name}@%h", *extra_args],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    control = create_celery_app(settings, producer=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not control.control.ping(destination=[f"{name}@{socket.gethostname()}"], timeout=0.5):
+            assert process.poll() is None, (data_dir / f"{name}.log").read_text()
+            assert time.monotonic() < deadline, "the worker did not start"
+    finally:
+        control.close()
+    try:
+        yield process
+    finally:
+        stop_all([process], timeout=30)
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("jobql")
@@ -144,23 +177,8 @@ def settings(valkey: EmbeddedValkey, data_dir: Path) -> Settings:
 def worker(
     env: dict[str, str], data_dir: Path, settings: Settings
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A real Celery worker (prefork, two processes) consuming the test queues."""
-    with _log(data_dir, "worker") as log:
-        process = subprocess.Popen(
-            worker_command(QUEUES, concurrency=2),
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    control = create_celery_app(settings, producer=True)
-    deadline = time.monotonic() + 60
-    while not control.control.ping(timeout=0.5):
-        assert process.poll() is None, (data_dir / "worker.log").read_text()
-        assert time.monotonic() < deadline, "the worker did not start"
-    control.close()
-    yield process
-    stop_all([process], timeout=30)
+    with running_worker(env, data_dir, settings) as process:
+        yield process
 
 
 @pytest.fixture(scope="session")

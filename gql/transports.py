@@ -1,0 +1,66 @@
+"""The four ways a client subscribes at /graphql, with keep-alives on each."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from strawberry.fastapi import GraphQLRouter
+from strawberry.subscriptions import (
+    GRAPHQL_SSE_PROTOCOL,
+    GRAPHQL_TRANSPORT_WS_PROTOCOL,
+    GRAPHQL_WS_PROTOCOL,
+    MULTIPART_SUBSCRIPTION_PROTOCOL,
+)
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+)
+
+from gql.context import Context
+
+SUBSCRIPTION_PROTOCOLS = (
+    GRAPHQL_TRANSPORT_WS_PROTOCOL,  # graphql-ws: Apollo's GraphQLWsLink, GraphiQL
+    GRAPHQL_WS_PROTOCOL,  # legacy subscriptions-transport-ws
+    MULTIPART_SUBSCRIPTION_PROTOCOL,  # Apollo Client's default over HTTP
+    GRAPHQL_SSE_PROTOCOL,  # text/event-stream
+)
+
+
+class PingingTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    """graphql-transport-ws with server pings, so idle proxies keep the socket open.
+
+    The protocol lets either side ping; the legacy protocol has its own ``ka`` messages,
+    and the multipart and SSE transports their heartbeats.
+    """
+
+    ping_interval: float = 15.0
+
+    async def handle(self) -> None:
+        pinger = asyncio.create_task(self._ping_forever())
+        try:
+            await super().handle()
+        finally:
+            pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pinger
+
+    async def _ping_forever(self) -> None:
+        with contextlib.suppress(Exception):
+            while True:
+                await asyncio.sleep(self.ping_interval)
+                if self.connection_acknowledged:
+                    await self.send_message({"type": "ping"})
+
+
+class JobQLRouter(GraphQLRouter[Context, None]):
+    """Strawberry's router with the pinging graphql-transport-ws handler."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        handler = type(
+            "JobQLTransportWSHandler",
+            (PingingTransportWSHandler,),
+            {"ping_interval": kwargs.get("keep_alive_interval", 15.0)},
+        )
+        self.graphql_transport_ws_handler_class = handler
