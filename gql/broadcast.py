@@ -67,6 +67,7 @@ class RedisPubSubBackend(BroadcastBackend):
             decode_responses=True,
         )
         self._timeout = connect_timeout
+        self._confirm_timeout = max(10.0, connect_timeout * 4)
         self._idle_ping = idle_ping
         self._max_backoff = max_backoff
         # Every connection subscribes this private channel last: its confirmation means all
@@ -105,7 +106,9 @@ class RedisPubSubBackend(BroadcastBackend):
         )
         try:
             await pubsub.subscribe(channel)
-            await asyncio.wait_for(asyncio.shield(confirmed), self._timeout * 2)
+            # A lost connection fails this at once; the timeout only guards a hung Redis,
+            # and must allow for a burst of thousands of subscriptions on a busy loop.
+            await asyncio.wait_for(asyncio.shield(confirmed), self._confirm_timeout)
         except BaseException:
             self._channels.discard(channel)
             raise

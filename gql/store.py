@@ -9,6 +9,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from strawberry.dataloader import DataLoader
 
 from tasks import records
 from tasks.records import JobSnapshot, JobState
@@ -29,9 +30,17 @@ class PageQuery:
 
 
 def connect(url: str, settings: Settings) -> aioredis.Redis:
-    """A client that fails fast: a Redis that is down must be reported, not waited for."""
-    return aioredis.Redis.from_url(
+    """A client that fails fast: a Redis that is down must be reported, not waited for.
+
+    Its pool is bounded and makes a burst wait for a free connection (redis-py's default
+    async pool refuses the 101st concurrent command with MaxConnectionsError instead).
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=settings.redis_max_connections,
+        # Waiting for a free connection is queueing, not a failure; a Redis that is down
+        # still fails at once, since connecting is refused or times out on its own.
+        timeout=settings.socket_timeout * 4,
         decode_responses=True,
         socket_connect_timeout=settings.connect_timeout,
         socket_timeout=settings.socket_timeout,
@@ -40,6 +49,7 @@ def connect(url: str, settings: Settings) -> aioredis.Redis:
         # (redis-py's default backs off for seconds) would turn "down" into a hang.
         retry=Retry(NoBackoff(), retries=1),
     )
+    return aioredis.Redis(connection_pool=pool)
 
 
 class JobStore:
@@ -50,6 +60,9 @@ class JobStore:
         self._create = client.register_script(records.CREATE_SCRIPT)
         self._update = client.register_script(records.UPDATE_SCRIPT)
         self._page = client.register_script(records.PAGE_SCRIPT)
+        # Reads issued in the same loop tick (a burst of queries or of new subscriptions)
+        # share one pipeline: one round trip, one pooled connection. No caching.
+        self._snapshots = DataLoader(self._load_snapshots, max_batch_size=500, cache=False)
 
     async def create(self, fields: dict[str, str], idempotency: str | None) -> str | None:
         """Write a new PENDING record; returns the existing job's id if the key was used."""
@@ -89,16 +102,18 @@ class JobStore:
             await pipe.execute()
 
     async def get(self, job_id: str) -> JobSnapshot | None:
-        fields: dict[str, str] = await self.client.hgetall(records.job_key(job_id))  # type: ignore[assignment]
-        return JobSnapshot.from_hash(fields) if fields else None
+        return await self._snapshots.load(job_id)
 
-    async def get_many(self, job_ids: list[str]) -> list[JobSnapshot]:
-        """Several jobs in one round trip; unknown ids are left out."""
+    async def _load_snapshots(self, job_ids: list[str]) -> list[JobSnapshot | None]:
         async with self.client.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
                 pipe.hgetall(records.job_key(job_id))
             rows: list[dict[str, str]] = await pipe.execute()
-        return [JobSnapshot.from_hash(row) for row in rows if row]
+        return [JobSnapshot.from_hash(row) if row else None for row in rows]
+
+    async def get_many(self, job_ids: list[str]) -> list[JobSnapshot]:
+        """Several jobs in one round trip; unknown ids are left out."""
+        return [s for s in await self._load_snapshots(job_ids) if s is not None]
 
     async def transition(
         self,

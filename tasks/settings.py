@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     connect_timeout: float = Field(default=1.0, gt=0)
     socket_timeout: float = Field(default=3.0, gt=0)
     producer_threads: int = Field(default=8, ge=1, le=256)
+    redis_max_connections: int = Field(default=64, ge=2, le=10_000)
     max_page_size: int = Field(default=100, ge=1, le=1000)
     subscriber_queue_limit: int = Field(default=256, ge=8)
     keep_alive_interval: float = Field(default=15.0, gt=0)

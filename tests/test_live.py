@@ -113,6 +113,27 @@ def _slow_socket(base_url: str) -> socket.socket:
     return sock
 
 
+def test_a_killed_pubsub_connection_heals_without_losing_the_end(stack: Stack) -> None:
+    job_id = _report(stack.a, steps=40, delay=0.05)
+    seen_progress = threading.Event()
+    thread, out = _in_background(
+        sse,
+        stack.a.base_url,
+        WATCH,
+        {"id": job_id},
+        on_result=lambda r: seen_progress.set() if r["data"]["job"]["progress"] else None,
+    )
+    assert seen_progress.wait(30)
+    client = redis.Redis.from_url(stack.valkey.url)
+    assert client.client_kill_filter(_type="pubsub") >= 1  # what Redis does to a slow reader
+    client.close()
+
+    thread.join(60)
+    stream = out[0]
+    assert stream.completed and stream.jobs[-1]["state"] == "SUCCESS"
+    _assert_well_ordered(stream.jobs)
+
+
 def test_a_slow_consumer_gets_every_state_change_and_does_not_slow_others(
     stack: Stack,
 ) -> None:

@@ -1,0 +1,243 @@
+"""Live progress, measured: latency next to raw Redis pub/sub, and subscriptions per process.
+
+1. Latency. A worker task reports progress stamped with the wall clock; a graphql-transport-ws
+   client subscribed to ``job(id)`` notes when each report arrives. In the same run, raw
+   redis-py asyncio PUBLISH -> SUBSCRIBE carries the same number of stamped messages at the
+   same rate. Rounds alternate so drift on this shared machine hits both alike.
+2. Capacity. K jobs wait (scheduled an hour ahead); K ``job(id)`` subscriptions, 100 per
+   WebSocket, are opened against one API process; its RSS before and after gives the cost
+   of one subscription.
+
+    .venv/bin/python bench/subscriptions.py --events 500 --rate 50 --subscriptions 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis.asyncio as aioredis
+from websockets.asyncio.client import ClientConnection, connect
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gql.devserver import (  # noqa: E402
+    EmbeddedValkey,
+    api_command,
+    free_port,
+    stop_all,
+    wait_for_port,
+    worker_command,
+)
+
+WATCH = "subscription($id: ID!) { job(id: $id) { state progress { data } } }"
+PER_CONNECTION = 100
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {
+        "p50_ms": round(ordered[len(ordered) // 2] * 1000, 3),
+        "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 3),
+        "n": len(ordered),
+    }
+
+
+async def raw_pubsub_latency(url: str, events: int, rate: float) -> list[float]:
+    """One-way PUBLISH -> SUBSCRIBE latency with redis-py's asyncio client."""
+    subscriber, publisher = aioredis.Redis.from_url(url), aioredis.Redis.from_url(url)
+    pubsub = subscriber.pubsub()
+    await pubsub.subscribe("bench:raw")
+    await pubsub.get_message(timeout=1)  # the subscribe confirmation
+    latencies: list[float] = []
+
+    async def receive() -> None:
+        while len(latencies) < events:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+            if message is not None:
+                latencies.append(time.time() - float(message["data"]))
+
+    receiver = asyncio.create_task(receive())
+    start = time.monotonic()
+    for n in range(1, events + 1):
+        await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
+        await publisher.publish("bench:raw", repr(time.time()))
+    await asyncio.wait_for(receiver, 30)
+    await pubsub.aclose()
+    await subscriber.aclose()
+    await publisher.aclose()
+    return latencies
+
+
+async def _graphql(http: httpx.AsyncClient, query: str, variables: dict[str, Any]) -> Any:
+    response = await http.post("/graphql", json={"query": query, "variables": variables})
+    body = response.json()
+    assert "errors" not in body, body
+    return body["data"]
+
+
+async def _open(base: str) -> ClientConnection:
+    ws = await connect(
+        base.replace("http", "ws") + "/graphql",
+        subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
+        max_size=None,
+        ping_interval=None,
+    )
+    await ws.send(json.dumps({"type": "connection_init"}))
+    assert json.loads(await ws.recv())["type"] == "connection_ack"
+    return ws
+
+
+async def jobql_latency(base: str, events: int, rate: float) -> list[float]:
+    """Worker progress report -> graphql-transport-ws client, per event."""
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        data = await _graphql(
+            http,
+            'mutation($i: JSON!) { enqueue(task: "bench.tick", input: $i,'
+            " options: {countdown: 1}) { id } }",
+            {"i": {"ticks": events, "interval": 1 / rate}},
+        )
+    job_id = data["enqueue"]["id"]
+    latencies: list[float] = []
+    ws = await _open(base)
+    payload = {"query": WATCH, "variables": {"id": job_id}}
+    await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": payload}))
+    while True:
+        message = json.loads(await asyncio.wait_for(ws.recv(), 60))
+        if message["type"] == "complete":
+            break
+        if message["type"] != "next":
+            continue
+        job = message["payload"]["data"]["job"]
+        if job["progress"] and job["state"] == "PROGRESS":
+            latencies.append(time.time() - job["progress"]["data"]["sentAt"])
+    await ws.close()
+    return latencies
+
+
+async def capacity(base: str, pid: int, count: int) -> dict[str, Any]:
+    """Hold ``count`` job(id) subscriptions on one API process; report RSS per subscription."""
+    async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+        ids: list[str] = []
+        while len(ids) < count:
+            batch = min(100, count - len(ids))
+            aliases = " ".join(
+                f"j{i}: processData(input: {{data: {i}, delay: 0}}, options: {{countdown: 3600}})"
+                " { id }"
+                for i in range(batch)
+            )
+            data = await _graphql(http, f"mutation {{ {aliases} }}", {})
+            ids += [data[f"j{i}"]["id"] for i in range(batch)]
+        await asyncio.sleep(1)
+        before = rss_kib(pid)
+        started = time.monotonic()
+        connections: list[ClientConnection] = []
+        for offset in range(0, count, PER_CONNECTION):
+            ws = await _open(base)
+            connections.append(ws)
+            for n, job_id in enumerate(ids[offset : offset + PER_CONNECTION]):
+                payload = {"query": WATCH, "variables": {"id": job_id}}
+                await ws.send(json.dumps({"id": str(n), "type": "subscribe", "payload": payload}))
+        snapshots = 0
+        for ws in connections:
+            for _ in range(min(PER_CONNECTION, count - snapshots)):
+                message = json.loads(await asyncio.wait_for(ws.recv(), 120))
+                assert message["type"] == "next", (message, snapshots)
+                snapshots += 1
+        opened_in = time.monotonic() - started
+        await asyncio.sleep(1)
+        after = rss_kib(pid)
+        stats = (await http.get("/health/stats")).json()
+        for ws in connections:
+            await ws.close()
+    return {
+        "subscriptions": snapshots,
+        "channels_held": stats["channels"],
+        "opened_in_s": round(opened_in, 1),
+        "api_rss_mib_before": round(before / 1024, 1),
+        "api_rss_mib_after": round(after / 1024, 1),
+        "rss_kib_per_subscription": round((after - before) / max(1, snapshots), 2),
+    }
+
+
+async def measure(args: argparse.Namespace, base: str, pid: int, url: str) -> dict[str, Any]:
+    raw: list[float] = []
+    jobql: list[float] = []
+    for _ in range(args.rounds):
+        raw += await raw_pubsub_latency(url, args.events, args.rate)
+        jobql += await jobql_latency(base, args.events, args.rate)
+    result: dict[str, Any] = {
+        "events_per_round": args.events,
+        "rate_per_s": args.rate,
+        "rounds": args.rounds,
+        "raw_redis_pubsub": percentiles(raw),
+        "jobql_progress_to_client": percentiles(jobql),
+    }
+    result["ratio_p50"] = round(statistics.median(jobql) / statistics.median(raw), 2)
+    result["ratio_p99"] = round(
+        result["jobql_progress_to_client"]["p99_ms"] / result["raw_redis_pubsub"]["p99_ms"], 2
+    )
+    if args.subscriptions:
+        result["capacity"] = await capacity(base, pid, args.subscriptions)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=500)
+    parser.add_argument("--rate", type=float, default=50.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--subscriptions", type=int, default=10_000)
+    args = parser.parse_args()
+
+    data = Path(tempfile.mkdtemp(prefix="jobql-bench-subs-"))
+    valkey = EmbeddedValkey(data / "valkey").start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBQL_")}
+    env.update(
+        JOBQL_REDIS_URL=valkey.url,
+        JOBQL_DATA_DIR=str(data),
+        JOBQL_TASK_MODULES='["tasks.examples", "bench.tasks"]',
+        PYTHONPATH=str(ROOT),
+    )
+    port = free_port()
+    with (data / "api.log").open("wb") as api_log, (data / "worker.log").open("wb") as w_log:
+        worker = subprocess.Popen(
+            worker_command(("jobql",), concurrency=2), env=env, cwd=ROOT, stdout=w_log, stderr=w_log
+        )
+        api = subprocess.Popen(
+            [*api_command("127.0.0.1", port), "--no-access-log"],
+            env=env,
+            cwd=ROOT,
+            stdout=api_log,
+            stderr=api_log,
+        )
+    try:
+        wait_for_port(port, 30, api)
+        time.sleep(3)  # let the worker come up
+        result = asyncio.run(measure(args, f"http://127.0.0.1:{port}", api.pid, valkey.url))
+    finally:
+        stop_all([api, worker])
+        valkey.stop()
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

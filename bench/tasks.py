@@ -1,0 +1,32 @@
+"""Tasks used only by the benchmarks: loaded with JOBQL_TASK_MODULES when a bench runs."""
+
+from __future__ import annotations
+
+import time
+
+from pydantic import Field
+
+from tasks.app import job
+from tasks.models import JobModel
+from tasks.progress import JobContext
+
+
+class TickInput(JobModel):
+    ticks: int = Field(ge=1, le=1_000_000)
+    interval: float = Field(ge=0, le=60)
+
+
+class TickOutput(JobModel):
+    ticks: int
+
+
+@job(name="bench.tick")
+def tick(input: TickInput, job: JobContext) -> TickOutput:
+    """Report progress ``ticks`` times, each stamped with the wall clock at report time."""
+    start = time.monotonic()
+    for n in range(1, input.ticks + 1):
+        delay = start + n * input.interval - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        job.progress(n, input.ticks, data={"sentAt": time.time()})
+    return TickOutput(ticks=input.ticks)
