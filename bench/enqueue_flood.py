@@ -9,38 +9,23 @@ lean asyncio client (``bench/httpload.py``) in this process. It prints throughpu
 (a stall shows as a slice that never ends), the API's subscriptions on Redis at the end
 (must be 0), and its RSS.
 
-    .venv/bin/python bench/enqueue_flood.py --jobs 200000
+    .venv/bin/python -m bench.enqueue_flood --jobs 200000
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import redis
 import uvloop
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench import httpload  # noqa: E402
-from gql.devserver import EmbeddedValkey, api_command, free_port, stop_all, wait_for_port  # noqa: E402
+from bench import httpload
+from bench.stack import rss_kib, running_stack
 
 MUTATION = "mutation($i: ProcessDataInput!) { processData(input: $i) { id } }"
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def flood(port: int, jobs: int, concurrency: int, deadline: float) -> dict[str, Any]:
@@ -92,39 +77,23 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=1200)
     args = parser.parse_args()
 
-    data = Path(tempfile.mkdtemp(prefix="jobql-flood-"))
-    valkey = EmbeddedValkey(data / "valkey").start()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBQL_")}
-    env.update(JOBQL_REDIS_URL=valkey.url, JOBQL_DATA_DIR=str(data), PYTHONPATH=str(ROOT))
-    port = free_port()
-    with (data / "api.log").open("wb") as log:
-        api = subprocess.Popen(
-            [*api_command("127.0.0.1", port), "--no-access-log"],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=log,
-        )
-    try:
-        wait_for_port(port, 30, api)
-        rss_before = rss_kib(api.pid)
+    with running_stack(worker=False) as stack:
+        rss_before = rss_kib(stack.api.pid)
         deadline = time.monotonic() + args.max_seconds
-        result = flood(port, args.jobs, args.concurrency, deadline)
-        client = redis.Redis.from_url(valkey.url, decode_responses=True)
+        result = flood(stack.port, args.jobs, args.concurrency, deadline)
+        client = redis.Redis.from_url(stack.valkey.url, decode_responses=True)
         subscribed = [
             c for c in client.client_list() if int(c.get("sub", 0)) or int(c.get("psub", 0))
         ]
         result.update(
             queued=client.llen("jobql"),
+            # The API's own broadcast listener is the one subscribed client expected.
             subscribed_clients=len(subscribed),
-            channels=len(client.pubsub_channels()),
+            channels=client.pubsub_channels(),
             api_rss_kib_before=rss_before,
-            api_rss_kib_after=rss_kib(api.pid),
+            api_rss_kib_after=rss_kib(stack.api.pid),
         )
         client.close()
-    finally:
-        stop_all([api])
-        valkey.stop()
     print(json.dumps(result, indent=2))
 
 

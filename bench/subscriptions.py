@@ -8,7 +8,7 @@
    WebSocket, are opened against one API process; its RSS before and after gives the cost
    of one subscription.
 
-    .venv/bin/python bench/subscriptions.py --events 500 --rate 50 --subscriptions 10000
+    .venv/bin/python -m bench.subscriptions --events 500 --rate 50 --subscriptions 10000
 """
 
 from __future__ import annotations
@@ -16,40 +16,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
 from websockets.asyncio.client import ClientConnection, connect
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from gql.devserver import (  # noqa: E402
-    EmbeddedValkey,
-    api_command,
-    free_port,
-    stop_all,
-    wait_for_port,
-    worker_command,
-)
+from bench.stack import rss_kib, running_stack
 
 WATCH = "subscription($id: ID!) { job(id: $id) { state progress { data } } }"
 PER_CONNECTION = 100
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -208,34 +186,10 @@ def main() -> None:
     parser.add_argument("--subscriptions", type=int, default=10_000)
     args = parser.parse_args()
 
-    data = Path(tempfile.mkdtemp(prefix="jobql-bench-subs-"))
-    valkey = EmbeddedValkey(data / "valkey").start()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBQL_")}
-    env.update(
-        JOBQL_REDIS_URL=valkey.url,
-        JOBQL_DATA_DIR=str(data),
-        JOBQL_TASK_MODULES='["tasks.examples", "bench.tasks"]',
-        PYTHONPATH=str(ROOT),
-    )
-    port = free_port()
-    with (data / "api.log").open("wb") as api_log, (data / "worker.log").open("wb") as w_log:
-        worker = subprocess.Popen(
-            worker_command(("jobql",), concurrency=2), env=env, cwd=ROOT, stdout=w_log, stderr=w_log
-        )
-        api = subprocess.Popen(
-            [*api_command("127.0.0.1", port), "--no-access-log"],
-            env=env,
-            cwd=ROOT,
-            stdout=api_log,
-            stderr=api_log,
-        )
-    try:
-        wait_for_port(port, 30, api)
+    modules = '["tasks.examples", "bench.tasks"]'
+    with running_stack(worker=True, task_modules=modules) as stack:
         time.sleep(3)  # let the worker come up
-        result = asyncio.run(measure(args, f"http://127.0.0.1:{port}", api.pid, valkey.url))
-    finally:
-        stop_all([api, worker])
-        valkey.stop()
+        result = asyncio.run(measure(args, stack.base_url, stack.api.pid, stack.valkey.url))
     print(json.dumps(result, indent=2))
 
 

@@ -31,7 +31,6 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from tasks import records
 from tasks.records import JobSnapshot, JobState
 
 logger = logging.getLogger(__name__)
@@ -296,11 +295,3 @@ class JobBroadcast(Broadcast):
             "locks": len(self._locks),
             "reconnects": self.backend.reconnects,
         }
-
-
-def job_channel(job_id: str) -> str:
-    return records.job_channel(job_id)
-
-
-def owner_channel(owner: str) -> str:
-    return records.owner_channel(owner)

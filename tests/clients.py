@@ -40,32 +40,56 @@ def _recv(ws: ClientConnection, deadline: float) -> dict[str, Any]:
     return json.loads(ws.recv(timeout=max(0.1, deadline - time.monotonic())))
 
 
-def graphql_transport_ws(
-    base_url: str, query: str, variables: dict[str, Any], timeout: float = 60,
-    on_result: OnResult | None = None,
+@dataclass(frozen=True)
+class WsProtocol:
+    """The message names that differ between the two WebSocket protocols."""
+
+    subprotocol: str
+    start: str
+    data: str
+    keep_alive: str
+
+
+TRANSPORT_WS = WsProtocol("graphql-transport-ws", start="subscribe", data="next", keep_alive="ping")
+LEGACY_WS = WsProtocol("graphql-ws", start="start", data="data", keep_alive="ka")
+
+
+def _websocket(
+    protocol: WsProtocol, base_url: str, query: str, variables: dict[str, Any],
+    timeout: float, on_result: OnResult | None,
 ) -> Stream:  # fmt: skip
     stream = Stream()
     deadline = time.monotonic() + timeout
-    with connect(_ws_url(base_url), subprotocols=["graphql-transport-ws"]) as ws:  # type: ignore[list-item]
+    with connect(_ws_url(base_url), subprotocols=[protocol.subprotocol]) as ws:  # type: ignore[list-item]
         ws.send(json.dumps({"type": "connection_init", "payload": {}}))
         assert _recv(ws, deadline)["type"] == "connection_ack"
         payload = {"query": query, "variables": variables}
-        ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": payload}))
+        ws.send(json.dumps({"id": "1", "type": protocol.start, "payload": payload}))
         while not stream.completed:
             message = _recv(ws, deadline)
-            if message["type"] == "next":
+            if message["type"] == protocol.data:
                 stream.results.append(message["payload"])
                 if on_result:
                     on_result(message["payload"])
             elif message["type"] == "error":
-                stream.results.append({"errors": message["payload"]})
+                errors = message["payload"]
+                stream.results.append({"errors": errors if isinstance(errors, list) else [errors]})
                 break
             elif message["type"] == "complete":
                 stream.completed = True
-            elif message["type"] == "ping":
+            elif message["type"] == protocol.keep_alive:
                 stream.pings += 1
-                ws.send(json.dumps({"type": "pong"}))
+                if protocol is TRANSPORT_WS:
+                    ws.send(json.dumps({"type": "pong"}))
     return stream
+
+
+def graphql_transport_ws(
+    base_url: str, query: str, variables: dict[str, Any], timeout: float = 60,
+    on_result: OnResult | None = None,
+) -> Stream:  # fmt: skip
+    """graphql-ws's protocol: Apollo's GraphQLWsLink and GraphiQL speak it."""
+    return _websocket(TRANSPORT_WS, base_url, query, variables, timeout, on_result)
 
 
 def graphql_ws(
@@ -73,27 +97,7 @@ def graphql_ws(
     on_result: OnResult | None = None,
 ) -> Stream:  # fmt: skip
     """The legacy subscriptions-transport-ws protocol."""
-    stream = Stream()
-    deadline = time.monotonic() + timeout
-    with connect(_ws_url(base_url), subprotocols=["graphql-ws"]) as ws:  # type: ignore[list-item]
-        ws.send(json.dumps({"type": "connection_init", "payload": {}}))
-        assert _recv(ws, deadline)["type"] == "connection_ack"
-        payload = {"query": query, "variables": variables}
-        ws.send(json.dumps({"id": "1", "type": "start", "payload": payload}))
-        while not stream.completed:
-            message = _recv(ws, deadline)
-            if message["type"] == "data":
-                stream.results.append(message["payload"])
-                if on_result:
-                    on_result(message["payload"])
-            elif message["type"] == "error":
-                stream.results.append({"errors": [message["payload"]]})
-                break
-            elif message["type"] == "complete":
-                stream.completed = True
-            elif message["type"] == "ka":
-                stream.pings += 1
-    return stream
+    return _websocket(LEGACY_WS, base_url, query, variables, timeout, on_result)
 
 
 def _http_stream(

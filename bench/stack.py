@@ -1,0 +1,81 @@
+"""What every benchmark starts: an embedded Valkey and JobQL processes, torn down after."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from gql.devserver import (
+    EmbeddedValkey,
+    api_command,
+    free_port,
+    stop_all,
+    wait_for_port,
+    worker_command,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+@dataclass
+class Stack:
+    valkey: EmbeddedValkey
+    api: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextmanager
+def running_stack(*, worker: bool, task_modules: str = '["tasks.examples"]') -> Iterator[Stack]:
+    """Valkey, one API process (uvicorn, no access log) and optionally a worker."""
+    data = Path(tempfile.mkdtemp(prefix="jobql-bench-"))
+    valkey = EmbeddedValkey(data / "valkey").start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBQL_")}
+    env.update(
+        JOBQL_REDIS_URL=valkey.url,
+        JOBQL_DATA_DIR=str(data),
+        JOBQL_TASK_MODULES=task_modules,
+        PYTHONPATH=str(ROOT),
+    )
+    port = free_port()
+    processes: list[subprocess.Popen[bytes]] = []
+    with (data / "api.log").open("wb") as api_log, (data / "worker.log").open("wb") as w_log:
+        api = subprocess.Popen(
+            [*api_command("127.0.0.1", port), "--no-access-log"],
+            env=env,
+            cwd=ROOT,
+            stdout=api_log,
+            stderr=api_log,
+        )
+        processes.append(api)
+        if worker:
+            processes.append(
+                subprocess.Popen(
+                    worker_command(("jobql",), concurrency=2),
+                    env=env,
+                    cwd=ROOT,
+                    stdout=w_log,
+                    stderr=w_log,
+                )
+            )
+    try:
+        wait_for_port(port, 30, api)
+        yield Stack(valkey, api, port)
+    finally:
+        stop_all(processes)
+        valkey.stop()
