@@ -32,6 +32,9 @@ format: $(STAMP)
 schema: $(STAMP)  ## rewrite schema.graphql from the code
 	$(BIN)/python -m gql.export > schema.graphql
 
+bench: $(STAMP)  ## every figure against its baseline; writes bench/results/latest.{json,md}
+	$(BIN)/python -m bench.run
+
 worker: $(STAMP)  ## production worker (needs REDIS_URL)
 	$(BIN)/celery -A tasks.app worker --loglevel=INFO
 

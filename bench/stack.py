@@ -41,7 +41,9 @@ class Stack:
 
 
 @contextmanager
-def running_stack(*, worker: bool, task_modules: str = '["tasks.examples"]') -> Iterator[Stack]:
+def running_stack(
+    *, worker: bool, task_modules: str = '["tasks.examples"]', queues: tuple[str, ...] = ("jobql",)
+) -> Iterator[Stack]:
     """Valkey, one API process (uvicorn, no access log) and optionally a worker."""
     data = Path(tempfile.mkdtemp(prefix="jobql-bench-"))
     valkey = EmbeddedValkey(data / "valkey").start()
@@ -66,7 +68,7 @@ def running_stack(*, worker: bool, task_modules: str = '["tasks.examples"]') -> 
         if worker:
             processes.append(
                 subprocess.Popen(
-                    worker_command(("jobql",), concurrency=2),
+                    worker_command(queues, concurrency=2),
                     env=env,
                     cwd=ROOT,
                     stdout=w_log,

@@ -187,7 +187,7 @@ def main() -> None:
     args = parser.parse_args()
 
     modules = '["tasks.examples", "bench.tasks"]'
-    with running_stack(worker=True, task_modules=modules) as stack:
+    with running_stack(worker=True, task_modules=modules, queues=("bench",)) as stack:
         time.sleep(3)  # let the worker come up
         result = asyncio.run(measure(args, stack.base_url, stack.api.pid, stack.valkey.url))
     print(json.dumps(result, indent=2))

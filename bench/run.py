@@ -1,0 +1,286 @@
+"""``make bench``: JobQL's figures next to their baselines, measured in one run.
+
+Each repetition measures the baseline and JobQL back to back, so the drift of this shared
+machine hits both alike; the table shows median, min and max over the repetitions and the
+ratio of the medians. Results go to ``bench/results/latest.json`` and ``latest.md``.
+
+    .venv/bin/python -m bench.run            # full: 3 repetitions
+    .venv/bin/python -m bench.run --tiny     # seconds: proves the harness works (make test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from bench import httpload
+from bench.stack import ROOT, Stack, running_stack
+from bench.subscriptions import capacity, jobql_latency, raw_pubsub_latency
+from gql.devserver import free_port, stop_all, wait_for_port
+
+RESULTS = ROOT / "bench" / "results"
+MUTATION = "mutation($i: GenerateReportInput!) { generateReport(input: $i) { id state } }"
+JOB = "query($id: ID!) { job(id: $id) { id state progress { percent } result } }"
+PAGE = "{ jobs(first: 50) { edges { node { id state progress { percent } result } } } }"
+
+
+@dataclass(frozen=True)
+class Size:
+    repetitions: int
+    requests: int
+    concurrency: int
+    page_samples: int
+    events: int
+    subscriptions: int
+
+
+FULL = Size(repetitions=3, requests=4000, concurrency=32, page_samples=200, events=300,
+            subscriptions=10_000)  # fmt: skip
+TINY = Size(repetitions=1, requests=100, concurrency=4, page_samples=5, events=20,
+            subscriptions=50)  # fmt: skip
+
+
+def _p(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+def _ok_graphql(status: int, body: bytes) -> bool:
+    return status == 200 and b'"errors"' not in body
+
+
+async def closed_loop(
+    port: int, request: Callable[[int], bytes], size: Size, ok: Any = None
+) -> httpload.LoadResult:
+    return await httpload.run(
+        "127.0.0.1",
+        port,
+        request,
+        total=size.requests,
+        concurrency=size.concurrency,
+        **({"ok": ok} if ok else {}),
+    )
+
+
+def graphql_request(port: int, query: str, variables: Callable[[int], dict[str, Any]]) -> Any:
+    return lambda n: httpload.post_request(
+        "127.0.0.1", port, "/graphql", {"query": query, "variables": variables(n)}
+    )
+
+
+def rest_post(port: int, path: str) -> Any:
+    return lambda n: httpload.post_request("127.0.0.1", port, path, {"data": {"n": n}})
+
+
+def get_request(port: int, path: Callable[[int], str]) -> Any:
+    return lambda n: f"GET {path(n)} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+
+
+async def probe_latency(port: int, seconds: float, interval: float = 0.01) -> list[float]:
+    """``/health/live`` answered every ``interval`` for ``seconds`` (one connection)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    request = get_request(port, lambda _: "/health/live")(0)
+    samples: list[float] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        started = time.perf_counter()
+        writer.write(request)
+        await httpload._read_response(reader)
+        samples.append(time.perf_counter() - started)
+        await asyncio.sleep(interval)
+    writer.close()
+    return samples
+
+
+async def _ids(port: int, count: int) -> list[str]:
+    """Jobs to read: created through the typed mutation, kept from the load's responses."""
+    ids: list[str] = []
+
+    def keep(status: int, body: bytes) -> bool:
+        ids.append(json.loads(body)["data"]["generateReport"]["id"])
+        return status == 200
+
+    await httpload.run(
+        "127.0.0.1",
+        port,
+        graphql_request(port, MUTATION, lambda n: {"i": {"userId": n, "stepDelay": 0}}),
+        total=count,
+        concurrency=8,
+        ok=keep,
+    )
+    return ids
+
+
+async def one_repetition(jobql: Stack, rest_port: int, size: Size) -> dict[str, float]:
+    port = jobql.port
+    out: dict[str, float] = {}
+
+    # P1: closed-loop enqueue throughput, the guide's endpoint against the typed mutation.
+    rest = await closed_loop(rest_port, rest_post(rest_port, "/api/process"), size)
+    out["P1.baseline"] = rest.per_second
+    mutation = graphql_request(port, MUTATION, lambda n: {"i": {"userId": n, "stepDelay": 0}})
+    probe_task = asyncio.create_task(probe_latency(port, 3.0))
+    ours = await closed_loop(port, mutation, size, ok=_ok_graphql)
+    busy = await probe_task
+    out["P1.jobql"] = ours.per_second
+
+    # P5: the loop keeps answering while P1 runs flat out.
+    idle = await probe_latency(port, 3.0)
+    out["P5.baseline"] = _p(idle, 0.99) * 1000
+    out["P5.jobql"] = _p(busy, 0.99) * 1000
+
+    # P3: status reads, AsyncResult against job(id).
+    ids = await _ids(port, 200)
+    rest_read = await closed_loop(
+        rest_port, get_request(rest_port, lambda n: f"/api/task/{ids[n % len(ids)]}"), size
+    )
+    out["P3.baseline"] = rest_read.per_second
+    query = graphql_request(port, JOB, lambda n: {"id": ids[n % len(ids)]})
+    out["P3.jobql"] = (await closed_loop(port, query, size, ok=_ok_graphql)).per_second
+
+    # P4: a page of 50 in one query against 50 job(id) queries, p99 of each.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    pages, fifties = [], []
+    page_request = graphql_request(port, PAGE, lambda _: {})(0)
+    for sample in range(size.page_samples):
+        started = time.perf_counter()
+        writer.write(page_request)
+        await httpload._read_response(reader)
+        pages.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        for n in range(50):
+            writer.write(query(sample * 50 + n))
+            await httpload._read_response(reader)
+        fifties.append(time.perf_counter() - started)
+    writer.close()
+    out["P4.baseline"] = _p(fifties, 0.99) * 1000
+    out["P4.jobql"] = _p(pages, 0.99) * 1000
+
+    # P6: worker progress report to the client against raw Redis pub/sub (p99).
+    raw = await raw_pubsub_latency(jobql.valkey.url, size.events, 50)
+    e2e = await jobql_latency(jobql.base_url, size.events, 50)
+    out["P6.baseline"] = _p(raw, 0.99) * 1000
+    out["P6.jobql"] = _p(e2e, 0.99) * 1000
+    return out
+
+
+FIGURES = {
+    "P1": ("typed mutation throughput (req/s)", "REST .delay() endpoint", ">= 1.0x", "higher"),
+    "P3": ("job(id) query throughput (req/s)", "REST AsyncResult endpoint", ">= 1.5x", "higher"),
+    "P4": ("jobs(first: 50) latency p99 (ms)", "50 x job(id) reads", "<= 0.1x", "lower"),
+    "P5": ("/health/live p99 during P1 (ms)", "same endpoint idle", "<= 3x", "lower"),
+    "P6": ("progress to client p99 (ms), 1 sub", "raw Redis pub/sub", "<= 3x", "lower"),
+}
+
+
+def summarise(runs: list[dict[str, float]], extra: dict[str, Any], size: Size) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    for key, (what, baseline, target, better) in FIGURES.items():
+        ours = [run[f"{key}.jobql"] for run in runs]
+        base = [run[f"{key}.baseline"] for run in runs]
+        figures[key] = {
+            "figure": what,
+            "baseline": baseline,
+            "target": target,
+            "better": better,
+            "jobql": {"median": statistics.median(ours), "min": min(ours), "max": max(ours)},
+            "baseline_value": {
+                "median": statistics.median(base),
+                "min": min(base),
+                "max": max(base),
+            },
+            "ratio": statistics.median(ours) / statistics.median(base),
+        }
+    return {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": (
+            f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        ),
+        "size": size.__dict__,
+        "figures": figures,
+        **extra,
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"Measured {result['when']} on {result['machine']}; "
+        f"{result['size']['repetitions']} repetition(s), median (min-max).",
+        "",
+        "| # | figure | JobQL | baseline | ratio | target |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, fig in result["figures"].items():
+        ours, base = fig["jobql"], fig["baseline_value"]
+        spread = f"{ours['median']:.1f} ({ours['min']:.1f}-{ours['max']:.1f})"
+        base_spread = f"{base['median']:.1f} ({base['min']:.1f}-{base['max']:.1f})"
+        lines.append(
+            f"| {key} | {fig['figure']} | {spread} | {fig['baseline']}: {base_spread}"
+            f" | {fig['ratio']:.2f}x | {fig['target']} |"
+        )
+    cap = result.get("P8")
+    if cap:
+        lines.append(
+            f"| P8 | concurrent job(id) subscriptions, one API process | {cap['subscriptions']}"
+            f" held, {cap['rss_kib_per_subscription']:.1f} KiB RSS each | — | — |"
+            " >= 10,000, <= 30 KB each |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def start_rest(stack: Stack) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    env = {**os.environ, "BENCH_REDIS_URL": stack.valkey.url, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "bench.baselines.rest:app", "--port", str(port),
+         "--no-access-log", "--log-level", "warning"],
+        env=env, cwd=ROOT,
+    )  # fmt: skip
+    wait_for_port(port, 30, process)
+    return process, port
+
+
+async def measure(stack: Stack, rest_port: int, size: Size) -> dict[str, Any]:
+    runs = [await one_repetition(stack, rest_port, size) for _ in range(size.repetitions)]
+    extra = {"P8": await capacity(stack.base_url, stack.api.pid, size.subscriptions)}
+    return summarise(runs, extra, size)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tiny", action="store_true", help="a few seconds, to test the harness")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    size = TINY if args.tiny else FULL
+
+    modules = '["tasks.examples", "bench.tasks"]'
+    with running_stack(worker=True, task_modules=modules, queues=("bench",)) as stack:
+        rest, rest_port = start_rest(stack)
+        try:
+            time.sleep(3)  # let the worker come up
+            result = uvloop.run(measure(stack, rest_port, size))
+        finally:
+            stop_all([rest])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown(result)
+    (args.out / "latest.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
