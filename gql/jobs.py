@@ -14,7 +14,7 @@ from gql.errors import BadUserInput, NotFound
 from gql.producer import Delivery, Producer
 from gql.store import JobStore, PageQuery
 from tasks import records
-from tasks.app import PRIORITY_STEPS
+from tasks.messages import PRIORITY_STEPS, queue_key, task_message
 from tasks.records import CANCELLABLE_STATES, JobSnapshot, JobState
 from tasks.registry import TaskRegistry, TaskSpec
 from tasks.settings import Settings
@@ -73,17 +73,43 @@ class JobService:
             created_at=created,
             idempotency=options.idempotency_key,
         )
-        existing = await self.store.create(fields, options.idempotency_key)
+        message = None
+        if self.producer.direct:
+            body = task_message(
+                task=spec.name,
+                job_id=fields["id"],
+                kwargs=kwargs,
+                queue=delivery.queue,
+                now=created,
+                countdown=delivery.countdown,
+                eta=delivery.eta,
+                expires=delivery.expires,
+                priority=delivery.priority,
+            )
+            message = (queue_key(delivery.queue, delivery.priority), body)
+        existing = await self.store.create(fields, options.idempotency_key, message)
         if existing is not None:
             return await self._replay(existing, spec, shown_input)
         snapshot = JobSnapshot.from_hash(fields)
+        if message is None:
+            await self._publish_elsewhere(spec, snapshot, kwargs, delivery, fields)
+        return snapshot
+
+    async def _publish_elsewhere(
+        self,
+        spec: TaskSpec,
+        snapshot: JobSnapshot,
+        kwargs: dict[str, Any],
+        delivery: Delivery,
+        fields: dict[str, str],
+    ) -> None:
+        """A broker other than the records' Redis (RabbitMQ): Celery's own producer."""
         try:
             await self.producer.publish(spec.name, snapshot.id, kwargs, delivery)
         except Exception:
             await self._discard(snapshot)
             raise
         await self.store.announce(fields)
-        return snapshot
 
     async def _replay(self, job_id: str, spec: TaskSpec, shown_input: Any) -> JobSnapshot:
         """The same idempotency key returns the same job, if it was the same request."""

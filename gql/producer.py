@@ -34,6 +34,9 @@ class Delivery:
 class Producer:
     def __init__(self, settings: Settings) -> None:
         self.app = create_celery_app(settings, producer=True)
+        # The broker is the Redis holding the records: the API writes messages itself, in
+        # the same atomic call as the record (see tasks.messages). Otherwise Celery does.
+        self.direct = settings.broker == settings.redis and settings.broker.startswith("redis")
         self._timeout = settings.connect_timeout
         self._pool = ThreadPoolExecutor(
             max_workers=settings.producer_threads, thread_name_prefix="jobql-producer"

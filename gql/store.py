@@ -64,21 +64,36 @@ class JobStore:
         # share one pipeline: one round trip, one pooled connection. No caching.
         self._snapshots = DataLoader(self._load_snapshots, max_batch_size=500, cache=False)
 
-    async def create(self, fields: dict[str, str], idempotency: str | None) -> str | None:
-        """Write a new PENDING record; returns the existing job's id if the key was used."""
+    async def create(
+        self,
+        fields: dict[str, str],
+        idempotency: str | None,
+        message: tuple[str, str] | None = None,
+    ) -> str | None:
+        """Write a new PENDING record; returns the existing job's id if the key was used.
+
+        With ``message`` (queue key, Celery message) the message is pushed and the job
+        announced in the same atomic call: the broker is this Redis.
+        """
         job_id, owner = fields["id"], fields["owner"]
         created = datetime.fromisoformat(fields["created_at"])
+        queue, body = message or ("", "")
         existing = await self._create(
             keys=[
                 records.job_key(job_id),
                 records.index_key(owner),
                 records.idempotency_key(owner, idempotency) if idempotency else "",
+                queue,
             ],
             args=[
                 self._ttl,
                 records.to_score(created),
                 job_id,
                 records.JOB_KEY_PREFIX,
+                body,
+                records.job_channel(job_id),
+                records.owner_channel(owner),
+                records.dumps(fields) if message else "",
                 *records.flatten(fields),
             ],
         )

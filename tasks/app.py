@@ -14,11 +14,9 @@ from urllib.parse import urlparse
 from celery import Celery
 
 from tasks.broker import TRANSPORT
+from tasks.messages import PRIORITY_SEP, PRIORITY_STEPS
 from tasks.registry import TaskRegistry
 from tasks.settings import Settings, get_settings
-
-# Redis "priority steps": 0 is served first, as Celery's Redis transport defines it.
-PRIORITY_STEPS = list(range(10))
 
 
 def celery_config(settings: Settings, *, producer: bool = False) -> dict[str, Any]:
@@ -27,7 +25,7 @@ def celery_config(settings: Settings, *, producer: bool = False) -> dict[str, An
         "socket_connect_timeout": settings.connect_timeout,
         "socket_timeout": settings.socket_timeout,
         "priority_steps": PRIORITY_STEPS,
-        "sep": ":",
+        "sep": PRIORITY_SEP,
         "queue_order_strategy": "priority",
         # A message unacknowledged this long is redelivered: keep it above any ETA we accept.
         "visibility_timeout": max(3600, int(settings.task_time_limit) * 2),

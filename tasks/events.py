@@ -92,12 +92,16 @@ def adopt(task: Task, job_id: str, kwargs: dict[str, Any]) -> None:
         created_at=created,
     )
     create(
-        keys=[records.job_key(job_id), records.index_key("anonymous"), ""],
+        keys=[records.job_key(job_id), records.index_key("anonymous"), "", ""],
         args=[
             settings.job_retention_seconds,
             records.to_score(created),
             job_id,
             records.JOB_KEY_PREFIX,
+            "",
+            "",
+            "",
+            "",
             *records.flatten(fields),
         ],
     )

@@ -160,11 +160,13 @@ def flatten(fields: dict[str, str]) -> list[str]:
     return [item for pair in fields.items() for item in pair]
 
 
-# KEYS: job, index, idempotency ('' for none)
-# ARGV: ttl, score, job id, job key prefix, field/value pairs...
+# KEYS: job, index, idempotency ('' for none), queue ('' when the message goes elsewhere)
+# ARGV: ttl, score, job id, job key prefix, message, job channel, owner channel,
+#       snapshot JSON, field/value pairs...
 # Returns nil when created, or the id of the job an idempotency key already points to.
-# It announces nothing: the creator publishes the PENDING snapshot once the Celery message
-# is on its way, so watchers never see a job whose message could not be sent.
+# With a queue, the Celery message is pushed and the PENDING snapshot announced in the same
+# step: the record, the message and the event exist together or not at all. Without one,
+# the caller announces once its own broker took the message.
 CREATE_SCRIPT = """
 local ttl = tonumber(ARGV[1])
 if KEYS[3] ~= '' then
@@ -174,12 +176,17 @@ if KEYS[3] ~= '' then
   end
   redis.call('SET', KEYS[3], ARGV[3], 'EX', ttl)
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], unpack(ARGV, 9))
 redis.call('EXPIRE', KEYS[1], ttl)
 local score = tonumber(ARGV[2])
 redis.call('ZADD', KEYS[2], score, ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. string.format('%d', score - ttl * 1000000))
 redis.call('EXPIRE', KEYS[2], ttl)
+if KEYS[4] ~= '' then
+  redis.call('LPUSH', KEYS[4], ARGV[5])
+  redis.call('PUBLISH', ARGV[6], ARGV[8])
+  redis.call('PUBLISH', ARGV[7], ARGV[8])
+end
 return false
 """
 
