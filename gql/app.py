@@ -12,16 +12,15 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse
-from starlette.requests import HTTPConnection
+from starlette.routing import Route, WebSocketRoute
 
 from gql.broadcast import JobBroadcast, RedisPubSubBackend
-from gql.context import Context
 from gql.health import HealthCheck
 from gql.jobs import JobService
 from gql.producer import Producer
 from gql.schema import build_schema
 from gql.store import JobStore, connect
-from gql.transports import SUBSCRIPTION_PROTOCOLS, JobQLRouter
+from gql.transports import SUBSCRIPTION_PROTOCOLS, JobQLGraphQL
 from tasks.app import registry
 from tasks.settings import Settings, get_settings
 
@@ -56,21 +55,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await broadcast.disconnect()
             await records.aclose()
 
-    async def context(connection: HTTPConnection) -> Context:
-        state = connection.app.state
-        return Context(jobs=state.jobs, health=state.health, broadcast=state.broadcast)
-
     app = FastAPI(title="JobQL", lifespan=lifespan)
-    graphql = JobQLRouter(
+    graphql = JobQLGraphQL(
         build_schema(registry),
         graphql_ide="graphiql" if settings.graphiql else None,
-        context_getter=context,
         subscription_protocols=SUBSCRIPTION_PROTOCOLS,
         keep_alive=True,
         keep_alive_interval=settings.keep_alive_interval,
         connection_init_wait_timeout=timedelta(seconds=settings.connection_init_timeout),
     )
-    app.include_router(graphql, prefix="/graphql")
+    app.router.routes += [
+        Route("/graphql", graphql, methods=["GET", "POST"], include_in_schema=False),
+        WebSocketRoute("/graphql", graphql),
+    ]
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:
