@@ -254,7 +254,16 @@ def start_rest(stack: Stack) -> tuple[subprocess.Popen[bytes], int]:
     return process, port
 
 
+async def warm_up(stack: Stack, rest_port: int) -> None:
+    """Both servers answer a few hundred requests first: caches and code paths warm."""
+    warm = Size(1, 300, 8, 1, 1, 1)
+    await closed_loop(rest_port, rest_post(rest_port, "/api/process"), warm)
+    mutation = graphql_request(stack.port, MUTATION, lambda n: {"i": {"userId": n, "stepDelay": 0}})
+    await closed_loop(stack.port, mutation, warm, ok=_ok_graphql)
+
+
 async def measure(stack: Stack, rest_port: int, size: Size) -> dict[str, Any]:
+    await warm_up(stack, rest_port)
     runs = [await one_repetition(stack, rest_port, size) for _ in range(size.repetitions)]
     extra = {"P8": await capacity(stack.base_url, stack.api.pid, size.subscriptions)}
     return summarise(runs, extra, size)

@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         keep_alive=True,
         keep_alive_interval=settings.keep_alive_interval,
         connection_init_wait_timeout=timedelta(seconds=settings.connection_init_timeout),
+        max_concurrent=settings.max_concurrent_operations,
     )
     app.router.routes += [
         Route("/graphql", graphql, methods=["GET", "POST"], include_in_schema=False),

@@ -8,6 +8,7 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.subscriptions import (
@@ -60,16 +61,34 @@ class JobQLGraphQL(GraphQL[Context, None]):
     """Strawberry's ASGI view, routed straight from the app: no FastAPI dependency solving
     per request (a measurable share of a small query's time), the same four transports."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_concurrent: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._admission = asyncio.Semaphore(max_concurrent) if max_concurrent else None
         self.graphql_transport_ws_handler_class = type(
             "JobQLTransportWSHandler",
             (PingingTransportWSHandler,),
             {"ping_interval": kwargs.get("keep_alive_interval", 15.0)},
         )
 
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Plain HTTP operations take a turn at a bounded number of slots: the rest park
+        without queueing CPU work on the loop, so other endpoints keep answering promptly."""
+        if self._admission is None or scope["type"] != "http" or _streams(scope):
+            await super().__call__(scope, receive, send)
+            return
+        async with self._admission:
+            await super().__call__(scope, receive, send)
+
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
     ) -> Context:
         state = request.app.state
         return Context(jobs=state.jobs, health=state.health, broadcast=state.broadcast)
+
+
+def _streams(scope: Scope) -> bool:
+    """Multipart and SSE subscriptions are long-lived: they never hold a slot."""
+    for name, value in scope["headers"]:
+        if name == b"accept":
+            return b"multipart/mixed" in value or b"text/event-stream" in value
+    return False

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     producer_threads: int = Field(default=8, ge=1, le=256)
     redis_max_connections: int = Field(default=64, ge=2, le=10_000)
     max_page_size: int = Field(default=100, ge=1, le=1000)
+    # HTTP GraphQL operations executing at once per process; the others wait their turn
+    # without queueing work on the event loop (0: unbounded). Raise it when resolvers of
+    # your own wait long on I/O.
+    max_concurrent_operations: int = Field(default=4, ge=0)
     subscriber_queue_limit: int = Field(default=256, ge=8)
     keep_alive_interval: float = Field(default=15.0, gt=0)
     connection_init_timeout: float = Field(default=10.0, gt=0)
