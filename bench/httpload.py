@@ -89,3 +89,49 @@ async def run(
     await asyncio.gather(*(lane() for _ in range(concurrency)))
     result.seconds = time.perf_counter() - started
     return result
+
+
+async def open_loop(
+    host: str,
+    port: int,
+    make_request: Callable[[int], bytes],
+    *,
+    rate: float,
+    seconds: float,
+    connections: int = 64,
+) -> LoadResult:
+    """Requests at a fixed rate whatever the answers take (no coordinated omission).
+
+    Each latency runs from the request's scheduled time, so a stalled server shows up as
+    the queue it builds, as users would feel it.
+    """
+    result = LoadResult()
+    pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    for _ in range(connections):
+        pool.put_nowait(await asyncio.open_connection(host, port))
+
+    async def one(n: int, scheduled: float) -> None:
+        reader, writer = await pool.get()
+        try:
+            writer.write(make_request(n))
+            status, _ = await _read_response(reader)
+        finally:
+            pool.put_nowait((reader, writer))
+        result.latencies.append(time.perf_counter() - scheduled)
+        if status == 200:
+            result.completed += 1
+        else:
+            result.failed += 1
+
+    started = time.perf_counter()
+    tasks = []
+    total = int(rate * seconds)
+    for n in range(total):
+        scheduled = started + n / rate
+        await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+        tasks.append(asyncio.create_task(one(n, scheduled)))
+    await asyncio.gather(*tasks)
+    result.seconds = time.perf_counter() - started
+    while not pool.empty():
+        pool.get_nowait()[1].close()
+    return result

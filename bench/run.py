@@ -46,12 +46,15 @@ class Size:
     page_samples: int
     events: int
     subscriptions: int
+    rate: float = 500.0
+    seconds: float = 6.0
+    starts: int = 30
 
 
 FULL = Size(repetitions=3, requests=4000, concurrency=32, page_samples=200, events=300,
             subscriptions=10_000)  # fmt: skip
 TINY = Size(repetitions=1, requests=100, concurrency=4, page_samples=5, events=20,
-            subscriptions=50)  # fmt: skip
+            subscriptions=50, rate=50.0, seconds=1.0, starts=3)  # fmt: skip
 
 
 def _p(samples: list[float], q: float) -> float:
@@ -170,6 +173,23 @@ async def one_repetition(jobql: Stack, rest_port: int, size: Size) -> dict[str, 
     out["P4.baseline"] = _p(fifties, 0.99) * 1000
     out["P4.jobql"] = _p(pages, 0.99) * 1000
 
+    # P2: the same fixed rate into both, open loop; the baseline moves .delay() to a thread.
+    rest_fixed = await httpload.open_loop(
+        "127.0.0.1",
+        rest_port,
+        rest_post(rest_port, "/api/process-threadpool"),
+        rate=size.rate,
+        seconds=size.seconds,
+    )
+    ours_fixed = await httpload.open_loop(
+        "127.0.0.1", port, mutation, rate=size.rate, seconds=size.seconds
+    )
+    out["P2.baseline"] = _p(rest_fixed.latencies, 0.99) * 1000
+    out["P2.jobql"] = _p(ours_fixed.latencies, 0.99) * 1000
+
+    # P9: enqueue -> a worker starts it, idle system, against raw apply_async -> start.
+    out["P9.baseline"], out["P9.jobql"] = await start_latencies(jobql, size.starts)
+
     # P6: worker progress report to the client against raw Redis pub/sub (p99).
     raw = await raw_pubsub_latency(jobql.valkey.url, size.events, 50)
     e2e = await jobql_latency(jobql.base_url, size.events, 50)
@@ -178,12 +198,69 @@ async def one_repetition(jobql: Stack, rest_port: int, size: Size) -> dict[str, 
     return out
 
 
+async def _started_at(client: Any, job_id: str) -> float:
+    """The worker's start time of a job, from its record (set in JobTask.before_start)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        started = await client.hget(f"jobql:job:{job_id}", "started_at")
+        if started:
+            return datetime.fromisoformat(started).timestamp()
+        await asyncio.sleep(0.002)
+    raise TimeoutError(f"job {job_id} never started")
+
+
+async def start_latencies(stack: Stack, samples: int) -> tuple[float, float]:
+    """p50 seconds from enqueue to start: raw ``send_task`` and JobQL's ``enqueue``."""
+    import redis.asyncio as aioredis
+
+    from tasks.app import create_celery_app
+    from tasks.settings import Settings
+
+    client = aioredis.Redis.from_url(stack.valkey.url, decode_responses=True)
+    producer = create_celery_app(Settings(redis_url=stack.valkey.url), producer=True)
+    raw, ours = [], []
+    query = (
+        'mutation($i: JSON!) { enqueue(task: "bench.stamp", input: $i,'
+        ' options: {queue: "bench"}) { id createdAt } }'
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    for _ in range(samples):
+        sent = time.time()
+        result = await asyncio.to_thread(
+            producer.send_task, "bench.stamp", kwargs={"sent_at": sent}, queue="bench"
+        )
+        raw.append(await _started_at(client, result.id) - sent)
+        sent = time.time()
+        writer.write(
+            httpload.post_request(
+                "127.0.0.1",
+                stack.port,
+                "/graphql",
+                {"query": query, "variables": {"i": {"sentAt": sent}}},
+            )
+        )
+        _, body = await httpload._read_response(reader)
+        job_id = json.loads(body)["data"]["enqueue"]["id"]
+        ours.append(await _started_at(client, job_id) - sent)
+    writer.close()
+    producer.close()
+    await client.aclose()
+    return statistics.median(raw) * 1000, statistics.median(ours) * 1000
+
+
 FIGURES = {
     "P1": ("typed mutation throughput (req/s)", "REST .delay() endpoint", ">= 1.0x", "higher"),
+    "P2": (
+        "typed mutation p99 at 500 req/s (ms)",
+        "REST, producer in a thread",
+        "<= 1.0x",
+        "lower",
+    ),
     "P3": ("job(id) query throughput (req/s)", "REST AsyncResult endpoint", ">= 1.5x", "higher"),
     "P4": ("jobs(first: 50) latency p99 (ms)", "50 x job(id) reads", "<= 0.1x", "lower"),
     "P5": ("/health/live p99 during P1 (ms)", "same endpoint idle", "<= 3x", "lower"),
     "P6": ("progress to client p99 (ms), 1 sub", "raw Redis pub/sub", "<= 3x", "lower"),
+    "P9": ("enqueue to worker start p50 (ms)", "raw apply_async", "<= 1.2x", "lower"),
 }
 
 

@@ -34,3 +34,13 @@ def tick(input: TickInput, job: JobContext) -> TickOutput:
             time.sleep(delay)
         job.progress(n, input.ticks, data={"sentAt": time.time()})
     return TickOutput(ticks=input.ticks)
+
+
+class StampInput(JobModel):
+    sent_at: float = Field(description="Wall clock when the producer sent the message.")
+
+
+@job(name="bench.stamp", queue="bench")
+def stamp(input: StampInput) -> StampInput:
+    """Do nothing: the worker's start time, recorded on the job, is what is measured."""
+    return input
