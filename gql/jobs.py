@@ -42,15 +42,14 @@ class JobService:
         self.store = store
         self.producer = producer
         self.registry = registry
+        # Task modules are imported before the service starts: the set is fixed from here.
+        self._queues = frozenset({*settings.queues, *(s.queue for s in registry.typed if s.queue)})
 
     def spec(self, task: str) -> TaskSpec:
         spec = self.registry.get(task)
         if spec is None:
             raise BadUserInput.field("task", f"unknown task {task!r}; the `tasks` query lists them")
         return spec
-
-    def known_queues(self) -> set[str]:
-        return {*self.settings.queues, *(s.queue for s in self.registry.typed if s.queue)}
 
     async def enqueue(
         self, spec: TaskSpec, data: Any, options: EnqueueRequest, owner: str
@@ -130,8 +129,8 @@ class JobService:
 
     def _delivery(self, spec: TaskSpec, options: EnqueueRequest) -> Delivery:
         queue = options.queue or spec.queue or self.settings.default_queue
-        if queue not in self.known_queues():
-            known = ", ".join(sorted(self.known_queues()))
+        if queue not in self._queues:
+            known = ", ".join(sorted(self._queues))
             raise BadUserInput.field("options.queue", f"unknown queue {queue!r}; known: {known}")
         if options.countdown is not None and options.eta is not None:
             raise BadUserInput.field("options.eta", "give either countdown or eta, not both")
