@@ -111,35 +111,114 @@ async def jobql_latency(base: str, events: int, rate: float) -> list[float]:
     return latencies
 
 
+async def _waiting_jobs(http: httpx.AsyncClient, count: int) -> list[str]:
+    """``count`` jobs that stay PENDING (scheduled an hour ahead), created 100 per request."""
+    ids: list[str] = []
+    while len(ids) < count:
+        batch = min(100, count - len(ids))
+        aliases = " ".join(
+            f"j{i}: processData(input: {{data: {i}, delay: 0}}, options: {{countdown: 3600}})"
+            " { id }"
+            for i in range(batch)
+        )
+        data = await _graphql(http, f"mutation {{ {aliases} }}", {})
+        ids += [data[f"j{i}"]["id"] for i in range(batch)]
+    return ids
+
+
+async def _subscribe_all(base: str, ids: list[str]) -> list[ClientConnection]:
+    """One job(id) subscription per id, 100 per WebSocket; returns once every snapshot came."""
+    connections: list[ClientConnection] = []
+    for offset in range(0, len(ids), PER_CONNECTION):
+        ws = await _open(base)
+        connections.append(ws)
+        for n, job_id in enumerate(ids[offset : offset + PER_CONNECTION]):
+            payload = {"query": WATCH, "variables": {"id": job_id}}
+            await ws.send(json.dumps({"id": str(n), "type": "subscribe", "payload": payload}))
+    for offset, ws in zip(range(0, len(ids), PER_CONNECTION), connections, strict=True):
+        for _ in ids[offset : offset + PER_CONNECTION]:
+            message = json.loads(await asyncio.wait_for(ws.recv(), 120))
+            assert message["type"] == "next", message
+    return connections
+
+
+async def fanout_latency(base: str, count: int, seconds: float) -> list[float]:
+    """``count`` subscriptions, each job reporting progress once a second from a worker."""
+    async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+        ids = await _waiting_jobs(http, count)
+        connections = await _subscribe_all(base, ids)
+        half = (len(ids) + 1) // 2
+        for part in (ids[:half], ids[half:]):  # two worker processes share the reporting
+            if part:
+                await _graphql(
+                    http,
+                    'mutation($i: JSON!) { enqueue(task: "bench.fanout", input: $i) { id } }',
+                    {"i": {"jobIds": part, "seconds": seconds}},
+                )
+    latencies: list[float] = []
+    deadline = time.monotonic() + seconds + 5
+
+    async def drain(ws: ClientConnection) -> None:
+        while time.monotonic() < deadline:
+            try:
+                raw = await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.monotonic()))
+            except TimeoutError:
+                return
+            message = json.loads(raw)
+            if message["type"] == "next":
+                progress = message["payload"]["data"]["job"]["progress"]
+                if progress:
+                    latencies.append(time.time() - progress["data"]["sentAt"])
+
+    await asyncio.gather(*(drain(ws) for ws in connections))
+    for ws in connections:
+        await ws.close()
+    return latencies
+
+
+async def raw_fanout_latency(url: str, count: int, seconds: float) -> list[float]:
+    """The same load on raw redis-py: ``count`` channels, one message each per second, all
+    received on one subscribing connection, as JobQL's API receives them."""
+    subscriber, publisher = aioredis.Redis.from_url(url), aioredis.Redis.from_url(url)
+    pubsub = subscriber.pubsub()
+    channels = [f"bench:fan:{n}" for n in range(count)]
+    for offset in range(0, count, 500):
+        await pubsub.subscribe(*channels[offset : offset + 500])
+    confirmed = 0
+    while confirmed < count:
+        message = await pubsub.get_message(timeout=5)
+        confirmed += message is not None and message["type"] == "subscribe"
+    latencies: list[float] = []
+    expected = count * int(seconds)
+
+    async def receive() -> None:
+        while len(latencies) < expected:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+            if message is None:
+                return
+            latencies.append(time.time() - float(message["data"]))
+
+    receiver = asyncio.create_task(receive())
+    start = time.monotonic()
+    for second in range(int(seconds)):
+        for n, channel in enumerate(channels):
+            await asyncio.sleep(max(0.0, start + second + n / count - time.monotonic()))
+            await publisher.publish(channel, repr(time.time()))
+    await asyncio.wait_for(receiver, 30)
+    await pubsub.aclose()
+    await subscriber.aclose()
+    await publisher.aclose()
+    return latencies
+
+
 async def capacity(base: str, pid: int, count: int) -> dict[str, Any]:
     """Hold ``count`` job(id) subscriptions on one API process; report RSS per subscription."""
     async with httpx.AsyncClient(base_url=base, timeout=60) as http:
-        ids: list[str] = []
-        while len(ids) < count:
-            batch = min(100, count - len(ids))
-            aliases = " ".join(
-                f"j{i}: processData(input: {{data: {i}, delay: 0}}, options: {{countdown: 3600}})"
-                " { id }"
-                for i in range(batch)
-            )
-            data = await _graphql(http, f"mutation {{ {aliases} }}", {})
-            ids += [data[f"j{i}"]["id"] for i in range(batch)]
+        ids = await _waiting_jobs(http, count)
         await asyncio.sleep(1)
         before = rss_kib(pid)
         started = time.monotonic()
-        connections: list[ClientConnection] = []
-        for offset in range(0, count, PER_CONNECTION):
-            ws = await _open(base)
-            connections.append(ws)
-            for n, job_id in enumerate(ids[offset : offset + PER_CONNECTION]):
-                payload = {"query": WATCH, "variables": {"id": job_id}}
-                await ws.send(json.dumps({"id": str(n), "type": "subscribe", "payload": payload}))
-        snapshots = 0
-        for ws in connections:
-            for _ in range(min(PER_CONNECTION, count - snapshots)):
-                message = json.loads(await asyncio.wait_for(ws.recv(), 120))
-                assert message["type"] == "next", (message, snapshots)
-                snapshots += 1
+        connections = await _subscribe_all(base, ids)
         opened_in = time.monotonic() - started
         await asyncio.sleep(1)
         after = rss_kib(pid)
@@ -147,12 +226,12 @@ async def capacity(base: str, pid: int, count: int) -> dict[str, Any]:
         for ws in connections:
             await ws.close()
     return {
-        "subscriptions": snapshots,
+        "subscriptions": len(ids),
         "channels_held": stats["channels"],
         "opened_in_s": round(opened_in, 1),
         "api_rss_mib_before": round(before / 1024, 1),
         "api_rss_mib_after": round(after / 1024, 1),
-        "rss_kib_per_subscription": round((after - before) / max(1, snapshots), 2),
+        "rss_kib_per_subscription": round((after - before) / max(1, len(ids)), 2),
     }
 
 

@@ -44,3 +44,28 @@ class StampInput(JobModel):
 def stamp(input: StampInput) -> StampInput:
     """Do nothing: the worker's start time, recorded on the job, is what is measured."""
     return input
+
+
+class FanoutInput(JobModel):
+    job_ids: list[str] = Field(max_length=20_000)
+    seconds: float = Field(gt=0, le=600)
+
+
+@job(name="bench.fanout", queue="bench")
+def fanout(input: FanoutInput) -> FanoutInput:
+    """Report progress on every job in ``job_ids`` once a second, spread evenly, through
+    the same record-and-publish step a task's own progress report takes."""
+    from tasks import events
+    from tasks.records import JobState
+
+    count = len(input.job_ids)
+    start = time.monotonic()
+    rounds = int(input.seconds)
+    for second in range(rounds):
+        for n, job_id in enumerate(input.job_ids):
+            delay = start + second + n / count - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            meta = {"current": second + 1, "total": rounds, "data": {"sentAt": time.time()}}
+            events.transition(job_id, JobState.PROGRESS, events.progress_fields(meta))
+    return input
