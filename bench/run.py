@@ -359,9 +359,10 @@ async def warm_up(stack: Stack, rest_port: int) -> None:
 
 
 async def measure(stack: Stack, rest_port: int, size: Size) -> dict[str, Any]:
+    # First, on a fresh process: later figures leave memory that RSS never gives back.
+    extra = {"P8": await capacity(stack.base_url, stack.api.pid, size.subscriptions)}
     await warm_up(stack, rest_port)
     runs = [await one_repetition(stack, rest_port, size) for _ in range(size.repetitions)]
-    extra = {"P8": await capacity(stack.base_url, stack.api.pid, size.subscriptions)}
     return summarise(runs, extra, size)
 
 

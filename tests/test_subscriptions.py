@@ -68,3 +68,24 @@ def test_an_unknown_job_is_not_found(api: GraphQL, transport: str) -> None:
 
     assert not stream.jobs
     assert [e["extensions"]["code"] for e in stream.errors] == ["NOT_FOUND"]
+
+
+def test_http_subscriptions_never_hold_the_operation_slots(api: GraphQL) -> None:
+    """More multipart/SSE streams than execution slots, and queries still answer at once."""
+    import threading
+
+    from tests.clients import multipart, sse
+
+    job_id = _report(api, steps=100, delay=0.05)
+    streams = [
+        threading.Thread(target=fn, args=(api.base_url, WATCH, {"id": job_id}), daemon=True)
+        for fn in (sse, multipart) * 4  # 8 streams; the API executes 4 operations at once
+    ]
+    for stream in streams:
+        stream.start()
+    api.wait(job_id, lambda job: job["state"] == "PROGRESS")
+
+    assert api.job(job_id)["done"] is False, "a query waited for the streams to end"
+    for stream in streams:
+        stream.join(30)
+    assert api.job(job_id)["state"] == "SUCCESS"
