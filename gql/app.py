@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import logging
 from collections.abc import AsyncIterator
@@ -33,6 +34,20 @@ def load_task_modules(settings: Settings) -> None:
         importlib.import_module(module)
 
 
+def tune_gc(gen0_threshold: int) -> None:
+    """Keep the cyclic garbage collector from pausing live subscriptions.
+
+    Measured with 1,000-2,000 subscriptions each getting one event a second: full
+    collections walking every live subscription's objects made the p99 delivery latency
+    45-225 ms against a p50 under 1 ms. Freezing what start-up allocated and collecting the
+    young generation less often brought the p99 to 3-15 ms. 0 keeps Python's defaults.
+    """
+    if gen0_threshold:
+        gc.freeze()
+        _, gen1, gen2 = gc.get_threshold()
+        gc.set_threshold(gen0_threshold, gen1, gen2)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     load_task_modules(settings)
@@ -47,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.jobs = JobService(settings, JobStore(records, settings), producer, registry)
         app.state.health = HealthCheck(records, backend, producer, settings.connect_timeout)
         app.state.broadcast = broadcast
+        tune_gc(settings.gc_gen0_threshold)
         logger.info("JobQL API ready; GraphQL at /graphql")
         try:
             yield

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     # without queueing work on the event loop (0: unbounded). Raise it when resolvers of
     # your own wait long on I/O.
     max_concurrent_operations: int = Field(default=4, ge=0)
+    # Allocations between young-generation collections in the API (0: Python's default).
+    gc_gen0_threshold: int = Field(default=100_000, ge=0)
     subscriber_queue_limit: int = Field(default=256, ge=8)
     keep_alive_interval: float = Field(default=15.0, gt=0)
     connection_init_timeout: float = Field(default=10.0, gt=0)
