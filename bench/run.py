@@ -202,7 +202,23 @@ async def one_repetition(jobql: Stack, rest_port: int, size: Size) -> dict[str, 
         out[f"{key}.baseline"] = _p(raw, 0.99) * 1000
         out[f"{key}.jobql"] = _p(e2e, 0.99) * 1000
         out[f"{key}.received"] = len(e2e) / max(1, count * int(size.fanout_seconds))
+        await settle(jobql)
     return out
+
+
+async def settle(stack: Stack, limit: float = 120.0) -> None:
+    """Wait until the API has let go of every subscription: a saturated fan-out leaves a
+    backlog that would otherwise be measured as the next figure's latency."""
+    import httpx
+
+    deadline = time.monotonic() + limit
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=10) as http:
+        while time.monotonic() < deadline:
+            stats = (await http.get("/health/stats")).json()
+            if stats["channels"] == 0 and stats["pending_events"] == 0:
+                break
+            await asyncio.sleep(0.2)
+    await asyncio.sleep(1)
 
 
 async def _started_at(client: Any, job_id: str) -> float:
