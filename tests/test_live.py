@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -66,6 +65,23 @@ def _in_background(fn: Any, *args: Any, **kwargs: Any) -> tuple[threading.Thread
     return thread, out
 
 
+def _watch_until_progress(
+    client: Any, base_url: str, job_id: str
+) -> tuple[threading.Thread, list[Stream]]:
+    """Watch ``job_id`` in the background; return once its first progress report arrived."""
+    seen_progress = threading.Event()
+    thread, out = _in_background(
+        client,
+        base_url,
+        WATCH,
+        {"id": job_id},
+        timeout=90,
+        on_result=lambda r: seen_progress.set() if r["data"]["job"]["progress"] else None,
+    )
+    assert seen_progress.wait(30), "progress never arrived"
+    return thread, out
+
+
 def test_a_job_enqueued_on_one_replica_is_watched_live_on_another(stack: Stack) -> None:
     job_id = _report(stack.a, steps=10, delay=0.05, countdown=0.3)
 
@@ -79,16 +95,7 @@ def test_a_job_enqueued_on_one_replica_is_watched_live_on_another(stack: Stack) 
 
 def test_a_redis_restart_mid_stream_loses_no_state_change(stack: Stack) -> None:
     job_id = _report(stack.a, steps=60, delay=0.05)
-    seen_progress = threading.Event()
-    thread, out = _in_background(
-        graphql_transport_ws,
-        stack.b.base_url,
-        WATCH,
-        {"id": job_id},
-        timeout=90,
-        on_result=lambda r: seen_progress.set() if r["data"]["job"]["progress"] else None,
-    )
-    assert seen_progress.wait(30), "progress never arrived before the restart"
+    thread, out = _watch_until_progress(graphql_transport_ws, stack.b.base_url, job_id)
 
     stack.valkey.stop()
     time.sleep(0.5)
@@ -115,15 +122,7 @@ def _slow_socket(base_url: str) -> socket.socket:
 
 def test_a_killed_pubsub_connection_heals_without_losing_the_end(stack: Stack) -> None:
     job_id = _report(stack.a, steps=40, delay=0.05)
-    seen_progress = threading.Event()
-    thread, out = _in_background(
-        sse,
-        stack.a.base_url,
-        WATCH,
-        {"id": job_id},
-        on_result=lambda r: seen_progress.set() if r["data"]["job"]["progress"] else None,
-    )
-    assert seen_progress.wait(30)
+    thread, out = _watch_until_progress(sse, stack.a.base_url, job_id)
     client = redis.Redis.from_url(stack.valkey.url)
     assert client.client_kill_filter(_type="pubsub") >= 1  # what Redis does to a slow reader
     client.close()
@@ -281,6 +280,6 @@ def test_keep_alive_pings_and_the_connection_init_timeout(stack: Stack) -> None:
         assert closed.value.rcvd.code == 4408  # type: ignore[attr-defined]
 
 
-def test_health_reports_the_broadcast_connection(stack: Stack, tmp_path: Path) -> None:
+def test_health_reports_the_broadcast_connection(stack: Stack) -> None:
     health = stack.a.data("{ health { broadcast { ok } } }")["health"]
     assert health["broadcast"]["ok"] is True
