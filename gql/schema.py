@@ -12,6 +12,7 @@ from strawberry.types.field import StrawberryField
 
 from gql.context import Info
 from gql.errors import BadUserInput, InputValidationCodes, MaskUnexpectedErrors, classify
+from gql.execution import JobQLExecutor
 from gql.inputs import InputTypes, mutation_name, to_data
 from gql.jobs import EnqueueRequest
 from gql.store import PageQuery
@@ -176,6 +177,7 @@ def build_schema(registry: TaskRegistry) -> strawberry.Schema:
         mutation=mutation,
         subscription=Subscription,
         config=StrawberryConfig(auto_camel_case=True),
+        execution_context_class=JobQLExecutor,
         # Instances, not classes: each cache lives in its instance and must outlive a request.
         extensions=[
             InputValidationCodes,

@@ -1,0 +1,174 @@
+"""Subscription events without graphql-core's per-event executor, where that is provably safe.
+
+graphql-core executes a subscription's whole selection set again for every event: it builds a
+per-event executor, collects the root fields anew and walks every field through its generic
+completion machinery. For a dashboard watching thousands of jobs that is most of the API's
+CPU. Worse, graphql-core 3.3 memoizes sub-field collection on the identity of field lists it
+builds afresh for every event, in a dict shared by all events of the subscription: a
+long-lived subscription's memo grows by an entry or two per event and never shrinks.
+
+A job's fields are plain data: no arguments, no resolvers of their own. So the first event
+of a subscription compiles its selection set (fragments, aliases and ``@skip``/``@include``
+already applied by graphql-core's own field collection) into a projection of the yielded
+object, and every event is the projection of its payload, coerced by the schema's own scalar
+and enum types. Anything the projection does not cover takes graphql-core's path unchanged:
+a field with a resolver or arguments, a list, an interface or union, a type with its own
+type check, middleware, an abort signal, and any value the projection finds off-contract (a
+null in a non-null field, a scalar that does not coerce), so errors keep their exact form.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from graphql import (
+    ExecutionResult,
+    GraphQLLeafType,
+    GraphQLObjectType,
+    GraphQLOutputType,
+    OperationType,
+    Undefined,
+    is_leaf_type,
+    is_non_null_type,
+    is_object_type,
+)
+from graphql.execution.collect_fields import FieldDetails, collect_fields, collect_subfields
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+
+Projection = Callable[[Any], Any]
+
+
+class OffContract(Exception):
+    """This event's value needs graphql-core's full completion (it reports the error)."""
+
+
+class Uncompilable(Exception):
+    """The selection set uses something the projection does not cover."""
+
+
+class JobQLExecutor(StrawberryGraphQLCoreExecutionContext):
+    """Strawberry's executor, with subscription events served by a compiled projection."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Shared with every per-event copy (they are shallow): compiled on the first event.
+        self._event_plan: list[Projection | None] = []
+
+    def execute_operation(self, serially: bool | None = None) -> Any:
+        # Only events run a subscription's operation: the subscribe step has its own call.
+        event = self.operation.operation is OperationType.SUBSCRIPTION
+        if not event or self.abort_signal is not None:
+            return super().execute_operation(serially)
+        if not self._event_plan:
+            self._event_plan.append(self._compile())
+        plan = self._event_plan[0]
+        if plan is not None:
+            # Off-contract values (and any surprise) go the full way, which reports them.
+            with contextlib.suppress(Exception):
+                return ExecutionResult(data=plan(self.root_value), errors=None)
+        # Fresh memo per event: see the module docstring.
+        self._relevant_sub_fields = {}
+        return super().execute_operation(serially)
+
+    def _compile(self) -> Projection | None:
+        if self.middleware_manager is not None and self.middleware_manager.middlewares:
+            return None
+        root_type = self.schema.subscription_type
+        assert root_type is not None
+        collected = collect_fields(
+            self.schema,
+            self.fragments,
+            self.variable_values,
+            root_type,
+            self.operation,
+            self.hide_suggestions,
+        )
+        if collected.new_defer_usages or len(collected.grouped_field_set) != 1:
+            return None
+        ((key, details),) = collected.grouped_field_set.items()
+        field = root_type.fields.get(details[0].node.name.value)
+        if field is None:
+            return None
+        try:
+            project = self._value(field.type, details)
+        except Uncompilable:
+            return None
+        # Strawberry resolves a subscription's root field to the event itself.
+        resolve = field.resolve
+        assert resolve is not None
+        return lambda payload: {key: project(resolve(payload, None))}
+
+    def _value(self, type_: GraphQLOutputType, details: list[FieldDetails]) -> Projection:
+        if is_non_null_type(type_):
+            inner = self._value(type_.of_type, details)
+
+            def non_null(value: Any) -> Any:
+                completed = inner(value)
+                if completed is None:
+                    raise OffContract
+                return completed
+
+            return non_null
+        if is_leaf_type(type_):
+            return _leaf(type_)
+        if is_object_type(type_):
+            return self._object(type_, details)
+        raise Uncompilable(str(type_))
+
+    def _object(self, type_: GraphQLObjectType, details: list[FieldDetails]) -> Projection:
+        collected = collect_subfields(
+            self.schema,
+            self.fragments,
+            self.variable_values,
+            self.operation,
+            type_,
+            details,
+            self.hide_suggestions,
+        )
+        if collected.new_defer_usages or type_.is_type_of is not None:
+            raise Uncompilable(type_.name)
+        fields: list[tuple[str, Callable[..., Any], Projection]] = []
+        for key, sub_details in collected.grouped_field_set.items():
+            name = sub_details[0].node.name.value
+            if name == "__typename":
+                fields.append((key, _constant(type_.name), _same))
+                continue
+            field = type_.fields[name]
+            # Strawberry marks the resolver of a plain attribute field; it ignores `info`.
+            if not getattr(field.resolve, "_is_default", False) or field.args:
+                raise Uncompilable(f"{type_.name}.{name}")
+            fields.append((key, field.resolve, self._value(field.type, sub_details)))
+
+        def project(source: Any) -> Any:
+            if source is None:
+                return None
+            return {key: complete(resolve(source, None)) for key, resolve, complete in fields}
+
+        return project
+
+
+def _leaf(type_: GraphQLLeafType) -> Projection:
+    coerce = type_.coerce_output_value
+
+    def leaf(value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            coerced = coerce(value)
+        except Exception as exc:
+            raise OffContract from exc
+        if coerced is None or coerced is Undefined:
+            raise OffContract
+        return coerced
+
+    return leaf
+
+
+def _constant(value: str) -> Callable[[Any, None], str]:
+    return lambda _source, _info: value
+
+
+def _same(value: Any) -> Any:
+    return value
