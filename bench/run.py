@@ -6,6 +6,8 @@ ratio of the medians. Results go to ``bench/results/latest.json`` and ``latest.m
 
     .venv/bin/python -m bench.run            # full: 3 repetitions
     .venv/bin/python -m bench.run --tiny     # seconds: proves the harness works (make test)
+    .venv/bin/python -m bench.run --only P1,P5,P3 --set JOBQL_MAX_CONCURRENT_OPERATIONS=8
+                                             # some figures, with a setting changed
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -132,34 +134,63 @@ async def _ids(port: int, count: int) -> list[str]:
     return ids
 
 
-async def one_repetition(jobql: Stack, rest_port: int, size: Size) -> dict[str, float]:
+async def one_repetition(
+    jobql: Stack, rest_port: int, size: Size, only: frozenset[str]
+) -> dict[str, float]:
     port = jobql.port
     out: dict[str, float] = {}
+    mutation = graphql_request(port, MUTATION, lambda n: {"i": {"userId": n, "stepDelay": 0}})
+    query = graphql_request(port, JOB, lambda n: {"id": ids[n % len(ids)]})
+    ids: list[str] = []
+    if only & {"P1", "P5"}:
+        await p1_p5(port, rest_port, mutation, size, out)
+    if only & {"P3", "P4"}:
+        ids += await _ids(port, 200)
+    if "P3" in only:
+        rest_read = await closed_loop(
+            rest_port, get_request(rest_port, lambda n: f"/api/task/{ids[n % len(ids)]}"), size
+        )
+        out["P3.baseline"] = rest_read.per_second
+        out["P3.jobql"] = (await closed_loop(port, query, size, ok=_ok_graphql)).per_second
+    if "P4" in only:
+        await p4(port, query, size, out)
+    if "P2" in only:
+        await p2(port, rest_port, mutation, size, out)
+    if "P9" in only:
+        # P9: enqueue -> a worker starts it, idle system, against raw apply_async -> start.
+        out["P9.baseline"], out["P9.jobql"] = await start_latencies(jobql, size.starts)
+    # P6, P7: N subscriptions x 1 progress report a second from workers, against raw Redis
+    # pub/sub carrying the same N channels x 1 message a second to one subscriber.
+    for key, count in (("P6", size.p6_subscriptions), ("P7", size.p7_subscriptions)):
+        if key not in only:
+            continue
+        raw = await raw_fanout_latency(jobql.valkey.url, count, size.fanout_seconds)
+        e2e = await fanout_latency(jobql.base_url, count, size.fanout_seconds)
+        out[f"{key}.baseline"] = _p(raw, 0.99) * 1000
+        out[f"{key}.jobql"] = _p(e2e, 0.99) * 1000
+        out[f"{key}.received"] = len(e2e) / max(1, count * int(size.fanout_seconds))
+        await settle(jobql)
+    return out
 
-    # P1: closed-loop enqueue throughput, the guide's endpoint against the typed mutation.
+
+async def p1_p5(
+    port: int, rest_port: int, mutation: Any, size: Size, out: dict[str, float]
+) -> None:
+    """P1: closed-loop enqueue throughput, the guide's endpoint against the typed mutation;
+    P5: meanwhile, the loop keeps answering a health probe."""
     rest = await closed_loop(rest_port, rest_post(rest_port, "/api/process"), size)
     out["P1.baseline"] = rest.per_second
-    mutation = graphql_request(port, MUTATION, lambda n: {"i": {"userId": n, "stepDelay": 0}})
     probe_task = asyncio.create_task(probe_latency(port, 3.0))
     ours = await closed_loop(port, mutation, size, ok=_ok_graphql)
     busy = await probe_task
     out["P1.jobql"] = ours.per_second
-
-    # P5: the loop keeps answering while P1 runs flat out.
     idle = await probe_latency(port, 3.0)
     out["P5.baseline"] = _p(idle, 0.99) * 1000
     out["P5.jobql"] = _p(busy, 0.99) * 1000
 
-    # P3: status reads, AsyncResult against job(id).
-    ids = await _ids(port, 200)
-    rest_read = await closed_loop(
-        rest_port, get_request(rest_port, lambda n: f"/api/task/{ids[n % len(ids)]}"), size
-    )
-    out["P3.baseline"] = rest_read.per_second
-    query = graphql_request(port, JOB, lambda n: {"id": ids[n % len(ids)]})
-    out["P3.jobql"] = (await closed_loop(port, query, size, ok=_ok_graphql)).per_second
 
-    # P4: a page of 50 in one query against 50 job(id) queries, p99 of each.
+async def p4(port: int, query: Any, size: Size, out: dict[str, float]) -> None:
+    """A page of 50 in one query against 50 job(id) queries, p99 of each."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     pages, fifties = [], []
     page_request = graphql_request(port, PAGE, lambda _: {})(0)
@@ -177,7 +208,9 @@ async def one_repetition(jobql: Stack, rest_port: int, size: Size) -> dict[str, 
     out["P4.baseline"] = _p(fifties, 0.99) * 1000
     out["P4.jobql"] = _p(pages, 0.99) * 1000
 
-    # P2: the same fixed rate into both, open loop; the baseline moves .delay() to a thread.
+
+async def p2(port: int, rest_port: int, mutation: Any, size: Size, out: dict[str, float]) -> None:
+    """The same fixed rate into both, open loop; the baseline moves .delay() to a thread."""
     rest_fixed = await httpload.open_loop(
         "127.0.0.1",
         rest_port,
@@ -190,20 +223,6 @@ async def one_repetition(jobql: Stack, rest_port: int, size: Size) -> dict[str, 
     )
     out["P2.baseline"] = _p(rest_fixed.latencies, 0.99) * 1000
     out["P2.jobql"] = _p(ours_fixed.latencies, 0.99) * 1000
-
-    # P9: enqueue -> a worker starts it, idle system, against raw apply_async -> start.
-    out["P9.baseline"], out["P9.jobql"] = await start_latencies(jobql, size.starts)
-
-    # P6, P7: N subscriptions x 1 progress report a second from workers, against raw Redis
-    # pub/sub carrying the same N channels x 1 message a second to one subscriber.
-    for key, count in (("P6", size.p6_subscriptions), ("P7", size.p7_subscriptions)):
-        raw = await raw_fanout_latency(jobql.valkey.url, count, size.fanout_seconds)
-        e2e = await fanout_latency(jobql.base_url, count, size.fanout_seconds)
-        out[f"{key}.baseline"] = _p(raw, 0.99) * 1000
-        out[f"{key}.jobql"] = _p(e2e, 0.99) * 1000
-        out[f"{key}.received"] = len(e2e) / max(1, count * int(size.fanout_seconds))
-        await settle(jobql)
-    return out
 
 
 async def settle(stack: Stack, limit: float = 120.0) -> None:
@@ -296,6 +315,8 @@ FIGURES = {
 def summarise(runs: list[dict[str, float]], extra: dict[str, Any], size: Size) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     for key, (what, baseline, target, better) in FIGURES.items():
+        if f"{key}.jobql" not in runs[0]:
+            continue
         ours = [run[f"{key}.jobql"] for run in runs]
         base = [run[f"{key}.baseline"] for run in runs]
         figures[key] = {
@@ -374,11 +395,13 @@ async def warm_up(stack: Stack, rest_port: int) -> None:
     await closed_loop(stack.port, mutation, warm, ok=_ok_graphql)
 
 
-async def measure(stack: Stack, rest_port: int, size: Size) -> dict[str, Any]:
-    # First, on a fresh process: later figures leave memory that RSS never gives back.
-    extra = {"P8": await capacity(stack.base_url, stack.api.pid, size.subscriptions)}
+async def measure(stack: Stack, rest_port: int, size: Size, only: frozenset[str]) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    if "P8" in only:
+        # First, on a fresh process: later figures leave memory that RSS never gives back.
+        extra["P8"] = await capacity(stack.base_url, stack.api.pid, size.subscriptions)
     await warm_up(stack, rest_port)
-    runs = [await one_repetition(stack, rest_port, size) for _ in range(size.repetitions)]
+    runs = [await one_repetition(stack, rest_port, size, only) for _ in range(size.repetitions)]
     return summarise(runs, extra, size)
 
 
@@ -386,15 +409,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tiny", action="store_true", help="a few seconds, to test the harness")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--only", default=",".join([*FIGURES, "P8"]), help="e.g. P1,P5")
+    parser.add_argument("--repetitions", type=int, help="instead of the size's own")
+    parser.add_argument("--set", action="append", default=[], help="JOBQL_NAME=value for JobQL")
     args = parser.parse_args()
     size = TINY if args.tiny else FULL
+    if args.repetitions:
+        size = replace(size, repetitions=args.repetitions)
+    only = frozenset(args.only.upper().split(","))
+    settings = dict(item.split("=", 1) for item in args.set)
 
     modules = '["tasks.examples", "bench.tasks"]'
-    with running_stack(worker=True, task_modules=modules, queues=("bench",)) as stack:
+    with running_stack(
+        worker=True, task_modules=modules, queues=("bench",), settings=settings
+    ) as stack:
         rest, rest_port = start_rest(stack)
         try:
             time.sleep(3)  # let the worker come up
-            result = uvloop.run(measure(stack, rest_port, size))
+            result = uvloop.run(measure(stack, rest_port, size, only))
+            result["settings"] = settings
         finally:
             stop_all([rest])
     args.out.mkdir(parents=True, exist_ok=True)

@@ -42,9 +42,16 @@ class Stack:
 
 @contextmanager
 def running_stack(
-    *, worker: bool, task_modules: str = '["tasks.examples"]', queues: tuple[str, ...] = ("jobql",)
+    *,
+    worker: bool,
+    task_modules: str = '["tasks.examples"]',
+    queues: tuple[str, ...] = ("jobql",),
+    settings: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
-    """Valkey, one API process (uvicorn, no access log) and optionally a worker."""
+    """Valkey, one API process (uvicorn, no access log) and optionally a worker.
+
+    ``settings`` are extra ``JOBQL_`` variables for both, e.g. to compare a tuning knob.
+    """
     data = Path(tempfile.mkdtemp(prefix="jobql-bench-"))
     valkey = EmbeddedValkey(data / "valkey").start()
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBQL_")}
@@ -54,6 +61,7 @@ def running_stack(
         JOBQL_TASK_MODULES=task_modules,
         PYTHONPATH=str(ROOT),
     )
+    env.update(settings or {})
     port = free_port()
     processes: list[subprocess.Popen[bytes]] = []
     with (data / "api.log").open("wb") as api_log, (data / "worker.log").open("wb") as w_log:
