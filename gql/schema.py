@@ -11,7 +11,7 @@ from strawberry.tools import create_type
 from strawberry.types.field import StrawberryField
 
 from gql.context import Info
-from gql.errors import BadUserInput, InputValidationCodes, MaskUnexpectedErrors, classify
+from gql.errors import BadUserInput, InputValidationCodes, classify
 from gql.execution import JobQLExecutor
 from gql.inputs import InputTypes, mutation_name, to_data
 from gql.jobs import EnqueueRequest
@@ -183,6 +183,5 @@ def build_schema(registry: TaskRegistry) -> strawberry.Schema:
             InputValidationCodes,
             ParserCache(maxsize=1024),  # type: ignore[list-item]
             ValidationCache(maxsize=1024),  # type: ignore[list-item]
-            MaskUnexpectedErrors(),  # type: ignore[list-item]
         ],
     )

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncGenerator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import strawberry
-from strawberry.extensions import MaskErrors
 
 from gql.devserver import free_port
-from gql.errors import MaskUnexpectedErrors
 from gql.schema import JobQLSchema
 from tests.conftest import GraphQL, running_api, service_env
 
@@ -124,16 +125,30 @@ def test_unexpected_errors_are_masked_and_logged(caplog: pytest.LogCaptureFixtur
         def boom(self) -> str:
             raise RuntimeError("secret detail at /srv/app.py line 3")
 
-    schema = JobQLSchema(query=Query, extensions=[MaskUnexpectedErrors()])
-    assert isinstance(schema.extensions[0], MaskErrors)
+    @strawberry.type
+    class Subscription:
+        @strawberry.subscription
+        async def booms(self) -> AsyncGenerator[str, None]:
+            yield "fine"
+            raise RuntimeError("secret stream detail")
 
-    result = schema.execute_sync("{ boom }")
+    async def streamed() -> list[Any]:
+        stream = await schema.subscribe("subscription { booms }")
+        return [result async for result in stream]  # type: ignore[union-attr]
 
-    assert result.errors is not None
-    error = result.errors[0].formatted
-    assert error["message"] == "Internal server error."
-    assert error["extensions"] == {"code": "INTERNAL_SERVER_ERROR"}
-    assert "secret detail" in caplog.text  # logged once on the server, with its traceback
+    schema = JobQLSchema(query=Query, subscription=Subscription)
+    query_result = schema.execute_sync("{ boom }")
+    fine, failed = asyncio.run(streamed())
+
+    assert fine.errors is None
+    for result in (query_result, failed):
+        assert result.errors is not None
+        error = result.errors[0].formatted
+        assert error["message"] == "Internal server error."
+        assert error["extensions"] == {"code": "INTERNAL_SERVER_ERROR"}
+    # Logged once each on the server, with its traceback.
+    assert "secret detail" in caplog.text
+    assert "secret stream detail" in caplog.text
     assert "Traceback" in caplog.text
 
 
