@@ -10,7 +10,8 @@ queue grows without bound. So this module keeps ``Broadcast`` as the API and sup
   SUBSCRIBE, reconnects with backoff, re-subscribes its channels and then announces a
   resync so subscribers re-read what they may have missed;
 - :class:`JobBroadcast`: subscription counting under a per-channel lock, events decoded once
-  per message, and a bounded :class:`EventQueue` per subscriber.
+  per message and handed to subscribers straight from the reader (no queue, no task hop in
+  between), and a bounded :class:`EventQueue` per subscriber.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import logging
 import os
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -74,7 +75,10 @@ class RedisPubSubBackend(BroadcastBackend):
         self._own_channel = f"jobql:alive:{os.getpid()}:{uuid.uuid4().hex}"
         self._channels: set[str] = set()
         self._confirmations: dict[str, asyncio.Future[None]] = {}
+        # Where each event goes, as soon as it is read. Plain ``Broadcast`` pulls events with
+        # ``next_published`` from a queue; :class:`JobBroadcast` installs its own dispatch.
         self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self.deliver: Callable[[Event], None] = self._events.put_nowait
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
@@ -170,7 +174,11 @@ class RedisPubSubBackend(BroadcastBackend):
             awaiting_pong = False
             kind, channel = message["type"], message["channel"]
             if kind == "message":
-                self._events.put_nowait(Event(channel, message["data"]))
+                try:
+                    self.deliver(Event(channel, message["data"]))
+                except Exception:
+                    # One bad event must not stop the reader every subscriber depends on.
+                    logger.exception("could not deliver an event on %s", channel)
             elif kind == "subscribe":
                 future = self._confirmations.get(channel)
                 if future is not None and not future.done():
@@ -180,7 +188,7 @@ class RedisPubSubBackend(BroadcastBackend):
                     if resync:
                         self.reconnects += 1
                         logger.info("broadcast connection restored; subscribers resync")
-                        self._events.put_nowait(Event(RESYNC_CHANNEL, ""))
+                        self.deliver(Event(RESYNC_CHANNEL, ""))
 
 
 class EventQueue:
@@ -242,25 +250,28 @@ class JobBroadcast(Broadcast):
         self._queue_limit = queue_limit
         self._queues: dict[str, set[EventQueue]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        backend.deliver = self._dispatch
 
     async def _listener(self) -> None:
-        while True:
-            event = await self._backend.next_published()
-            if event.channel == RESYNC_CHANNEL:
-                for channel_queues in self._queues.values():
-                    for queue in channel_queues:
-                        queue.put(RESYNC)
-                continue
-            queues = self._queues.get(event.channel)
-            if not queues:
-                continue
-            try:
-                snapshot = JobSnapshot.from_event(event.message)
-            except (ValueError, KeyError):
-                logger.warning("ignoring a malformed event on %s", event.channel)
-                continue
-            for queue in queues:
-                queue.put(snapshot)
+        """Nothing to pull: the backend's reader calls :meth:`_dispatch` for each event."""
+        await asyncio.Event().wait()
+
+    def _dispatch(self, event: Event) -> None:
+        if event.channel == RESYNC_CHANNEL:
+            for channel_queues in self._queues.values():
+                for queue in channel_queues:
+                    queue.put(RESYNC)
+            return
+        queues = self._queues.get(event.channel)
+        if not queues:
+            return
+        try:
+            snapshot = JobSnapshot.from_event(event.message)
+        except (ValueError, KeyError):
+            logger.warning("ignoring a malformed event on %s", event.channel)
+            return
+        for queue in queues:
+            queue.put(snapshot)
 
     @contextlib.asynccontextmanager
     async def subscribe(self, channel: str) -> AsyncIterator[EventQueue]:  # type: ignore[override]
