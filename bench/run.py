@@ -99,20 +99,34 @@ def get_request(port: int, path: Callable[[int], str]) -> Any:
     return lambda n: f"GET {path(n)} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
 
 
-async def probe_latency(port: int, seconds: float, interval: float = 0.01) -> list[float]:
-    """``/health/live`` answered every ``interval`` for ``seconds`` (one connection)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    request = get_request(port, lambda _: "/health/live")(0)
-    samples: list[float] = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        started = time.perf_counter()
-        writer.write(request)
-        await httpload._read_response(reader)
-        samples.append(time.perf_counter() - started)
-        await asyncio.sleep(interval)
-    writer.close()
-    return samples
+class Probe:
+    """``/health/live`` timed from a process of its own (see ``bench.probe``), from
+    ``start()`` until ``stop()``."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.probe", str(self.port), cwd=ROOT,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        assert (await self.process.stdout.readline()).strip() == b"ready"
+
+    async def stop(self) -> list[float]:
+        assert self.process is not None
+        output, _ = await self.process.communicate(b"stop\n")
+        samples: list[float] = json.loads(output)
+        return samples
+
+
+async def probe_latency(port: int, seconds: float) -> list[float]:
+    probe = Probe(port)
+    await probe.start()
+    await asyncio.sleep(seconds)
+    return await probe.stop()
 
 
 async def _ids(port: int, count: int) -> list[str]:
@@ -180,9 +194,10 @@ async def p1_p5(
     P5: meanwhile, the loop keeps answering a health probe."""
     rest = await closed_loop(rest_port, rest_post(rest_port, "/api/process"), size)
     out["P1.baseline"] = rest.per_second
-    probe_task = asyncio.create_task(probe_latency(port, 3.0))
+    probe = Probe(port)
+    await probe.start()
     ours = await closed_loop(port, mutation, size, ok=_ok_graphql)
-    busy = await probe_task
+    busy = await probe.stop()
     out["P1.jobql"] = ours.per_second
     idle = await probe_latency(port, 3.0)
     out["P5.baseline"] = _p(idle, 0.99) * 1000
