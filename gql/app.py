@@ -71,7 +71,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await broadcast.disconnect()
             await records.aclose()
 
-    app = FastAPI(title="JobQL", lifespan=lifespan)
+    telemetry = settings.opentelemetry
+    app = FastAPI(
+        title="JobQL",
+        lifespan=lifespan,
+        telemetry={"tracing": telemetry, "metrics": telemetry, "logs": telemetry},
+    )
     graphql = JobQLGraphQL(
         build_schema(registry),
         graphql_ide="graphiql" if settings.graphiql else None,
