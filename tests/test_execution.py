@@ -7,6 +7,8 @@ JobQL's and Strawberry's stock one, and compares what a client would receive.
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from enum import Enum
@@ -157,3 +159,21 @@ def test_a_long_subscription_keeps_no_memo_per_event() -> None:
     assert len(events) == 400
     assert created, "the executor was not used"
     assert all(len(executor._relevant_sub_fields) <= 2 for executor in created)
+
+
+def test_an_ended_subscription_is_freed_without_the_cyclic_collector() -> None:
+    """Executors used to be reference cycles: long-lived ones then waited for a full
+    collection, which pauses every stream (~0.5 s at 5,000 subscriptions)."""
+    query = "subscription { items(repeat: 3) { id doubled step { current } } }"
+    schema = schema_with(JobQLExecutor)
+    created.clear()
+    gc.disable()
+    try:
+        events = asyncio.run(stream(schema, query))
+        executors = [weakref.ref(executor) for executor in created]
+        created.clear()
+        assert len(events) == 6
+        assert executors
+        assert all(ref() is None for ref in executors)
+    finally:
+        gc.enable()
