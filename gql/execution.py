@@ -1,4 +1,6 @@
-"""Subscription events without graphql-core's per-event executor, where that is provably safe.
+"""The executor every operation runs on: graphql-core's, with two costs of it removed.
+
+1. Subscription events without graphql-core's per-event executor, where that is safe.
 
 graphql-core executes a subscription's whole selection set again for every event: it builds a
 per-event executor, collects the root fields anew and walks every field through its generic
@@ -15,6 +17,10 @@ and enum types. Anything the projection does not cover takes graphql-core's path
 a field with a resolver or arguments, a list, an interface or union, a type with its own
 type check, middleware, an abort signal, and any value the projection finds off-contract (a
 null in a non-null field, a scalar that does not coerce), so errors keep their exact form.
+
+2. No reference cycle through the executor (see :func:`_weak_helpers`): an ended
+operation, above all a long-lived subscription, is freed by reference counting instead of
+waiting for a full collection that pauses every stream.
 """
 
 from __future__ import annotations
