@@ -1,4 +1,4 @@
-"""The executor every operation runs on: graphql-core's, with two costs of it removed.
+"""The executor every operation runs on: graphql-core's, with three costs of it removed.
 
 1. Subscription events without graphql-core's per-event executor, where that is safe.
 
@@ -21,6 +21,10 @@ null in a non-null field, a scalar that does not coerce), so errors keep their e
 2. No reference cycle through the executor (see :func:`_weak_helpers`): an ended
 operation, above all a long-lived subscription, is freed by reference counting instead of
 waiting for a full collection that pauses every stream.
+
+3. Objects in queries and mutations completed by the same kind of projection, compiled once
+per selection and operation: a page of 50 jobs is one compilation and 50 cheap projections
+instead of 50 walks through graphql-core's field machinery. Same fallbacks as above.
 """
 
 from __future__ import annotations
@@ -63,6 +67,8 @@ class JobQLExecutor(StrawberryGraphQLCoreExecutionContext):
         super().__init__(*args, **kwargs)
         # Shared with every per-event copy (they are shallow): compiled on the first event.
         self._event_plan: list[Projection | None] = []
+        # Per selection of an object type, kept with the field list its key refers to.
+        self._object_plans: dict[tuple[str, int], tuple[Any, Projection | None]] = {}
         self.async_helpers = _weak_helpers(self)
 
     def execute_operation(self, serially: bool | None = None) -> Any:
@@ -77,12 +83,47 @@ class JobQLExecutor(StrawberryGraphQLCoreExecutionContext):
             # Off-contract values (and any surprise) go the full way, which reports them.
             with contextlib.suppress(Exception):
                 return ExecutionResult(data=plan(self.root_value), errors=None)
-        # Fresh memo per event: see the module docstring.
+        # Fresh memos per event: see the module docstring.
         self._relevant_sub_fields = {}
+        self._object_plans = {}
         return super().execute_operation(serially)
 
+    def complete_object_value(
+        self,
+        return_type: GraphQLObjectType,
+        field_details_list: Any,
+        info: Any,
+        path: Any,
+        result: Any,
+        position_context: Any,
+    ) -> Any:
+        plan = self._object_plan(return_type, field_details_list)
+        if plan is not None:
+            with contextlib.suppress(Exception):
+                return plan(result)
+        return super().complete_object_value(
+            return_type, field_details_list, info, path, result, position_context
+        )
+
+    def _object_plan(self, type_: GraphQLObjectType, details: Any) -> Projection | None:
+        # graphql-core passes the same field list for every item of a list: its identity is
+        # the selection, as in graphql-core's own memo of sub-fields.
+        key = (type_.name, id(details))
+        entry = self._object_plans.get(key)
+        if entry is None:
+            plan: Projection | None = None
+            if self.abort_signal is None and not self._has_middleware():
+                with contextlib.suppress(Uncompilable):
+                    plan = self._object(type_, details)
+            entry = self._object_plans[key] = (details, plan)
+        return entry[1]
+
+    def _has_middleware(self) -> bool:
+        manager = self.middleware_manager
+        return manager is not None and bool(manager.middlewares)
+
     def _compile(self) -> Projection | None:
-        if self.middleware_manager is not None and self.middleware_manager.middlewares:
+        if self._has_middleware():
             return None
         root_type = self.schema.subscription_type
         assert root_type is not None

@@ -74,8 +74,25 @@ created: list[StrawberryGraphQLCoreExecutionContext] = []
 
 
 @strawberry.type
+class Page:
+    items: list[Item]
+
+    @strawberry.field
+    def count(self) -> int:
+        return len(self.items)
+
+
+@strawberry.type
 class Query:
     ping: bool = True
+
+    @strawberry.field
+    def items(self, broken: bool = False) -> list[Item]:
+        return [*ITEMS, BROKEN] if broken else list(ITEMS)
+
+    @strawberry.field
+    async def page(self) -> Page:
+        return Page(items=list(ITEMS))
 
 
 def schema_with(executor: type[StrawberryGraphQLCoreExecutionContext]) -> strawberry.Schema:
@@ -177,3 +194,32 @@ def test_an_ended_subscription_is_freed_without_the_cyclic_collector() -> None:
         assert all(ref() is None for ref in executors)
     finally:
         gc.enable()
+
+
+QUERIES = [
+    ("{ items { id phase at data label step { current note } } }", True),
+    (
+        """query($withStep: Boolean!) { all: items { ...Basics kind: __typename
+             ... on Item { step @include(if: $withStep) { __typename current } } }
+             page { count items { ident: id } } }
+           fragment Basics on Item { ident: id phase }""",
+        True,
+    ),
+    ("{ items { id doubled(by: 3) } }", False),
+    # A null where the schema promises a value: the same error, path and nulling.
+    ("{ items(broken: true) { id label } }", True),
+]
+
+
+@pytest.mark.parametrize(("query", "projected"), QUERIES)
+def test_query_objects_read_as_graphql_core_would_send_them(query: str, projected: bool) -> None:
+    def run(executor: type[StrawberryGraphQLCoreExecutionContext]) -> dict[str, Any]:
+        result = asyncio.run(schema_with(executor).execute(query, {"withStep": True}))
+        errors = [(e.message, e.path) for e in result.errors or []]
+        return {"data": result.data, "errors": errors}
+
+    created.clear()
+    ours = run(JobQLExecutor)
+    plans = [plan for executor in created for _, plan in executor._object_plans.values()]
+    assert ours == run(StrawberryGraphQLCoreExecutionContext)
+    assert any(plan is not None for plan in plans) == projected
