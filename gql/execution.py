@@ -61,7 +61,8 @@ class Uncompilable(Exception):
 
 
 class JobQLExecutor(StrawberryGraphQLCoreExecutionContext):
-    """Strawberry's executor, with subscription events served by a compiled projection."""
+    """Strawberry's executor: objects and subscription events completed by compiled
+    projections where safe, and no reference cycle through the executor."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
