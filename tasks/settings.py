@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     # FastAPI's native OpenTelemetry. Off, it costs nothing; on, FastAPI checks for
     # configured providers on every request (~3% of a small query's CPU, measured).
     opentelemetry: bool = False
+    # Every use of a library's internals (see tasks.compat); false runs stock behaviour.
+    fast_paths: bool = True
 
     data_dir: Path = Path("var")
     outbox_dir: Path | None = None
