@@ -94,6 +94,16 @@ class EventQueue:
         return item
 
 
+class _ChannelLock:
+    """A channel's lock and how many tasks hold or await it; at none it can be dropped."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
 class JobBroadcast:
     """The fan-out: counted, locked subscriptions and a bounded queue per subscriber."""
 
@@ -101,7 +111,7 @@ class JobBroadcast:
         self.backend = backend
         self._queue_limit = queue_limit
         self._queues: dict[str, set[EventQueue]] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, _ChannelLock] = {}
         backend.on_message = self._dispatch
         backend.on_resync = self._resync
 
@@ -153,11 +163,19 @@ class JobBroadcast:
     @contextlib.asynccontextmanager
     async def _locked(self, channel: str) -> AsyncIterator[None]:
         """Hold ``channel``'s lock: one SUBSCRIBE or UNSUBSCRIBE of a channel at a time."""
-        lock = self._locks.setdefault(channel, asyncio.Lock())
-        async with lock:
-            yield
-        if not lock.locked() and channel not in self._queues:
-            self._locks.pop(channel, None)
+        entry = self._locks.get(channel)
+        if entry is None:
+            entry = self._locks[channel] = _ChannelLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            # Dropped only when no task holds or awaits it: a waiter woken by a release is
+            # not yet the holder, and a new lock for the channel would let both in at once.
+            if not entry.users and channel not in self._queues:
+                del self._locks[channel]
 
     def stats(self) -> dict[str, int]:
         return {
