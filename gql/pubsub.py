@@ -123,8 +123,11 @@ class RedisPubSubBackend:
                 await pubsub.subscribe(*self._channels, self._own_channel)
                 self._pubsub = pubsub
                 await self._read(pubsub, resync=not first)
-            except (aioredis.RedisError, OSError) as exc:
-                if self.connected.is_set():
+            except Exception as exc:
+                # Whatever ends a connection, the reader outlives it: subscribers depend on it.
+                if not isinstance(exc, aioredis.RedisError | OSError):
+                    logger.exception("the broadcast reader failed; reconnecting")
+                elif self.connected.is_set():
                     logger.warning("broadcast connection lost (%s); reconnecting", exc)
                 self.connected.clear()
                 self._pubsub = None
