@@ -1,0 +1,173 @@
+"""One self-healing Redis pub/sub connection per process, read by a single task.
+
+Redis forgets a pub/sub connection's subscriptions when the connection ends (a restart, or
+``client-output-buffer-limit`` killing a slow reader), and every event published meanwhile
+is lost. So the reader reconnects with backoff, subscribes its channels again and then asks
+for a resync; and a subscription counts only once Redis confirmed it, so an event published
+after :meth:`RedisPubSubBackend.subscribe` returns is never missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import uuid
+from collections.abc import Callable
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+logger = logging.getLogger(__name__)
+
+
+def _nobody_listens(channel: str, data: str) -> None:
+    """Where events go until a fan-out attaches to the connection."""
+
+
+def _nobody_to_resync() -> None:
+    """What a reconnect does until a fan-out attaches to the connection."""
+
+
+class RedisPubSubBackend:
+    """One self-healing Redis pub/sub connection for the whole process.
+
+    Its reader calls :attr:`on_message` with each event as it is read and :attr:`on_resync`
+    once a lost connection is back; the fan-out that owns the connection sets both.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: float = 1.0,
+        idle_ping: float = 5.0,
+        max_backoff: float = 2.0,
+    ) -> None:
+        self._client = aioredis.Redis.from_url(
+            url,
+            socket_connect_timeout=connect_timeout,
+            retry=Retry(NoBackoff(), retries=0),
+            decode_responses=True,
+        )
+        self._timeout = connect_timeout
+        self._confirm_timeout = max(10.0, connect_timeout * 4)
+        self._idle_ping = idle_ping
+        self._max_backoff = max_backoff
+        # Every connection subscribes this private channel last: its confirmation means all
+        # channels before it are confirmed too, and it keeps redis-py listening when idle.
+        self._own_channel = f"jobql:alive:{os.getpid()}:{uuid.uuid4().hex}"
+        self._channels: set[str] = set()
+        self._confirmations: dict[str, asyncio.Future[None]] = {}
+        self._pubsub: PubSub | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self.on_message: Callable[[str, str], None] = _nobody_listens
+        self.on_resync: Callable[[], None] = _nobody_to_resync
+        self.connected = asyncio.Event()
+        self.reconnects = 0
+
+    async def connect(self) -> None:
+        """Start the reader; Redis being down now only delays the first connection."""
+        self._reader = asyncio.create_task(self._read_forever(), name="jobql-broadcast")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.connected.wait(), self._timeout * 2)
+
+    async def disconnect(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self._client.aclose()
+
+    async def subscribe(self, channel: str) -> None:
+        """Subscribe and wait for Redis to confirm: from then on no event is missed."""
+        self._channels.add(channel)
+        pubsub = self._pubsub
+        if pubsub is None:
+            self._channels.discard(channel)
+            raise ConnectionError("the broadcast connection to Redis is down")
+        confirmed = self._confirmations.setdefault(
+            channel, asyncio.get_running_loop().create_future()
+        )
+        try:
+            await pubsub.subscribe(channel)
+            # A lost connection fails this at once; the timeout only guards a hung Redis,
+            # and must allow for a burst of thousands of subscriptions on a busy loop.
+            await asyncio.wait_for(asyncio.shield(confirmed), self._confirm_timeout)
+        except BaseException:
+            self._channels.discard(channel)
+            raise
+        finally:
+            if self._confirmations.get(channel) is confirmed:
+                del self._confirmations[channel]
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._channels.discard(channel)
+        pubsub = self._pubsub
+        if pubsub is not None:
+            with contextlib.suppress(aioredis.RedisError, OSError):
+                await pubsub.unsubscribe(channel)
+
+    async def ping(self) -> None:
+        await self._client.ping()
+
+    async def _read_forever(self) -> None:
+        backoff = 0.05
+        first = True
+        while True:
+            pubsub = self._client.pubsub()
+            try:
+                await pubsub.subscribe(*self._channels, self._own_channel)
+                self._pubsub = pubsub
+                await self._read(pubsub, resync=not first)
+            except Exception as exc:
+                # Whatever ends a connection, the reader outlives it: subscribers depend on it.
+                if not isinstance(exc, aioredis.RedisError | OSError):
+                    logger.exception("the broadcast reader failed; reconnecting")
+                elif self.connected.is_set():
+                    logger.warning("broadcast connection lost (%s); reconnecting", exc)
+                self.connected.clear()
+                self._pubsub = None
+                for future in self._confirmations.values():
+                    if not future.done():
+                        future.set_exception(ConnectionError("broadcast connection lost"))
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff)
+                continue
+            finally:
+                first = False
+            backoff = 0.05
+
+    async def _read(self, pubsub: PubSub, *, resync: bool) -> None:
+        awaiting_pong = False
+        while True:
+            message = await pubsub.get_message(timeout=self._idle_ping)
+            if message is None:
+                if awaiting_pong:
+                    raise aioredis.ConnectionError("no answer to PING on the pub/sub connection")
+                await pubsub.ping()
+                awaiting_pong = True
+                continue
+            awaiting_pong = False
+            kind, channel = message["type"], message["channel"]
+            if kind == "message":
+                try:
+                    self.on_message(channel, message["data"])
+                except Exception:
+                    # One bad event must not stop the reader every subscriber depends on.
+                    logger.exception("could not deliver an event on %s", channel)
+            elif kind == "subscribe":
+                future = self._confirmations.get(channel)
+                if future is not None and not future.done():
+                    future.set_result(None)
+                if channel == self._own_channel:
+                    self.connected.set()
+                    if resync:
+                        self.reconnects += 1
+                        logger.info("broadcast connection restored; subscribers resync")
+                        self.on_resync()
