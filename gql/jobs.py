@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +36,49 @@ class EnqueueRequest:
     idempotency_key: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One validated item of a batch: what to record and what to send."""
+
+    spec: TaskSpec
+    kwargs: dict[str, Any]
+    shown_input: Any
+    delivery: Delivery
+    fields: dict[str, str]
+    message: tuple[str, str] | None  # (queue key, Celery message) when the broker is Redis
+
+    @property
+    def idempotency(self) -> str | None:
+        return self.fields["idempotency_key"] or None
+
+
+def _under(error: BadUserInput, path: str | None, index: int) -> list[dict[str, str]]:
+    """The error's field paths as the client wrote them: below ``items.<index>`` for
+    ``enqueueMany``, ``inputs.<index>`` in place of ``input`` for a typed batch (whose
+    options are the batch's own), unchanged for a single job."""
+    fields: list[dict[str, str]] = error.extensions["fields"]
+    if path is None:
+        return fields
+    if path == "inputs":
+        return [{**f, "path": re.sub(r"^input\b", f"inputs.{index}", f["path"])} for f in fields]
+    return [{**f, "path": f"{path}.{index}.{f['path']}"} for f in fields]
+
+
+def _refuse_repeated_keys(batch: list[Prepared], path: str) -> None:
+    """Two items of one batch with one idempotency key would be one job: say so instead."""
+    first: dict[str, int] = {}
+    for index, item in enumerate(batch):
+        key = item.idempotency
+        if key is None:
+            continue
+        if key in first:
+            raise BadUserInput.field(
+                f"{path}.{index}.options.idempotencyKey",
+                f"repeats the key of item {first[key]} in the same batch",
+            )
+        first[key] = index
+
+
 class JobService:
     def __init__(
         self, settings: Settings, store: JobStore, producer: Producer, registry: TaskRegistry
@@ -55,13 +100,64 @@ class JobService:
         self, spec: TaskSpec, data: Any, options: EnqueueRequest, owner: str
     ) -> JobSnapshot:
         """Validate, record, then publish; a message that cannot be sent leaves no record."""
-        if not isinstance(data, dict):
-            raise BadUserInput.field("input", "must be a JSON object")
+        (snapshot,) = await self.enqueue_many([(spec, data, options)], owner, path=None)
+        return snapshot
+
+    async def enqueue_many(
+        self,
+        items: Sequence[tuple[TaskSpec | str, Any, EnqueueRequest]],
+        owner: str,
+        *,
+        path: str | None = "items",
+    ) -> list[JobSnapshot]:
+        """Every item validated first, then all recorded in one Redis call, or none at all.
+
+        ``items`` are ``(task or its name, input, options)``. Every invalid item is reported
+        at once, by its index under ``path``: ``items.3.input.userId`` for ``enqueueMany``,
+        ``inputs.3.userId`` for a typed batch, ``input.userId`` for one job (no path).
+        """
+        limit = self.settings.max_batch_size
+        if path is not None and not 1 <= len(items) <= limit:
+            raise BadUserInput.field(path, f"give 1 to {limit} items")
+        batch = [self._prepare(item, owner) for item in items]
+        errors: list[dict[str, str]] = []
+        for index, item in enumerate(batch):
+            if isinstance(item, BadUserInput):
+                errors += [f for f in _under(item, path, index) if f not in errors]
+        if errors:
+            summary = "; ".join(f"{e['path']}: {e['message']}" for e in errors)
+            raise BadUserInput(f"Invalid input: {summary}", errors)
+        prepared = [p for p in batch if isinstance(p, Prepared)]
+        _refuse_repeated_keys(prepared, path or "items")
+        existing = await self.store.create_many(
+            [(p.fields, p.idempotency, p.message) for p in prepared]
+        )
+        created = [p for p, found in zip(prepared, existing, strict=True) if found is None]
+        if created and created[0].message is None:
+            await self._publish_elsewhere(created)
+        return [
+            JobSnapshot.from_hash(item.fields)
+            if found is None
+            else await self._replay(found, item.spec, item.shown_input)
+            for item, found in zip(prepared, existing, strict=True)
+        ]
+
+    def _prepare(
+        self, item: tuple[TaskSpec | str, Any, EnqueueRequest], owner: str
+    ) -> Prepared | BadUserInput:
+        """One item checked and turned into its record and message; errors are returned."""
+        task, data, options = item
         try:
-            kwargs, shown_input = spec.prepare(data)
-        except ValidationError as exc:
-            raise BadUserInput.from_validation(exc, "input") from None
-        delivery = self._delivery(spec, options)
+            spec = self.spec(task) if isinstance(task, str) else task
+            if not isinstance(data, dict):
+                raise BadUserInput.field("input", "must be a JSON object")
+            try:
+                kwargs, shown_input = spec.prepare(data)
+            except ValidationError as exc:
+                raise BadUserInput.from_validation(exc, "input") from None
+            delivery = self._delivery(spec, options)
+        except BadUserInput as exc:
+            return exc
         created = records.now()
         fields = records.new_record(
             job_id=str(uuid.uuid4()),
@@ -86,29 +182,24 @@ class JobService:
                 priority=delivery.priority,
             )
             message = (queue_key(delivery.queue, delivery.priority), body)
-        existing = await self.store.create(fields, options.idempotency_key, message)
-        if existing is not None:
-            return await self._replay(existing, spec, shown_input)
-        snapshot = JobSnapshot.from_hash(fields)
-        if message is None:
-            await self._publish_elsewhere(spec, snapshot, kwargs, delivery, fields)
-        return snapshot
+        return Prepared(spec, kwargs, shown_input, delivery, fields, message)
 
-    async def _publish_elsewhere(
-        self,
-        spec: TaskSpec,
-        snapshot: JobSnapshot,
-        kwargs: dict[str, Any],
-        delivery: Delivery,
-        fields: dict[str, str],
-    ) -> None:
-        """A broker other than the records' Redis (RabbitMQ): Celery's own producer."""
-        try:
-            await self.producer.publish(spec.name, snapshot.id, kwargs, delivery)
-        except Exception:
-            await self._discard(snapshot)
-            raise
-        await self.store.announce(fields)
+    async def _publish_elsewhere(self, batch: list[Prepared]) -> None:
+        """A broker other than the records' Redis (RabbitMQ): Celery's own producer.
+
+        A message that cannot be sent takes its record, and those of the items after it,
+        away again: no job is left recorded that no worker will ever receive.
+        """
+        for index, item in enumerate(batch):
+            try:
+                await self.producer.publish(
+                    item.spec.name, item.fields["id"], item.kwargs, item.delivery
+                )
+            except Exception:
+                for unsent in batch[index:]:
+                    await self._discard(JobSnapshot.from_hash(unsent.fields))
+                raise
+            await self.store.announce(item.fields)
 
     async def _replay(self, job_id: str, spec: TaskSpec, shown_input: Any) -> JobSnapshot:
         """The same idempotency key returns the same job, if it was the same request."""

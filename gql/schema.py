@@ -1,7 +1,7 @@
 """The schema: the contract's queries and mutations, plus one typed mutation per task."""
 
 # Resolver annotations must stay real objects: typed mutations are built at run time.
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import strawberry
 from strawberry.extensions import ParserCache, ValidationCache
@@ -18,6 +18,7 @@ from gql.jobs import EnqueueRequest
 from gql.store import PageQuery
 from gql.subscriptions import Subscription
 from gql.types import (
+    EnqueueItem,
     EnqueueOptions,
     Health,
     Job,
@@ -31,6 +32,8 @@ from gql.types import (
 )
 from tasks.registry import TaskRegistry, TaskSpec
 
+T = TypeVar("T")
+
 
 def _request(options: EnqueueOptions | None) -> EnqueueRequest:
     if options is None:
@@ -43,6 +46,29 @@ def _request(options: EnqueueOptions | None) -> EnqueueRequest:
         queue=options.queue,
         idempotency_key=options.idempotency_key,
     )
+
+
+def _item_request(
+    batch: EnqueueOptions | None, own: EnqueueOptions | None, index: int
+) -> EnqueueRequest:
+    """An item's options: its own where given, else the batch's. A batch idempotency key
+    becomes ``<key>:<index>`` per item, so the same batch sent again returns the same jobs."""
+    shared, mine = _request(batch), _request(own)
+    key = mine.idempotency_key
+    if key is None and shared.idempotency_key is not None:
+        key = f"{shared.idempotency_key}:{index}"
+    return EnqueueRequest(
+        countdown=_first(mine.countdown, shared.countdown),
+        eta=_first(mine.eta, shared.eta),
+        expires=_first(mine.expires, shared.expires),
+        priority=_first(mine.priority, shared.priority),
+        queue=_first(mine.queue, shared.queue),
+        idempotency_key=key,
+    )
+
+
+def _first(mine: T | None, shared: T | None) -> T | None:
+    return mine if mine is not None else shared
 
 
 @strawberry.type
@@ -114,6 +140,21 @@ async def enqueue(
     return Job.from_snapshot(snapshot)
 
 
+async def enqueue_many(
+    info: Info,
+    items: Annotated[
+        list[EnqueueItem], strawberry.argument(description="The jobs, each a task and its input.")
+    ],
+    options: EnqueueOptions | None = None,
+) -> list[Job]:
+    batch = [
+        (item.task, item.input, _item_request(options, item.options, i))
+        for i, item in enumerate(items)
+    ]
+    snapshots = await info.context.jobs.enqueue_many(batch, info.context.owner)
+    return [Job.from_snapshot(s) for s in snapshots]
+
+
 async def cancel_job(info: Info, id: strawberry.ID, terminate: bool | None = False) -> Job:
     snapshot = await info.context.jobs.cancel(
         str(id), info.context.owner, terminate=bool(terminate)
@@ -147,6 +188,32 @@ def _typed_mutation(spec: TaskSpec, input_types: InputTypes) -> StrawberryField:
     return strawberry.mutation(resolver, name=mutation_name(spec.name), description=description)
 
 
+def _typed_batch_mutation(spec: TaskSpec, input_types: InputTypes) -> StrawberryField:
+    assert spec.input_model is not None
+    input_type = input_types.for_model(spec.input_model)
+
+    async def resolver(info: Info, inputs: Any, options: EnqueueOptions | None = None) -> Any:
+        batch = [
+            (spec, to_data(item), _item_request(options, None, i)) for i, item in enumerate(inputs)
+        ]
+        snapshots = await info.context.jobs.enqueue_many(batch, info.context.owner, path="inputs")
+        return [Job.from_snapshot(s) for s in snapshots]
+
+    name = mutation_name(spec.name) + "Many"
+    resolver.__annotations__ = {
+        "info": Info,
+        "inputs": list[input_type],  # type: ignore[valid-type]
+        "options": EnqueueOptions | None,
+        "return": list[Job],
+    }
+    resolver.__name__ = name
+    description = (
+        f"Enqueue `{spec.name}` once per input, all or none; a batch idempotency key "
+        "becomes `<key>:<index>` per job."
+    )
+    return strawberry.mutation(resolver, name=name, description=description)
+
+
 class JobQLSchema(strawberry.Schema):
     """Every error gets its code here, once, before masking and before it is sent."""
 
@@ -160,7 +227,14 @@ def build_schema(registry: TaskRegistry) -> strawberry.Schema:
     input_types = InputTypes()
     mutation_fields = [
         strawberry.mutation(enqueue, name="enqueue", description="Enqueue any task by name."),
+        strawberry.mutation(
+            enqueue_many,
+            name="enqueueMany",
+            description="Enqueue several jobs at once: every item is validated first, then all "
+            "are recorded in one Redis call, or none is. Errors name the item's index.",
+        ),
         *(_typed_mutation(spec, input_types) for spec in registry.typed),
+        *(_typed_batch_mutation(spec, input_types) for spec in registry.typed),
         strawberry.mutation(
             cancel_job,
             name="cancelJob",

@@ -58,46 +58,58 @@ class JobStore:
         self._ttl = settings.job_retention_seconds
         self._scan_cap = 10_000
         self._create = client.register_script(records.CREATE_SCRIPT)
+        self._create_many = client.register_script(records.CREATE_MANY_SCRIPT)
         self._update = client.register_script(records.UPDATE_SCRIPT)
         self._page = client.register_script(records.PAGE_SCRIPT)
         # Reads issued in the same loop tick (a burst of queries or of new subscriptions)
         # share one pipeline: one round trip, one pooled connection. No caching.
         self._snapshots = DataLoader(self._load_snapshots, max_batch_size=500, cache=False)
 
-    async def create(
+    async def create_many(
+        self, batch: list[tuple[dict[str, str], str | None, tuple[str, str] | None]]
+    ) -> list[str | None]:
+        """Write new PENDING records, all in one atomic call: one round trip per batch.
+
+        Each item is ``(fields, idempotency key, message)``; with a message (queue key,
+        Celery message) it is pushed and the job announced in the same call: the broker is
+        this Redis. Returns, per item, None when created or the id of the job its
+        idempotency key already points to.
+        """
+        calls = [self._create_call(*item) for item in batch]
+        if len(calls) == 1:
+            replies = [await self._create(keys=calls[0][0], args=calls[0][1])]
+        else:
+            keys, args = records.batch_call(calls)
+            replies = await self._create_many(keys=keys, args=args)
+        return [str(reply) if reply else None for reply in replies]
+
+    def _create_call(
         self,
         fields: dict[str, str],
         idempotency: str | None,
         message: tuple[str, str] | None = None,
-    ) -> str | None:
-        """Write a new PENDING record; returns the existing job's id if the key was used.
-
-        With ``message`` (queue key, Celery message) the message is pushed and the job
-        announced in the same atomic call: the broker is this Redis.
-        """
+    ) -> tuple[list[Any], list[Any]]:
         job_id, owner = fields["id"], fields["owner"]
         created = datetime.fromisoformat(fields["created_at"])
         queue, body = message or ("", "")
-        existing = await self._create(
-            keys=[
-                records.job_key(job_id),
-                records.index_key(owner),
-                records.idempotency_key(owner, idempotency) if idempotency else "",
-                queue,
-            ],
-            args=[
-                self._ttl,
-                records.to_score(created),
-                job_id,
-                records.JOB_KEY_PREFIX,
-                body,
-                records.job_channel(job_id),
-                records.owner_channel(owner),
-                records.dumps(fields) if message else "",
-                *records.flatten(fields),
-            ],
-        )
-        return str(existing) if existing else None
+        keys: list[Any] = [
+            records.job_key(job_id),
+            records.index_key(owner),
+            records.idempotency_key(owner, idempotency) if idempotency else "",
+            queue,
+        ]
+        args: list[Any] = [
+            self._ttl,
+            records.to_score(created),
+            job_id,
+            records.JOB_KEY_PREFIX,
+            body,
+            records.job_channel(job_id),
+            records.owner_channel(owner),
+            records.dumps(fields) if message else "",
+            *records.flatten(fields),
+        ]
+        return keys, args
 
     async def announce(self, fields: dict[str, str]) -> None:
         """Publish a new job's PENDING snapshot, once its message is on its way."""

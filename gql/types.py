@@ -199,6 +199,17 @@ class EnqueueOptions:
     )
 
 
+@strawberry.input(description="One job of an `enqueueMany` batch.")
+class EnqueueItem:
+    task: str = strawberry.field(description="A registered task name; `tasks` lists them.")
+    input: JSON = strawberry.field(
+        default_factory=dict, description="The task's input, camelCase keys."
+    )
+    options: EnqueueOptions | None = strawberry.field(
+        default=None, description="This item's options; each one given overrides the batch's."
+    )
+
+
 @strawberry.input(description="Which jobs to list or watch.")
 class JobFilter:
     states: list[JobState] | None = None  # type: ignore[valid-type]

@@ -260,3 +260,44 @@ end
 if #gone > 0 then redis.call('ZREM', KEYS[1], unpack(gone)) end
 return out
 """
+
+
+def batch_script(single: str) -> str:
+    """A script that runs ``single`` once per item of a batch, in one atomic call.
+
+    The single script's body becomes a function of its own ``KEYS`` and ``ARGV``, so the
+    batch never drifts from it. Layout: ``ARGV[1]`` is the number of items, then each
+    item's key count and argument count, then every item's arguments in order; ``KEYS``
+    are every item's keys in order. Returns one reply per item (false becomes '').
+    """
+    return (
+        "local function one(KEYS, ARGV)\n"
+        + single
+        + """
+end
+local n = tonumber(ARGV[1])
+local k, a = 1, 2 + 2 * n
+local out = {}
+for i = 1, n do
+  local nk, na = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local keys, args = {}, {}
+  for j = 1, nk do keys[j] = KEYS[k + j - 1] end
+  for j = 1, na do args[j] = ARGV[a + j - 1] end
+  k, a = k + nk, a + na
+  local reply = one(keys, args)
+  out[i] = reply or ''
+end
+return out
+"""
+    )
+
+
+def batch_call(calls: list[tuple[list[Any], list[Any]]]) -> tuple[list[Any], list[Any]]:
+    """The ``(keys, args)`` of a :func:`batch_script` call from each item's own."""
+    keys: list[Any] = [key for item_keys, _ in calls for key in item_keys]
+    counts: list[Any] = [n for item_keys, args in calls for n in (len(item_keys), len(args))]
+    args: list[Any] = [arg for _, item_args in calls for arg in item_args]
+    return keys, [len(calls), *counts, *args]
+
+
+CREATE_MANY_SCRIPT = batch_script(CREATE_SCRIPT)

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     producer_threads: int = Field(default=8, ge=1, le=256)
     redis_max_connections: int = Field(default=64, ge=2, le=10_000)
     max_page_size: int = Field(default=100, ge=1, le=1000)
+    # Most items one enqueueMany (or <task>Many) may carry; all are recorded in one call.
+    max_batch_size: int = Field(default=500, ge=1, le=10_000)
     # HTTP GraphQL operations executing at once per process; the others wait their turn
     # without queueing work on the event loop (0: unbounded). Fewer keep other requests'
     # latency low under a flood, more batch Redis reads better. Measured on 2 cores under

@@ -76,3 +76,14 @@ def test_health_sees_the_rabbitmq_broker(amqp_api: GraphQL) -> None:
     health = amqp_api.data("{ health { broker { ok } workers } }")["health"]
     assert health["broker"]["ok"] is True
     assert len(health["workers"]) == 1, "only the worker on RabbitMQ answers through it"
+
+
+def test_a_batch_runs_through_rabbitmq(amqp_api: GraphQL) -> None:
+    jobs = amqp_api.data(
+        "mutation { processDataMany(inputs: [{data: 1, delay: 0}, {data: 2, delay: 0}]) { id } }"
+    )["processDataMany"]
+
+    done = [amqp_api.wait_done(job["id"]) for job in jobs]
+
+    assert [job["state"] for job in done] == ["SUCCESS", "SUCCESS"]
+    assert [job["result"]["processed"] for job in done] == [1, 2]
