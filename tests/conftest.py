@@ -14,14 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from gql.devserver import (
-    EmbeddedValkey,
-    api_command,
-    free_port,
-    stop_all,
-    wait_for_port,
-    worker_command,
-)
+from devtools.processes import api_command, free_port, stop_all, wait_for_port, worker_command
+from devtools.valkey import EmbeddedValkey
 from tasks.app import create_celery_app
 from tasks.settings import Settings
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import strawberry
 
-from gql.devserver import free_port
+from devtools.processes import free_port
 from gql.schema import JobQLSchema
 from tests.conftest import GraphQL, running_api, service_env
 

@@ -18,7 +18,7 @@ import pytest
 import redis
 from websockets.sync.client import connect
 
-from gql.devserver import EmbeddedValkey
+from devtools.valkey import EmbeddedValkey
 from tasks.settings import Settings
 from tests.clients import Stream, graphql_transport_ws, sse
 from tests.conftest import GraphQL, running_api, running_worker, service_env
