@@ -10,8 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from devtools.processes import free_port, wait_for_port
 from tests.conftest import ROOT, GraphQL
+
+pytestmark = pytest.mark.slow
 
 
 def _alive(pid: int) -> bool:
