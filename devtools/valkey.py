@@ -23,9 +23,9 @@ class EmbeddedValkey:
     ``persist=False`` turns snapshots off: benchmarks then measure no background save.
     """
 
-    def __init__(self, data_dir: Path, port: int | None = None, *, persist: bool = True) -> None:
+    def __init__(self, data_dir: Path, *, persist: bool = True) -> None:
         self.data_dir = data_dir
-        self.port = port or free_port()
+        self.port = free_port()  # kept across a stop and a start, as a restarted Redis keeps it
         self.persist = persist
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -191,7 +191,6 @@ def running_worker(
     data_dir: Path,
     settings: Settings,
     queues: tuple[str, ...] = (),
-    extra_args: tuple[str, ...] = (),
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A real Celery worker (prefork, two processes), ready once it answers a ping.
 
@@ -200,7 +199,7 @@ def running_worker(
     name = f"worker-{free_port()}"
     with _log(data_dir, name) as log:
         process = subprocess.Popen(
-            [*worker_command(queues, concurrency=2), "--hostname", f"{name}@%h", *extra_args],
+            [*worker_command(queues, concurrency=2), "--hostname", f"{name}@%h"],
             env=env,
             cwd=ROOT,
             stdout=log,
