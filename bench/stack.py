@@ -11,14 +11,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from gql.devserver import (
-    EmbeddedValkey,
-    api_command,
-    free_port,
-    stop_all,
-    wait_for_port,
-    worker_command,
-)
+from devtools.processes import api_command, free_port, stop_all, wait_for_port, worker_command
+from devtools.valkey import EmbeddedValkey
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,11 +12,17 @@ from typing import Any
 from urllib.parse import urlparse
 
 from celery import Celery
+from kombu.entity import Exchange, Queue
 
 from tasks.broker import TRANSPORT
 from tasks.messages import PRIORITY_SEP, PRIORITY_STEPS
 from tasks.registry import TaskRegistry
 from tasks.settings import Settings, get_settings
+
+
+def _queue(name: str) -> Queue:
+    """A queue exactly as Celery creates one on first use: a direct exchange of its name."""
+    return Queue(name, Exchange(name, "direct"), routing_key=name)  # type: ignore[no-untyped-call]
 
 
 def celery_config(settings: Settings, *, producer: bool = False) -> dict[str, Any]:
@@ -51,6 +57,8 @@ def celery_config(settings: Settings, *, producer: bool = False) -> dict[str, An
         "result_expires": settings.job_retention_seconds,
         "result_extended": True,
         "task_default_queue": settings.default_queue,
+        # A worker started without ``--queues`` consumes every one of these.
+        "task_queues": tuple(_queue(name) for name in settings.queues),
         "worker_prefetch_multiplier": 1,
         "worker_send_task_events": True,
         "worker_hijack_root_logger": False,

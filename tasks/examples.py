@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import time
 from email.message import EmailMessage
+from typing import Annotated
 
-from pydantic import Field, JsonValue
+from pydantic import Field, JsonValue, ValidatorFunctionWrapHandler, WrapValidator
 
 from tasks.app import job
 from tasks.models import Email, JobModel
@@ -83,8 +84,25 @@ class PermanentEmailError(Exception):
     """The mail can never be delivered; retrying would not help."""
 
 
+RESERVED_DOMAIN = ".invalid"
+
+
+def _reserved_domain_passes(address: object, check: ValidatorFunctionWrapHandler) -> str:
+    """Let ``.invalid`` through, checked as if it were ``example.com``: email-validator
+    refuses it, but RFC 2606 reserves it for just this, an address that can never receive
+    mail, which ``send_email`` uses to show a permanent failure."""
+    if not isinstance(address, str) or not address.lower().endswith(RESERVED_DOMAIN):
+        return str(check(address))
+    check(address[: -len(RESERVED_DOMAIN)] + ".example.com")
+    return address
+
+
+# The shared Email type (the same ``Email`` scalar in GraphQL), plus the reserved domain.
+Recipient = Annotated[Email, WrapValidator(_reserved_domain_passes)]
+
+
 class SendEmailInput(JobModel):
-    to: Email
+    to: Recipient
     subject: str = Field(min_length=1, max_length=998)
     body: str = Field(max_length=1_000_000)
     simulate_transient_failures: int = Field(
@@ -113,7 +131,7 @@ def send_email(input: SendEmailInput, job: JobContext) -> SendEmailOutput:
 
     A recipient at the reserved ``.invalid`` domain fails permanently, without retrying.
     """
-    if input.to.lower().endswith(".invalid"):
+    if input.to.lower().endswith(RESERVED_DOMAIN):
         raise PermanentEmailError(f"no mail server accepts mail for {input.to}")
     if job.retries < input.simulate_transient_failures:
         raise TransientEmailError(f"mail server busy (attempt {job.retries + 1})")

@@ -1,15 +1,21 @@
-"""Real subscription clients, one per transport a frontend uses, speaking each protocol."""
+"""Real subscription clients, one per transport a frontend uses, speaking each protocol.
+
+Each is a coroutine that returns what the client saw once the server completed the stream,
+so a test can watch several streams at once and query the API while they run.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
-from websockets.sync.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.typing import Subprotocol
 
 
 @dataclass
@@ -28,16 +34,37 @@ class Stream:
     def errors(self) -> list[dict[str, Any]]:
         return [e for r in self.results for e in r.get("errors") or []]
 
+    def add(self, result: dict[str, Any], on_result: OnResult | None) -> None:
+        self.results.append(result)
+        if on_result:
+            on_result(result)
+
 
 OnResult = Callable[[dict[str, Any]], None]
 
 
-def _ws_url(base_url: str) -> str:
+class Transport(Protocol):
+    def __call__(
+        self, base_url: str, query: str, variables: dict[str, Any], within: float = 60,
+        on_result: OnResult | None = None,
+    ) -> Awaitable[Stream]: ...  # fmt: skip
+
+
+def ws_url(base_url: str) -> str:
     return base_url.replace("http://", "ws://") + "/graphql"
 
 
-def _recv(ws: ClientConnection, deadline: float) -> dict[str, Any]:
-    return json.loads(ws.recv(timeout=max(0.1, deadline - time.monotonic())))
+def websocket(base_url: str, subprotocol: str, **options: Any) -> connect:
+    """A WebSocket to the API speaking ``subprotocol``; ``options`` go to websockets' connect."""
+    return connect(ws_url(base_url), subprotocols=[Subprotocol(subprotocol)], **options)
+
+
+async def receive(ws: ClientConnection) -> dict[str, Any]:
+    return json.loads(await ws.recv())
+
+
+async def send(ws: ClientConnection, message: dict[str, Any]) -> None:
+    await ws.send(json.dumps(message))
 
 
 @dataclass(frozen=True)
@@ -54,23 +81,20 @@ TRANSPORT_WS = WsProtocol("graphql-transport-ws", start="subscribe", data="next"
 LEGACY_WS = WsProtocol("graphql-ws", start="start", data="data", keep_alive="ka")
 
 
-def _websocket(
+async def _websocket(
     protocol: WsProtocol, base_url: str, query: str, variables: dict[str, Any],
-    timeout: float, on_result: OnResult | None,
+    within: float, on_result: OnResult | None,
 ) -> Stream:  # fmt: skip
     stream = Stream()
-    deadline = time.monotonic() + timeout
-    with connect(_ws_url(base_url), subprotocols=[protocol.subprotocol]) as ws:  # type: ignore[list-item]
-        ws.send(json.dumps({"type": "connection_init", "payload": {}}))
-        assert _recv(ws, deadline)["type"] == "connection_ack"
+    async with asyncio.timeout(within), websocket(base_url, protocol.subprotocol) as ws:
+        await send(ws, {"type": "connection_init", "payload": {}})
+        assert (await receive(ws))["type"] == "connection_ack"
         payload = {"query": query, "variables": variables}
-        ws.send(json.dumps({"id": "1", "type": protocol.start, "payload": payload}))
+        await send(ws, {"id": "1", "type": protocol.start, "payload": payload})
         while not stream.completed:
-            message = _recv(ws, deadline)
+            message = await receive(ws)
             if message["type"] == protocol.data:
-                stream.results.append(message["payload"])
-                if on_result:
-                    on_result(message["payload"])
+                stream.add(message["payload"], on_result)
             elif message["type"] == "error":
                 errors = message["payload"]
                 stream.results.append({"errors": errors if isinstance(errors, list) else [errors]})
@@ -80,31 +104,31 @@ def _websocket(
             elif message["type"] == protocol.keep_alive:
                 stream.pings += 1
                 if protocol is TRANSPORT_WS:
-                    ws.send(json.dumps({"type": "pong"}))
+                    await send(ws, {"type": "pong"})
     return stream
 
 
-def graphql_transport_ws(
-    base_url: str, query: str, variables: dict[str, Any], timeout: float = 60,
+async def graphql_transport_ws(
+    base_url: str, query: str, variables: dict[str, Any], within: float = 60,
     on_result: OnResult | None = None,
 ) -> Stream:  # fmt: skip
     """graphql-ws's protocol: Apollo's GraphQLWsLink and GraphiQL speak it."""
-    return _websocket(TRANSPORT_WS, base_url, query, variables, timeout, on_result)
+    return await _websocket(TRANSPORT_WS, base_url, query, variables, within, on_result)
 
 
-def graphql_ws(
-    base_url: str, query: str, variables: dict[str, Any], timeout: float = 60,
+async def graphql_ws(
+    base_url: str, query: str, variables: dict[str, Any], within: float = 60,
     on_result: OnResult | None = None,
 ) -> Stream:  # fmt: skip
     """The legacy subscriptions-transport-ws protocol."""
-    return _websocket(LEGACY_WS, base_url, query, variables, timeout, on_result)
+    return await _websocket(LEGACY_WS, base_url, query, variables, within, on_result)
 
 
-def _http_stream(
-    base_url: str, accept: str, query: str, variables: dict[str, Any], timeout: float
-) -> Iterator[str]:
-    with (
-        httpx.Client(base_url=base_url, timeout=timeout) as client,
+async def _http_stream(
+    base_url: str, accept: str, query: str, variables: dict[str, Any], within: float
+) -> AsyncIterator[str]:
+    async with (
+        httpx.AsyncClient(base_url=base_url, timeout=within) as client,
         client.stream(
             "POST",
             "/graphql",
@@ -112,63 +136,64 @@ def _http_stream(
             headers={"accept": accept},
         ) as response,
     ):
-        assert response.status_code == 200, response.read()
-        yield from response.iter_text()
+        assert response.status_code == 200, await response.aread()
+        async for chunk in response.aiter_text():
+            yield chunk
 
 
-def multipart(
-    base_url: str, query: str, variables: dict[str, Any], timeout: float = 60,
+async def multipart(
+    base_url: str, query: str, variables: dict[str, Any], within: float = 60,
     on_result: OnResult | None = None,
 ) -> Stream:  # fmt: skip
     """Apollo Client's HTTP subscriptions: multipart/mixed with subscriptionSpec 1.0."""
     stream = Stream()
     accept = 'multipart/mixed;subscriptionSpec="1.0",application/json'
     buffer = ""
-    for chunk in _http_stream(base_url, accept, query, variables, timeout):
-        buffer += chunk
-        *parts, buffer = buffer.split("\r\n--graphql")
-        for part in parts:
-            if "\r\n\r\n" not in part:
-                continue
-            body = json.loads(part.split("\r\n\r\n", 1)[1])
-            if not body:
-                stream.pings += 1  # heartbeat
-            elif "payload" in body:
-                stream.results.append(body["payload"])
-                if on_result:
-                    on_result(body["payload"])
-        if buffer.startswith("--"):
-            stream.completed = True
+    chunks = _http_stream(base_url, accept, query, variables, within)
+    async with asyncio.timeout(within), aclosing(chunks):
+        async for chunk in chunks:
+            buffer += chunk
+            *parts, buffer = buffer.split("\r\n--graphql")
+            for part in parts:
+                if "\r\n\r\n" not in part:
+                    continue
+                body = json.loads(part.split("\r\n\r\n", 1)[1])
+                if not body:
+                    stream.pings += 1  # heartbeat
+                elif "payload" in body:
+                    stream.add(body["payload"], on_result)
+            if buffer.startswith("--"):
+                stream.completed = True
     return stream
 
 
-def sse(
-    base_url: str, query: str, variables: dict[str, Any], timeout: float = 60,
+async def sse(
+    base_url: str, query: str, variables: dict[str, Any], within: float = 60,
     on_result: OnResult | None = None,
 ) -> Stream:  # fmt: skip
     """graphql-sse, distinct connections mode: one POST, a text/event-stream answer."""
     stream = Stream()
     buffer = ""
-    for chunk in _http_stream(base_url, "text/event-stream", query, variables, timeout):
-        buffer += chunk.replace("\r\n", "\n")
-        *events, buffer = buffer.split("\n\n")
-        for event in events:
-            fields = dict(
-                line.split(": ", 1) if ": " in line else (line, "") for line in event.splitlines()
-            )
-            if "event" not in fields:
-                stream.pings += 1
-            elif fields["event"] == "next":
-                result = json.loads(fields["data"])
-                stream.results.append(result)
-                if on_result:
-                    on_result(result)
-            elif fields["event"] == "complete":
-                stream.completed = True
+    chunks = _http_stream(base_url, "text/event-stream", query, variables, within)
+    async with asyncio.timeout(within), aclosing(chunks):
+        async for chunk in chunks:
+            buffer += chunk.replace("\r\n", "\n")
+            *events, buffer = buffer.split("\n\n")
+            for event in events:
+                fields = dict(
+                    line.split(": ", 1) if ": " in line else (line, "")
+                    for line in event.splitlines()
+                )
+                if "event" not in fields:
+                    stream.pings += 1
+                elif fields["event"] == "next":
+                    stream.add(json.loads(fields["data"]), on_result)
+                elif fields["event"] == "complete":
+                    stream.completed = True
     return stream
 
 
-TRANSPORTS = {
+TRANSPORTS: dict[str, Transport] = {
     "graphql-transport-ws": graphql_transport_ws,
     "graphql-ws": graphql_ws,
     "multipart": multipart,

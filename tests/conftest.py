@@ -2,31 +2,62 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from gql.devserver import (
-    EmbeddedValkey,
-    api_command,
-    free_port,
-    stop_all,
-    wait_for_port,
-    worker_command,
-)
+from devtools.processes import api_command, free_port, stop_all, wait_for_port, worker_command
+from devtools.valkey import EmbeddedValkey
 from tasks.app import create_celery_app
 from tasks.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-QUEUES = ("jobql", "reports")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs the session's worker (the ``api`` fixture does) is a slow one.
+
+    Tests that start their own processes say so with ``pytest.mark.slow``.
+    """
+    for item in items:
+        if "worker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
+JOB_FIELDS = """
+id task state done sequence retries queue input result createdAt startedAt finishedAt
+progress { current total percent message data }
+error { type message }
+"""
+JOB = f"query($id: ID!) {{ job(id: $id) {{ {JOB_FIELDS} }} }}"
+
+
+def _request(query: str, variables: dict[str, Any] | None) -> dict[str, Any]:
+    return {"query": query, "variables": variables or {}}
+
+
+def _body(response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _data(body: dict[str, Any]) -> dict[str, Any]:
+    assert "errors" not in body, body["errors"]
+    return body["data"]
+
+
+def _error(body: dict[str, Any]) -> dict[str, Any]:
+    assert body.get("errors"), body
+    return body["errors"][0]
 
 
 class GraphQL:
@@ -37,24 +68,16 @@ class GraphQL:
         self.http = httpx.Client(base_url=base_url, timeout=30)
 
     def post(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-        response = self.http.post("/graphql", json={"query": query, "variables": variables or {}})
-        assert response.status_code == 200, response.text
-        return response.json()
+        return _body(self.http.post("/graphql", json=_request(query, variables)))
 
     def data(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-        body = self.post(query, variables)
-        assert "errors" not in body, body["errors"]
-        return body["data"]
+        return _data(self.post(query, variables))
 
     def error(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-        body = self.post(query, variables)
-        assert body.get("errors"), body
-        return body["errors"][0]
+        return _error(self.post(query, variables))
 
     def job(self, job_id: str) -> dict[str, Any] | None:
-        return self.data(f"query($id: ID!) {{ job(id: $id) {{ {JOB_FIELDS} }} }}", {"id": job_id})[
-            "job"
-        ]
+        return self.data(JOB, {"id": job_id})["job"]
 
     def wait(
         self, job_id: str, until: Callable[[dict[str, Any]], bool], timeout: float = 30
@@ -76,15 +99,58 @@ class GraphQL:
         return nodes[0]["id"] if nodes else None
 
 
-JOB_FIELDS = """
-id task state done sequence retries queue input result createdAt startedAt finishedAt
-progress { current total percent message data }
-error { type message }
-"""
+class AsyncGraphQL:
+    """The same client on httpx's async client, for tests that query while they watch."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.http = httpx.AsyncClient(base_url=base_url, timeout=30)
+
+    async def __aenter__(self) -> AsyncGraphQL:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.http.aclose()
+
+    async def post(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        return _body(await self.http.post("/graphql", json=_request(query, variables)))
+
+    async def data(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        return _data(await self.post(query, variables))
+
+    async def error(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        return _error(await self.post(query, variables))
+
+    async def job(self, job_id: str) -> dict[str, Any] | None:
+        return (await self.data(JOB, {"id": job_id}))["job"]
+
+    async def wait(
+        self, job_id: str, until: Callable[[dict[str, Any]], bool], within: float = 30
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + within
+        job = None
+        while time.monotonic() < deadline:
+            job = await self.job(job_id)
+            if job is not None and until(job):
+                return job
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"job {job_id} never reached the expected state; last seen {job}")
+
+    async def wait_done(self, job_id: str, within: float = 30) -> dict[str, Any]:
+        return await self.wait(job_id, lambda job: job["done"], within)
+
+
+# Settings from the developer's environment that reach the test services: a run with
+# JOBQL_FAST_PATHS=false checks the stock paths end to end. Every other JOBQL_ is the test's.
+PASSED_THROUGH = ("JOBQL_FAST_PATHS",)
 
 
 def service_env(redis_url: str, data_dir: Path, **overrides: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBQL_") and k != "REDIS_URL"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if (not k.startswith("JOBQL_") or k in PASSED_THROUGH) and k != "REDIS_URL"
+    }
     env.update(
         PYTHONPATH=str(ROOT),
         JOBQL_ENV="test",
@@ -124,14 +190,16 @@ def running_worker(
     env: dict[str, str],
     data_dir: Path,
     settings: Settings,
-    queues: tuple[str, ...] = QUEUES,
-    extra_args: tuple[str, ...] = (),
+    queues: tuple[str, ...] = (),
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A real Celery worker (prefork, two processes), ready once it answers a ping."""
+    """A real Celery worker (prefork, two processes), ready once it answers a ping.
+
+    Without ``queues`` it consumes what the settings configure, as production starts it.
+    """
     name = f"worker-{free_port()}"
     with _log(data_dir, name) as log:
         process = subprocess.Popen(
-            [*worker_command(queues, concurrency=2), "--hostname", f"{name}@%h", *extra_args],
+            [*worker_command(queues, concurrency=2), "--hostname", f"{name}@%h"],
             env=env,
             cwd=ROOT,
             stdout=log,
@@ -184,6 +252,13 @@ def worker(
 @pytest.fixture(scope="session")
 def api(env: dict[str, str], data_dir: Path, worker: subprocess.Popen[bytes]) -> Iterator[GraphQL]:
     with running_api(env, data_dir) as client:
+        yield client
+
+
+@pytest.fixture
+async def async_api(api: GraphQL) -> AsyncIterator[AsyncGraphQL]:
+    """The session's API, through a client on this test's event loop."""
+    async with AsyncGraphQL(api.base_url) as client:
         yield client
 
 

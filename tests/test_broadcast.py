@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from devtools.processes import free_port
+from devtools.valkey import EmbeddedValkey
 from gql.broadcast import RESYNC, EventQueue, JobBroadcast, RedisPubSubBackend, Resync
-from gql.devserver import EmbeddedValkey, free_port
 from tasks import records
 from tasks.records import JobSnapshot
 

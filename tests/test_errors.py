@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import strawberry
 
-from gql.devserver import free_port
+from devtools.processes import free_port
 from gql.schema import JobQLSchema
 from tests.conftest import GraphQL, running_api, service_env
 
@@ -118,7 +116,7 @@ def test_cancel_of_an_unknown_job_is_not_found(api: GraphQL) -> None:
     assert error["extensions"]["code"] == "NOT_FOUND"
 
 
-def test_unexpected_errors_are_masked_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+async def test_unexpected_errors_are_masked_and_logged(caplog: pytest.LogCaptureFixture) -> None:
     @strawberry.type
     class Query:
         @strawberry.field
@@ -132,13 +130,10 @@ def test_unexpected_errors_are_masked_and_logged(caplog: pytest.LogCaptureFixtur
             yield "fine"
             raise RuntimeError("secret stream detail")
 
-    async def streamed() -> list[Any]:
-        stream = await schema.subscribe("subscription { booms }")
-        return [result async for result in stream]  # type: ignore[union-attr]
-
     schema = JobQLSchema(query=Query, subscription=Subscription)
-    query_result = schema.execute_sync("{ boom }")
-    fine, failed = asyncio.run(streamed())
+    query_result = await schema.execute("{ boom }")
+    stream = await schema.subscribe("subscription { booms }")
+    fine, failed = [result async for result in stream]  # type: ignore[union-attr]
 
     assert fine.errors is None
     for result in (query_result, failed):
@@ -164,6 +159,7 @@ def _assert_fast_unavailable(client: GraphQL) -> None:
     assert elapsed < 10, elapsed
 
 
+@pytest.mark.slow
 def test_broker_down_is_service_unavailable_and_leaves_no_job(
     api: GraphQL, valkey: object, data_dir: Path
 ) -> None:
@@ -180,6 +176,7 @@ def test_broker_down_is_service_unavailable_and_leaves_no_job(
     assert api.newest_job_id() == newest, "the record of the unsent job must be removed"
 
 
+@pytest.mark.slow
 def test_redis_down_is_service_unavailable(data_dir: Path) -> None:
     env = service_env(f"redis://127.0.0.1:{free_port()}/0", data_dir)
     with running_api(env, data_dir) as no_redis:

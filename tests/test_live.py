@@ -6,37 +6,36 @@ Redis here cannot disturb the rest of the suite.
 
 from __future__ import annotations
 
-import json
+import asyncio
+import contextlib
 import socket
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import redis
-from websockets.sync.client import connect
+import redis.asyncio as aioredis
+from websockets.exceptions import ConnectionClosed
 
-from gql.devserver import EmbeddedValkey
+from devtools.valkey import EmbeddedValkey
 from tasks.settings import Settings
-from tests.clients import Stream, graphql_transport_ws, sse
-from tests.conftest import GraphQL, running_api, running_worker, service_env
+from tests.clients import Stream, Transport, graphql_transport_ws, receive, send, sse, websocket
+from tests.conftest import AsyncGraphQL, running_api, running_worker, service_env
 from tests.test_subscriptions import WATCH, _assert_well_ordered, _report
 
+pytestmark = pytest.mark.slow
 
-@dataclass
-class Stack:
+
+@dataclass(frozen=True)
+class Services:
     valkey: EmbeddedValkey
-    a: GraphQL
-    b: GraphQL
-
-    def stats(self, api: GraphQL) -> dict[str, int]:
-        return api.http.get("/health/stats").json()
+    a_url: str
+    b_url: str
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     data_dir = tmp_path_factory.mktemp("live")
     valkey = EmbeddedValkey(data_dir / "valkey").start()
     env = service_env(
@@ -53,39 +52,54 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             running_api(env, data_dir) as a,
             running_api(env, data_dir) as b,
         ):
-            yield Stack(valkey, a, b)
+            yield Services(valkey, a.base_url, b.base_url)
     finally:
         valkey.stop()
 
 
-def _in_background(fn: Any, *args: Any, **kwargs: Any) -> tuple[threading.Thread, list[Stream]]:
-    out: list[Stream] = []
-    thread = threading.Thread(target=lambda: out.append(fn(*args, **kwargs)), daemon=True)
-    thread.start()
-    return thread, out
+@dataclass(frozen=True)
+class Stack:
+    """The module's services, through clients on this test's event loop."""
+
+    valkey: EmbeddedValkey
+    a: AsyncGraphQL
+    b: AsyncGraphQL
+
+    async def stats(self, api: AsyncGraphQL) -> dict[str, int]:
+        return (await api.http.get("/health/stats")).json()
 
 
-def _watch_until_progress(
-    client: Any, base_url: str, job_id: str
-) -> tuple[threading.Thread, list[Stream]]:
+@pytest.fixture
+async def stack(services: Services) -> AsyncIterator[Stack]:
+    async with AsyncGraphQL(services.a_url) as a, AsyncGraphQL(services.b_url) as b:
+        yield Stack(services.valkey, a, b)
+
+
+async def _watch_until_progress(
+    client: Transport, base_url: str, job_id: str
+) -> asyncio.Task[Stream]:
     """Watch ``job_id`` in the background; return once its first progress report arrived."""
-    seen_progress = threading.Event()
-    thread, out = _in_background(
-        client,
-        base_url,
-        WATCH,
-        {"id": job_id},
-        timeout=90,
-        on_result=lambda r: seen_progress.set() if r["data"]["job"]["progress"] else None,
+    seen_progress = asyncio.Event()
+
+    def on_result(result: dict[str, Any]) -> None:
+        if result["data"]["job"]["progress"]:
+            seen_progress.set()
+
+    watch = asyncio.create_task(
+        client(base_url, WATCH, {"id": job_id}, within=90, on_result=on_result)
     )
-    assert seen_progress.wait(30), "progress never arrived"
-    return thread, out
+    try:
+        await asyncio.wait_for(seen_progress.wait(), 30)
+    except TimeoutError:
+        watch.cancel()
+        pytest.fail("progress never arrived")
+    return watch
 
 
-def test_a_job_enqueued_on_one_replica_is_watched_live_on_another(stack: Stack) -> None:
-    job_id = _report(stack.a, steps=10, delay=0.05, countdown=0.3)
+async def test_a_job_enqueued_on_one_replica_is_watched_live_on_another(stack: Stack) -> None:
+    job_id = await _report(stack.a, steps=10, delay=0.05, countdown=0.3)
 
-    stream = graphql_transport_ws(stack.b.base_url, WATCH, {"id": job_id})
+    stream = await graphql_transport_ws(stack.b.base_url, WATCH, {"id": job_id})
 
     assert stream.completed
     assert [j["state"] for j in stream.jobs][:2] == ["PENDING", "STARTED"]
@@ -93,83 +107,78 @@ def test_a_job_enqueued_on_one_replica_is_watched_live_on_another(stack: Stack) 
     _assert_well_ordered(stream.jobs)
 
 
-def test_a_redis_restart_mid_stream_loses_no_state_change(stack: Stack) -> None:
-    job_id = _report(stack.a, steps=60, delay=0.05)
-    thread, out = _watch_until_progress(graphql_transport_ws, stack.b.base_url, job_id)
+async def test_a_redis_restart_mid_stream_loses_no_state_change(stack: Stack) -> None:
+    job_id = await _report(stack.a, steps=60, delay=0.05)
+    watch = await _watch_until_progress(graphql_transport_ws, stack.b.base_url, job_id)
 
-    stack.valkey.stop()
-    time.sleep(0.5)
-    stack.valkey.start()
+    await asyncio.to_thread(stack.valkey.stop)
+    await asyncio.sleep(0.5)
+    await asyncio.to_thread(stack.valkey.start)
 
-    thread.join(90)
-    assert out, "the subscription never ended"
-    stream = out[0]
+    stream = await asyncio.wait_for(watch, 90)
     assert stream.completed and not stream.errors, stream.errors
     assert stream.jobs[-1]["state"] == "SUCCESS"
     _assert_well_ordered(stream.jobs)
-    assert stack.a.wait_done(job_id)["state"] == "SUCCESS", "the job itself still completes"
-    assert stack.stats(stack.b)["reconnects"] >= 1
+    assert (await stack.a.wait_done(job_id))["state"] == "SUCCESS", "the job itself completes"
+    assert (await stack.stats(stack.b))["reconnects"] >= 1
 
 
-def _slow_socket(base_url: str) -> socket.socket:
+async def _slow_socket(base_url: str) -> socket.socket:
     """A client socket with a small receive window, as a phone on a poor link has."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
     host, port = base_url.removeprefix("http://").split(":")
-    sock.connect((host, int(port)))
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
     return sock
 
 
-def test_a_killed_pubsub_connection_heals_without_losing_the_end(stack: Stack) -> None:
-    job_id = _report(stack.a, steps=40, delay=0.05)
-    thread, out = _watch_until_progress(sse, stack.a.base_url, job_id)
-    client = redis.Redis.from_url(stack.valkey.url)
-    assert client.client_kill_filter(_type="pubsub") >= 1  # what Redis does to a slow reader
-    client.close()
+async def test_a_killed_pubsub_connection_heals_without_losing_the_end(stack: Stack) -> None:
+    job_id = await _report(stack.a, steps=40, delay=0.05)
+    watch = await _watch_until_progress(sse, stack.a.base_url, job_id)
+    client = aioredis.Redis.from_url(stack.valkey.url)
+    assert await client.client_kill_filter(_type="pubsub") >= 1  # what Redis does to a slow reader
+    await client.aclose()
 
-    thread.join(60)
-    stream = out[0]
+    stream = await asyncio.wait_for(watch, 60)
     assert stream.completed and stream.jobs[-1]["state"] == "SUCCESS"
     _assert_well_ordered(stream.jobs)
 
 
-def test_a_slow_consumer_gets_every_state_change_and_does_not_slow_others(
+async def test_a_slow_consumer_gets_every_state_change_and_does_not_slow_others(
     stack: Stack,
 ) -> None:
-    job_id = _report(stack.a, steps=1000, delay=0.004, countdown=1)
-    fast_thread, fast_out = _in_background(
-        graphql_transport_ws, stack.a.base_url, WATCH, {"id": job_id}
-    )
+    job_id = await _report(stack.a, steps=1000, delay=0.004, countdown=1)
+    fast_watch = asyncio.create_task(graphql_transport_ws(stack.a.base_url, WATCH, {"id": job_id}))
     states: list[str] = []
     high_water = 0
-    with connect(
-        stack.a.base_url.replace("http", "ws") + "/graphql",
-        sock=_slow_socket(stack.a.base_url),
-        subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
+    async with websocket(
+        stack.a.base_url,
+        "graphql-transport-ws",
+        sock=await _slow_socket(stack.a.base_url),
         compression=None,
         max_queue=1,
         ping_interval=None,
     ) as ws:
-        ws.send(json.dumps({"type": "connection_init"}))
-        assert json.loads(ws.recv(10))["type"] == "connection_ack"
+        await send(ws, {"type": "connection_init"})
+        assert (await asyncio.wait_for(receive(ws), 10))["type"] == "connection_ack"
         payload = {"query": WATCH, "variables": {"id": job_id}}
-        ws.send(json.dumps({"id": "slow", "type": "subscribe", "payload": payload}))
+        await send(ws, {"id": "slow", "type": "subscribe", "payload": payload})
         slow_until = time.monotonic() + 10
         fast_done_while_slow = False
         while True:
-            message = json.loads(ws.recv(60))
+            message = await asyncio.wait_for(receive(ws), 60)
             if message["type"] == "complete":
                 break
             if message["type"] != "next":
                 continue  # the server's keep-alive pings
             states.append(message["payload"]["data"]["job"]["state"])
             if time.monotonic() < slow_until:
-                high_water = max(high_water, stack.stats(stack.a)["pending_events"])
-                fast_done_while_slow = fast_done_while_slow or not fast_thread.is_alive()
-                time.sleep(1)  # one message a second, then it catches up
+                high_water = max(high_water, (await stack.stats(stack.a))["pending_events"])
+                fast_done_while_slow = fast_done_while_slow or fast_watch.done()
+                await asyncio.sleep(1)  # one message a second, then it catches up
 
-    fast_thread.join(60)
-    fast = fast_out[0]
+    fast = await asyncio.wait_for(fast_watch, 60)
     assert fast.completed and fast.jobs[-1]["state"] == "SUCCESS"
     assert fast_done_while_slow, "the fast subscriber finished while the slow one lagged"
     assert len(fast.jobs) > 100, "the fast subscriber saw progress as it happened"
@@ -178,84 +187,69 @@ def test_a_slow_consumer_gets_every_state_change_and_does_not_slow_others(
     assert high_water <= 32, "what the server holds for a slow subscriber stays bounded"
 
 
-def test_two_hundred_subscriptions_leave_nothing_behind(stack: Stack) -> None:
-    before = stack.stats(stack.a)
-    finished = [_report(stack.a, steps=1, delay=0) for _ in range(4)]
+async def test_two_hundred_subscriptions_leave_nothing_behind(stack: Stack) -> None:
+    before = await stack.stats(stack.a)
+    finished = [await _report(stack.a, steps=1, delay=0) for _ in range(4)]
     for job_id in finished:
-        stack.a.wait_done(job_id)
-    running = _report(stack.a, steps=400, delay=0.05)
+        await stack.a.wait_done(job_id)
+    running = await _report(stack.a, steps=400, delay=0.05)
 
     for i in range(200):
         # Half read to completion; half vanish mid-stream without a word.
         if i % 2 == 0:
-            assert graphql_transport_ws(stack.a.base_url, WATCH, {"id": finished[i % 4]}).completed
+            watched = await graphql_transport_ws(stack.a.base_url, WATCH, {"id": finished[i % 4]})
+            assert watched.completed
         else:
-            ws = connect(
-                stack.a.base_url.replace("http", "ws") + "/graphql",
-                subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
-            )
-            ws.send(json.dumps({"type": "connection_init"}))
-            ws.recv(10)
+            ws = await websocket(stack.a.base_url, "graphql-transport-ws")
+            await send(ws, {"type": "connection_init"})
+            await asyncio.wait_for(ws.recv(), 10)
             payload = {"query": WATCH, "variables": {"id": running}}
-            ws.send(json.dumps({"id": str(i), "type": "subscribe", "payload": payload}))
-            ws.recv(10)
-            ws.socket.close()  # the client vanishes
+            await send(ws, {"id": str(i), "type": "subscribe", "payload": payload})
+            await asyncio.wait_for(ws.recv(), 10)
+            ws.transport.abort()  # the client vanishes
 
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        after = stack.stats(stack.a)
+        after = await stack.stats(stack.a)
         if after["channels"] == 0 and after["tasks"] <= before["tasks"]:
             break
-        time.sleep(0.1)
+        await asyncio.sleep(0.1)
     assert after["channels"] == 0 and after["subscribers"] == 0 and after["locks"] == 0
     assert after["tasks"] <= before["tasks"], (before, after)
-    client = redis.Redis.from_url(stack.valkey.url)
-    assert client.pubsub_numsub(f"jobql:events:job:{running}") == [
-        (f"jobql:events:job:{running}".encode(), 0)
-    ]
-    client.close()
-    stack.a.data(
+    client = aioredis.Redis.from_url(stack.valkey.url)
+    channel = f"jobql:events:job:{running}"
+    assert await client.pubsub_numsub(channel) == [(channel.encode(), 0)]
+    await client.aclose()
+    await stack.a.data(
         "mutation($id: ID!) { cancelJob(id: $id, terminate: true) { id } }", {"id": running}
     )
 
 
-def test_the_jobs_stream_sends_every_change_of_matching_jobs(stack: Stack) -> None:
+async def test_the_jobs_stream_sends_every_change_of_matching_jobs(stack: Stack) -> None:
     query = 'subscription { jobs(filter: {task: "process_data"}) { id task state sequence } }'
     results: list[dict[str, Any]] = []
-    ready = threading.Event()
+    ready = asyncio.Event()
 
-    def watch() -> None:
-        with connect(
-            stack.b.base_url.replace("http", "ws") + "/graphql",
-            subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
-        ) as ws:
-            ws.send(json.dumps({"type": "connection_init"}))
-            ws.recv(10)
-            ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": query}}))
+    async def watch() -> None:
+        async with websocket(stack.b.base_url, "graphql-transport-ws") as ws:
+            await send(ws, {"type": "connection_init"})
+            await asyncio.wait_for(ws.recv(), 10)
+            await send(ws, {"id": "1", "type": "subscribe", "payload": {"query": query}})
             ready.set()
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    message = json.loads(ws.recv(0.5))
-                except TimeoutError:
-                    continue
-                if message["type"] == "next":
-                    results.append(message["payload"]["data"]["jobs"])
-                    if sum(r["state"] == "SUCCESS" for r in results) == 2:
-                        return
+            with contextlib.suppress(TimeoutError):  # the assertions below say what was missed
+                async with asyncio.timeout(30):
+                    while sum(r["state"] == "SUCCESS" for r in results) < 2:
+                        message = await receive(ws)
+                        if message["type"] == "next":
+                            results.append(message["payload"]["data"]["jobs"])
 
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    time.sleep(0.3)
-    ids = [
-        stack.a.data("mutation { processData(input: {data: 1, delay: 0.2}) { id } }")[
-            "processData"
-        ]["id"]
-        for _ in range(2)
-    ]
-    _report(stack.a, steps=1, delay=0)  # another task: filtered out on the server
-    thread.join(30)
+    watcher = asyncio.create_task(watch())
+    await asyncio.wait_for(ready.wait(), 10)
+    await asyncio.sleep(0.3)
+    mutation = "mutation { processData(input: {data: 1, delay: 0.2}) { id } }"
+    ids = [(await stack.a.data(mutation))["processData"]["id"] for _ in range(2)]
+    await _report(stack.a, steps=1, delay=0)  # another task: filtered out on the server
+    await watcher
 
     assert {r["task"] for r in results} == {"process_data"}
     for job_id in ids:
@@ -265,21 +259,18 @@ def test_the_jobs_stream_sends_every_change_of_matching_jobs(stack: Stack) -> No
         assert sequences == sorted(set(sequences))
 
 
-def test_keep_alive_pings_and_the_connection_init_timeout(stack: Stack) -> None:
-    job_id = _report(stack.a, steps=20, delay=0.1)
-    assert graphql_transport_ws(stack.a.base_url, WATCH, {"id": job_id}).pings >= 2
-    assert sse(stack.a.base_url, WATCH, {"id": job_id}).completed
+async def test_keep_alive_pings_and_the_connection_init_timeout(stack: Stack) -> None:
+    job_id = await _report(stack.a, steps=20, delay=0.1)
+    assert (await graphql_transport_ws(stack.a.base_url, WATCH, {"id": job_id})).pings >= 2
+    assert (await sse(stack.a.base_url, WATCH, {"id": job_id})).completed
 
-    with connect(
-        stack.a.base_url.replace("http", "ws") + "/graphql",
-        subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
-    ) as ws:
-        with pytest.raises(Exception) as closed:
-            ws.recv(5)  # never send connection_init
-        assert getattr(closed.value, "rcvd", None) is not None
-        assert closed.value.rcvd.code == 4408  # type: ignore[attr-defined]
+    async with websocket(stack.a.base_url, "graphql-transport-ws") as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5)  # never send connection_init
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 4408
 
 
-def test_health_reports_the_broadcast_connection(stack: Stack) -> None:
-    health = stack.a.data("{ health { broadcast { ok } } }")["health"]
+async def test_health_reports_the_broadcast_connection(stack: Stack) -> None:
+    health = (await stack.a.data("{ health { broadcast { ok } } }"))["health"]
     assert health["broadcast"]["ok"] is True

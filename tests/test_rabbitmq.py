@@ -24,9 +24,12 @@ def _rabbitmq_reachable() -> bool:
         return False
 
 
-pytestmark = pytest.mark.skipif(
-    not _rabbitmq_reachable(), reason="no RabbitMQ on 127.0.0.1:5672; broker tests skipped"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not _rabbitmq_reachable(), reason="no RabbitMQ on 127.0.0.1:5672; broker tests skipped"
+    ),
+]
 
 
 @pytest.fixture(scope="module")

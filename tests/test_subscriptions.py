@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
-from tests.clients import TRANSPORTS
-from tests.conftest import JOB_FIELDS, GraphQL
+from tests.clients import TRANSPORTS, multipart, sse
+from tests.conftest import JOB_FIELDS, AsyncGraphQL
 
 WATCH = f"subscription($id: ID!) {{ job(id: $id) {{ {JOB_FIELDS} }} }}"
 
 
-def _report(api: GraphQL, steps: int, delay: float, countdown: float | None = None) -> str:
+async def _report(
+    api: AsyncGraphQL, steps: int, delay: float, countdown: float | None = None
+) -> str:
     options = {"countdown": countdown} if countdown else None
     query = (
         "mutation($i: GenerateReportInput!, $o: EnqueueOptions) "
         "{ generateReport(input: $i, options: $o) { id } }"
     )
-    data = api.data(query, {"i": {"userId": 1, "steps": steps, "stepDelay": delay}, "o": options})
+    report = {"userId": 1, "steps": steps, "stepDelay": delay}
+    data = await api.data(query, {"i": report, "o": options})
     return str(data["generateReport"]["id"])
 
 
@@ -30,12 +34,12 @@ def _assert_well_ordered(jobs: list[dict[str, Any]]) -> None:
 
 
 @pytest.mark.parametrize("transport", list(TRANSPORTS))
-def test_each_transport_streams_a_report_from_snapshot_to_success(
-    api: GraphQL, transport: str
+async def test_each_transport_streams_a_report_from_snapshot_to_success(
+    async_api: AsyncGraphQL, transport: str
 ) -> None:
-    job_id = _report(api, steps=20, delay=0.05, countdown=0.5)
+    job_id = await _report(async_api, steps=20, delay=0.05, countdown=0.5)
 
-    stream = TRANSPORTS[transport](api.base_url, WATCH, {"id": job_id})
+    stream = await TRANSPORTS[transport](async_api.base_url, WATCH, {"id": job_id})
 
     assert stream.completed, "the server completes the stream after the final state"
     assert not stream.errors, stream.errors
@@ -49,13 +53,13 @@ def test_each_transport_streams_a_report_from_snapshot_to_success(
 
 
 @pytest.mark.parametrize("transport", list(TRANSPORTS))
-def test_subscribing_after_the_end_gets_the_final_snapshot_and_complete(
-    api: GraphQL, transport: str
+async def test_subscribing_after_the_end_gets_the_final_snapshot_and_complete(
+    async_api: AsyncGraphQL, transport: str
 ) -> None:
-    job_id = _report(api, steps=1, delay=0)
-    final = api.wait_done(job_id)
+    job_id = await _report(async_api, steps=1, delay=0)
+    final = await async_api.wait_done(job_id)
 
-    stream = TRANSPORTS[transport](api.base_url, WATCH, {"id": job_id})
+    stream = await TRANSPORTS[transport](async_api.base_url, WATCH, {"id": job_id})
 
     assert stream.completed
     assert [job["sequence"] for job in stream.jobs] == [final["sequence"]]
@@ -63,29 +67,29 @@ def test_subscribing_after_the_end_gets_the_final_snapshot_and_complete(
 
 
 @pytest.mark.parametrize("transport", list(TRANSPORTS))
-def test_an_unknown_job_is_not_found(api: GraphQL, transport: str) -> None:
-    stream = TRANSPORTS[transport](api.base_url, WATCH, {"id": "no-such-job"})
+async def test_an_unknown_job_is_not_found(async_api: AsyncGraphQL, transport: str) -> None:
+    stream = await TRANSPORTS[transport](async_api.base_url, WATCH, {"id": "no-such-job"})
 
     assert not stream.jobs
     assert [e["extensions"]["code"] for e in stream.errors] == ["NOT_FOUND"]
 
 
-def test_http_subscriptions_never_hold_the_operation_slots(api: GraphQL) -> None:
+async def test_http_subscriptions_never_hold_the_operation_slots(async_api: AsyncGraphQL) -> None:
     """More multipart/SSE streams than execution slots, and queries still answer at once."""
-    import threading
-
-    from tests.clients import multipart, sse
-
-    job_id = _report(api, steps=100, delay=0.05)
+    job_id = await _report(async_api, steps=100, delay=0.05)
+    # 10 streams; the API executes 8 operations at once (JOBQL_MAX_CONCURRENT_OPERATIONS)
+    opened = [asyncio.Event() for _ in range(10)]
     streams = [
-        threading.Thread(target=fn, args=(api.base_url, WATCH, {"id": job_id}), daemon=True)
-        for fn in (sse, multipart) * 4  # 8 streams; the API executes 4 operations at once
+        asyncio.create_task(
+            watch(async_api.base_url, WATCH, {"id": job_id}, on_result=lambda _, e=event: e.set())
+        )
+        for watch, event in zip((sse, multipart) * 5, opened, strict=True)
     ]
-    for stream in streams:
-        stream.start()
-    api.wait(job_id, lambda job: job["state"] == "PROGRESS")
+    async with asyncio.timeout(30):
+        for event in opened:
+            await event.wait()  # every stream is open and has its snapshot
 
-    assert api.job(job_id)["done"] is False, "a query waited for the streams to end"
-    for stream in streams:
-        stream.join(30)
-    assert api.job(job_id)["state"] == "SUCCESS"
+    assert (await async_api.job(job_id))["done"] is False, "a query waited for the streams to end"
+    finished = await asyncio.wait_for(asyncio.gather(*streams), 30)
+    assert all(stream.completed for stream in finished)
+    assert (await async_api.job(job_id))["state"] == "SUCCESS"

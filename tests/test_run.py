@@ -10,8 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-from gql.devserver import free_port, wait_for_port
+import pytest
+
+from devtools.processes import free_port, wait_for_port
 from tests.conftest import ROOT, GraphQL
+
+pytestmark = pytest.mark.slow
 
 
 def _alive(pid: int) -> bool:
@@ -31,7 +35,7 @@ def _start(env: dict[str, str], tmp_path: Path) -> tuple[subprocess.Popen[bytes]
     port = free_port()
     with (tmp_path / "run.log").open("wb") as log:
         run = subprocess.Popen(
-            [sys.executable, "-m", "gql.devserver", "--port", str(port)],
+            [sys.executable, "-m", "devtools.run", "--port", str(port)],
             cwd=ROOT,
             env=env,
             stdout=log,
