@@ -12,10 +12,10 @@ from pydantic import ValidationError
 
 from gql.errors import BadUserInput, NotFound
 from gql.producer import Delivery, Producer
-from gql.store import JobStore, PageQuery
+from gql.store import JobStore
 from tasks import records
 from tasks.messages import PRIORITY_STEPS, queue_key, task_message
-from tasks.records import CANCELLABLE_STATES, JobSnapshot, JobState
+from tasks.records import CANCELLABLE_STATES, JobSnapshot, JobState, PageQuery
 from tasks.registry import TaskRegistry, TaskSpec
 from tasks.settings import Settings
 

@@ -15,7 +15,6 @@ from gql.errors import BadUserInput, InputValidationCodes, classify
 from gql.execution import JobQLExecutor
 from gql.inputs import InputTypes, mutation_name, to_data
 from gql.jobs import EnqueueRequest
-from gql.store import PageQuery
 from gql.subscriptions import Subscription
 from gql.types import (
     EnqueueOptions,
@@ -29,6 +28,7 @@ from gql.types import (
     decode_cursor,
     encode_cursor,
 )
+from tasks.records import PageQuery
 from tasks.registry import TaskRegistry, TaskSpec
 
 

@@ -1,10 +1,9 @@
-"""Job records read and written with redis-py's asyncio client: the loop never waits on I/O."""
+"""Job records read and written with redis-py's asyncio client: the loop never waits on I/O.
+
+The scripts' KEYS and ARGV come from the builders in :mod:`tasks.records`, shared with the worker.
+"""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -12,21 +11,8 @@ from redis.backoff import NoBackoff
 from strawberry.dataloader import DataLoader
 
 from tasks import records
-from tasks.records import JobSnapshot, JobState
+from tasks.records import JobSnapshot, JobState, PageQuery
 from tasks.settings import Settings
-
-
-@dataclass(frozen=True, slots=True)
-class PageQuery:
-    """One page of an owner's jobs, newest first, after an optional ``(score, id)`` cursor."""
-
-    owner: str
-    limit: int
-    after: tuple[int, str] | None = None
-    states: frozenset[JobState] = frozenset()
-    task: str | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
 
 
 def connect(url: str, settings: Settings) -> aioredis.Redis:
@@ -56,7 +42,6 @@ class JobStore:
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self.client = client
         self._ttl = settings.job_retention_seconds
-        self._scan_cap = 10_000
         self._create = client.register_script(records.CREATE_SCRIPT)
         self._update = client.register_script(records.UPDATE_SCRIPT)
         self._page = client.register_script(records.PAGE_SCRIPT)
@@ -75,28 +60,8 @@ class JobStore:
         With ``message`` (queue key, Celery message) the message is pushed and the job
         announced in the same atomic call: the broker is this Redis.
         """
-        job_id, owner = fields["id"], fields["owner"]
-        created = datetime.fromisoformat(fields["created_at"])
-        queue, body = message or ("", "")
-        existing = await self._create(
-            keys=[
-                records.job_key(job_id),
-                records.index_key(owner),
-                records.idempotency_key(owner, idempotency) if idempotency else "",
-                queue,
-            ],
-            args=[
-                self._ttl,
-                records.to_score(created),
-                job_id,
-                records.JOB_KEY_PREFIX,
-                body,
-                records.job_channel(job_id),
-                records.owner_channel(owner),
-                records.dumps(fields) if message else "",
-                *records.flatten(fields),
-            ],
-        )
+        call = records.create_call(fields, ttl=self._ttl, idempotency=idempotency, message=message)
+        existing = await self._create(keys=call.keys, args=call.args)
         return str(existing) if existing else None
 
     async def announce(self, fields: dict[str, str]) -> None:
@@ -137,44 +102,12 @@ class JobStore:
         fields: dict[str, str],
         allowed_from: frozenset[JobState],
     ) -> str:
-        outcome = await self._update(
-            keys=[records.job_key(job_id)],
-            args=[
-                self._ttl,
-                state.value,
-                records.now().isoformat(),
-                records.job_channel(job_id),
-                records.OWNER_CHANNEL_PREFIX,
-                ",".join(sorted(allowed_from)),
-                *records.flatten(fields),
-            ],
-        )
+        call = records.update_call(job_id, state, fields, ttl=self._ttl, allowed_from=allowed_from)
+        outcome = await self._update(keys=call.keys, args=call.args)
         return str(outcome)
 
     async def page(self, query: PageQuery) -> list[JobSnapshot]:
         """Up to ``query.limit`` jobs in one round trip, filtered inside Redis."""
-        high: Any = "+inf"
-        if query.created_before is not None:
-            high = f"({records.to_score(query.created_before)}"
-        if query.after is not None:
-            after_score = query.after[0]
-            if query.created_before is None or after_score < records.to_score(query.created_before):
-                high = after_score
-        low: Any = "-inf"
-        if query.created_after is not None:
-            low = f"({records.to_score(query.created_after)}"
-        rows = await self._page(
-            keys=[records.index_key(query.owner)],
-            args=[
-                high,
-                low,
-                query.after[0] if query.after else "",
-                query.after[1] if query.after else "",
-                query.limit,
-                ",".join(sorted(query.states)),
-                query.task or "",
-                records.JOB_KEY_PREFIX,
-                self._scan_cap,
-            ],
-        )
+        call = records.page_call(query)
+        rows = await self._page(keys=call.keys, args=call.args)
         return [JobSnapshot.from_event(row) for row in rows]

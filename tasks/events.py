@@ -60,21 +60,14 @@ def transition(
 ) -> str:
     """Move a job to ``state``; returns 'ok', 'missing' or the state that refused the move."""
     _, _, update = _scripts()
-    settings = get_settings()
-    return str(
-        update(
-            keys=[records.job_key(job_id)],
-            args=[
-                settings.job_retention_seconds,
-                state.value,
-                records.now().isoformat(),
-                records.job_channel(job_id),
-                records.OWNER_CHANNEL_PREFIX,
-                ",".join(sorted(allowed_from)),
-                *records.flatten(fields or {}),
-            ],
-        )
+    call = records.update_call(
+        job_id,
+        state,
+        fields,
+        ttl=get_settings().job_retention_seconds,
+        allowed_from=allowed_from,
     )
+    return str(update(keys=call.keys, args=call.args))
 
 
 def adopt(task: Task, job_id: str, kwargs: dict[str, Any]) -> None:
@@ -91,20 +84,8 @@ def adopt(task: Task, job_id: str, kwargs: dict[str, Any]) -> None:
         input_json=kwargs,
         created_at=created,
     )
-    create(
-        keys=[records.job_key(job_id), records.index_key("anonymous"), "", ""],
-        args=[
-            settings.job_retention_seconds,
-            records.to_score(created),
-            job_id,
-            records.JOB_KEY_PREFIX,
-            "",
-            "",
-            "",
-            "",
-            *records.flatten(fields),
-        ],
-    )
+    call = records.create_call(fields, ttl=settings.job_retention_seconds)
+    create(keys=call.keys, args=call.args)
 
 
 def progress_fields(meta: Any) -> dict[str, str]:

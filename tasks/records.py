@@ -8,6 +8,7 @@ can read. Fields hold strings; JSON fields hold JSON text; an empty string means
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -160,10 +161,112 @@ def flatten(fields: dict[str, str]) -> list[str]:
     return [item for pair in fields.items() for item in pair]
 
 
+@dataclass(frozen=True, slots=True)
+class ScriptCall:
+    """The KEYS and ARGV of one script call, built once for the sync and the async client."""
+
+    keys: list[str]
+    args: list[str | int]
+
+
+@dataclass(frozen=True, slots=True)
+class PageQuery:
+    """One page of an owner's jobs, newest first, after an optional ``(score, id)`` cursor."""
+
+    owner: str
+    limit: int
+    after: tuple[int, str] | None = None
+    states: frozenset[JobState] = frozenset()
+    task: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+def create_call(
+    fields: dict[str, str],
+    *,
+    ttl: int,
+    idempotency: str | None = None,
+    message: tuple[str, str] | None = None,
+) -> ScriptCall:
+    """Write the new record ``fields``; with ``message`` (queue key, body) push it and announce."""
+    job_id, owner = fields["id"], fields["owner"]
+    queue, body = message or ("", "")
+    return ScriptCall(
+        keys=[
+            job_key(job_id),
+            index_key(owner),
+            idempotency_key(owner, idempotency) if idempotency else "",
+            queue,
+        ],
+        args=[
+            ttl,
+            to_score(datetime.fromisoformat(fields["created_at"])),
+            job_id,
+            body,
+            job_channel(job_id),
+            owner_channel(owner),
+            dumps(fields) if message else "",
+            *flatten(fields),
+        ],
+    )
+
+
+def update_call(
+    job_id: str,
+    state: JobState,
+    fields: dict[str, str] | None = None,
+    *,
+    ttl: int,
+    allowed_from: Collection[JobState] = (),
+    at: datetime | None = None,
+) -> ScriptCall:
+    """Move a job to ``state`` (from one of ``allowed_from``, or any state not yet final)."""
+    return ScriptCall(
+        keys=[job_key(job_id)],
+        args=[
+            ttl,
+            state.value,
+            (at or now()).isoformat(),
+            job_channel(job_id),
+            OWNER_CHANNEL_PREFIX,
+            ",".join(sorted(allowed_from)),
+            *flatten(fields or {}),
+        ],
+    )
+
+
+def page_call(query: PageQuery, *, scan_cap: int = 10_000) -> ScriptCall:
+    high: str | int = "+inf"
+    if query.created_before is not None:
+        high = f"({to_score(query.created_before)}"
+    if query.after is not None:
+        after_score = query.after[0]
+        if query.created_before is None or after_score < to_score(query.created_before):
+            high = after_score
+    low = f"({to_score(query.created_after)}" if query.created_after is not None else "-inf"
+    return ScriptCall(
+        keys=[index_key(query.owner)],
+        args=[
+            high,
+            low,
+            query.after[0] if query.after else "",
+            query.after[1] if query.after else "",
+            query.limit,
+            ",".join(sorted(query.states)),
+            query.task or "",
+            JOB_KEY_PREFIX,
+            scan_cap,
+        ],
+    )
+
+
 # KEYS: job, index, idempotency ('' for none), queue ('' when the message goes elsewhere)
-# ARGV: ttl, score, job id, job key prefix, message, job channel, owner channel,
-#       snapshot JSON, field/value pairs...
-# Returns nil when created, or the id of the job an idempotency key already points to.
+# ARGV: ttl, score, job id, message, job channel, owner channel, snapshot JSON,
+#       field/value pairs...
+# Returns nil when created, or the id of the job an idempotency key already points to
+# (the key expires with the job's creation + ttl, the job no earlier, so it is still there
+# unless it was deleted by hand; the API answers NOT_FOUND then).
 # With a queue, the Celery message is pushed and the PENDING snapshot announced in the same
 # step: the record, the message and the event exist together or not at all. Without one,
 # the caller announces once its own broker took the message.
@@ -171,21 +274,19 @@ CREATE_SCRIPT = """
 local ttl = tonumber(ARGV[1])
 if KEYS[3] ~= '' then
   local existing = redis.call('GET', KEYS[3])
-  if existing and redis.call('EXISTS', ARGV[4] .. existing) == 1 then
-    return existing
-  end
+  if existing then return existing end
   redis.call('SET', KEYS[3], ARGV[3], 'EX', ttl)
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 9))
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
 redis.call('EXPIRE', KEYS[1], ttl)
 local score = tonumber(ARGV[2])
 redis.call('ZADD', KEYS[2], score, ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. string.format('%d', score - ttl * 1000000))
 redis.call('EXPIRE', KEYS[2], ttl)
 if KEYS[4] ~= '' then
-  redis.call('LPUSH', KEYS[4], ARGV[5])
-  redis.call('PUBLISH', ARGV[6], ARGV[8])
-  redis.call('PUBLISH', ARGV[7], ARGV[8])
+  redis.call('LPUSH', KEYS[4], ARGV[4])
+  redis.call('PUBLISH', ARGV[5], ARGV[7])
+  redis.call('PUBLISH', ARGV[6], ARGV[7])
 end
 return false
 """
@@ -226,6 +327,10 @@ return 'ok'
 #       (comma-separated, '' for any), task ('' for any), job key prefix, scan cap
 # Returns up to ``limit`` JSON-encoded records, newest first, read in this one call.
 # Entries whose record expired are dropped from the index on the way.
+# The job hashes are read by names computed here (prefix .. id): they cannot be declared,
+# since the ids are only learnt inside the script and a page must stay one round trip.
+# This is the one undeclared access; on a Redis Cluster it would need the job keys to
+# share the owner's hash tag with the index.
 PAGE_SCRIPT = """
 local limit = tonumber(ARGV[5])
 local cap = tonumber(ARGV[9])
