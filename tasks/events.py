@@ -1,8 +1,9 @@
-"""The worker's side of job records: every state change updates the snapshot and publishes it.
+"""The worker's writer of job records: every state change updates the snapshot and publishes it.
 
-Celery signals report retries, results, failures and revocations; :class:`tasks.base.JobTask`
-reports starts and progress. Each change is one call of the update script, so the sequence
-grows by one per change and the event equals the snapshot it announces.
+A plain module: it knows records and Redis, not who calls it. :class:`tasks.base.JobTask`'s
+hooks call it, and :mod:`tasks.signals` where Celery has no hook. Each change is one call of
+the update script, so the sequence grows by one per change and the event equals the
+snapshot it announces.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import threading
 from typing import Any
 
 import redis
-from celery import Task
-from celery.signals import task_failure, task_retry, task_revoked, task_success
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -70,22 +69,62 @@ def transition(
     return str(update(keys=call.keys, args=call.args))
 
 
-def adopt(task: Task, job_id: str, kwargs: dict[str, Any]) -> None:
+def adopt(job_id: str, task: str, queue: str, kwargs: dict[str, Any]) -> None:
     """Create the record of a job that was sent with plain Celery rather than through the API."""
     _, create, _ = _scripts()
-    settings = get_settings()
-    created = records.now()
-    delivery = task.request.delivery_info or {}
     fields = records.new_record(
         job_id=job_id,
-        task=task.name,
+        task=task,
         owner="anonymous",
-        queue=delivery.get("routing_key") or settings.default_queue,
+        queue=queue,
         input_json=kwargs,
-        created_at=created,
+        created_at=records.now(),
     )
-    call = records.create_call(fields, ttl=settings.job_retention_seconds)
+    call = records.create_call(fields, ttl=get_settings().job_retention_seconds)
     create(keys=call.keys, args=call.args)
+
+
+def started(job_id: str, task: str, retries: int, kwargs: dict[str, Any], queue: str) -> str:
+    """Record a run's start, adopting a job nobody recorded; returns the update's outcome.
+
+    Raises ``redis.RedisError``: the caller decides whether the run may go on without it.
+    """
+    fields = {"retries": str(retries)}
+    outcome = transition(job_id, JobState.STARTED, fields)
+    if outcome == "missing":
+        adopt(job_id, task, queue or get_settings().default_queue, kwargs)
+        outcome = transition(job_id, JobState.STARTED, fields)
+    return outcome
+
+
+def succeeded(job_id: str | None, result: Any) -> None:
+    payload = json.dumps(result, default=str, separators=(",", ":"))
+    _safely(job_id, JobState.SUCCESS, {"result": payload, "error": ""})
+
+
+def failed(job_id: str | None, exception: BaseException | None) -> None:
+    kind = type(exception).__name__ if exception else "Error"
+    _safely(job_id, JobState.FAILURE, {"error": _error_json(kind, str(exception))})
+
+
+def retrying(job_id: str | None, retries: int) -> None:
+    """``retries`` counts this retry too."""
+    _safely(job_id, JobState.RETRY, {"retries": str(retries)})
+
+
+def revoked(job_id: str | None, *, expired: bool, terminated: bool) -> None:
+    if expired:
+        error = _error_json("Expired", "the job expired before a worker could start it")
+    elif terminated:
+        error = _error_json("Terminated", "the job was cancelled and terminated while running")
+    else:
+        error = _error_json("Revoked", "the job was cancelled")
+    _safely(job_id, JobState.REVOKED, {"error": error})
+
+
+def progressed(job_id: str, meta: Any) -> None:
+    """Celery's free-form progress ``meta``, recorded as PROGRESS."""
+    _safely(job_id, JobState.PROGRESS, progress_fields(meta))
 
 
 def progress_fields(meta: Any) -> dict[str, str]:
@@ -117,58 +156,11 @@ def _error_json(kind: str, message: str) -> str:
     return records.dumps({"type": kind, "message": message})
 
 
-def _is_job_task(task: Any) -> bool:
-    from tasks.base import JobTask
-
-    return isinstance(task, JobTask)
-
-
 def _safely(job_id: str | None, state: JobState, fields: dict[str, str]) -> None:
-    """Signals must not break the worker: a lost Redis is logged, the task still completes."""
+    """Recording must not break the worker: a lost Redis is logged, the task still completes."""
     if not job_id:
         return
     try:
         transition(job_id, state, fields)
     except redis.RedisError:
         logger.exception("could not record %s for job %s", state, job_id)
-
-
-@task_success.connect
-def _on_success(sender: Any = None, result: Any = None, **_: Any) -> None:
-    if _is_job_task(sender):
-        payload = json.dumps(result, default=str, separators=(",", ":"))
-        _safely(sender.request.id, JobState.SUCCESS, {"result": payload, "error": ""})
-
-
-@task_failure.connect
-def _on_failure(
-    sender: Any = None, task_id: str | None = None, exception: BaseException | None = None, **_: Any
-) -> None:
-    if _is_job_task(sender):
-        kind = type(exception).__name__ if exception else "Error"
-        _safely(task_id, JobState.FAILURE, {"error": _error_json(kind, str(exception))})
-
-
-@task_retry.connect
-def _on_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
-    if _is_job_task(sender) and request is not None:
-        retries = str((request.retries or 0) + 1)
-        _safely(request.id, JobState.RETRY, {"retries": retries})
-
-
-@task_revoked.connect
-def _on_revoked(
-    sender: Any = None,
-    request: Any = None,
-    terminated: bool = False,
-    expired: bool = False,
-    **_: Any,
-) -> None:
-    if _is_job_task(sender) and request is not None:
-        if expired:
-            error = _error_json("Expired", "the job expired before a worker could start it")
-        elif terminated:
-            error = _error_json("Terminated", "the job was cancelled and terminated while running")
-        else:
-            error = _error_json("Revoked", "the job was cancelled")
-        _safely(request.id, JobState.REVOKED, {"error": error})
