@@ -28,8 +28,8 @@ from gql.types import (
     decode_cursor,
     encode_cursor,
 )
-from tasks.records import PageQuery
 from tasks.registry import TaskRegistry, TaskSpec
+from tasks.scripts import PageQuery
 
 
 def _request(options: EnqueueOptions | None) -> EnqueueRequest:

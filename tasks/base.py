@@ -46,7 +46,7 @@ class JobTask(Task):  # type: ignore[misc]
     def on_success(
         self, retval: Any, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
-        events.succeeded(task_id, retval)
+        events.succeeded(task_id, self.name, retval)
 
     def on_failure(
         self,
@@ -56,7 +56,7 @@ class JobTask(Task):  # type: ignore[misc]
         kwargs: dict[str, Any],
         einfo: Any,
     ) -> None:
-        events.failed(task_id, exc)
+        events.failed(task_id, self.name, exc)
 
     def on_retry(
         self,
@@ -66,7 +66,7 @@ class JobTask(Task):  # type: ignore[misc]
         kwargs: dict[str, Any],
         einfo: Any,
     ) -> None:
-        events.retrying(task_id, (self.request.retries or 0) + 1)
+        events.retrying(task_id, self.name, (self.request.retries or 0) + 1)
 
     def update_state(
         self,
@@ -78,5 +78,5 @@ class JobTask(Task):  # type: ignore[misc]
         """Celery's ``self.update_state(state="PROGRESS", meta=...)``, broadcast as progress."""
         job_id = task_id or self.request.id
         if job_id and state not in states.ALL_STATES:
-            events.progressed(job_id, meta)
+            events.progressed(job_id, self.name, meta)
         super().update_state(task_id=job_id, state=state, meta=meta, **kwargs)

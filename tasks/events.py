@@ -12,13 +12,14 @@ import json
 import logging
 import os
 import threading
+from collections import OrderedDict
 from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from tasks import records
+from tasks import records, scripts
 from tasks.records import JobState
 from tasks.settings import get_settings
 
@@ -44,10 +45,27 @@ def _scripts() -> tuple[redis.Redis, Any, Any]:
             _client = (
                 os.getpid(),
                 client,
-                client.register_script(records.CREATE_SCRIPT),
-                client.register_script(records.UPDATE_SCRIPT),
+                client.register_script(scripts.CREATE_SCRIPT),
+                client.register_script(scripts.UPDATE_SCRIPT),
             )
         return _client[1], _client[2], _client[3]
+
+
+# Whose each job is, as learnt from the update script: a worker only knows a job's id and
+# task, but the indexes it updates are named after the owner. Almost every job is seen
+# by one process from start to end, so a small memory saves the second call.
+_owners_lock = threading.Lock()
+_owners: OrderedDict[str, tuple[str, str]] = OrderedDict()
+_OWNERS_REMEMBERED = 4096
+_GUESSED_OWNER = "anonymous"
+
+
+def _remember(job_id: str, owner: str, task: str) -> None:
+    with _owners_lock:
+        _owners[job_id] = (owner, task)
+        _owners.move_to_end(job_id)
+        if len(_owners) > _OWNERS_REMEMBERED:
+            _owners.popitem(last=False)
 
 
 def transition(
@@ -55,18 +73,37 @@ def transition(
     state: JobState,
     fields: dict[str, str] | None = None,
     *,
+    task: str = "",
     allowed_from: frozenset[JobState] = frozenset(),
 ) -> str:
-    """Move a job to ``state``; returns 'ok', 'missing' or the state that refused the move."""
+    """Move a job to ``state``; returns 'ok', 'missing' or the state that refused the move.
+
+    ``task`` is the job's task if the caller knows it; the owner is remembered or guessed,
+    and a wrong guess costs one more call, answered with the right one.
+    """
     _, _, update = _scripts()
-    call = records.update_call(
-        job_id,
-        state,
-        fields,
-        ttl=get_settings().job_retention_seconds,
-        allowed_from=allowed_from,
-    )
-    return str(update(keys=call.keys, args=call.args))
+    with _owners_lock:
+        owner, task = _owners.get(job_id) or (_GUESSED_OWNER, task)
+    for _ in range(2):
+        call = scripts.update_call(
+            job_id,
+            state,
+            fields,
+            owner=owner,
+            task=task,
+            ttl=get_settings().job_retention_seconds,
+            allowed_from=allowed_from,
+        )
+        outcome = update(keys=call.keys, args=call.args)
+        if (actual := scripts.moved(outcome)) is None:
+            if outcome != "missing" and not state.done:
+                _remember(job_id, owner, task)
+            else:
+                with _owners_lock:
+                    _owners.pop(job_id, None)
+            return str(outcome)
+        owner, task = actual
+    raise RuntimeError(f"job {job_id} changed owner or task while it was updated")
 
 
 def adopt(job_id: str, task: str, queue: str, kwargs: dict[str, Any]) -> None:
@@ -80,7 +117,7 @@ def adopt(job_id: str, task: str, queue: str, kwargs: dict[str, Any]) -> None:
         input_json=kwargs,
         created_at=records.now(),
     )
-    call = records.create_call(fields, ttl=get_settings().job_retention_seconds)
+    call = scripts.create_call(fields, ttl=get_settings().job_retention_seconds)
     create(keys=call.keys, args=call.args)
 
 
@@ -90,41 +127,41 @@ def started(job_id: str, task: str, retries: int, kwargs: dict[str, Any], queue:
     Raises ``redis.RedisError``: the caller decides whether the run may go on without it.
     """
     fields = {"retries": str(retries)}
-    outcome = transition(job_id, JobState.STARTED, fields)
+    outcome = transition(job_id, JobState.STARTED, fields, task=task)
     if outcome == "missing":
         adopt(job_id, task, queue or get_settings().default_queue, kwargs)
-        outcome = transition(job_id, JobState.STARTED, fields)
+        outcome = transition(job_id, JobState.STARTED, fields, task=task)
     return outcome
 
 
-def succeeded(job_id: str | None, result: Any) -> None:
+def succeeded(job_id: str | None, task: str, result: Any) -> None:
     payload = json.dumps(result, default=str, separators=(",", ":"))
-    _safely(job_id, JobState.SUCCESS, {"result": payload, "error": ""})
+    _safely(job_id, task, JobState.SUCCESS, {"result": payload, "error": ""})
 
 
-def failed(job_id: str | None, exception: BaseException | None) -> None:
+def failed(job_id: str | None, task: str, exception: BaseException | None) -> None:
     kind = type(exception).__name__ if exception else "Error"
-    _safely(job_id, JobState.FAILURE, {"error": _error_json(kind, str(exception))})
+    _safely(job_id, task, JobState.FAILURE, {"error": _error_json(kind, str(exception))})
 
 
-def retrying(job_id: str | None, retries: int) -> None:
+def retrying(job_id: str | None, task: str, retries: int) -> None:
     """``retries`` counts this retry too."""
-    _safely(job_id, JobState.RETRY, {"retries": str(retries)})
+    _safely(job_id, task, JobState.RETRY, {"retries": str(retries)})
 
 
-def revoked(job_id: str | None, *, expired: bool, terminated: bool) -> None:
+def revoked(job_id: str | None, task: str, *, expired: bool, terminated: bool) -> None:
     if expired:
         error = _error_json("Expired", "the job expired before a worker could start it")
     elif terminated:
         error = _error_json("Terminated", "the job was cancelled and terminated while running")
     else:
         error = _error_json("Revoked", "the job was cancelled")
-    _safely(job_id, JobState.REVOKED, {"error": error})
+    _safely(job_id, task, JobState.REVOKED, {"error": error})
 
 
-def progressed(job_id: str, meta: Any) -> None:
+def progressed(job_id: str, task: str, meta: Any) -> None:
     """Celery's free-form progress ``meta``, recorded as PROGRESS."""
-    _safely(job_id, JobState.PROGRESS, progress_fields(meta))
+    _safely(job_id, task, JobState.PROGRESS, progress_fields(meta))
 
 
 def progress_fields(meta: Any) -> dict[str, str]:
@@ -156,11 +193,11 @@ def _error_json(kind: str, message: str) -> str:
     return records.dumps({"type": kind, "message": message})
 
 
-def _safely(job_id: str | None, state: JobState, fields: dict[str, str]) -> None:
+def _safely(job_id: str | None, task: str, state: JobState, fields: dict[str, str]) -> None:
     """Recording must not break the worker: a lost Redis is logged, the task still completes."""
     if not job_id:
         return
     try:
-        transition(job_id, state, fields)
+        transition(job_id, state, fields, task=task)
     except redis.RedisError:
         logger.exception("could not record %s for job %s", state, job_id)

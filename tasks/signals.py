@@ -33,7 +33,9 @@ def _on_revoked(
     **_: Any,
 ) -> None:
     if request is not None:
-        events.revoked(request.id, expired=expired, terminated=terminated)
+        events.revoked(
+            request.id, getattr(sender, "name", ""), expired=expired, terminated=terminated
+        )
 
 
 @task_prerun.connect
@@ -57,7 +59,7 @@ def _on_prerun(
 @task_success.connect
 def _on_success(sender: Any = None, result: Any = None, **_: Any) -> None:
     if _foreign(sender):
-        events.succeeded(sender.request.id, result)
+        events.succeeded(sender.request.id, sender.name, result)
 
 
 @task_failure.connect
@@ -65,10 +67,10 @@ def _on_failure(
     sender: Any = None, task_id: str | None = None, exception: BaseException | None = None, **_: Any
 ) -> None:
     if _foreign(sender):
-        events.failed(task_id, exception)
+        events.failed(task_id, sender.name, exception)
 
 
 @task_retry.connect
 def _on_retry(sender: Any = None, request: Any = None, **_: Any) -> None:
     if _foreign(sender) and request is not None:
-        events.retrying(request.id, (request.retries or 0) + 1)
+        events.retrying(request.id, sender.name, (request.retries or 0) + 1)
