@@ -67,5 +67,7 @@ def fanout(input: FanoutInput) -> FanoutInput:
             if delay > 0:
                 time.sleep(delay)
             meta = {"current": second + 1, "total": rounds, "data": {"sentAt": time.time()}}
-            events.transition(job_id, JobState.PROGRESS, events.progress_fields(meta))
+            events.transition(
+                job_id, JobState.PROGRESS, events.progress_fields(meta), task="process_data"
+            )
     return input

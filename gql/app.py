@@ -20,7 +20,7 @@ from gql.health import HealthCheck
 from gql.jobs import JobService
 from gql.producer import Producer
 from gql.schema import build_schema
-from gql.store import JobStore, connect
+from gql.store import JobStore, connect, sweep_forever
 from gql.transports import SUBSCRIPTION_PROTOCOLS, JobQLGraphQL
 from tasks.app import registry
 from tasks.settings import Settings, get_settings
@@ -59,14 +59,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         broadcast = JobBroadcast(backend, queue_limit=settings.subscriber_queue_limit)
         await broadcast.connect()
         producer = Producer(settings)
-        app.state.jobs = JobService(settings, JobStore(records, settings), producer, registry)
+        store = JobStore(records, settings)
+        app.state.jobs = JobService(settings, store, producer, registry)
         app.state.health = HealthCheck(records, backend, producer, settings.connect_timeout)
         app.state.broadcast = broadcast
         tune_gc(settings.gc_gen0_threshold)
+        sweeper = asyncio.create_task(sweep_forever(store, settings.index_sweep_interval))
         logger.info("JobQL API ready; GraphQL at /graphql")
         try:
             yield
         finally:
+            sweeper.cancel()
             producer.close()
             await broadcast.disconnect()
             await records.aclose()

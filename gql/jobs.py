@@ -14,11 +14,12 @@ from pydantic import ValidationError
 
 from gql.errors import BadUserInput, NotFound
 from gql.producer import Delivery, Producer
-from gql.store import JobStore, PageQuery
+from gql.store import JobStore
 from tasks import records
 from tasks.messages import PRIORITY_STEPS, queue_key, task_message
 from tasks.records import CANCELLABLE_STATES, JobSnapshot, JobState
 from tasks.registry import TaskRegistry, TaskSpec
+from tasks.scripts import PageQuery
 from tasks.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -272,7 +273,7 @@ class JobService:
             await self.producer.revoke(job_id, terminate=True)
         error = records.dumps({"type": "Revoked", "message": "the job was cancelled"})
         outcome = await self.store.transition(
-            job_id,
+            snapshot,
             JobState.REVOKED,
             {"error": error},
             allowed_from=frozenset() if terminate else CANCELLABLE_STATES,

@@ -15,7 +15,6 @@ from gql.errors import BadUserInput, InputValidationCodes, classify
 from gql.execution import JobQLExecutor
 from gql.inputs import InputTypes, mutation_name, to_data
 from gql.jobs import EnqueueRequest
-from gql.store import PageQuery
 from gql.subscriptions import Subscription
 from gql.types import (
     EnqueueItem,
@@ -31,6 +30,7 @@ from gql.types import (
     encode_cursor,
 )
 from tasks.registry import TaskRegistry, TaskSpec
+from tasks.scripts import PageQuery
 
 T = TypeVar("T")
 

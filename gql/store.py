@@ -1,32 +1,25 @@
-"""Job records read and written with redis-py's asyncio client: the loop never waits on I/O."""
+"""Job records read and written with redis-py's asyncio client: the loop never waits on I/O.
+
+The scripts' KEYS and ARGV come from the builders in :mod:`tasks.scripts`, shared with the worker.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+import asyncio
+import logging
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 from strawberry.dataloader import DataLoader
 
-from tasks import records
+from tasks import records, scripts
 from tasks.records import JobSnapshot, JobState
+from tasks.scripts import PageQuery
 from tasks.settings import Settings
 
-
-@dataclass(frozen=True, slots=True)
-class PageQuery:
-    """One page of an owner's jobs, newest first, after an optional ``(score, id)`` cursor."""
-
-    owner: str
-    limit: int
-    after: tuple[int, str] | None = None
-    states: frozenset[JobState] = frozenset()
-    task: str | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
+logger = logging.getLogger(__name__)
 
 
 def connect(url: str, settings: Settings) -> aioredis.Redis:
@@ -56,11 +49,11 @@ class JobStore:
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self.client = client
         self._ttl = settings.job_retention_seconds
-        self._scan_cap = 10_000
-        self._create = client.register_script(records.CREATE_SCRIPT)
-        self._create_many = client.register_script(records.CREATE_MANY_SCRIPT)
-        self._update = client.register_script(records.UPDATE_SCRIPT)
-        self._page = client.register_script(records.PAGE_SCRIPT)
+        self._create = client.register_script(scripts.CREATE_SCRIPT)
+        self._create_many = client.register_script(scripts.CREATE_MANY_SCRIPT)
+        self._update = client.register_script(scripts.UPDATE_SCRIPT)
+        self._page = client.register_script(scripts.PAGE_SCRIPT)
+        self._sweep = client.register_script(scripts.SWEEP_SCRIPT)
         # Reads issued in the same loop tick (a burst of queries or of new subscriptions)
         # share one pipeline: one round trip, one pooled connection. No caching.
         self._snapshots = DataLoader(self._load_snapshots, max_batch_size=500, cache=False)
@@ -75,41 +68,16 @@ class JobStore:
         this Redis. Returns, per item, None when created or the id of the job its
         idempotency key already points to.
         """
-        calls = [self._create_call(*item) for item in batch]
+        calls = [
+            scripts.create_call(fields, ttl=self._ttl, idempotency=key, message=message)
+            for fields, key, message in batch
+        ]
         if len(calls) == 1:
-            replies = [await self._create(keys=calls[0][0], args=calls[0][1])]
+            replies = [await self._create(keys=calls[0].keys, args=calls[0].args)]
         else:
-            keys, args = records.batch_call(calls)
-            replies = await self._create_many(keys=keys, args=args)
+            call = scripts.batch_call(calls)
+            replies = await self._create_many(keys=call.keys, args=call.args)
         return [str(reply) if reply else None for reply in replies]
-
-    def _create_call(
-        self,
-        fields: dict[str, str],
-        idempotency: str | None,
-        message: tuple[str, str] | None = None,
-    ) -> tuple[list[Any], list[Any]]:
-        job_id, owner = fields["id"], fields["owner"]
-        created = datetime.fromisoformat(fields["created_at"])
-        queue, body = message or ("", "")
-        keys: list[Any] = [
-            records.job_key(job_id),
-            records.index_key(owner),
-            records.idempotency_key(owner, idempotency) if idempotency else "",
-            queue,
-        ]
-        args: list[Any] = [
-            self._ttl,
-            records.to_score(created),
-            job_id,
-            records.JOB_KEY_PREFIX,
-            body,
-            records.job_channel(job_id),
-            records.owner_channel(owner),
-            records.dumps(fields) if message else "",
-            *records.flatten(fields),
-        ]
-        return keys, args
 
     async def announce(self, fields: dict[str, str]) -> None:
         """Publish a new job's PENDING snapshot, once its message is on its way."""
@@ -123,7 +91,10 @@ class JobStore:
         """Undo :meth:`create` when the message could not be published: no half-written job."""
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.delete(records.job_key(snapshot.id))
-            pipe.zrem(records.index_key(snapshot.owner), snapshot.id)
+            for index in records.indexes_of(snapshot.owner, snapshot.task):
+                pipe.zrem(index, snapshot.id)
+            member = records.expiry_member(snapshot.id, snapshot.task)
+            pipe.zrem(records.expiry_key(snapshot.owner), member)
             if snapshot.idempotency_key:
                 pipe.delete(records.idempotency_key(snapshot.owner, snapshot.idempotency_key))
             await pipe.execute()
@@ -144,49 +115,75 @@ class JobStore:
 
     async def transition(
         self,
-        job_id: str,
+        snapshot: JobSnapshot,
         state: JobState,
         fields: dict[str, str],
         allowed_from: frozenset[JobState],
     ) -> str:
-        outcome = await self._update(
-            keys=[records.job_key(job_id)],
-            args=[
-                self._ttl,
-                state.value,
-                records.now().isoformat(),
-                records.job_channel(job_id),
-                records.OWNER_CHANNEL_PREFIX,
-                ",".join(sorted(allowed_from)),
-                *records.flatten(fields),
-            ],
-        )
-        return str(outcome)
+        """Move a job the caller has read; returns 'ok', 'missing' or the refusing state."""
+        owner, task = snapshot.owner, snapshot.task
+        for _ in range(2):
+            call = scripts.update_call(
+                snapshot.id,
+                state,
+                fields,
+                owner=owner,
+                task=task,
+                ttl=self._ttl,
+                allowed_from=allowed_from,
+            )
+            outcome = await self._update(keys=call.keys, args=call.args)
+            if (actual := scripts.moved(outcome)) is None:
+                return str(outcome)
+            owner, task = actual
+        raise RuntimeError(f"job {snapshot.id} changed owner or task while it was updated")
 
     async def page(self, query: PageQuery) -> list[JobSnapshot]:
-        """Up to ``query.limit`` jobs in one round trip, filtered inside Redis."""
-        high: Any = "+inf"
-        if query.created_before is not None:
-            high = f"({records.to_score(query.created_before)}"
-        if query.after is not None:
-            after_score = query.after[0]
-            if query.created_before is None or after_score < records.to_score(query.created_before):
-                high = after_score
-        low: Any = "-inf"
-        if query.created_after is not None:
-            low = f"({records.to_score(query.created_after)}"
-        rows = await self._page(
-            keys=[records.index_key(query.owner)],
-            args=[
-                high,
-                low,
-                query.after[0] if query.after else "",
-                query.after[1] if query.after else "",
-                query.limit,
-                ",".join(sorted(query.states)),
-                query.task or "",
-                records.JOB_KEY_PREFIX,
-                self._scan_cap,
-            ],
-        )
+        """Up to ``query.limit`` matching jobs, newest first, in one round trip."""
+        call = scripts.page_call(query)
+        rows = await self._page(keys=call.keys, args=call.args)
         return [JobSnapshot.from_event(row) for row in rows]
+
+    async def sweep(self, batch: int = 500) -> int:
+        """Take every record that expired out of every index; returns how many were taken.
+
+        Pages never show an expired record anyway (they skip and drop it): this keeps the
+        indexes from holding dead entries that no page happens to read.
+        """
+        due_by = records.to_score(records.now())
+        taken = 0
+        async for owner in self.client.sscan_iter(records.OWNERS_KEY):
+            start = 0
+            while True:
+                due = await self.client.zrangebyscore(
+                    records.expiry_key(owner), "-inf", due_by, start=start, num=batch
+                )
+                if not due:
+                    break
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for member in due:
+                        call = scripts.sweep_call(owner, str(member))
+                        await self._sweep(keys=call.keys, args=call.args, client=pipe)
+                    outcomes = await pipe.execute()
+                swept = sum(int(outcome) for outcome in outcomes)
+                taken += swept
+                # Entries whose record still lives (a clock ahead of Redis's) stay in front.
+                start += len(due) - swept
+                if len(due) < batch:
+                    break
+        return taken
+
+
+async def sweep_forever(store: JobStore, interval: float) -> None:
+    """Run :meth:`JobStore.sweep` every ``interval`` seconds until cancelled; any replica may."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            taken = await store.sweep()
+        except RedisError:
+            logger.warning(
+                "could not sweep expired jobs from the indexes; next try in %ss", interval
+            )
+            continue
+        if taken:
+            logger.info("took %d expired jobs out of the listing indexes", taken)

@@ -11,10 +11,10 @@ import strawberry
 from gql.broadcast import Resync
 from gql.context import Info
 from gql.errors import NotFound
-from gql.store import PageQuery
 from gql.types import Job, JobFilter
 from tasks import records
 from tasks.records import JobSnapshot, job_channel, owner_channel
+from tasks.scripts import PageQuery
 
 # How many jobs a `jobs` stream remembers to drop stale or repeated events; past it the
 # oldest are forgotten (an old job's late event is then judged by its own sequence only).

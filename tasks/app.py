@@ -14,6 +14,9 @@ from urllib.parse import urlparse
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
+# Imported for its receivers: revocations, and tasks not built on JobTask, are recorded there.
+from tasks import signals  # noqa: F401
+from tasks.base import JobTask
 from tasks.broker import TRANSPORT
 from tasks.messages import PRIORITY_SEP, PRIORITY_STEPS
 from tasks.registry import TaskRegistry
@@ -82,7 +85,7 @@ def create_celery_app(settings: Settings | None = None, *, producer: bool = Fals
     """Build an app whose configuration is read when first used, not at import."""
     app = Celery(
         "jobql-producer" if producer else "jobql",
-        task_cls="tasks.base:JobTask",
+        task_cls=JobTask,
         set_as_current=not producer,
     )
     app.add_defaults(lambda: celery_config(settings or get_settings(), producer=producer))

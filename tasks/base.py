@@ -1,4 +1,10 @@
-"""The base class of every task in JobQL's Celery app, typed or written the usual Celery way."""
+"""The base class of every task in JobQL's Celery app, typed or written the usual Celery way.
+
+Its hooks record each state change. Celery's tracer (``celery.app.trace``, verified on 5.7)
+runs ``before_start`` inside the trace, so raising ``Ignore`` there skips the body; and it
+calls ``on_success``, ``on_failure`` and ``on_retry`` right after the result backend stored
+the outcome and right before the matching signal, in the same thread as the run.
+"""
 
 from __future__ import annotations
 
@@ -10,30 +16,57 @@ from celery import Task, states
 from celery.exceptions import Ignore
 
 from tasks import events
-from tasks.records import TERMINAL_STATES, JobState
+from tasks.records import TERMINAL_STATES
 
 logger = logging.getLogger(__name__)
 
 
 class JobTask(Task):  # type: ignore[misc]
-    """Reports the start of each run and every ``update_state`` as job events."""
+    """Records starts, ``update_state`` progress, results, failures and retries as job events."""
 
     def before_start(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        # Celery's own hook, run inside the tracer, so raising Ignore here skips the body:
-        # a job cancelled while it waited never runs, whichever worker holds it, and a
+        # A job cancelled while it waited never runs, whichever worker holds it, and a
         # redelivered message of a finished job does not run it twice.
-        fields = {"retries": str(self.request.retries or 0)}
+        delivery = self.request.delivery_info or {}
         try:
-            outcome = events.transition(task_id, JobState.STARTED, fields)
-            if outcome == "missing":
-                events.adopt(self, task_id, kwargs)
-                outcome = events.transition(task_id, JobState.STARTED, fields)
+            outcome = events.started(
+                task_id,
+                self.name,
+                self.request.retries or 0,
+                kwargs,
+                delivery.get("routing_key") or "",
+            )
         except redis.RedisError:
             logger.exception("could not record the start of job %s", task_id)
             return
         if outcome in TERMINAL_STATES:
             logger.info("job %s is already %s; not running it again", task_id, outcome)
             raise Ignore()
+
+    def on_success(
+        self, retval: Any, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        events.succeeded(task_id, self.name, retval)
+
+    def on_failure(
+        self,
+        exc: BaseException,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        einfo: Any,
+    ) -> None:
+        events.failed(task_id, self.name, exc)
+
+    def on_retry(
+        self,
+        exc: BaseException,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        einfo: Any,
+    ) -> None:
+        events.retrying(task_id, self.name, (self.request.retries or 0) + 1)
 
     def update_state(
         self,
@@ -45,8 +78,5 @@ class JobTask(Task):  # type: ignore[misc]
         """Celery's ``self.update_state(state="PROGRESS", meta=...)``, broadcast as progress."""
         job_id = task_id or self.request.id
         if job_id and state not in states.ALL_STATES:
-            try:
-                events.transition(job_id, JobState.PROGRESS, events.progress_fields(meta))
-            except redis.RedisError:
-                logger.exception("could not record progress of job %s", job_id)
+            events.progressed(job_id, self.name, meta)
         super().update_state(task_id=job_id, state=state, meta=meta, **kwargs)

@@ -1,8 +1,9 @@
-"""The worker's side of job records: every state change updates the snapshot and publishes it.
+"""The worker's writer of job records: every state change updates the snapshot and publishes it.
 
-Celery signals report retries, results, failures and revocations; :class:`tasks.base.JobTask`
-reports starts and progress. Each change is one call of the update script, so the sequence
-grows by one per change and the event equals the snapshot it announces.
+A plain module: it knows records and Redis, not who calls it. :class:`tasks.base.JobTask`'s
+hooks call it, and :mod:`tasks.signals` where Celery has no hook. Each change is one call of
+the update script, so the sequence grows by one per change and the event equals the
+snapshot it announces.
 """
 
 from __future__ import annotations
@@ -11,15 +12,14 @@ import json
 import logging
 import os
 import threading
+from collections import OrderedDict
 from typing import Any
 
 import redis
-from celery import Task
-from celery.signals import task_failure, task_retry, task_revoked, task_success
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from tasks import records
+from tasks import records, scripts
 from tasks.records import JobState
 from tasks.settings import get_settings
 
@@ -45,10 +45,27 @@ def _scripts() -> tuple[redis.Redis, Any, Any]:
             _client = (
                 os.getpid(),
                 client,
-                client.register_script(records.CREATE_SCRIPT),
-                client.register_script(records.UPDATE_SCRIPT),
+                client.register_script(scripts.CREATE_SCRIPT),
+                client.register_script(scripts.UPDATE_SCRIPT),
             )
         return _client[1], _client[2], _client[3]
+
+
+# Whose each job is, as learnt from the update script: a worker only knows a job's id and
+# task, but the indexes it updates are named after the owner. Almost every job is seen
+# by one process from start to end, so a small memory saves the second call.
+_owners_lock = threading.Lock()
+_owners: OrderedDict[str, tuple[str, str]] = OrderedDict()
+_OWNERS_REMEMBERED = 4096
+_GUESSED_OWNER = "anonymous"
+
+
+def _remember(job_id: str, owner: str, task: str) -> None:
+    with _owners_lock:
+        _owners[job_id] = (owner, task)
+        _owners.move_to_end(job_id)
+        if len(_owners) > _OWNERS_REMEMBERED:
+            _owners.popitem(last=False)
 
 
 def transition(
@@ -56,55 +73,95 @@ def transition(
     state: JobState,
     fields: dict[str, str] | None = None,
     *,
+    task: str = "",
     allowed_from: frozenset[JobState] = frozenset(),
 ) -> str:
-    """Move a job to ``state``; returns 'ok', 'missing' or the state that refused the move."""
+    """Move a job to ``state``; returns 'ok', 'missing' or the state that refused the move.
+
+    ``task`` is the job's task if the caller knows it; the owner is remembered or guessed,
+    and a wrong guess costs one more call, answered with the right one.
+    """
     _, _, update = _scripts()
-    settings = get_settings()
-    return str(
-        update(
-            keys=[records.job_key(job_id)],
-            args=[
-                settings.job_retention_seconds,
-                state.value,
-                records.now().isoformat(),
-                records.job_channel(job_id),
-                records.OWNER_CHANNEL_PREFIX,
-                ",".join(sorted(allowed_from)),
-                *records.flatten(fields or {}),
-            ],
+    with _owners_lock:
+        owner, task = _owners.get(job_id) or (_GUESSED_OWNER, task)
+    for _ in range(2):
+        call = scripts.update_call(
+            job_id,
+            state,
+            fields,
+            owner=owner,
+            task=task,
+            ttl=get_settings().job_retention_seconds,
+            allowed_from=allowed_from,
         )
-    )
+        outcome = update(keys=call.keys, args=call.args)
+        if (actual := scripts.moved(outcome)) is None:
+            if outcome != "missing" and not state.done:
+                _remember(job_id, owner, task)
+            else:
+                with _owners_lock:
+                    _owners.pop(job_id, None)
+            return str(outcome)
+        owner, task = actual
+    raise RuntimeError(f"job {job_id} changed owner or task while it was updated")
 
 
-def adopt(task: Task, job_id: str, kwargs: dict[str, Any]) -> None:
+def adopt(job_id: str, task: str, queue: str, kwargs: dict[str, Any]) -> None:
     """Create the record of a job that was sent with plain Celery rather than through the API."""
     _, create, _ = _scripts()
-    settings = get_settings()
-    created = records.now()
-    delivery = task.request.delivery_info or {}
     fields = records.new_record(
         job_id=job_id,
-        task=task.name,
+        task=task,
         owner="anonymous",
-        queue=delivery.get("routing_key") or settings.default_queue,
+        queue=queue,
         input_json=kwargs,
-        created_at=created,
+        created_at=records.now(),
     )
-    create(
-        keys=[records.job_key(job_id), records.index_key("anonymous"), "", ""],
-        args=[
-            settings.job_retention_seconds,
-            records.to_score(created),
-            job_id,
-            records.JOB_KEY_PREFIX,
-            "",
-            "",
-            "",
-            "",
-            *records.flatten(fields),
-        ],
-    )
+    call = scripts.create_call(fields, ttl=get_settings().job_retention_seconds)
+    create(keys=call.keys, args=call.args)
+
+
+def started(job_id: str, task: str, retries: int, kwargs: dict[str, Any], queue: str) -> str:
+    """Record a run's start, adopting a job nobody recorded; returns the update's outcome.
+
+    Raises ``redis.RedisError``: the caller decides whether the run may go on without it.
+    """
+    fields = {"retries": str(retries)}
+    outcome = transition(job_id, JobState.STARTED, fields, task=task)
+    if outcome == "missing":
+        adopt(job_id, task, queue or get_settings().default_queue, kwargs)
+        outcome = transition(job_id, JobState.STARTED, fields, task=task)
+    return outcome
+
+
+def succeeded(job_id: str | None, task: str, result: Any) -> None:
+    payload = json.dumps(result, default=str, separators=(",", ":"))
+    _safely(job_id, task, JobState.SUCCESS, {"result": payload, "error": ""})
+
+
+def failed(job_id: str | None, task: str, exception: BaseException | None) -> None:
+    kind = type(exception).__name__ if exception else "Error"
+    _safely(job_id, task, JobState.FAILURE, {"error": _error_json(kind, str(exception))})
+
+
+def retrying(job_id: str | None, task: str, retries: int) -> None:
+    """``retries`` counts this retry too."""
+    _safely(job_id, task, JobState.RETRY, {"retries": str(retries)})
+
+
+def revoked(job_id: str | None, task: str, *, expired: bool, terminated: bool) -> None:
+    if expired:
+        error = _error_json("Expired", "the job expired before a worker could start it")
+    elif terminated:
+        error = _error_json("Terminated", "the job was cancelled and terminated while running")
+    else:
+        error = _error_json("Revoked", "the job was cancelled")
+    _safely(job_id, task, JobState.REVOKED, {"error": error})
+
+
+def progressed(job_id: str, task: str, meta: Any) -> None:
+    """Celery's free-form progress ``meta``, recorded as PROGRESS."""
+    _safely(job_id, task, JobState.PROGRESS, progress_fields(meta))
 
 
 def progress_fields(meta: Any) -> dict[str, str]:
@@ -136,58 +193,11 @@ def _error_json(kind: str, message: str) -> str:
     return records.dumps({"type": kind, "message": message})
 
 
-def _is_job_task(task: Any) -> bool:
-    from tasks.base import JobTask
-
-    return isinstance(task, JobTask)
-
-
-def _safely(job_id: str | None, state: JobState, fields: dict[str, str]) -> None:
-    """Signals must not break the worker: a lost Redis is logged, the task still completes."""
+def _safely(job_id: str | None, task: str, state: JobState, fields: dict[str, str]) -> None:
+    """Recording must not break the worker: a lost Redis is logged, the task still completes."""
     if not job_id:
         return
     try:
-        transition(job_id, state, fields)
+        transition(job_id, state, fields, task=task)
     except redis.RedisError:
         logger.exception("could not record %s for job %s", state, job_id)
-
-
-@task_success.connect
-def _on_success(sender: Any = None, result: Any = None, **_: Any) -> None:
-    if _is_job_task(sender):
-        payload = json.dumps(result, default=str, separators=(",", ":"))
-        _safely(sender.request.id, JobState.SUCCESS, {"result": payload, "error": ""})
-
-
-@task_failure.connect
-def _on_failure(
-    sender: Any = None, task_id: str | None = None, exception: BaseException | None = None, **_: Any
-) -> None:
-    if _is_job_task(sender):
-        kind = type(exception).__name__ if exception else "Error"
-        _safely(task_id, JobState.FAILURE, {"error": _error_json(kind, str(exception))})
-
-
-@task_retry.connect
-def _on_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
-    if _is_job_task(sender) and request is not None:
-        retries = str((request.retries or 0) + 1)
-        _safely(request.id, JobState.RETRY, {"retries": retries})
-
-
-@task_revoked.connect
-def _on_revoked(
-    sender: Any = None,
-    request: Any = None,
-    terminated: bool = False,
-    expired: bool = False,
-    **_: Any,
-) -> None:
-    if _is_job_task(sender) and request is not None:
-        if expired:
-            error = _error_json("Expired", "the job expired before a worker could start it")
-        elif terminated:
-            error = _error_json("Terminated", "the job was cancelled and terminated while running")
-        else:
-            error = _error_json("Revoked", "the job was cancelled")
-        _safely(request.id, JobState.REVOKED, {"error": error})

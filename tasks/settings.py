@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     extra_queues: tuple[str, ...] = ()
 
     job_retention_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    # How often each API process takes expired records out of the listing indexes. Pages
+    # are exact without it (they skip and drop what expired); it bounds dead entries.
+    index_sweep_interval: float = Field(default=60.0, gt=0)
     task_soft_time_limit: float = Field(default=300.0, gt=0)
     task_time_limit: float = Field(default=360.0, gt=0)
 

@@ -1,0 +1,373 @@
+"""The Lua scripts that write and read job records, and one builder per script call.
+
+Each builder returns the KEYS and ARGV of one call, used as they are by the worker's sync
+client and the API's async one. Every key a script writes is declared in KEYS; the page and
+sweep comments name the one kind of read that cannot be declared.
+
+The listing indexes (see :func:`tasks.records.index_key`) change in the same script as the
+record, so a page is exact: a filter reads the sets of exactly the matching jobs, merged
+newest first, and a page costs O(k * limit * log N) for k sets, whatever N is stored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from tasks.records import (
+    JOB_KEY_PREFIX,
+    OWNERS_KEY,
+    JobState,
+    dumps,
+    expiry_key,
+    expiry_member,
+    flatten,
+    idempotency_key,
+    index_key,
+    indexes_of,
+    job_channel,
+    job_key,
+    now,
+    owner_channel,
+    to_score,
+)
+
+_MICROS = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptCall:
+    """The KEYS and ARGV of one script call."""
+
+    keys: list[str]
+    args: list[str | int]
+
+
+@dataclass(frozen=True, slots=True)
+class PageQuery:
+    """One page of an owner's jobs, newest first, after an optional ``(score, id)`` cursor."""
+
+    owner: str
+    limit: int
+    after: tuple[int, str] | None = None
+    states: frozenset[JobState] = frozenset()
+    task: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+# KEYS: job, all, task, PENDING, (PENDING, task), expiry, owners,
+#       idempotency ('' for none), queue ('' when the message goes elsewhere)
+# ARGV: ttl, score, job id, message, job channel, owner channel, snapshot JSON, owner,
+#       expires at (µs), expiry member, field/value pairs...
+# Returns nil when created, or the id of the job an idempotency key already points to
+# (the key expires with the job's creation + ttl, the job no earlier, so it is still there
+# unless it was deleted by hand; the API answers NOT_FOUND then).
+# With a queue, the Celery message is pushed and the PENDING snapshot announced in the same
+# step: the record, its indexes, the message and the event exist together or not at all.
+# Without one, the caller announces once its own broker took the message.
+# Cluster: the owners set lives outside the owner's slot; it would move to a per-slot set.
+CREATE_SCRIPT = """
+local ttl = tonumber(ARGV[1])
+if KEYS[8] ~= '' then
+  local existing = redis.call('GET', KEYS[8])
+  if existing then return existing end
+  redis.call('SET', KEYS[8], ARGV[3], 'EX', ttl)
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 11))
+redis.call('EXPIRE', KEYS[1], ttl)
+for i = 2, 5 do redis.call('ZADD', KEYS[i], ARGV[2], ARGV[3]) end
+redis.call('ZADD', KEYS[6], ARGV[9], ARGV[10])
+redis.call('SADD', KEYS[7], ARGV[8])
+if KEYS[9] ~= '' then
+  redis.call('LPUSH', KEYS[9], ARGV[4])
+  redis.call('PUBLISH', ARGV[5], ARGV[7])
+  redis.call('PUBLISH', ARGV[6], ARGV[7])
+end
+return false
+"""
+
+# KEYS: job, all, task, expiry, then the 7 state indexes and the 7 (state, task) indexes
+#       in JobState's order
+# ARGV: ttl, new state, now (ISO), job id, job channel, owner channel,
+#       states it may move from (comma-separated; '' means any state not yet terminal),
+#       owner, task, expires at (µs), expiry member, field/value pairs...
+# Returns 'ok', 'missing', the current state when the move is refused, or {owner, task}
+# when the record's differ from those the keys were built for (the caller retries with
+# them). A terminal state is final: a late progress report or a late STARTED never
+# overwrites it. The record's TTL restarts with every change, and so does its expiry entry.
+UPDATE_SCRIPT = """
+local slot = {__STATE_SLOTS__}
+local rec = redis.call('HMGET', KEYS[1], 'state', 'owner', 'task')
+local state = rec[1]
+if not state then return 'missing' end
+if rec[2] ~= ARGV[8] or rec[3] ~= ARGV[9] then return {rec[2], rec[3]} end
+if state == 'SUCCESS' or state == 'FAILURE' or state == 'REVOKED' then return state end
+if ARGV[7] ~= '' and not string.find(',' .. ARGV[7] .. ',', ',' .. state .. ',', 1, true) then
+  return state
+end
+local new = ARGV[2]
+if #ARGV > 11 then redis.call('HSET', KEYS[1], unpack(ARGV, 12)) end
+redis.call('HSET', KEYS[1], 'state', new)
+if new == 'STARTED' then redis.call('HSETNX', KEYS[1], 'started_at', ARGV[3]) end
+if new == 'SUCCESS' or new == 'FAILURE' or new == 'REVOKED' then
+  redis.call('HSET', KEYS[1], 'finished_at', ARGV[3])
+end
+redis.call('HINCRBY', KEYS[1], 'sequence', 1)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+if new ~= state then
+  local score = redis.call('ZSCORE', KEYS[2], ARGV[4])
+  if score then
+    redis.call('ZREM', KEYS[5 + slot[state]], ARGV[4])
+    redis.call('ZREM', KEYS[12 + slot[state]], ARGV[4])
+    redis.call('ZADD', KEYS[5 + slot[new]], score, ARGV[4])
+    redis.call('ZADD', KEYS[12 + slot[new]], score, ARGV[4])
+  end
+end
+redis.call('ZADD', KEYS[4], ARGV[10], ARGV[11])
+local flat = redis.call('HGETALL', KEYS[1])
+local snap = {}
+for i = 1, #flat, 2 do snap[flat[i]] = flat[i + 1] end
+local payload = cjson.encode(snap)
+redis.call('PUBLISH', ARGV[5], payload)
+redis.call('PUBLISH', ARGV[6], payload)
+return 'ok'
+""".replace("__STATE_SLOTS__", ", ".join(f"{s.value} = {i}" for i, s in enumerate(JobState)))
+
+# KEYS: the indexes to merge (one per state asked for, or the task's, or all)
+# ARGV: upper bound (a ZRANGEBYSCORE bound), cursor id ('' for none: with one, the bound is
+#       the cursor's score and only ids below the cursor's are taken at that score),
+#       lower bound, limit, job key prefix
+# Returns up to ``limit`` JSON-encoded records, newest first by (score, id), read in this
+# one call: a k-way merge, each index read ``limit + 1`` at a time from its own position.
+# An entry whose record expired is dropped from the index it was read from and the merge
+# reads on, so the page is exact before the sweep has run; there is no scan cap.
+# The job hashes are read by names computed here (prefix .. id): they cannot be declared,
+# since the ids are only learnt inside the script and a page must stay one round trip. On
+# a Redis Cluster this would need the job keys to carry the owner's hash tag.
+PAGE_SCRIPT = """
+local limit = tonumber(ARGV[4])
+local low, batch = ARGV[3], limit + 1
+local sets = {}
+for i = 1, #KEYS do
+  sets[i] = {key = KEYS[i], hi = ARGV[1], hid = ARGV[2], rows = {}, pos = 1, ended = false}
+end
+local function refill(s)
+  local offset = 0
+  while true do
+    local rows = redis.call('ZREVRANGEBYSCORE', s.key, s.hi, low, 'WITHSCORES',
+                            'LIMIT', offset, batch)
+    local fresh = {}
+    local tie = s.hid ~= '' and tonumber(s.hi)
+    for i = 1, #rows, 2 do
+      if not (tie and tonumber(rows[i + 1]) == tie and rows[i] >= s.hid) then
+        fresh[#fresh + 1] = {rows[i + 1], rows[i]}
+      end
+    end
+    s.ended = #rows < 2 * batch
+    if #fresh > 0 or s.ended then
+      s.rows, s.pos = fresh, 1
+      return
+    end
+    offset = offset + batch
+  end
+end
+local function newer(a, b)
+  local x, y = tonumber(a[1]), tonumber(b[1])
+  return x > y or (x == y and a[2] > b[2])
+end
+local out = {}
+while #out < limit do
+  local best
+  for _, s in ipairs(sets) do
+    if s.pos > #s.rows and not s.ended then refill(s) end
+    if s.pos <= #s.rows and (not best or newer(s.rows[s.pos], best.rows[best.pos])) then
+      best = s
+    end
+  end
+  if not best then break end
+  local row = best.rows[best.pos]
+  best.pos = best.pos + 1
+  best.hi, best.hid = row[1], row[2]
+  local flat = redis.call('HGETALL', ARGV[5] .. row[2])
+  if #flat == 0 then
+    redis.call('ZREM', best.key, row[2])
+  else
+    local rec = {}
+    for j = 1, #flat, 2 do rec[flat[j]] = flat[j + 1] end
+    out[#out + 1] = cjson.encode(rec)
+  end
+end
+return out
+"""
+
+# KEYS: job, expiry, then every index of the job (see records.indexes_of)
+# ARGV: job id, expiry member
+# Returns 1 when the job's record is gone and it left every index, 0 when it still lives.
+SWEEP_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for i = 3, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
+redis.call('ZREM', KEYS[2], ARGV[2])
+return 1
+"""
+
+
+def _expires_at(moment: datetime, ttl: int) -> int:
+    return to_score(moment) + ttl * _MICROS
+
+
+def create_call(
+    fields: dict[str, str],
+    *,
+    ttl: int,
+    idempotency: str | None = None,
+    message: tuple[str, str] | None = None,
+) -> ScriptCall:
+    """Write the new record ``fields``; with ``message`` (queue key, body) push it and announce."""
+    job_id, owner, task = fields["id"], fields["owner"], fields["task"]
+    created = datetime.fromisoformat(fields["created_at"])
+    queue, body = message or ("", "")
+    return ScriptCall(
+        keys=[
+            job_key(job_id),
+            index_key(owner),
+            index_key(owner, task=task),
+            index_key(owner, state=JobState.PENDING),
+            index_key(owner, state=JobState.PENDING, task=task),
+            expiry_key(owner),
+            OWNERS_KEY,
+            idempotency_key(owner, idempotency) if idempotency else "",
+            queue,
+        ],
+        args=[
+            ttl,
+            to_score(created),
+            job_id,
+            body,
+            job_channel(job_id),
+            owner_channel(owner),
+            dumps(fields) if message else "",
+            owner,
+            _expires_at(now(), ttl),
+            expiry_member(job_id, task),
+            *flatten(fields),
+        ],
+    )
+
+
+def update_call(
+    job_id: str,
+    state: JobState,
+    fields: dict[str, str] | None = None,
+    *,
+    owner: str,
+    task: str,
+    ttl: int,
+    allowed_from: Collection[JobState] = (),
+) -> ScriptCall:
+    """Move a job of ``owner`` and ``task`` to ``state`` (from ``allowed_from``, or any state
+    not yet final); the script answers with the right owner and task if these are wrong."""
+    moment = now()
+    indexes = indexes_of(owner, task)
+    return ScriptCall(
+        keys=[job_key(job_id), *indexes[:2], expiry_key(owner), *indexes[2:]],
+        args=[
+            ttl,
+            state.value,
+            moment.isoformat(),
+            job_id,
+            job_channel(job_id),
+            owner_channel(owner),
+            ",".join(sorted(allowed_from)),
+            owner,
+            task,
+            _expires_at(moment, ttl),
+            expiry_member(job_id, task),
+            *flatten(fields or {}),
+        ],
+    )
+
+
+def moved(outcome: Any) -> tuple[str, str] | None:
+    """The record's (owner, task) when the update script refused the keys it was given."""
+    if isinstance(outcome, list) and len(outcome) == 2:
+        return str(outcome[0]), str(outcome[1])
+    return None
+
+
+def page_call(query: PageQuery) -> ScriptCall:
+    """One page: which indexes to merge, and the window of scores to read them in."""
+    states = query.states if len(query.states) < len(JobState) else frozenset()
+    if states:
+        keys = [index_key(query.owner, state=s, task=query.task) for s in sorted(states)]
+    else:
+        keys = [index_key(query.owner, task=query.task)]
+    high: str | int = "+inf"
+    if query.created_before is not None:
+        high = f"({to_score(query.created_before)}"
+    cursor = ""
+    if query.after is not None:
+        after_score, after_id = query.after
+        if query.created_before is None or after_score < to_score(query.created_before):
+            high, cursor = after_score, after_id
+    low = f"({to_score(query.created_after)}" if query.created_after is not None else "-inf"
+    return ScriptCall(keys=keys, args=[high, cursor, low, query.limit, JOB_KEY_PREFIX])
+
+
+def sweep_call(owner: str, member: str) -> ScriptCall:
+    """Take one due expiry entry (``member``) out of every index, if its record is gone."""
+    job_id, task = _decode_member(member)
+    return ScriptCall(
+        keys=[job_key(job_id), expiry_key(owner), *indexes_of(owner, task)],
+        args=[job_id, member],
+    )
+
+
+def _decode_member(member: str) -> tuple[str, str]:
+    job_id, task = json.loads(member)
+    return str(job_id), str(task)
+
+
+def batch_script(single: str) -> str:
+    """A script that runs ``single`` once per item of a batch, in one atomic call.
+
+    The single script's body becomes a function of its own ``KEYS`` and ``ARGV``, so the
+    batch never drifts from it. Layout: ``ARGV[1]`` is the number of items, then each
+    item's key count and argument count, then every item's arguments in order; ``KEYS``
+    are every item's keys in order. Returns one reply per item (false becomes '').
+    """
+    return (
+        "local function one(KEYS, ARGV)\n"
+        + single
+        + """
+end
+local n = tonumber(ARGV[1])
+local k, a = 1, 2 + 2 * n
+local out = {}
+for i = 1, n do
+  local nk, na = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local keys, args = {}, {}
+  for j = 1, nk do keys[j] = KEYS[k + j - 1] end
+  for j = 1, na do args[j] = ARGV[a + j - 1] end
+  k, a = k + nk, a + na
+  out[i] = one(keys, args) or ''
+end
+return out
+"""
+    )
+
+
+def batch_call(calls: list[ScriptCall]) -> ScriptCall:
+    """The call of a :func:`batch_script` made of each item's own call."""
+    counts: list[str | int] = [n for call in calls for n in (len(call.keys), len(call.args))]
+    return ScriptCall(
+        keys=[key for call in calls for key in call.keys],
+        args=[len(calls), *counts, *(arg for call in calls for arg in call.args)],
+    )
+
+
+# Every job of an ``enqueueMany`` batch in one call: one round trip, all or none.
+CREATE_MANY_SCRIPT = batch_script(CREATE_SCRIPT)
