@@ -51,7 +51,7 @@ REGISTER: dict[str, FastPath] = {}
 
 
 def enable(path: FastPath, check: Callable[[], object], *, allowed: bool) -> bool:
-    """Turn ``path`` on if allowed and its ``check`` passes; log once why it is off."""
+    """Turn ``path`` on if allowed and its ``check`` passes; warn once why it is off."""
     REGISTER[path.name] = path
     if not allowed:
         path.active, path.reason = False, "JOBQL_FAST_PATHS=false"
@@ -59,10 +59,13 @@ def enable(path: FastPath, check: Callable[[], object], *, allowed: bool) -> boo
     try:
         check()
     except Exception as exc:
-        path.active, path.reason = False, f"{type(exc).__name__}: {exc}"
+        reason = f"{type(exc).__name__}: {exc}"
+        known = not path.active and path.reason == reason
+        path.active, path.reason = False, reason
+        if known:  # decided again (another app, another client): warned already
+            return False
         logger.warning(
-            "fast path %r is off: %s no longer has the shape verified on %s (%s); "
-            "using %s instead",
+            "fast path %r is off: %s no longer has the shape verified on %s (%s); using %s instead",
             path.name,
             path.library,
             path.verified,
