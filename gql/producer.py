@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from tasks.app import create_celery_app
+from tasks.fast_paths import writes_messages
 from tasks.settings import Settings
 
 T = TypeVar("T")
@@ -36,7 +37,7 @@ class Producer:
         self.app = create_celery_app(settings, producer=True)
         # The broker is the Redis holding the records: the API writes messages itself, in
         # the same atomic call as the record (see tasks.messages). Otherwise Celery does.
-        self.direct = settings.broker == settings.redis and settings.broker.startswith("redis")
+        self.direct = writes_messages(self.app, settings)
         self._timeout = settings.connect_timeout
         self._pool = ThreadPoolExecutor(
             max_workers=settings.producer_threads, thread_name_prefix="jobql-producer"

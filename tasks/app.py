@@ -9,7 +9,6 @@ through an app whose backend is disabled, and reads state from the job records i
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlparse
 
 from celery import Celery
 from kombu.entity import Exchange, Queue
@@ -17,7 +16,7 @@ from kombu.entity import Exchange, Queue
 # Imported for its receivers: revocations, and tasks not built on JobTask, are recorded there.
 from tasks import signals  # noqa: F401
 from tasks.base import JobTask
-from tasks.broker import TRANSPORT
+from tasks.fast_paths import broker_transport
 from tasks.messages import PRIORITY_SEP, PRIORITY_STEPS
 from tasks.registry import TaskRegistry
 from tasks.settings import Settings, get_settings
@@ -41,8 +40,8 @@ def celery_config(settings: Settings, *, producer: bool = False) -> dict[str, An
     }
     config: dict[str, Any] = {
         "broker_url": settings.broker,
-        # Our patched Redis transport (see tasks.broker) when the broker is Redis.
-        "broker_transport": TRANSPORT if urlparse(settings.broker).scheme == "redis" else None,
+        # Our patched Redis transport (tasks.broker) on Redis, while its fast path is on.
+        "broker_transport": broker_transport(settings),
         "result_backend": None if producer else settings.result_backend,
         "imports": () if producer else settings.task_modules,
         "task_serializer": "json",

@@ -11,7 +11,7 @@ task that finishes acks through its old, closed channel and fails the same way.
 Skipping those calls on a dead channel is safe: the messages stay in Redis's unacked
 index, and kombu restores them after ``visibility_timeout``; a message of a job that
 finished meanwhile is then skipped by ``JobTask.before_start``. The worker itself
-reconnects and goes on.
+reconnects and goes on. ``tasks.fast_paths`` checks kombu's shape before it is used.
 """
 
 from __future__ import annotations

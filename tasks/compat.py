@@ -27,6 +27,9 @@ class FastPath:
     library: str
     verified: str  # the versions it was verified on, e.g. "graphql-core 3.3.2"
     fallback: str  # what runs instead: the library's stock behaviour
+    # A fix of a library bug rather than a shortcut: JOBQL_FAST_PATHS leaves it on, since
+    # the stock behaviour is the bug. Only its own check failing turns it off.
+    fix: bool = False
     active: bool = False
     reason: str | None = None  # why it is off, when it is
     fallbacks: int = 0  # events that took the stock path although the fast path is on
@@ -39,6 +42,7 @@ class FastPath:
     def as_dict(self) -> dict[str, object]:
         return {
             "active": self.active,
+            "kind": "fix" if self.fix else "fast path",
             "library": self.library,
             "verified": self.verified,
             "fallback": self.fallback,
@@ -51,15 +55,19 @@ REGISTER: dict[str, FastPath] = {}
 
 
 def enable(path: FastPath, check: Callable[[], object], *, allowed: bool) -> bool:
-    """Turn ``path`` on if allowed and its ``check`` passes; log once why it is off."""
+    """Turn ``path`` on if allowed and its ``check`` passes; warn once why it is off."""
     REGISTER[path.name] = path
-    if not allowed:
+    if not allowed and not path.fix:
         path.active, path.reason = False, "JOBQL_FAST_PATHS=false"
         return False
     try:
         check()
     except Exception as exc:
-        path.active, path.reason = False, f"{type(exc).__name__}: {exc}"
+        reason = f"{type(exc).__name__}: {exc}"
+        known = not path.active and path.reason == reason
+        path.active, path.reason = False, reason
+        if known:  # decided again (another app, another client): warned already
+            return False
         logger.warning(
             "fast path %r is off: %s no longer has the shape verified on %s (%s); using %s instead",
             path.name,

@@ -4,6 +4,7 @@ With Redis as the broker a task message is one JSON document pushed onto the que
 (``queue`` or ``queue:<priority>``). Building it here lets the API write the job record, the
 message and the PENDING event in one atomic Redis call, on the event loop, with no thread
 and no lock; stock Celery workers read it exactly as if ``apply_async`` had sent it.
+``tasks.fast_paths`` checks that at start-up against the installed Celery and kombu.
 """
 
 from __future__ import annotations

@@ -159,6 +159,8 @@ def service_env(redis_url: str, data_dir: Path, **overrides: str) -> dict[str, s
         JOBQL_EXTRA_QUEUES='["reports"]',
         JOBQL_DATA_DIR=str(data_dir),
     )
+    # `JOBQL_FAST_PATHS=false make test` runs the services on the libraries' stock behaviour.
+    env.update({k: v for k, v in os.environ.items() if k == "JOBQL_FAST_PATHS"})
     env.update(overrides)
     return env
 
