@@ -193,15 +193,16 @@ def running_worker(
     data_dir: Path,
     settings: Settings,
     queues: tuple[str, ...] = (),
+    concurrency: int = 2,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A real Celery worker (prefork, two processes), ready once it answers a ping.
+    """A real Celery worker (prefork, two processes by default), ready once it answers a ping.
 
     Without ``queues`` it consumes what the settings configure, as production starts it.
     """
     name = f"worker-{free_port()}"
     with _log(data_dir, name) as log:
         process = subprocess.Popen(
-            [*worker_command(queues, concurrency=2), "--hostname", f"{name}@%h"],
+            [*worker_command(queues, concurrency=concurrency), "--hostname", f"{name}@%h"],
             env=env,
             cwd=ROOT,
             stdout=log,

@@ -14,7 +14,7 @@ import pytest
 import redis
 from celery import Celery
 
-from gql.devserver import EmbeddedValkey
+from devtools.valkey import EmbeddedValkey
 from tasks.app import create_celery_app
 from tasks.fast_paths import differences, offline_channel, sample_options, stock_message
 from tasks.messages import queue_key, task_message
@@ -151,9 +151,7 @@ def test_a_more_urgent_job_overtakes_the_ones_already_waiting(
         ]
         urgent = _enqueue(client, "process_data", data, {"queue": "waiting", "priority": 2})["id"]
         # One process, one message at a time: the order it takes them is the order they run.
-        worker = running_worker(
-            env, data_dir, settings, queues=("waiting",), extra_args=("--concurrency", "1")
-        )
+        worker = running_worker(env, data_dir, settings, queues=("waiting",), concurrency=1)
         with worker:
             done = [client.wait_done(job_id) for job_id in [urgent, *low]]
 
