@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 from typing import Any
 
 from starlette.requests import Request
@@ -12,23 +11,16 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
-from strawberry.http import async_base_view
-from strawberry.http.parse_content_type import parse_content_type
 from strawberry.subscriptions import (
     GRAPHQL_SSE_PROTOCOL,
     GRAPHQL_TRANSPORT_WS_PROTOCOL,
     GRAPHQL_WS_PROTOCOL,
     MULTIPART_SUBSCRIPTION_PROTOCOL,
 )
-from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
-    BaseGraphQLTransportWSHandler,
-)
 
+from gql import compat
+from gql.compat import BaseGraphQLTransportWSHandler
 from gql.context import Context
-
-# Strawberry parses every request's Content-Type with the email package (~4% of a small
-# query's CPU, measured); the answer depends only on the header's text, so remember it.
-async_base_view.parse_content_type = functools.lru_cache(maxsize=64)(parse_content_type)  # type: ignore[attr-defined]
 
 SUBSCRIPTION_PROTOCOLS = (
     GRAPHQL_TRANSPORT_WS_PROTOCOL,  # graphql-ws: Apollo's GraphQLWsLink, GraphiQL
@@ -42,7 +34,8 @@ class PingingTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     """graphql-transport-ws with server pings, so idle proxies keep the socket open.
 
     The protocol lets either side ping; the legacy protocol has its own ``ka`` messages,
-    and the multipart and SSE transports their heartbeats.
+    and the multipart and SSE transports their heartbeats. It extends Strawberry's handler
+    beyond its documented surface, so it is used only when ``gql.compat`` allows it.
     """
 
     ping_interval: float = 15.0
@@ -71,11 +64,12 @@ class JobQLGraphQL(GraphQL[Context, None]):
     def __init__(self, *args: Any, max_concurrent: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._admission = asyncio.Semaphore(max_concurrent) if max_concurrent else None
-        self.graphql_transport_ws_handler_class = type(
-            "JobQLTransportWSHandler",
-            (PingingTransportWSHandler,),
-            {"ping_interval": kwargs.get("keep_alive_interval", 15.0)},
-        )
+        if compat.TRANSPORT_WS_PINGS.active:
+            self.graphql_transport_ws_handler_class = type(
+                "JobQLTransportWSHandler",
+                (PingingTransportWSHandler,),
+                {"ping_interval": kwargs.get("keep_alive_interval", 15.0)},
+            )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Plain HTTP operations take a turn at a bounded number of slots: the rest park

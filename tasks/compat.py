@@ -61,8 +61,7 @@ def enable(path: FastPath, check: Callable[[], object], *, allowed: bool) -> boo
     except Exception as exc:
         path.active, path.reason = False, f"{type(exc).__name__}: {exc}"
         logger.warning(
-            "fast path %r is off: %s no longer has the shape verified on %s (%s); "
-            "using %s instead",
+            "fast path %r is off: %s no longer has the shape verified on %s (%s); using %s instead",
             path.name,
             path.library,
             path.verified,
