@@ -85,6 +85,8 @@ error { type message }
 
 def service_env(redis_url: str, data_dir: Path, **overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBQL_") and k != "REDIS_URL"}
+    # `make test` runs the suite again with fast paths off: the services must see the switch.
+    env.update({k: v for k, v in os.environ.items() if k == "JOBQL_FAST_PATHS"})
     env.update(
         PYTHONPATH=str(ROOT),
         JOBQL_ENV="test",

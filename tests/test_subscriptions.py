@@ -79,7 +79,8 @@ def test_http_subscriptions_never_hold_the_operation_slots(api: GraphQL) -> None
     job_id = _report(api, steps=100, delay=0.05)
     streams = [
         threading.Thread(target=fn, args=(api.base_url, WATCH, {"id": job_id}), daemon=True)
-        for fn in (sse, multipart) * 4  # 8 streams; the API executes 4 operations at once
+        # 10 streams; the API executes 8 operations at once (JOBQL_MAX_CONCURRENT_OPERATIONS)
+        for fn in (sse, multipart) * 5
     ]
     for stream in streams:
         stream.start()
