@@ -11,8 +11,6 @@ Otherwise the library's stock behaviour runs, after one warning naming what chan
   execution context.
 - ``content_type_cache``: Strawberry's view parses every request's Content-Type through a
   module global, replaced by a cached copy. Stock: parsed on every request.
-- ``transport_ws_pings``: Strawberry's graphql-transport-ws handler, extended with server
-  pings. Stock: Strawberry's handler; clients keep idle sockets alive with their own pings.
 - ``bounded_sockets``: uvicorn's httptools protocol, with small send buffers. Stock:
   uvicorn's protocol as it is.
 - ``coalescing_websockets``: uvicorn's websockets-sansio protocol, one write per connection
@@ -44,9 +42,6 @@ from strawberry.permission import BasePermission
 from strawberry.resolvers import is_default_resolver
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.schema.schema_converter import GraphQLCoreConverter
-from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
-    BaseGraphQLTransportWSHandler,
-)
 from strawberry.types.field import StrawberryField
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -55,7 +50,6 @@ from tasks.compat import FastPath
 from tasks.compat import enable as register
 
 __all__ = [
-    "BaseGraphQLTransportWSHandler",
     "CollectedFields",
     "FieldDetails",
     "HttpToolsProtocol",
@@ -83,12 +77,6 @@ CONTENT_TYPE_CACHE = FastPath(
     verified=STRAWBERRY,
     fallback="Content-Type parsed on every request",
 )
-TRANSPORT_WS_PINGS = FastPath(
-    name="transport_ws_pings",
-    library="strawberry-graphql",
-    verified=STRAWBERRY,
-    fallback="Strawberry's graphql-transport-ws handler, without server pings",
-)
 BOUNDED_SOCKETS = FastPath(
     name="bounded_sockets",
     library="uvicorn",
@@ -107,7 +95,6 @@ def enable(fast_paths: bool) -> None:
     """Decide every API fast path once, at start-up: on, or stock with one warning."""
     register(EXECUTOR, _check_executor, allowed=fast_paths)
     register(CONTENT_TYPE_CACHE, _check_content_type, allowed=fast_paths)
-    register(TRANSPORT_WS_PINGS, _check_transport_ws, allowed=fast_paths)
     register(BOUNDED_SOCKETS, _check_http_protocol, allowed=fast_paths)
     register(COALESCING_WEBSOCKETS, _check_websockets_protocol, allowed=fast_paths)
     async_base_view.parse_content_type = (  # type: ignore[attr-defined]
@@ -198,13 +185,6 @@ def _check_content_type() -> None:
     if current not in (parse_content_type, _cached_parse_content_type):
         raise AttributeError("strawberry.http.async_base_view no longer uses parse_content_type")
     _parameters(parse_content_type, "content_type")
-
-
-def _check_transport_ws() -> None:
-    _require(async_base_view.AsyncBaseHTTPView, "graphql_transport_ws_handler_class", None)
-    _parameters(BaseGraphQLTransportWSHandler.handle, "self")
-    _parameters(BaseGraphQLTransportWSHandler.send_message, "self message")
-    _source_mentions(BaseGraphQLTransportWSHandler.__init__, "self.connection_acknowledged")
 
 
 def _check_http_protocol() -> None:
