@@ -5,7 +5,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8000
 
-.PHONY: run test test-fast lint format schema bench worker api clean
+.PHONY: run test test-fast test-latest lint format schema bench worker api clean
+
+# The contract and live tests, run again with every fast path off (stock library behaviour).
+STOCK_TESTS := tests/test_schema.py tests/test_enqueue.py tests/test_errors.py \
+	tests/test_live.py tests/test_subscriptions.py tests/test_listing.py tests/test_fast_paths.py
+# The libraries whose internals we use (gql/compat.py, tasks/compat.py), pinned in pyproject.toml.
+COUPLED := strawberry-graphql graphql-core 'uvicorn[standard]' kombu 'celery[redis]'
+LATEST := .venv-latest
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "JobQL needs Python 3.11+"'
@@ -17,8 +24,18 @@ $(STAMP): pyproject.toml
 run: $(STAMP)  ## Valkey (unless REDIS_URL is set), a worker and the API on :$(PORT)
 	$(BIN)/python -m devtools.run --port $(PORT)
 
-test: $(STAMP) lint  ## lint, type-check, then the tests against real services
+test: $(STAMP) lint  ## lint, type-check, then the tests against real services, fast paths on and off
 	$(BIN)/python -m pytest
+	JOBQL_FAST_PATHS=false $(BIN)/python -m pytest $(STOCK_TESTS)
+
+test-latest:  ## the tests on the newest releases of the coupled libraries, ignoring the pins
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST)/bin/python -m pip install --quiet -e '.[dev,embedded]'
+	@# pip notes that the upgrades break the pins: that is the point here.
+	$(LATEST)/bin/python -m pip install --quiet --upgrade $(COUPLED)
+	@$(LATEST)/bin/python -m pip list --disable-pip-version-check | grep -iE '^(strawberry-graphql|graphql-core|uvicorn|kombu|celery) '
+	$(LATEST)/bin/python -m pytest
 
 test-fast: $(STAMP)  ## the in-process tests only (no worker, no API): seconds, not minutes
 	$(BIN)/python -m pytest -m "not slow"
@@ -46,4 +63,4 @@ api: $(STAMP)  ## production API (needs REDIS_URL)
 		--http gql.sockets:BoundedHttpToolsProtocol
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(LATEST) .mypy_cache .ruff_cache .pytest_cache

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.routing import Route, WebSocketRoute
 
+from gql import compat
 from gql.broadcast import JobBroadcast, RedisPubSubBackend
 from gql.health import HealthCheck
 from gql.jobs import JobService
@@ -22,6 +23,7 @@ from gql.producer import Producer
 from gql.schema import build_schema
 from gql.store import JobStore, connect, sweep_forever
 from gql.transports import SUBSCRIPTION_PROTOCOLS, JobQLGraphQL
+from tasks import compat as fast_paths
 from tasks.app import registry
 from tasks.settings import Settings, get_settings
 
@@ -51,6 +53,7 @@ def tune_gc(gen0_threshold: int) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     load_task_modules(settings)
+    compat.enable(settings.fast_paths)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -110,8 +113,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"status": "ok" if ok else "unavailable"}, 200 if ok else 503)
 
     @app.get("/health/stats")
-    async def stats(request: Request) -> dict[str, int]:
-        """Live subscriptions and what they hold: channels, queued events, asyncio tasks."""
-        return {**request.app.state.broadcast.stats(), "tasks": len(asyncio.all_tasks())}
+    async def stats(request: Request) -> dict[str, object]:
+        """Live subscriptions and what they hold (channels, queued events, asyncio tasks),
+        and which fast paths are on, with how often each fell back to the stock path."""
+        return {
+            **request.app.state.broadcast.stats(),
+            "tasks": len(asyncio.all_tasks()),
+            "fast_paths": fast_paths.report(),
+        }
 
     return app

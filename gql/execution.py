@@ -25,11 +25,17 @@ waiting for a full collection that pauses every stream.
 3. Objects in queries and mutations completed by the same kind of projection, compiled once
 per selection and operation: a page of 50 jobs is one compilation and 50 cheap projections
 instead of 50 walks through graphql-core's field machinery. Same fallbacks as above.
+
+No slow path is silent: every event or object that takes graphql-core's path counts on the
+``executor`` fast path's ``fallbacks`` (``/health/stats``), logged once per selection. The
+executor overrides graphql-core internals, so it runs only where :mod:`gql.compat` decided it
+may (``JOBQL_FAST_PATHS``, and a start-up check of those internals); the private names it
+uses come from there.
 """
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -43,11 +49,21 @@ from graphql import (
     OperationType,
     Undefined,
     is_leaf_type,
+    is_list_type,
     is_non_null_type,
     is_object_type,
 )
-from graphql.execution.collect_fields import FieldDetails, collect_fields, collect_subfields
-from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+
+from gql import compat
+from gql.compat import (
+    FieldDetails,
+    StockExecutionContext,
+    collect_fields,
+    collect_subfields,
+    is_plain_attribute,
+)
+
+logger = logging.getLogger(__name__)
 
 Projection = Callable[[Any], Any]
 
@@ -60,30 +76,32 @@ class Uncompilable(Exception):
     """The selection set uses something the projection does not cover."""
 
 
-class JobQLExecutor(StrawberryGraphQLCoreExecutionContext):
+class JobQLExecutor(StockExecutionContext):
     """Strawberry's executor: objects and subscription events completed by compiled
     projections where safe, and no reference cycle through the executor."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Shared with every per-event copy (they are shallow): compiled on the first event.
-        self._event_plan: list[Projection | None] = []
+        self._event_plan: list[Plan] = []
         # Per selection of an object type, kept with the field list its key refers to.
-        self._object_plans: dict[tuple[str, int], tuple[Any, Projection | None]] = {}
+        self._object_plans: dict[tuple[str, int], Plan] = {}
         self.async_helpers = _weak_helpers(self)
 
     def execute_operation(self, serially: bool | None = None) -> Any:
         # Only events run a subscription's operation: the subscribe step has its own call.
-        event = self.operation.operation is OperationType.SUBSCRIPTION
-        if not event or self.abort_signal is not None:
+        if self.operation.operation is not OperationType.SUBSCRIPTION:
             return super().execute_operation(serially)
         if not self._event_plan:
-            self._event_plan.append(self._compile())
+            self._event_plan.append(self._compile_event())
         plan = self._event_plan[0]
-        if plan is not None:
-            # Off-contract values (and any surprise) go the full way, which reports them.
-            with contextlib.suppress(Exception):
-                return ExecutionResult(data=plan(self.root_value), errors=None)
+        if plan.project is None:
+            _fell_back(plan)
+        else:
+            try:
+                return ExecutionResult(data=plan.project(self.root_value), errors=None)
+            except Exception as exc:  # off-contract values go the full way, which reports them
+                _fell_back(plan, exc)
         # Fresh memos per event: see the module docstring.
         self._relevant_sub_fields = {}
         self._object_plans = {}
@@ -99,33 +117,39 @@ class JobQLExecutor(StrawberryGraphQLCoreExecutionContext):
         position_context: Any,
     ) -> Any:
         plan = self._object_plan(return_type, field_details_list)
-        if plan is not None:
-            with contextlib.suppress(Exception):
-                return plan(result)
+        if plan.project is None:
+            _fell_back(plan)
+        else:
+            try:
+                return plan.project(result)
+            except Exception as exc:
+                _fell_back(plan, exc)
         return super().complete_object_value(
             return_type, field_details_list, info, path, result, position_context
         )
 
-    def _object_plan(self, type_: GraphQLObjectType, details: Any) -> Projection | None:
+    def _object_plan(self, type_: GraphQLObjectType, details: Any) -> Plan:
         # graphql-core passes the same field list for every item of a list: its identity is
         # the selection, as in graphql-core's own memo of sub-fields.
         key = (type_.name, id(details))
-        entry = self._object_plans.get(key)
-        if entry is None:
-            plan: Projection | None = None
-            if self.abort_signal is None and not self._has_middleware():
-                with contextlib.suppress(Uncompilable):
-                    plan = self._object(type_, details)
-            entry = self._object_plans[key] = (details, plan)
-        return entry[1]
+        plan = self._object_plans.get(key)
+        if plan is None:
+            plan = self._object_plans[key] = Plan(type_.name, details)
+            try:
+                self._unsupported()
+                plan.project = self._object(type_, details)
+            except Uncompilable as exc:
+                plan.why = str(exc)  # not the exception: its traceback holds the executor
+        return plan
 
-    def _has_middleware(self) -> bool:
+    def _unsupported(self) -> None:
+        if self.abort_signal is not None:
+            raise Uncompilable("an abort signal")
         manager = self.middleware_manager
-        return manager is not None and bool(manager.middlewares)
+        if manager is not None and manager.middlewares:
+            raise Uncompilable("middleware")
 
-    def _compile(self) -> Projection | None:
-        if self._has_middleware():
-            return None
+    def _compile_event(self) -> Plan:
         root_type = self.schema.subscription_type
         assert root_type is not None
         collected = collect_fields(
@@ -136,20 +160,25 @@ class JobQLExecutor(StrawberryGraphQLCoreExecutionContext):
             self.operation,
             self.hide_suggestions,
         )
-        if collected.new_defer_usages or len(collected.grouped_field_set) != 1:
-            return None
-        ((key, details),) = collected.grouped_field_set.items()
-        field = root_type.fields.get(details[0].node.name.value)
-        if field is None:
-            return None
+        details = [field for fields in collected.grouped_field_set.values() for field in fields]
+        plan = Plan(root_type.name, details)
         try:
+            self._unsupported()
+            if collected.new_defer_usages or len(collected.grouped_field_set) != 1:
+                raise Uncompilable("@defer or more than one root field")
+            ((key, details),) = collected.grouped_field_set.items()
+            field = root_type.fields.get(details[0].node.name.value)
+            if field is None:
+                raise Uncompilable(details[0].node.name.value)
             project = self._value(field.type, details)
-        except Uncompilable:
-            return None
+        except Uncompilable as exc:
+            plan.why = str(exc)
+            return plan
         # Strawberry resolves a subscription's root field to the event itself.
         resolve = field.resolve
         assert resolve is not None
-        return lambda payload: {key: project(resolve(payload, None))}
+        plan.project = lambda payload: {key: project(resolve(payload, None))}
+        return plan
 
     def _value(self, type_: GraphQLOutputType, details: list[FieldDetails]) -> Projection:
         if is_non_null_type(type_):
@@ -162,11 +191,22 @@ class JobQLExecutor(StrawberryGraphQLCoreExecutionContext):
                 return completed
 
             return non_null
+        if is_list_type(type_):
+            item = self._value(type_.of_type, details)
+
+            def items(value: Any) -> Any:
+                if value is None:
+                    return None
+                if not isinstance(value, list | tuple):
+                    raise OffContract  # graphql-core's path takes any iterable, or says why not
+                return [item(each) for each in value]
+
+            return items
         if is_leaf_type(type_):
             return _leaf(type_)
         if is_object_type(type_):
             return self._object(type_, details)
-        raise Uncompilable(str(type_))
+        raise Uncompilable(f"abstract type {type_}")
 
     def _object(self, type_: GraphQLObjectType, details: list[FieldDetails]) -> Projection:
         collected = collect_subfields(
@@ -178,8 +218,10 @@ class JobQLExecutor(StrawberryGraphQLCoreExecutionContext):
             details,
             self.hide_suggestions,
         )
-        if collected.new_defer_usages or type_.is_type_of is not None:
-            raise Uncompilable(type_.name)
+        if collected.new_defer_usages:
+            raise Uncompilable("@defer")
+        if type_.is_type_of is not None:
+            raise Uncompilable(f"{type_.name}'s own type check")
         fields: list[tuple[str, Callable[..., Any], Projection]] = []
         for key, sub_details in collected.grouped_field_set.items():
             name = sub_details[0].node.name.value
@@ -187,9 +229,8 @@ class JobQLExecutor(StrawberryGraphQLCoreExecutionContext):
                 fields.append((key, _constant(type_.name), _same))
                 continue
             field = type_.fields[name]
-            # Strawberry marks the resolver of a plain attribute field; it ignores `info`.
-            if not getattr(field.resolve, "_is_default", False) or field.args:
-                raise Uncompilable(f"{type_.name}.{name}")
+            if not is_plain_attribute(field):
+                raise Uncompilable(f"{type_.name}.{name} is more than a plain attribute")
             fields.append((key, field.resolve, self._value(field.type, sub_details)))
 
         def project(source: Any) -> Any:
@@ -198,6 +239,57 @@ class JobQLExecutor(StrawberryGraphQLCoreExecutionContext):
             return {key: complete(resolve(source, None)) for key, resolve, complete in fields}
 
         return project
+
+
+class Plan:
+    """How one selection is completed: by its projection, or by graphql-core and why."""
+
+    __slots__ = ("details", "project", "type_name", "why")
+
+    def __init__(self, type_name: str, details: Any) -> None:
+        self.type_name = type_name
+        self.details = details  # also keeps the field list alive while its id() is a key
+        self.project: Projection | None = None
+        self.why = ""  # what the projection does not cover, when it has none
+
+
+# Selections whose fallback was logged, so each is logged once, not once per event.
+_logged: set[tuple[str, str]] = set()
+_LOGGED_LIMIT = 1024
+
+
+def _fell_back(plan: Plan, error: Exception | None = None) -> None:
+    """Count one event or object completed by graphql-core; log its selection once."""
+    compat.EXECUTOR.count_fallback()
+    if error is None:
+        reason = f"not covered: {plan.why}"
+    elif isinstance(error, OffContract):
+        reason = "a value off the contract: graphql-core reports it"
+    else:
+        reason = f"unexpected {type(error).__name__}"
+    selection = _selection_text(plan)
+    if (selection, reason) in _logged:
+        return
+    if len(_logged) >= _LOGGED_LIMIT:
+        _logged.clear()
+    _logged.add((selection, reason))
+    if error is not None and not isinstance(error, OffContract):
+        reason = f"{reason}: {error}"
+    logger.warning(
+        "graphql-core's own execution completes %s at `%s`, %s "
+        "(counted in /health/stats fast_paths.executor.fallbacks)",
+        plan.type_name,
+        selection,
+        reason,
+    )
+
+
+def _selection_text(plan: Plan) -> str:
+    node = plan.details[0].node if plan.details else None
+    loc = node.loc if node is not None else None
+    if loc is None:
+        return node.name.value if node is not None else "?"
+    return " ".join(loc.source.body[loc.start : loc.end].split())
 
 
 def _leaf(type_: GraphQLLeafType) -> Projection:
@@ -225,7 +317,7 @@ def _same(value: Any) -> Any:
     return value
 
 
-def _weak_helpers(executor: StrawberryGraphQLCoreExecutionContext) -> GraphQLResolveInfoHelpers:
+def _weak_helpers(executor: StockExecutionContext) -> GraphQLResolveInfoHelpers:
     """The executor's resolver helpers without a reference cycle through the executor.
 
     graphql-core binds them to the executor itself, so every executor is cyclic garbage

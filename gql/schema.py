@@ -10,9 +10,9 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import create_type
 from strawberry.types.field import StrawberryField
 
+from gql import compat
 from gql.context import Info
 from gql.errors import BadUserInput, InputValidationCodes, classify
-from gql.execution import JobQLExecutor
 from gql.inputs import InputTypes, mutation_name, to_data
 from gql.jobs import EnqueueRequest
 from gql.subscriptions import Subscription
@@ -223,7 +223,8 @@ class JobQLSchema(strawberry.Schema):
 
 
 def build_schema(registry: TaskRegistry) -> strawberry.Schema:
-    """The schema for the typed tasks of ``registry`` (import the task modules first)."""
+    """The schema for the typed tasks of ``registry`` (import the task modules first), on
+    JobQL's executor once :func:`gql.compat.enable` turned it on, else on Strawberry's."""
     input_types = InputTypes()
     mutation_fields = [
         strawberry.mutation(enqueue, name="enqueue", description="Enqueue any task by name."),
@@ -251,7 +252,7 @@ def build_schema(registry: TaskRegistry) -> strawberry.Schema:
         mutation=mutation,
         subscription=Subscription,
         config=StrawberryConfig(auto_camel_case=True),
-        execution_context_class=JobQLExecutor,
+        execution_context_class=compat.execution_context_class(),
         # Instances, not classes: each cache lives in its instance and must outlive a request.
         extensions=[
             InputValidationCodes,

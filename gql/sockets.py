@@ -10,6 +10,10 @@ Use it with ``uvicorn --http gql.sockets:BoundedHttpToolsProtocol``; a WebSocket
 keeps the same transport and so the same limits, and (with uvicorn's default WebSocket
 implementation) goes to :class:`CoalescingWebSocketsProtocol`, which sends everything a
 connection's subscriptions produced in one pass of the event loop in one write.
+
+Both extend uvicorn's protocol classes, which are not a documented API: each change runs
+only when ``gql.compat`` found the shape it was verified on (and ``JOBQL_FAST_PATHS``
+allows it); otherwise the class behaves exactly as uvicorn's own.
 """
 
 from __future__ import annotations
@@ -19,26 +23,35 @@ import contextlib
 import socket
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from gql import compat
+from gql.compat import HttpToolsProtocol, WebSocketsSansIOProtocol
 
 SEND_BUFFER_BYTES = 32 * 1024
 WRITE_HIGH_WATER_BYTES = 8 * 1024
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with small send buffers and coalescing WebSockets."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.ws_protocol_class is WebSocketsSansIOProtocol:
+        coalescing = compat.COALESCING_WEBSOCKETS.active
+        if coalescing and self.ws_protocol_class is WebSocketsSansIOProtocol:
             self.ws_protocol_class = CoalescingWebSocketsProtocol
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES)
+        if compat.BOUNDED_SOCKETS.active:
+            _bound(transport)
         super().connection_made(transport)
+
+
+def _bound(transport: asyncio.Transport) -> None:
+    """Small kernel and transport buffers: a slow reader's backlog stays coalescible."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+    transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES)
 
 
 class CoalescingWebSocketsProtocol(WebSocketsSansIOProtocol):

@@ -4,31 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import json
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
-from strawberry.http import async_base_view
-from strawberry.http.parse_content_type import parse_content_type
 from strawberry.subscriptions import (
     GRAPHQL_SSE_PROTOCOL,
     GRAPHQL_TRANSPORT_WS_PROTOCOL,
     GRAPHQL_WS_PROTOCOL,
     MULTIPART_SUBSCRIPTION_PROTOCOL,
 )
-from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
-    BaseGraphQLTransportWSHandler,
-)
 
 from gql.context import Context
-
-# Strawberry parses every request's Content-Type with the email package (~4% of a small
-# query's CPU, measured); the answer depends only on the header's text, so remember it.
-async_base_view.parse_content_type = functools.lru_cache(maxsize=64)(parse_content_type)  # type: ignore[attr-defined]
 
 SUBSCRIPTION_PROTOCOLS = (
     GRAPHQL_TRANSPORT_WS_PROTOCOL,  # graphql-ws: Apollo's GraphQLWsLink, GraphiQL
@@ -38,32 +29,6 @@ SUBSCRIPTION_PROTOCOLS = (
 )
 
 
-class PingingTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
-    """graphql-transport-ws with server pings, so idle proxies keep the socket open.
-
-    The protocol lets either side ping; the legacy protocol has its own ``ka`` messages,
-    and the multipart and SSE transports their heartbeats.
-    """
-
-    ping_interval: float = 15.0
-
-    async def handle(self) -> None:
-        pinger = asyncio.create_task(self._ping_forever())
-        try:
-            await super().handle()
-        finally:
-            pinger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pinger
-
-    async def _ping_forever(self) -> None:
-        with contextlib.suppress(Exception):
-            while True:
-                await asyncio.sleep(self.ping_interval)
-                if self.connection_acknowledged:
-                    await self.send_message({"type": "ping"})
-
-
 class JobQLGraphQL(GraphQL[Context, None]):
     """Strawberry's ASGI view, routed straight from the app: no FastAPI dependency solving
     per request (a measurable share of a small query's time), the same four transports."""
@@ -71,15 +36,18 @@ class JobQLGraphQL(GraphQL[Context, None]):
     def __init__(self, *args: Any, max_concurrent: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._admission = asyncio.Semaphore(max_concurrent) if max_concurrent else None
-        self.graphql_transport_ws_handler_class = type(
-            "JobQLTransportWSHandler",
-            (PingingTransportWSHandler,),
-            {"ping_interval": kwargs.get("keep_alive_interval", 15.0)},
-        )
+        self._ping_interval: float = kwargs.get("keep_alive_interval", 15.0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Plain HTTP operations take a turn at a bounded number of slots: the rest park
         without queueing CPU work on the loop, so other endpoints keep answering promptly."""
+        if scope["type"] == "websocket":
+            pings = ServerPings(send, self._ping_interval)
+            try:
+                await super().__call__(scope, receive, pings.send)
+            finally:
+                await pings.stop()
+            return
         if self._admission is None or scope["type"] != "http" or _streams(scope):
             await super().__call__(scope, receive, send)
             return
@@ -91,6 +59,46 @@ class JobQLGraphQL(GraphQL[Context, None]):
     ) -> Context:
         state = request.app.state
         return Context(jobs=state.jobs, health=state.health, broadcast=state.broadcast)
+
+
+class ServerPings:
+    """Server pings on graphql-transport-ws, so idle proxies keep the socket open.
+
+    The protocol lets either side ping, and Strawberry's handler never does; the legacy
+    protocol has its own ``ka`` messages, and the multipart and SSE transports their
+    heartbeats. Pings go out through the ASGI ``send`` once the server acknowledged the
+    connection, so no part of Strawberry's handler is touched.
+    """
+
+    def __init__(self, send: Send, interval: float) -> None:
+        self._send = send
+        self._interval = interval
+        self._transport_ws = False
+        self._pinger: asyncio.Task[None] | None = None
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "websocket.accept":
+            self._transport_ws = message.get("subprotocol") == GRAPHQL_TRANSPORT_WS_PROTOCOL
+        await self._send(message)
+        if kind == "websocket.send" and self._transport_ws and self._pinger is None:
+            acknowledged = json.loads(message.get("text") or "{}").get("type") == "connection_ack"
+            self._pinger = asyncio.create_task(self._ping_forever()) if acknowledged else None
+
+    async def _ping_forever(self) -> None:
+        with contextlib.suppress(Exception):  # the socket closed: the view ends soon
+            while True:
+                await asyncio.sleep(self._interval)
+                await self._send({"type": "websocket.send", "text": _PING})
+
+    async def stop(self) -> None:
+        if self._pinger is not None:
+            self._pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pinger
+
+
+_PING = json.dumps({"type": "ping"})
 
 
 def _streams(scope: Scope) -> bool:

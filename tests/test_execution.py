@@ -1,12 +1,12 @@
-"""Subscription events served by the compiled projection read exactly as graphql-core's own.
+"""Subscription events and objects served by the compiled projection read exactly as
+graphql-core's own.
 
-Each case streams the same events through two schemas that differ only in their executor,
+Each case runs the same operation through two schemas that differ only in their executor,
 JobQL's and Strawberry's stock one, and compares what a client would receive.
 """
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import weakref
 from collections.abc import AsyncGenerator
@@ -16,9 +16,12 @@ from typing import Any
 
 import pytest
 import strawberry
+from strawberry.extensions import FieldExtension
+from strawberry.permission import BasePermission
 from strawberry.scalars import JSON
-from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
+from gql import compat
+from gql.compat import StockExecutionContext
 from gql.execution import JobQLExecutor
 
 
@@ -34,6 +37,20 @@ class Step:
     note: str | None
 
 
+class Nobody(BasePermission):
+    message = "not for you"
+
+    def has_permission(self, source: Any, info: strawberry.Info, **kwargs: Any) -> bool:
+        return False
+
+
+class Shout(FieldExtension):
+    """Changes the value, and needs the ``info`` a projection does not have."""
+
+    def resolve(self, next_: Any, source: Any, info: strawberry.Info, **kwargs: Any) -> Any:
+        return f"{next_(source, info, **kwargs).upper()} at {info.field_name}"
+
+
 @strawberry.type
 class Item:
     id: strawberry.ID
@@ -42,6 +59,8 @@ class Item:
     data: JSON | None
     step: Step | None
     label: str
+    secret: str | None = strawberry.field(default="s", permission_classes=[Nobody])
+    loud: str = strawberry.field(default="hi", extensions=[Shout()])
 
     @strawberry.field
     def doubled(self, by: int = 2) -> float:
@@ -70,7 +89,7 @@ BROKEN = Item(
     label=None,  # type: ignore[arg-type]
 )
 # Built per executor class, so each run can see the executors it created.
-created: list[StrawberryGraphQLCoreExecutionContext] = []
+created: list[StockExecutionContext] = []
 
 
 @strawberry.type
@@ -83,8 +102,19 @@ class Page:
 
 
 @strawberry.type
+class Shelf:
+    tags: list[str]
+    items: list[Item]
+    maybe: list[Item | None] | None
+
+
+@strawberry.type
 class Query:
     ping: bool = True
+
+    @strawberry.field
+    def shelf(self) -> Shelf:
+        return Shelf(tags=["a", "b"], items=list(ITEMS), maybe=[None, ITEMS[0]])
 
     @strawberry.field
     def items(self, broken: bool = False) -> list[Item]:
@@ -95,7 +125,7 @@ class Query:
         return Page(items=list(ITEMS))
 
 
-def schema_with(executor: type[StrawberryGraphQLCoreExecutionContext]) -> strawberry.Schema:
+def schema_with(executor: type[StockExecutionContext]) -> strawberry.Schema:
     class Recording(executor):  # type: ignore[valid-type, misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -147,38 +177,38 @@ SELECTIONS = [
 @pytest.mark.parametrize(("query", "projected"), SELECTIONS)
 @pytest.mark.parametrize("variables", [{"withStep": True, "skipAt": False},
                                        {"withStep": False, "skipAt": True}])  # fmt: skip
-def test_events_read_as_graphql_core_would_send_them(
+async def test_events_read_as_graphql_core_would_send_them(
     query: str, projected: bool, variables: dict[str, Any]
 ) -> None:
     used = variables if "$" in query else None
     created.clear()
-    ours = asyncio.run(stream(schema_with(JobQLExecutor), query, used))
-    assert [executor._event_plan[0] is not None for executor in created] == [projected]
-    stock = asyncio.run(stream(schema_with(StrawberryGraphQLCoreExecutionContext), query, used))
+    ours = await stream(schema_with(JobQLExecutor), query, used)
+    assert [e._event_plan[0].project is not None for e in created] == [projected]
+    stock = await stream(schema_with(StockExecutionContext), query, used)
     assert len(ours) == len(ITEMS)
     assert ours == stock
 
 
-def test_a_null_in_a_non_null_field_is_the_same_error() -> None:
+async def test_a_null_in_a_non_null_field_is_the_same_error() -> None:
     query = "subscription { items(broken: true) { id label } }"
-    ours = asyncio.run(stream(schema_with(JobQLExecutor), query))
-    stock = asyncio.run(stream(schema_with(StrawberryGraphQLCoreExecutionContext), query))
+    ours = await stream(schema_with(JobQLExecutor), query)
+    stock = await stream(schema_with(StockExecutionContext), query)
     assert ours == stock
     assert ours[-1]["data"] is None
     assert ours[-1]["errors"][0][1] == ["items", "label"]
 
 
-def test_a_long_subscription_keeps_no_memo_per_event() -> None:
+async def test_a_long_subscription_keeps_no_memo_per_event() -> None:
     """graphql-core memoizes per event in a dict shared by the subscription's events."""
     query = "subscription { items(repeat: 200) { id doubled step { current } } }"
     created.clear()
-    events = asyncio.run(stream(schema_with(JobQLExecutor), query))
+    events = await stream(schema_with(JobQLExecutor), query)
     assert len(events) == 400
     assert created, "the executor was not used"
     assert all(len(executor._relevant_sub_fields) <= 2 for executor in created)
 
 
-def test_an_ended_subscription_is_freed_without_the_cyclic_collector() -> None:
+async def test_an_ended_subscription_is_freed_without_the_cyclic_collector() -> None:
     """Executors used to be reference cycles: long-lived ones then waited for a full
     collection, which pauses every stream (~0.5 s at 5,000 subscriptions)."""
     query = "subscription { items(repeat: 3) { id doubled step { current } } }"
@@ -186,7 +216,7 @@ def test_an_ended_subscription_is_freed_without_the_cyclic_collector() -> None:
     created.clear()
     gc.disable()
     try:
-        events = asyncio.run(stream(schema, query))
+        events = await stream(schema, query)
         executors = [weakref.ref(executor) for executor in created]
         created.clear()
         assert len(events) == 6
@@ -206,20 +236,61 @@ QUERIES = [
         True,
     ),
     ("{ items { id doubled(by: 3) } }", False),
+    # Plain attributes guarded by a permission class or changed by a field extension.
+    ("{ items { id secret } }", False),
+    ("{ items { id loud } }", False),
+    # Lists of leaves and of objects, nullable or not, inside a projected object.
+    ("{ shelf { tags items { id step { current } } maybe { label } } }", True),
     # A null where the schema promises a value: the same error, path and nulling.
     ("{ items(broken: true) { id label } }", True),
 ]
 
 
-@pytest.mark.parametrize(("query", "projected"), QUERIES)
-def test_query_objects_read_as_graphql_core_would_send_them(query: str, projected: bool) -> None:
-    def run(executor: type[StrawberryGraphQLCoreExecutionContext]) -> dict[str, Any]:
-        result = asyncio.run(schema_with(executor).execute(query, {"withStep": True}))
-        errors = [(e.message, e.path) for e in result.errors or []]
-        return {"data": result.data, "errors": errors}
+async def run(executor: type[StockExecutionContext], query: str) -> dict[str, Any]:
+    result = await schema_with(executor).execute(query, {"withStep": True})
+    return {"data": result.data, "errors": [(e.message, e.path) for e in result.errors or []]}
 
+
+@pytest.mark.parametrize(("query", "projected"), QUERIES)
+async def test_query_objects_read_as_graphql_core_would_send_them(
+    query: str, projected: bool
+) -> None:
     created.clear()
-    ours = run(JobQLExecutor)
-    plans = [plan for executor in created for _, plan in executor._object_plans.values()]
-    assert ours == run(StrawberryGraphQLCoreExecutionContext)
-    assert any(plan is not None for plan in plans) == projected
+    ours = await run(JobQLExecutor, query)
+    plans = [plan for executor in created for plan in executor._object_plans.values()]
+    assert ours == await run(StockExecutionContext, query)
+    assert any(plan.project is not None for plan in plans) == projected
+
+
+async def test_a_denying_permission_class_answers_as_strawberry_does() -> None:
+    ours = await run(JobQLExecutor, "{ items { id secret } }")
+    assert ours == await run(StockExecutionContext, "{ items { id secret } }")
+    assert ours["data"]["items"][0] == {"id": "a", "secret": None}
+    assert ours["errors"][0] == ("not for you", ["items", 0, "secret"])
+
+
+async def test_a_field_extension_runs_with_its_info() -> None:
+    ours = await run(JobQLExecutor, "{ items { loud } }")
+    assert ours == await run(StockExecutionContext, "{ items { loud } }")
+    assert ours["data"]["items"][0] == {"loud": "HI at loud"}
+
+
+async def test_each_fallback_is_counted_and_its_selection_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    query = "{ items { counted: id doubled(by: 3) } }"
+    before = compat.EXECUTOR.fallbacks
+    for _ in range(3):
+        await run(JobQLExecutor, query)
+    assert compat.EXECUTOR.fallbacks - before == 3 * len(ITEMS), "one per object, every time"
+    logged = [r.getMessage() for r in caplog.records if r.name == "gql.execution"]
+    assert len(logged) == 1, logged
+    assert "Item at `items { counted: id doubled(by: 3) }`" in logged[0]
+    assert "Item.doubled is more than a plain attribute" in logged[0]
+
+
+async def test_a_projected_selection_counts_no_fallback() -> None:
+    before = compat.EXECUTOR.fallbacks
+    await run(JobQLExecutor, SELECTIONS[0][0].replace("subscription", "query"))
+    await stream(schema_with(JobQLExecutor), SELECTIONS[0][0])
+    assert compat.EXECUTOR.fallbacks == before

@@ -1,90 +1,131 @@
-"""The worker-side fast paths: on when the libraries have the verified shape, else stock."""
+"""The operations we show and measure run on the fast paths; ``JOBQL_FAST_PATHS=false``
+really runs the libraries' stock behaviour."""
 
 from __future__ import annotations
 
-import logging
+import asyncio
+import re
+from collections.abc import AsyncGenerator, AsyncIterator
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+from fastapi import FastAPI
 
-from tasks import broker, compat
-from tasks.app import celery_config, create_celery_app
-from tasks.fast_paths import (
-    MESSAGE_WRITER,
-    REDIS_TRANSPORT,
-    broker_transport,
-    check_message_writer,
-    check_redis_transport,
-    writes_messages,
-)
+from bench import enqueue_flood, run, subscriptions
+from devtools.valkey import EmbeddedValkey
+from gql import compat
+from gql.app import create_app
+from gql.context import Context
+from gql.schema import build_schema
+from tasks import compat as register
+from tasks.app import registry
 from tasks.settings import Settings
+from tests.conftest import ROOT, running_api, service_env
 
-REDIS = "redis://127.0.0.1:6390/0"
-
-
-def _settings(**overrides: object) -> Settings:
-    """Settings of this test alone, whatever ``JOBQL_FAST_PATHS`` the suite runs under."""
-    return Settings(**{"redis_url": REDIS, "env": "test", "fast_paths": True, **overrides})  # type: ignore[arg-type]
+README_OPERATIONS = re.findall(r"```graphql\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
 
 
-def test_the_installed_celery_and_kombu_have_the_verified_shape() -> None:
-    app = create_celery_app(_settings(), producer=True)
-
-    check_redis_transport()
-    check_message_writer(app)
-
-
-def test_both_fast_paths_are_on_and_reported_with_their_versions() -> None:
-    settings = _settings()
-    app = create_celery_app(settings, producer=True)
-
-    assert celery_config(settings)["broker_transport"] == broker.TRANSPORT
-    assert writes_messages(app, settings) is True
-    report = compat.report()
-    for path in (REDIS_TRANSPORT, MESSAGE_WRITER):
-        assert report[path.name]["active"] is True
-        assert report[path.name]["verified"] == "celery 5.7.0, kombu 5.7.0"
+@pytest.fixture
+async def app(valkey: EmbeddedValkey, tmp_path: Path) -> AsyncIterator[FastAPI]:
+    """The API's own services in this process, on a database and queue no worker reads."""
+    settings = Settings(
+        env="test",
+        redis_url=valkey.url.rsplit("/", 1)[0] + "/7",
+        default_queue="fast-paths",
+        data_dir=tmp_path,
+        gc_gen0_threshold=0,
+        fast_paths=True,
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        yield app
 
 
-def test_the_setting_turns_the_writer_off_but_not_the_transport_fix() -> None:
-    settings = _settings(fast_paths=False)
-    app = create_celery_app(settings, producer=True)
+class Client:
+    """Runs operations on JobQL's schema and executor, as the view would."""
 
-    assert writes_messages(app, settings) is False
-    report = compat.report()
-    assert report[MESSAGE_WRITER.name]["active"] is False
-    assert report[MESSAGE_WRITER.name]["reason"] == "JOBQL_FAST_PATHS=false"
-    # Stock kombu lets a worker die on a Redis restart: the fix stays on.
-    assert celery_config(settings)["broker_transport"] == broker.TRANSPORT
-    assert report[REDIS_TRANSPORT.name]["active"] is True
-    assert report[REDIS_TRANSPORT.name]["kind"] == "fix"
+    def __init__(self, app: FastAPI) -> None:
+        self.schema = build_schema(registry)
+        state = app.state
+        self.context = Context(jobs=state.jobs, health=state.health, broadcast=state.broadcast)
+
+    async def data(self, query: str, variables: dict[str, Any] | None = None) -> Any:
+        result = await self.schema.execute(query, variables, context_value=self.context)
+        assert not result.errors, result.errors
+        return result.data
+
+    async def first_event(
+        self, query: str, variables: dict[str, Any] | None = None, then: str | None = None
+    ) -> Any:
+        """The first event of a subscription; ``then`` runs once it listens."""
+        events = await self.schema.subscribe(query, variables, context_value=self.context)
+        assert isinstance(events, AsyncGenerator), events
+        listening = self.context.broadcast.stats()["subscribers"]
+        first = asyncio.ensure_future(anext(events))
+        async with asyncio.timeout(10):
+            if then:
+                for _ in range(500):  # the broadcast has no event for "subscribed"
+                    if self.context.broadcast.stats()["subscribers"] > listening:
+                        break
+                    await asyncio.sleep(0.01)
+                await self.data(then)
+            event = await first
+        await events.aclose()
+        assert not event.errors, event.errors
+        return event.data
 
 
-def test_neither_applies_to_a_rabbitmq_broker() -> None:
-    settings = _settings(broker_url="amqp://guest:guest@127.0.0.1:5672//")
-    app = create_celery_app(settings, producer=True)
-
-    assert broker_transport(settings) is None
-    assert writes_messages(app, settings) is False
+def test_the_readme_shows_the_tour() -> None:
+    assert len(README_OPERATIONS) == 5, "update this test with the README's tour"
 
 
-def test_a_transport_that_queues_priorities_elsewhere_turns_the_writer_off_once(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """A deployment whose kombu names priority queues differently must not get our messages."""
-    settings = _settings()
-    app = create_celery_app(settings, producer=True)
-    app.conf.broker_transport_options = {
-        **celery_config(settings)["broker_transport_options"],
-        "sep": "\x06\x16",
-    }
+async def test_the_readme_tour_and_the_bench_run_on_the_fast_path(app: FastAPI) -> None:
+    client = Client(app)
+    assert register.report()["executor"]["active"] is True
+    before = compat.EXECUTOR.fallbacks
 
-    with caplog.at_level(logging.WARNING, logger="tasks.compat"):
-        first = writes_messages(app, settings)
-        second = writes_messages(app, settings)
+    report, job, listing, emails, watch = README_OPERATIONS
+    job_id = (await client.data(report))["generateReport"]["id"]
+    tour = [op.replace('"…"', f'"{job_id}"') for op in (job, listing, emails, watch)]
+    assert (await client.data(tour[0]))["job"]["state"] == "PENDING"
+    await client.data(tour[1])
+    await client.data(tour[2])
+    assert (await client.first_event(tour[3]))["job"]["state"] == "PENDING"
+    every = 'subscription { jobs(filter: { task: "send_email" }) { id state } }'
+    assert f"`{every}`" in (ROOT / "README.md").read_text()
+    later = tour[2].replace("failing:", "again:").replace("flaky:", "flakyAgain:")
+    assert (await client.first_event(every, then=later))["jobs"]["state"] == "PENDING"
 
-    assert first is second is False
-    assert "sep" in str(compat.report()[MESSAGE_WRITER.name]["reason"])
-    warnings = [r for r in caplog.records if MESSAGE_WRITER.name in r.getMessage()]
-    assert len(warnings) == 1
-    assert "Celery's producer" in warnings[0].getMessage()
-    assert writes_messages(create_celery_app(settings, producer=True), settings) is True
+    created = await client.data(run.MUTATION, {"i": {"userId": 7, "stepDelay": 0}})
+    bench_id = created["generateReport"]["id"]
+    await client.data(run.JOB, {"id": bench_id})
+    page = await client.data(run.PAGE)
+    assert bench_id in [edge["node"]["id"] for edge in page["jobs"]["edges"]]
+    await client.first_event(subscriptions.WATCH, {"id": bench_id})
+    await client.data(enqueue_flood.MUTATION, {"i": {"data": 1, "delay": 0}})
+
+    assert compat.EXECUTOR.fallbacks == before, "an example operation left the fast path"
+
+
+async def test_the_api_reports_its_fast_paths(app: FastAPI) -> None:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+        stats = (await http.get("/health/stats")).json()["fast_paths"]
+    names = {"executor", "content_type_cache", "bounded_sockets", "coalescing_websockets"}
+    assert names <= set(stats)
+    assert all(path["active"] for path in stats.values()), stats
+    assert stats["executor"]["verified"].startswith("graphql-core 3.3")
+
+
+@pytest.mark.slow
+def test_with_fast_paths_off_the_api_runs_stock(valkey: EmbeddedValkey, data_dir: Path) -> None:
+    env = service_env(valkey.url, data_dir, JOBQL_FAST_PATHS="false")
+    with running_api(env, data_dir) as api:
+        stats = api.http.get("/health/stats").json()["fast_paths"]
+        assert stats, "no fast path is registered"
+        for name, path in stats.items():
+            assert path["active"] is False, name
+            assert path["reason"] == "JOBQL_FAST_PATHS=false", name
+        assert api.data("{ tasks { name } }")["tasks"], "and it serves on stock behaviour"

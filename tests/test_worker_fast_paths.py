@@ -1,0 +1,90 @@
+"""The worker-side fast paths (kombu transport fix, Celery message writer): checked, switchable."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tasks import broker, compat
+from tasks.app import celery_config, create_celery_app
+from tasks.fast_paths import (
+    MESSAGE_WRITER,
+    REDIS_TRANSPORT,
+    broker_transport,
+    check_message_writer,
+    check_redis_transport,
+    writes_messages,
+)
+from tasks.settings import Settings
+
+REDIS = "redis://127.0.0.1:6390/0"
+
+
+def _settings(**overrides: object) -> Settings:
+    """Settings of this test alone, whatever ``JOBQL_FAST_PATHS`` the suite runs under."""
+    return Settings(**{"redis_url": REDIS, "env": "test", "fast_paths": True, **overrides})  # type: ignore[arg-type]
+
+
+def test_the_installed_celery_and_kombu_have_the_verified_shape() -> None:
+    app = create_celery_app(_settings(), producer=True)
+
+    check_redis_transport()
+    check_message_writer(app)
+
+
+def test_both_fast_paths_are_on_and_reported_with_their_versions() -> None:
+    settings = _settings()
+    app = create_celery_app(settings, producer=True)
+
+    assert celery_config(settings)["broker_transport"] == broker.TRANSPORT
+    assert writes_messages(app, settings) is True
+    report = compat.report()
+    for path in (REDIS_TRANSPORT, MESSAGE_WRITER):
+        assert report[path.name]["active"] is True
+        assert report[path.name]["verified"] == "celery 5.7.0, kombu 5.7.0"
+
+
+def test_the_setting_turns_the_writer_off_but_not_the_transport_fix() -> None:
+    settings = _settings(fast_paths=False)
+    app = create_celery_app(settings, producer=True)
+
+    assert writes_messages(app, settings) is False
+    report = compat.report()
+    assert report[MESSAGE_WRITER.name]["active"] is False
+    assert report[MESSAGE_WRITER.name]["reason"] == "JOBQL_FAST_PATHS=false"
+    # Stock kombu lets a worker die on a Redis restart: the fix stays on.
+    assert celery_config(settings)["broker_transport"] == broker.TRANSPORT
+    assert report[REDIS_TRANSPORT.name]["active"] is True
+    assert report[REDIS_TRANSPORT.name]["kind"] == "fix"
+
+
+def test_neither_applies_to_a_rabbitmq_broker() -> None:
+    settings = _settings(broker_url="amqp://guest:guest@127.0.0.1:5672//")
+    app = create_celery_app(settings, producer=True)
+
+    assert broker_transport(settings) is None
+    assert writes_messages(app, settings) is False
+
+
+def test_a_transport_that_queues_priorities_elsewhere_turns_the_writer_off_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A deployment whose kombu names priority queues differently must not get our messages."""
+    settings = _settings()
+    app = create_celery_app(settings, producer=True)
+    app.conf.broker_transport_options = {
+        **celery_config(settings)["broker_transport_options"],
+        "sep": "\x06\x16",
+    }
+
+    with caplog.at_level(logging.WARNING, logger="tasks.compat"):
+        first = writes_messages(app, settings)
+        second = writes_messages(app, settings)
+
+    assert first is second is False
+    assert "sep" in str(compat.report()[MESSAGE_WRITER.name]["reason"])
+    warnings = [r for r in caplog.records if MESSAGE_WRITER.name in r.getMessage()]
+    assert len(warnings) == 1
+    assert "Celery's producer" in warnings[0].getMessage()
+    assert writes_messages(create_celery_app(settings, producer=True), settings) is True
