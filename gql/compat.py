@@ -102,14 +102,6 @@ def enable(fast_paths: bool) -> None:
     )
 
 
-def execution_context_class() -> type[StockExecutionContext] | None:
-    """JobQL's executor when its fast path is on; ``None`` is Strawberry's stock one."""
-    # Imported here: the executor takes its private bases from this module.
-    from gql.execution import JobQLExecutor
-
-    return JobQLExecutor if EXECUTOR.active else None
-
-
 def is_plain_attribute(field: GraphQLField) -> bool:
     """The field returns its source's attribute and does nothing else, so its resolver can
     run without ``info``: no resolver, arguments, permission classes or field extensions."""

@@ -338,3 +338,9 @@ def _weak_helpers(executor: StockExecutionContext) -> GraphQLResolveInfoHelpers:
         live.track_async_work(values)
 
     return GraphQLResolveInfoHelpers(gather=gather, track=track)
+
+
+def execution_context_class() -> type[StockExecutionContext] | None:
+    """JobQL's executor when its fast path is on (see :func:`gql.compat.enable`); ``None``
+    leaves Strawberry's stock one."""
+    return JobQLExecutor if compat.EXECUTOR.active else None

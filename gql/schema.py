@@ -10,9 +10,9 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import create_type
 from strawberry.types.field import StrawberryField
 
-from gql import compat
 from gql.context import Info
 from gql.errors import BadUserInput, InputValidationCodes, classify
+from gql.execution import execution_context_class
 from gql.inputs import InputTypes, mutation_name, to_data
 from gql.jobs import EnqueueRequest
 from gql.subscriptions import Subscription
@@ -252,7 +252,7 @@ def build_schema(registry: TaskRegistry) -> strawberry.Schema:
         mutation=mutation,
         subscription=Subscription,
         config=StrawberryConfig(auto_camel_case=True),
-        execution_context_class=compat.execution_context_class(),
+        execution_context_class=execution_context_class(),
         # Instances, not classes: each cache lives in its instance and must outlive a request.
         extensions=[
             InputValidationCodes,

@@ -78,7 +78,7 @@ class Client:
 
 
 def test_the_readme_shows_the_tour() -> None:
-    assert len(README_OPERATIONS) == 5, "update this test with the README's tour"
+    assert len(README_OPERATIONS) == 6, "update this test with the README's tour"
 
 
 async def test_the_readme_tour_and_the_bench_run_on_the_fast_path(app: FastAPI) -> None:
@@ -86,7 +86,7 @@ async def test_the_readme_tour_and_the_bench_run_on_the_fast_path(app: FastAPI) 
     assert register.report()["executor"]["active"] is True
     before = compat.EXECUTOR.fallbacks
 
-    report, job, listing, emails, watch = README_OPERATIONS
+    report, job, listing, emails, watch, many = README_OPERATIONS
     job_id = (await client.data(report))["generateReport"]["id"]
     tour = [op.replace('"…"', f'"{job_id}"') for op in (job, listing, emails, watch)]
     assert (await client.data(tour[0]))["job"]["state"] == "PENDING"
@@ -97,6 +97,7 @@ async def test_the_readme_tour_and_the_bench_run_on_the_fast_path(app: FastAPI) 
     assert f"`{every}`" in (ROOT / "README.md").read_text()
     later = tour[2].replace("failing:", "again:").replace("flaky:", "flakyAgain:")
     assert (await client.first_event(every, then=later))["jobs"]["state"] == "PENDING"
+    assert len((await client.data(many))["enqueueMany"]) == 2
 
     created = await client.data(run.MUTATION, {"i": {"userId": 7, "stepDelay": 0}})
     bench_id = created["generateReport"]["id"]
