@@ -29,11 +29,14 @@ class WorkflowTaskInput:
     )
     result_to: str | None = strawberry.field(
         default=None,
+        name="resultTo",
         description="The input field that receives the previous step's result (a list of "
         "results after a group); without it the step ignores that result.",
     )
     result_path: str | None = strawberry.field(
-        default=None, description='Pass only this part of the result, e.g. "processed.userId".'
+        default=None,
+        name="resultPath",
+        description='Pass only this part of the result, e.g. "processed.userId".',
     )
     weight: float | None = strawberry.field(
         default=None, description="This step's share of the workflow's progress (default 1)."

@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -107,14 +108,27 @@ def transition(
                 with _owners_lock:
                     _owners.pop(job_id, None)
             if hooks is not None:
-                from tasks import webhooks  # the webhook task module imports the Celery app
-
-                webhooks.schedule(hooks)
+                _schedule(job_id, hooks)
             if outcome == "ok" and state is JobState.FAILURE and workflow:
                 skip_rest(workflow, job_id)
             return outcome
         owner, task, workflow = actual
     raise RuntimeError(f"job {job_id} changed owner or task while it was updated")
+
+
+# Where webhook events go: tasks.webhooks plugs its scheduler in when the worker imports it
+# (it needs the Celery app, which needs this module first).
+hook_sink: Callable[[scripts.Hooks], None] | None = None
+
+
+def _schedule(job_id: str, hooks: scripts.Hooks) -> None:
+    if hook_sink is None:
+        logger.warning("a webhook of job %s is due but tasks.webhooks is not loaded", job_id)
+        return
+    try:
+        hook_sink(hooks)
+    except Exception:
+        logger.exception("could not schedule the webhook of job %s", job_id)
 
 
 def skip_rest(workflow_id: str, failed: str) -> None:

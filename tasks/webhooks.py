@@ -60,6 +60,9 @@ def schedule(hooks: Hooks) -> None:
             celery_app.send_task(DELIVERY_TASK, kwargs=delivery_kwargs(kind, record), queue=queue)
 
 
+events.hook_sink = schedule
+
+
 def _moment(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
