@@ -200,8 +200,7 @@ async def test_invalid_trees_are_refused_with_paths_and_nothing_is_enqueued(
             "input.root.chain.1.task.resultTo",
         ),
         (
-            {"chain": [process(1), task("generate_report", {"steps": 0}, resultTo="userId",
-                                        resultPath="processed")]},  # fmt: skip
+            {"chain": [process(1), task("generate_report", {"steps": 0}, resultTo="userId")]},
             "input.root.chain.1.task.input.steps",
         ),
         ({"group": [process(i) for i in range(101)]}, "input.root"),
