@@ -23,6 +23,8 @@ from gql.producer import Producer
 from gql.schema import build_schema
 from gql.store import JobStore, connect, sweep_forever
 from gql.transports import SUBSCRIPTION_PROTOCOLS, JobQLGraphQL
+from gql.workflow_store import WorkflowStore
+from gql.workflows import WorkflowService
 from tasks import compat as fast_paths
 from tasks.app import registry
 from tasks.settings import Settings, get_settings
@@ -64,6 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         producer = Producer(settings)
         store = JobStore(records, settings)
         app.state.jobs = JobService(settings, store, producer, registry)
+        workflow_store = WorkflowStore(store, settings.job_retention_seconds)
+        app.state.workflows = WorkflowService(app.state.jobs, workflow_store)
         app.state.health = HealthCheck(records, backend, producer, settings.connect_timeout)
         app.state.broadcast = broadcast
         tune_gc(settings.gc_gen0_threshold)

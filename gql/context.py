@@ -10,6 +10,7 @@ from strawberry.fastapi import BaseContext
 from gql.broadcast import JobBroadcast
 from gql.health import HealthCheck
 from gql.jobs import JobService
+from gql.workflows import WorkflowService
 
 # Until authentication is configured every caller is this owner; records carry it already,
 # so reads, lists and streams are scoped by owner from the start.
@@ -22,6 +23,7 @@ class Context(BaseContext):
     health: HealthCheck
     broadcast: JobBroadcast
     owner: str = ANONYMOUS
+    workflows: WorkflowService | None = None
 
     def __post_init__(self) -> None:
         super().__init__()

@@ -12,9 +12,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from gql import webhooks
 from gql.errors import BadUserInput, NotFound
 from gql.producer import Delivery, Producer
 from gql.store import JobStore
+from gql.webhooks import Webhook
 from tasks import records
 from tasks.messages import PRIORITY_STEPS, queue_key, task_message
 from tasks.records import CANCELLABLE_STATES, JobSnapshot, JobState
@@ -35,6 +37,7 @@ class EnqueueRequest:
     priority: int | None = None
     queue: str | None = None
     idempotency_key: str | None = None
+    webhook: Webhook | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +123,10 @@ class JobService:
         limit = self.settings.max_batch_size
         if path is not None and not 1 <= len(items) <= limit:
             raise BadUserInput.field(path, f"give 1 to {limit} items")
+        for index, (_, _, options) in enumerate(items):
+            if options.webhook is not None:
+                where = "options.webhook" if path is None else f"{path}.{index}.options.webhook"
+                await webhooks.check(options.webhook, self.settings, where)
         batch = [self._prepare(item, owner) for item in items]
         errors: list[dict[str, str]] = []
         for index, item in enumerate(batch):
@@ -168,6 +175,7 @@ class JobService:
             input_json=shown_input,
             created_at=created,
             idempotency=options.idempotency_key,
+            webhook=options.webhook.as_fields() if options.webhook else None,
         )
         message = None
         if self.producer.direct:
@@ -272,12 +280,13 @@ class JobService:
         if terminate:
             await self.producer.revoke(job_id, terminate=True)
         error = records.dumps({"type": "Revoked", "message": "the job was cancelled"})
-        outcome = await self.store.transition(
+        outcome, hooks = await self.store.transition_hooked(
             snapshot,
             JobState.REVOKED,
             {"error": error},
             allowed_from=frozenset() if terminate else CANCELLABLE_STATES,
         )
+        await webhooks.schedule(self.producer, self.settings, hooks)
         if outcome not in ("ok", *records.TERMINAL_STATES):
             raise BadUserInput.field(
                 "terminate", f"the job is {outcome}; pass terminate: true to stop a running job"

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+from celery import Celery
+from celery.canvas import Signature
+
 from tasks.app import create_celery_app
 from tasks.fast_paths import writes_messages
 from tasks.settings import Settings
@@ -38,6 +41,8 @@ class Producer:
         # The broker is the Redis holding the records: the API writes messages itself, in
         # the same atomic call as the record (see tasks.messages). Otherwise Celery does.
         self.direct = writes_messages(self.app, settings)
+        # Workflows go through Celery's canvas, whose chords need the result backend.
+        self.canvas_app = create_celery_app(settings, producer=True, canvas=True)
         self._timeout = settings.connect_timeout
         self._pool = ThreadPoolExecutor(
             max_workers=settings.producer_threads, thread_name_prefix="jobql-producer"
@@ -61,6 +66,10 @@ class Producer:
             priority=to.priority,
         )
 
+    async def send_canvas(self, build: Callable[[Celery], Signature]) -> None:
+        """Apply a canvas: Celery builds every message (chain and chord headers) itself."""
+        await self._run(lambda: build(self.canvas_app).apply_async())
+
     async def revoke(self, job_id: str, *, terminate: bool) -> None:
         await self._run(self.app.control.revoke, job_id, terminate=terminate)
 
@@ -83,3 +92,4 @@ class Producer:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.app.close()
+        self.canvas_app.close()

@@ -7,7 +7,7 @@ import strawberry
 from strawberry.extensions import ParserCache, ValidationCache
 from strawberry.scalars import JSON
 from strawberry.schema.config import StrawberryConfig
-from strawberry.tools import create_type
+from strawberry.tools import create_type, merge_types
 from strawberry.types.field import StrawberryField
 
 from gql.context import Info
@@ -29,6 +29,9 @@ from gql.types import (
     decode_cursor,
     encode_cursor,
 )
+from gql.webhook_types import WebhookInput
+from gql.webhooks import Webhook
+from gql.workflow_schema import WorkflowQuery, WorkflowSubscription, workflow_mutations
 from tasks.registry import TaskRegistry, TaskSpec
 from tasks.scripts import PageQuery
 
@@ -45,7 +48,14 @@ def _request(options: EnqueueOptions | None) -> EnqueueRequest:
         priority=options.priority,
         queue=options.queue,
         idempotency_key=options.idempotency_key,
+        webhook=_webhook(options.webhook),
     )
+
+
+def _webhook(webhook: WebhookInput | None) -> Webhook | None:
+    if webhook is None:
+        return None
+    return Webhook(url=webhook.url, events=tuple(event.value for event in webhook.events))
 
 
 def _item_request(
@@ -64,6 +74,7 @@ def _item_request(
         priority=_first(mine.priority, shared.priority),
         queue=_first(mine.queue, shared.queue),
         idempotency_key=key,
+        webhook=_first(mine.webhook, shared.webhook),
     )
 
 
@@ -72,7 +83,7 @@ def _first(mine: T | None, shared: T | None) -> T | None:
 
 
 @strawberry.type
-class Query:
+class Query(WorkflowQuery):
     @strawberry.field(description="A job by id; null when unknown or not yours.")
     async def job(self, info: Info, id: strawberry.ID) -> Job | None:
         snapshot = await info.context.jobs.get(str(id), info.context.owner)
@@ -245,12 +256,13 @@ def build_schema(registry: TaskRegistry) -> strawberry.Schema:
         strawberry.mutation(
             retry_job, name="retryJob", description="A new job with the same task and input."
         ),
+        *workflow_mutations(),
     ]
     mutation = create_type("Mutation", mutation_fields)
     return JobQLSchema(
         query=Query,
         mutation=mutation,
-        subscription=Subscription,
+        subscription=merge_types("Subscription", (Subscription, WorkflowSubscription)),
         config=StrawberryConfig(auto_camel_case=True),
         execution_context_class=execution_context_class(),
         # Instances, not classes: each cache lives in its instance and must outlive a request.

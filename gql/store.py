@@ -16,7 +16,7 @@ from strawberry.dataloader import DataLoader
 
 from tasks import records, scripts
 from tasks.records import JobSnapshot, JobState
-from tasks.scripts import PageQuery
+from tasks.scripts import Hooks, PageQuery
 from tasks.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -121,7 +121,19 @@ class JobStore:
         allowed_from: frozenset[JobState],
     ) -> str:
         """Move a job the caller has read; returns 'ok', 'missing' or the refusing state."""
-        owner, task = snapshot.owner, snapshot.task
+        outcome, _ = await self.transition_hooked(snapshot, state, fields, allowed_from)
+        return outcome
+
+    async def transition_hooked(
+        self,
+        snapshot: JobSnapshot,
+        state: JobState,
+        fields: dict[str, str],
+        allowed_from: frozenset[JobState],
+    ) -> tuple[str, Hooks | None]:
+        """Move a job the caller has read; returns 'ok', 'missing' or the refusing state,
+        and the webhook events the change triggered (the caller schedules them)."""
+        owner, task, workflow = snapshot.owner, snapshot.task, snapshot.workflow_id or ""
         for _ in range(2):
             call = scripts.update_call(
                 snapshot.id,
@@ -131,11 +143,12 @@ class JobStore:
                 task=task,
                 ttl=self._ttl,
                 allowed_from=allowed_from,
+                workflow=workflow,
             )
-            outcome = await self._update(keys=call.keys, args=call.args)
-            if (actual := scripts.moved(outcome)) is None:
-                return str(outcome)
-            owner, task = actual
+            reply = await self._update(keys=call.keys, args=call.args)
+            if (actual := scripts.moved(reply)) is None:
+                return scripts.settled(reply)
+            owner, task, workflow = actual
         raise RuntimeError(f"job {snapshot.id} changed owner or task while it was updated")
 
     async def page(self, query: PageQuery) -> list[JobSnapshot]:

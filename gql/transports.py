@@ -58,7 +58,12 @@ class JobQLGraphQL(GraphQL[Context, None]):
         self, request: Request | WebSocket, response: Response | WebSocket
     ) -> Context:
         state = request.app.state
-        return Context(jobs=state.jobs, health=state.health, broadcast=state.broadcast)
+        return Context(
+            jobs=state.jobs,
+            health=state.health,
+            broadcast=state.broadcast,
+            workflows=state.workflows,
+        )
 
 
 class ServerPings:

@@ -11,6 +11,8 @@ import strawberry
 from strawberry.scalars import JSON
 
 from gql.errors import BadUserInput
+from gql.webhook_types import WebhookDelivery, WebhookInput
+from gql.webhooks import deliveries
 from tasks.records import JobSnapshot, to_score
 from tasks.records import JobState as JobStateValue
 from tasks.registry import TaskSpec
@@ -71,6 +73,14 @@ class Job:
     created_at: datetime = strawberry.field(description="When the job was enqueued (UTC).")
     started_at: datetime | None = strawberry.field(description="When a worker first started it.")
     finished_at: datetime | None = strawberry.field(description="When it reached a final state.")
+    workflow_id: strawberry.ID | None = strawberry.field(
+        default=None, description="The workflow this job is a step of, if any."
+    )
+
+    @strawberry.field(description="Every attempt to deliver this job's webhook, oldest first.")
+    async def webhook_deliveries(self, info: strawberry.Info) -> list[WebhookDelivery]:
+        entries = await deliveries(info.context.jobs.store.client, "job", str(self.id))
+        return [WebhookDelivery.from_log(entry) for entry in entries]
 
     @classmethod
     def from_snapshot(cls, snapshot: JobSnapshot) -> Job:
@@ -90,6 +100,7 @@ class Job:
             created_at=snapshot.created_at,
             started_at=snapshot.started_at,
             finished_at=snapshot.finished_at,
+            workflow_id=strawberry.ID(snapshot.workflow_id) if snapshot.workflow_id else None,
         )
 
 
@@ -196,6 +207,9 @@ class EnqueueOptions:
     idempotency_key: str | None = strawberry.field(
         default=None,
         description="The same key within the retention window returns the same job.",
+    )
+    webhook: WebhookInput | None = strawberry.field(
+        default=None, description="POST the job (or workflow) here when it reaches an event."
     )
 
 

@@ -27,8 +27,24 @@ def _queue(name: str) -> Queue:
     return Queue(name, Exchange(name, "direct"), routing_key=name)  # type: ignore[no-untyped-call]
 
 
-def celery_config(settings: Settings, *, producer: bool = False) -> dict[str, Any]:
-    """Celery configuration derived from the settings, for real use."""
+def _sender_backend(url: str) -> str | None:
+    """A sender's result backend: only a chord needs one, and it must not subscribe."""
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return f"tasks.canvas:ProducerRedisBackend+{url}"
+    return None
+
+
+def celery_config(
+    settings: Settings, *, producer: bool = False, canvas: bool = False
+) -> dict[str, Any]:
+    """Celery configuration derived from the settings, for real use.
+
+    ``canvas``: a producer that sends workflows, whose chords need the result backend.
+    """
+    if producer:
+        backend = _sender_backend(settings.result_backend) if canvas else None
+    else:
+        backend = settings.result_backend
     transport_options = {
         "socket_connect_timeout": settings.connect_timeout,
         "socket_timeout": settings.socket_timeout,
@@ -42,8 +58,9 @@ def celery_config(settings: Settings, *, producer: bool = False) -> dict[str, An
         "broker_url": settings.broker,
         # Our patched Redis transport (tasks.broker) on Redis, while its fast path is on.
         "broker_transport": broker_transport(settings),
-        "result_backend": None if producer else settings.result_backend,
-        "imports": () if producer else settings.task_modules,
+        "result_backend": backend,
+        # The webhook task is JobQL's own: every worker can deliver.
+        "imports": () if producer else (*settings.task_modules, "tasks.webhooks"),
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -80,14 +97,18 @@ def celery_config(settings: Settings, *, producer: bool = False) -> dict[str, An
     return config
 
 
-def create_celery_app(settings: Settings | None = None, *, producer: bool = False) -> Celery:
+def create_celery_app(
+    settings: Settings | None = None, *, producer: bool = False, canvas: bool = False
+) -> Celery:
     """Build an app whose configuration is read when first used, not at import."""
     app = Celery(
         "jobql-producer" if producer else "jobql",
         task_cls=JobTask,
         set_as_current=not producer,
     )
-    app.add_defaults(lambda: celery_config(settings or get_settings(), producer=producer))
+    app.add_defaults(
+        lambda: celery_config(settings or get_settings(), producer=producer, canvas=canvas)
+    )
     return app
 
 

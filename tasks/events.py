@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -20,8 +21,9 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from tasks import records, scripts
-from tasks.records import JobState
+from tasks.records import CANCELLABLE_STATES, JobState
 from tasks.settings import get_settings
+from tasks.workflow_records import WorkflowSnapshot, workflow_key
 
 logger = logging.getLogger(__name__)
 
@@ -55,14 +57,14 @@ def _scripts() -> tuple[redis.Redis, Any, Any]:
 # task, but the indexes it updates are named after the owner. Almost every job is seen
 # by one process from start to end, so a small memory saves the second call.
 _owners_lock = threading.Lock()
-_owners: OrderedDict[str, tuple[str, str]] = OrderedDict()
+_owners: OrderedDict[str, tuple[str, str, str]] = OrderedDict()
 _OWNERS_REMEMBERED = 4096
 _GUESSED_OWNER = "anonymous"
 
 
-def _remember(job_id: str, owner: str, task: str) -> None:
+def _remember(job_id: str, owner: str, task: str, workflow: str) -> None:
     with _owners_lock:
-        _owners[job_id] = (owner, task)
+        _owners[job_id] = (owner, task, workflow)
         _owners.move_to_end(job_id)
         if len(_owners) > _OWNERS_REMEMBERED:
             _owners.popitem(last=False)
@@ -75,15 +77,17 @@ def transition(
     *,
     task: str = "",
     allowed_from: frozenset[JobState] = frozenset(),
+    workflow: str = "",
 ) -> str:
     """Move a job to ``state``; returns 'ok', 'missing' or the state that refused the move.
 
-    ``task`` is the job's task if the caller knows it; the owner is remembered or guessed,
-    and a wrong guess costs one more call, answered with the right one.
+    ``task`` (and ``workflow``) are the job's if the caller knows them; the owner is
+    remembered or guessed, and a wrong guess costs one more call, answered with the right
+    one. A webhook the change triggers is scheduled here, on the worker side.
     """
     _, _, update = _scripts()
     with _owners_lock:
-        owner, task = _owners.get(job_id) or (_GUESSED_OWNER, task)
+        owner, task, workflow = _owners.get(job_id) or (_GUESSED_OWNER, task, workflow)
     for _ in range(2):
         call = scripts.update_call(
             job_id,
@@ -93,17 +97,56 @@ def transition(
             task=task,
             ttl=get_settings().job_retention_seconds,
             allowed_from=allowed_from,
+            workflow=workflow,
         )
-        outcome = update(keys=call.keys, args=call.args)
-        if (actual := scripts.moved(outcome)) is None:
+        reply = update(keys=call.keys, args=call.args)
+        if (actual := scripts.moved(reply)) is None:
+            outcome, hooks = scripts.settled(reply)
             if outcome != "missing" and not state.done:
-                _remember(job_id, owner, task)
+                _remember(job_id, owner, task, workflow)
             else:
                 with _owners_lock:
                     _owners.pop(job_id, None)
-            return str(outcome)
-        owner, task = actual
+            if hooks is not None:
+                _schedule(job_id, hooks)
+            if outcome == "ok" and state is JobState.FAILURE and workflow:
+                skip_rest(workflow, job_id)
+            return outcome
+        owner, task, workflow = actual
     raise RuntimeError(f"job {job_id} changed owner or task while it was updated")
+
+
+# Where webhook events go: tasks.webhooks plugs its scheduler in when the worker imports it
+# (it needs the Celery app, which needs this module first).
+hook_sink: Callable[[scripts.Hooks], None] | None = None
+
+
+def _schedule(job_id: str, hooks: scripts.Hooks) -> None:
+    if hook_sink is None:
+        logger.warning("a webhook of job %s is due but tasks.webhooks is not loaded", job_id)
+        return
+    try:
+        hook_sink(hooks)
+    except Exception:
+        logger.exception("could not schedule the webhook of job %s", job_id)
+
+
+def skip_rest(workflow_id: str, failed: str) -> None:
+    """A failed step ends its workflow: the steps that have not started never will."""
+    client, _, _ = _scripts()
+    fields: dict[str, str] = client.hgetall(workflow_key(workflow_id))  # type: ignore[assignment]
+    if not fields:
+        return
+    error = _error_json("Skipped", f"step {failed} of the workflow failed")
+    for step in WorkflowSnapshot.from_hash(fields).steps:
+        if fields.get(f"s:{step}", JobState.PENDING.value) in (JobState.PENDING, JobState.RETRY):
+            transition(
+                step,
+                JobState.REVOKED,
+                {"error": error},
+                allowed_from=CANCELLABLE_STATES,
+                workflow=workflow_id,
+            )
 
 
 def adopt(job_id: str, task: str, queue: str, kwargs: dict[str, Any]) -> None:

@@ -36,6 +36,26 @@ def process_data(input: ProcessDataInput) -> ProcessDataOutput:
     return ProcessDataOutput(processed=input.data, status="complete")
 
 
+class SummarizeInput(JobModel):
+    results: list[JsonValue] = Field(
+        default_factory=list, description="The results to summarize, e.g. a chord's group's."
+    )
+    fail: bool = Field(default=False, description="Fail instead, to show a failing step.")
+
+
+class SummarizeOutput(JobModel):
+    count: int
+    results: list[JsonValue]
+
+
+@job()
+def summarize(input: SummarizeInput) -> SummarizeOutput:
+    """Gather several results into one (the body of the README's chord)."""
+    if input.fail:
+        raise ValueError("asked to fail")
+    return SummarizeOutput(count=len(input.results), results=input.results)
+
+
 class ProcessDataAsyncOutput(JobModel):
     processed: JsonValue
     is_async: bool = Field(alias="async")

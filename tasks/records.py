@@ -131,6 +131,9 @@ class JobSnapshot:
     started_at: datetime | None
     finished_at: datetime | None
     idempotency_key: str | None
+    workflow_id: str | None = None
+    # Only on an event of a workflow's channel: the workflow's record after this change.
+    workflow: dict[str, str] | None = None
 
     @property
     def done(self) -> bool:
@@ -156,12 +159,19 @@ class JobSnapshot:
             started_at=_moment(fields.get("started_at")),
             finished_at=_moment(fields.get("finished_at")),
             idempotency_key=fields.get("idempotency_key") or None,
+            workflow_id=fields.get("workflow_id") or None,
         )
 
     @classmethod
     def from_event(cls, payload: str | bytes) -> JobSnapshot:
-        """Events carry the whole snapshot, JSON-encoded by the update script."""
-        return cls.from_hash(json.loads(payload))
+        """Events carry the whole snapshot, JSON-encoded by the update script; a step's
+        event on its workflow's channel carries the workflow's record too."""
+        fields = json.loads(payload)
+        snapshot = cls.from_hash(fields)
+        workflow = fields.get("workflow")
+        if isinstance(workflow, dict):
+            object.__setattr__(snapshot, "workflow", workflow)
+        return snapshot
 
 
 def new_record(
@@ -173,8 +183,14 @@ def new_record(
     input_json: Any,
     created_at: datetime,
     idempotency: str | None = None,
+    workflow_id: str | None = None,
+    webhook: tuple[str, str] | None = None,
 ) -> dict[str, str]:
-    return {
+    """A PENDING record; ``webhook`` is (url, events) with events comma-separated.
+
+    The workflow and webhook fields are written only when set: most jobs have neither.
+    """
+    fields = {
         "id": job_id,
         "task": task,
         "owner": owner,
@@ -186,6 +202,11 @@ def new_record(
         "created_at": created_at.isoformat(),
         "idempotency_key": idempotency or "",
     }
+    if workflow_id:
+        fields["workflow_id"] = workflow_id
+    if webhook:
+        fields["webhook_url"], fields["webhook_events"] = webhook
+    return fields
 
 
 def flatten(fields: dict[str, str]) -> list[str]:

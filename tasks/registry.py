@@ -14,6 +14,7 @@ from celery import Celery, Task
 from pydantic import BaseModel
 
 from tasks.aio import run_coroutine
+from tasks.canvas import receive
 from tasks.progress import JobContext
 
 
@@ -88,8 +89,9 @@ class TaskRegistry:
             wants_context = len(params) > 1
             is_async = inspect.iscoroutinefunction(fn)
 
-            def run(task: Task, **kwargs: Any) -> Any:
-                data = input_model.model_validate(kwargs)
+            def run(task: Task, *received: Any, **kwargs: Any) -> Any:
+                # A workflow's step gets the previous step's result positionally.
+                data = input_model.model_validate(receive(received, kwargs))
                 args = (data, JobContext(task)) if wants_context else (data,)
                 value = run_coroutine(fn(*args)) if is_async else fn(*args)
                 return value.model_dump(mode="json") if isinstance(value, BaseModel) else value

@@ -34,6 +34,7 @@ from tasks.records import (
     owner_channel,
     to_score,
 )
+from tasks.workflow_records import workflow_channel, workflow_key
 
 _MICROS = 1_000_000
 
@@ -91,26 +92,35 @@ return false
 """
 
 # KEYS: job, all, task, expiry, then the 7 state indexes and the 7 (state, task) indexes
-#       in JobState's order
+#       in JobState's order, then the job's workflow ('' for none)
 # ARGV: ttl, new state, now (ISO), job id, job channel, owner channel,
 #       states it may move from (comma-separated; '' means any state not yet terminal),
-#       owner, task, expires at (µs), expiry member, field/value pairs...
-# Returns 'ok', 'missing', the current state when the move is refused, or {owner, task}
-# when the record's differ from those the keys were built for (the caller retries with
-# them). A terminal state is final: a late progress report or a late STARTED never
-# overwrites it. The record's TTL restarts with every change, and so does its expiry entry.
+#       owner, task, expires at (µs), expiry member, workflow id ('' for none), workflow
+#       channel, field/value pairs...
+# Returns 'ok', 'missing', the current state when the move is refused, {'moved', owner,
+# task, workflow} when the record's differ from those the keys were built for (the caller
+# retries with them), or {'hook', job event, workflow event} when the move is done and a
+# webhook asked for it ('' for the one that did not). A terminal state is final: a late
+# progress report or a late STARTED never overwrites it. The record's TTL restarts with
+# every change, and so does its expiry entry.
+# A step of a workflow changes the workflow in the same step: its state and percent, the
+# aggregate state and progress, the workflow's sequence, and one event on the workflow's
+# channel (the step's snapshot, carrying the workflow's record as ``workflow``).
 UPDATE_SCRIPT = """
 local slot = {__STATE_SLOTS__}
-local rec = redis.call('HMGET', KEYS[1], 'state', 'owner', 'task')
+local rec = redis.call('HMGET', KEYS[1], 'state', 'owner', 'task', 'workflow_id')
 local state = rec[1]
 if not state then return 'missing' end
-if rec[2] ~= ARGV[8] or rec[3] ~= ARGV[9] then return {rec[2], rec[3]} end
+local workflow = rec[4] or ''
+if rec[2] ~= ARGV[8] or rec[3] ~= ARGV[9] or workflow ~= ARGV[12] then
+  return {'moved', rec[2], rec[3], workflow}
+end
 if state == 'SUCCESS' or state == 'FAILURE' or state == 'REVOKED' then return state end
 if ARGV[7] ~= '' and not string.find(',' .. ARGV[7] .. ',', ',' .. state .. ',', 1, true) then
   return state
 end
 local new = ARGV[2]
-if #ARGV > 11 then redis.call('HSET', KEYS[1], unpack(ARGV, 12)) end
+if #ARGV > 13 then redis.call('HSET', KEYS[1], unpack(ARGV, 14)) end
 redis.call('HSET', KEYS[1], 'state', new)
 if new == 'STARTED' then redis.call('HSETNX', KEYS[1], 'started_at', ARGV[3]) end
 if new == 'SUCCESS' or new == 'FAILURE' or new == 'REVOKED' then
@@ -128,12 +138,76 @@ if new ~= state then
   end
 end
 redis.call('ZADD', KEYS[4], ARGV[10], ARGV[11])
-local flat = redis.call('HGETALL', KEYS[1])
-local snap = {}
-for i = 1, #flat, 2 do snap[flat[i]] = flat[i + 1] end
+local function record(key)
+  local flat = redis.call('HGETALL', key)
+  local out = {}
+  for i = 1, #flat, 2 do out[flat[i]] = flat[i + 1] end
+  return out
+end
+local function wants(events, changed, reached)
+  if not events or events == '' or not changed then return false end
+  if events == 'ANY' then return true end
+  return string.find(',' .. events .. ',', ',' .. reached .. ',', 1, true) ~= nil
+end
+local snap = record(KEYS[1])
 local payload = cjson.encode(snap)
 redis.call('PUBLISH', ARGV[5], payload)
 redis.call('PUBLISH', ARGV[6], payload)
+local job_hook = ''
+if wants(snap['webhook_events'], new ~= state, new) then job_hook = payload end
+local flow_hook = ''
+if KEYS[19] ~= '' and redis.call('EXISTS', KEYS[19]) == 1 then
+  local wf = KEYS[19]
+  local percent = 0
+  if snap['progress'] and snap['progress'] ~= '' then
+    local ok, p = pcall(cjson.decode, snap['progress'])
+    if ok and type(p) == 'table' and type(p['percent']) == 'number' then percent = p['percent'] end
+  end
+  redis.call('HSET', wf, 's:' .. ARGV[4], new, 'p:' .. ARGV[4], percent)
+  if new == 'FAILURE' and redis.call('HGET', wf, 'failed_step') == '' then
+    redis.call('HSET', wf, 'failed_step', ARGV[4])
+  end
+  local flow = record(wf)
+  local total, got = 0, 0
+  local all_done, all_success, moved, revoked = true, true, false, false
+  for _, step in ipairs(cjson.decode(flow['steps'])) do
+    local s, w = flow['s:' .. step[1]] or 'PENDING', tonumber(step[2])
+    total = total + w
+    if s == 'SUCCESS' or s == 'FAILURE' or s == 'REVOKED' then
+      got = got + w
+    else
+      all_done = false
+      got = got + w * (tonumber(flow['p:' .. step[1]]) or 0) / 100
+    end
+    if s ~= 'SUCCESS' then all_success = false end
+    if s ~= 'PENDING' then moved = true end
+    if s == 'REVOKED' then revoked = true end
+  end
+  local was = flow['state']
+  local now_state = 'PENDING'
+  if flow['failed_step'] ~= '' then now_state = 'FAILURE'
+  elseif all_success then now_state = 'SUCCESS'
+  elseif revoked then now_state = 'REVOKED'
+  elseif moved then now_state = 'RUNNING' end
+  local progress = 0
+  if total > 0 then progress = math.floor(10000 * got / total + 0.5) / 100 end
+  redis.call('HSET', wf, 'state', now_state, 'progress', progress, 'done', all_done and '1' or '0')
+  if all_done and (flow['finished_at'] or '') == '' then
+    redis.call('HSET', wf, 'finished_at', ARGV[3])
+  end
+  redis.call('HINCRBY', wf, 'sequence', 1)
+  redis.call('EXPIRE', wf, tonumber(ARGV[1]))
+  flow = record(wf)
+  for k in pairs(flow) do
+    if string.find(k, ':', 1, true) then flow[k] = nil end
+  end
+  snap['workflow'] = flow
+  redis.call('PUBLISH', ARGV[13], cjson.encode(snap))
+  if wants(flow['webhook_events'], now_state ~= was, now_state) then
+    flow_hook = cjson.encode(flow)
+  end
+end
+if job_hook ~= '' or flow_hook ~= '' then return {'hook', job_hook, flow_hook} end
 return 'ok'
 """.replace("__STATE_SLOTS__", ", ".join(f"{s.value} = {i}" for i, s in enumerate(JobState)))
 
@@ -267,13 +341,20 @@ def update_call(
     task: str,
     ttl: int,
     allowed_from: Collection[JobState] = (),
+    workflow: str = "",
 ) -> ScriptCall:
-    """Move a job of ``owner`` and ``task`` to ``state`` (from ``allowed_from``, or any state
-    not yet final); the script answers with the right owner and task if these are wrong."""
+    """Move a job of ``owner``, ``task`` and ``workflow`` to ``state`` (from ``allowed_from``,
+    or any state not yet final); the script answers with the right ones if these are wrong."""
     moment = now()
     indexes = indexes_of(owner, task)
     return ScriptCall(
-        keys=[job_key(job_id), *indexes[:2], expiry_key(owner), *indexes[2:]],
+        keys=[
+            job_key(job_id),
+            *indexes[:2],
+            expiry_key(owner),
+            *indexes[2:],
+            workflow_key(workflow) if workflow else "",
+        ],
         args=[
             ttl,
             state.value,
@@ -286,16 +367,33 @@ def update_call(
             task,
             _expires_at(moment, ttl),
             expiry_member(job_id, task),
+            workflow,
+            workflow_channel(workflow) if workflow else "",
             *flatten(fields or {}),
         ],
     )
 
 
-def moved(outcome: Any) -> tuple[str, str] | None:
-    """The record's (owner, task) when the update script refused the keys it was given."""
-    if isinstance(outcome, list) and len(outcome) == 2:
-        return str(outcome[0]), str(outcome[1])
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    """The events of one update that a webhook asked for (JSON records, '' for none)."""
+
+    job: str
+    workflow: str
+
+
+def moved(outcome: Any) -> tuple[str, str, str] | None:
+    """The record's (owner, task, workflow) when the update script refused its keys."""
+    if isinstance(outcome, list) and len(outcome) == 4 and outcome[0] == "moved":
+        return str(outcome[1]), str(outcome[2]), str(outcome[3] or "")
     return None
+
+
+def settled(outcome: Any) -> tuple[str, Hooks | None]:
+    """An update's outcome as 'ok', 'missing' or the refusing state, and its webhooks."""
+    if isinstance(outcome, list) and outcome and outcome[0] == "hook":
+        return "ok", Hooks(job=str(outcome[1] or ""), workflow=str(outcome[2] or ""))
+    return str(outcome), None
 
 
 def page_call(query: PageQuery) -> ScriptCall:
@@ -331,17 +429,22 @@ def _decode_member(member: str) -> tuple[str, str]:
     return str(job_id), str(task)
 
 
-def batch_script(single: str) -> str:
+def batch_script(single: str, first: str | None = None) -> str:
     """A script that runs ``single`` once per item of a batch, in one atomic call.
 
     The single script's body becomes a function of its own ``KEYS`` and ``ARGV``, so the
     batch never drifts from it. Layout: ``ARGV[1]`` is the number of items, then each
     item's key count and argument count, then every item's arguments in order; ``KEYS``
     are every item's keys in order. Returns one reply per item (false becomes '').
+    With ``first``, the batch's first item runs that script instead (a workflow's record
+    before its steps').
     """
+    head = first if first is not None else "return one(KEYS, ARGV)"
     return (
         "local function one(KEYS, ARGV)\n"
         + single
+        + "\nend\nlocal function head(KEYS, ARGV)\n"
+        + head
         + """
 end
 local n = tonumber(ARGV[1])
@@ -353,7 +456,7 @@ for i = 1, n do
   for j = 1, nk do keys[j] = KEYS[k + j - 1] end
   for j = 1, na do args[j] = ARGV[a + j - 1] end
   k, a = k + nk, a + na
-  out[i] = one(keys, args) or ''
+  if i == 1 then out[i] = head(keys, args) or '' else out[i] = one(keys, args) or '' end
 end
 return out
 """
@@ -371,3 +474,22 @@ def batch_call(calls: list[ScriptCall]) -> ScriptCall:
 
 # Every job of an ``enqueueMany`` batch in one call: one round trip, all or none.
 CREATE_MANY_SCRIPT = batch_script(CREATE_SCRIPT)
+
+
+# KEYS: workflow.  ARGV: ttl, field/value pairs.
+WORKFLOW_RECORD_SCRIPT = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+return false
+"""
+
+# A workflow's record and every step's, in one call: all of them exist, or none.
+CREATE_WORKFLOW_SCRIPT = batch_script(CREATE_SCRIPT, first=WORKFLOW_RECORD_SCRIPT)
+
+
+def create_workflow_call(
+    workflow: dict[str, str], steps: list[dict[str, str]], *, ttl: int
+) -> ScriptCall:
+    """Write a workflow's record and its steps' PENDING records (announced once published)."""
+    head = ScriptCall(keys=[workflow_key(workflow["id"])], args=[ttl, *flatten(workflow)])
+    return batch_call([head, *(create_call(fields, ttl=ttl) for fields in steps)])

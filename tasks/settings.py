@@ -73,6 +73,23 @@ class Settings(BaseSettings):
     # Every use of a library's internals (see tasks.compat); false runs stock behaviour.
     fast_paths: bool = True
 
+    # Most tasks one runWorkflow may hold, counting every step of every branch.
+    workflow_max_steps: int = Field(default=100, ge=1, le=10_000)
+
+    # Webhooks (tasks.webhooks): deliveries are signed with this Standard Webhooks secret,
+    # "whsec_" and a base64 key; without one, webhooks are refused.
+    webhook_secret: str | None = None
+    # The queue the worker delivers webhooks from (consumed like the other queues).
+    webhook_queue: str = "jobql.webhooks"
+    webhook_timeout: float = Field(default=10.0, gt=0)
+    # A failed delivery is retried with exponential backoff from this many seconds...
+    webhook_backoff: float = Field(default=2.0, gt=0)
+    # ...for at most this long after the first attempt.
+    webhook_retry_for: float = Field(default=24 * 3600.0, gt=0)
+    # Networks a webhook URL may resolve into although they are private, loopback or
+    # link-local (refused by default, so that a caller cannot probe the internal network).
+    webhook_allowed_networks: tuple[str, ...] = ()
+
     data_dir: Path = Path("var")
     outbox_dir: Path | None = None
 
@@ -82,6 +99,8 @@ class Settings(BaseSettings):
             raise ValueError("JOBQL_REDIS_URL (or REDIS_URL) must be set in production")
         if self.task_soft_time_limit >= self.task_time_limit:
             raise ValueError("JOBQL_TASK_SOFT_TIME_LIMIT must be below JOBQL_TASK_TIME_LIMIT")
+        if self.webhook_secret is not None and not self.webhook_secret.startswith("whsec_"):
+            raise ValueError("JOBQL_WEBHOOK_SECRET must be a Standard Webhooks secret (whsec_...)")
         return self
 
     @property
@@ -105,7 +124,8 @@ class Settings(BaseSettings):
 
     @property
     def queues(self) -> tuple[str, ...]:
-        return (self.default_queue, *(q for q in self.extra_queues if q != self.default_queue))
+        extra = (*self.extra_queues, self.webhook_queue)
+        return (self.default_queue, *dict.fromkeys(q for q in extra if q != self.default_queue))
 
     @property
     def outbox(self) -> Path:

@@ -20,8 +20,13 @@ logger = logging.getLogger(__name__)
 
 
 def _foreign(task: Any) -> bool:
-    """A task of this worker that JobTask's hooks do not record."""
-    return task is not None and not isinstance(task, JobTask)
+    """A task of this worker that JobTask's hooks do not record (and that is a job at all:
+    a webhook delivery is logged on what it delivers, see tasks.webhooks)."""
+    return (
+        task is not None
+        and not isinstance(task, JobTask)
+        and getattr(task, "jobql_record", True) is not False
+    )
 
 
 @task_revoked.connect

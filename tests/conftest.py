@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import socket
@@ -140,6 +141,9 @@ class AsyncGraphQL:
         return await self.wait(job_id, lambda job: job["done"], within)
 
 
+# The webhook signing secret of this test run: generated now, never written to a file.
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
+
 # Settings from the developer's environment that reach the test services: a run with
 # JOBQL_FAST_PATHS=false checks the stock paths end to end. Every other JOBQL_ is the test's.
 PASSED_THROUGH = ("JOBQL_FAST_PATHS",)
@@ -158,6 +162,10 @@ def service_env(redis_url: str, data_dir: Path, **overrides: str) -> dict[str, s
         JOBQL_TASK_MODULES='["tasks.examples", "tests.native_tasks"]',
         JOBQL_EXTRA_QUEUES='["reports"]',
         JOBQL_DATA_DIR=str(data_dir),
+        # Webhooks: the test's receivers listen on loopback, refused outside the tests.
+        JOBQL_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        JOBQL_WEBHOOK_ALLOWED_NETWORKS='["127.0.0.0/8"]',
+        JOBQL_WEBHOOK_BACKOFF="0.2",
     )
     # `JOBQL_FAST_PATHS=false make test` runs the services on the libraries' stock behaviour.
     env.update({k: v for k, v in os.environ.items() if k == "JOBQL_FAST_PATHS"})

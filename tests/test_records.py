@@ -176,7 +176,7 @@ async def test_an_update_with_the_wrong_owner_is_told_the_right_one(
     job = await write_job(store, owner, "send_email", JobState.PENDING)
     call = scripts.update_call(job.id, JobState.STARTED, owner="anonymous", task="?", ttl=60)
     answer = await store._update(keys=call.keys, args=call.args)
-    assert scripts.moved(answer) == (owner, "send_email")
+    assert scripts.moved(answer) == (owner, "send_email", "")
     assert (await store.get(job.id)).state is JobState.PENDING  # type: ignore[union-attr]
 
 
