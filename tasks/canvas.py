@@ -104,7 +104,17 @@ def receive(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
 class ProducerRedisBackend(RedisBackend):  # type: ignore[misc]
     """Celery's Redis result backend for an app that only sends: a chord needs the result
     backend when it is applied, but a sender never waits for results, so it does not
-    subscribe to each task's result channel (celery#3808: nothing would ever read them)."""
+    subscribe to each task's result channel (celery#3808: nothing would ever read them),
+    nor track the results it returns: an ``AsyncResult`` freed on the API's event loop would
+    otherwise unsubscribe over the network from its ``__del__``."""
 
     def on_task_call(self, producer: Any, task_id: str) -> dict[str, Any]:
         return {}
+
+    def add_pending_result(
+        self, result: Any, weak: bool = False, start_drainer: bool = True
+    ) -> Any:
+        return result
+
+    def remove_pending_result(self, result: Any) -> Any:
+        return result

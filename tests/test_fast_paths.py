@@ -49,7 +49,12 @@ class Client:
     def __init__(self, app: FastAPI) -> None:
         self.schema = build_schema(registry)
         state = app.state
-        self.context = Context(jobs=state.jobs, health=state.health, broadcast=state.broadcast)
+        self.context = Context(
+            jobs=state.jobs,
+            health=state.health,
+            broadcast=state.broadcast,
+            workflows=state.workflows,
+        )
 
     async def data(self, query: str, variables: dict[str, Any] | None = None) -> Any:
         result = await self.schema.execute(query, variables, context_value=self.context)
@@ -78,7 +83,7 @@ class Client:
 
 
 def test_the_readme_shows_the_tour() -> None:
-    assert len(README_OPERATIONS) == 6, "update this test with the README's tour"
+    assert len(README_OPERATIONS) == 8, "update this test with the README's tour"
 
 
 async def test_the_readme_tour_and_the_bench_run_on_the_fast_path(app: FastAPI) -> None:
@@ -86,7 +91,7 @@ async def test_the_readme_tour_and_the_bench_run_on_the_fast_path(app: FastAPI) 
     assert register.report()["executor"]["active"] is True
     before = compat.EXECUTOR.fallbacks
 
-    report, job, listing, emails, watch, many = README_OPERATIONS
+    report, job, listing, emails, watch, many, workflows, watch_workflow = README_OPERATIONS
     job_id = (await client.data(report))["generateReport"]["id"]
     tour = [op.replace('"…"', f'"{job_id}"') for op in (job, listing, emails, watch)]
     assert (await client.data(tour[0]))["job"]["state"] == "PENDING"
@@ -98,6 +103,9 @@ async def test_the_readme_tour_and_the_bench_run_on_the_fast_path(app: FastAPI) 
     later = tour[2].replace("failing:", "again:").replace("flaky:", "flakyAgain:")
     assert (await client.first_event(every, then=later))["jobs"]["state"] == "PENDING"
     assert len((await client.data(many))["enqueueMany"]) == 2
+    chain_id = (await client.data(workflows))["report"]["id"]
+    watched = await client.first_event(watch_workflow.replace('"…"', f'"{chain_id}"'))
+    assert watched["workflow"]["state"] == "PENDING"
 
     created = await client.data(run.MUTATION, {"i": {"userId": 7, "stepDelay": 0}})
     bench_id = created["generateReport"]["id"]
