@@ -29,12 +29,14 @@ class Subscriber(Protocol):
 class Limits:
     def __init__(self, settings: Settings, client: aioredis.Redis) -> None:
         # In `none` mode every caller is the same owner: one shared budget would throttle
-        # development and tests for nothing, so the rate applies to authenticated owners.
-        self._limit = settings.rate_limit_mutations if settings.auth_methods else 0
+        # development and tests for nothing, so the per-owner limits apply to authenticated
+        # owners; the per-connection cap applies to everyone.
+        authenticated = bool(settings.auth_methods)
+        self._limit = settings.rate_limit_mutations if authenticated else 0
         self._window = settings.rate_limit_window_seconds
         self._rate = client.register_script(scripts.RATE_SCRIPT)
         self._per_connection = settings.max_subscriptions_per_connection
-        self._per_owner = settings.max_subscriptions_per_owner
+        self._per_owner = settings.max_subscriptions_per_owner if authenticated else 0
         self._live: Counter[str] = Counter()
 
     async def mutation(self, principal: Principal) -> None:
@@ -57,7 +59,7 @@ class Limits:
             raise RateLimited(
                 f"at most {self._per_connection} subscriptions per connection", retry_after=1
             )
-        if self._live[owner] >= self._per_owner:
+        if self._per_owner and self._live[owner] >= self._per_owner:
             raise RateLimited(f"at most {self._per_owner} live subscriptions", retry_after=1)
         subscriber.live_subscriptions += 1
         self._live[owner] += 1

@@ -383,7 +383,8 @@ local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local new = tat + interval
 if new - now > window then return new - now - window end
-redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.ceil((new - now) / 1000))
+local ttl = math.max(1, math.ceil((new - now) / 1000))
+redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', ttl)
 return 0
 """
 
@@ -391,7 +392,7 @@ return 0
 def rate_call(owner: str, limit: int, window_seconds: float) -> ScriptCall:
     """Admit one of ``limit`` calls per ``window_seconds`` of ``owner``, or say how long to wait."""
     window = int(window_seconds * _MICROS)
-    return ScriptCall(keys=[f"{PREFIX}:rate:{{{owner}}}"], args=[window // limit, window])
+    return ScriptCall(keys=[f"{PREFIX}:rate:{{{owner}}}"], args=[max(1, window // limit), window])
 
 
 # Every job of an ``enqueueMany`` batch in one call: one round trip, all or none.
