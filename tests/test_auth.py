@@ -6,11 +6,15 @@ The same attacks go over HTTP and WebSockets against a real server in test_secur
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
+import http.server
 import json
 import secrets
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jwt
@@ -171,3 +175,50 @@ def test_a_websocket_credential_is_found_where_clients_put_it() -> None:
     assert credential_of({"headers": {"Authorization": "Bearer c"}}) == "Bearer c"
     assert credential_of({}) is None
     assert credential_of(None) is None
+
+
+@contextlib.contextmanager
+def serving(document: dict[str, Any]) -> Iterator[tuple[str, list[int]]]:
+    """A JWKS endpoint on loopback; yields its URL and a list that counts its fetches."""
+    fetches: list[int] = []
+    body = json.dumps(document).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            fetches.append(1)
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/jwks.json", fetches
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_a_jwks_is_fetched_once_off_the_loop_and_unknown_kids_do_not_refetch() -> None:
+    private = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private.public_key()))
+    with serving({"keys": [{**jwk, "kid": "k1", "alg": "ES256", "use": "sig"}]}) as (url, fetched):
+        auth = Authenticator(settings(jwt_secret=None, jwks_url=url))
+        for _ in range(3):
+            signed = jwt.encode(
+                {"sub": "alice", "exp": int(time.time()) + 60}, private, "ES256",
+                headers={"kid": "k1"},
+            )  # fmt: skip
+            assert (await auth.authenticate(f"Bearer {signed}")).owner == "alice"
+        stranger = jwt.encode(
+            {"sub": "mallory", "exp": int(time.time()) + 60}, private, "ES256",
+            headers={"kid": "made-up"},
+        )  # fmt: skip
+        for _ in range(3):
+            assert "unknown key id" in await refused(auth, f"Bearer {stranger}")
+        assert len(fetched) == 1
