@@ -11,10 +11,13 @@ from dataclasses import dataclass
 import pytest
 
 from devtools.valkey import EmbeddedValkey
+from gql.app import load_task_modules
 from gql.auth import Principal
 from gql.errors import RateLimited
 from gql.limits import Limits
+from gql.schema import build_schema
 from gql.store import connect
+from tasks.app import registry
 from tasks.settings import Settings
 
 
@@ -91,3 +94,12 @@ def test_subscriptions_are_counted_per_connection_and_per_owner(valkey: Embedded
                 pass
     assert (one.live_subscriptions, two.live_subscriptions) == (0, 0)
     assert limits.stats() == {"subscribing_owners": 0}
+
+
+async def test_introspection_can_be_switched_off_for_production() -> None:
+    settings = Settings(env="test", introspection=False)
+    load_task_modules(settings)
+    closed = await build_schema(registry, settings).execute("{ __schema { queryType { name } } }")
+    assert closed.errors and "introspection" in closed.errors[0].message
+    opened = await build_schema(registry, Settings(env="test")).execute("{ __typename }")
+    assert opened.errors is None
