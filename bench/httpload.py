@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench import auth
+
 
 @dataclass
 class LoadResult:
@@ -31,7 +33,7 @@ class LoadResult:
 def post_request(host: str, port: int, path: str, body: dict[str, Any]) -> bytes:
     payload = json.dumps(body, separators=(",", ":")).encode()
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth.header_lines(path)}"
         f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
     )
     return head.encode() + payload

@@ -8,6 +8,8 @@ ratio of the medians. Results go to ``bench/results/latest.json`` and ``latest.m
     .venv/bin/python -m bench.run --tiny     # seconds: proves the harness works (make test)
     .venv/bin/python -m bench.run --only P1,P5,P3 --set JOBQL_MAX_CONCURRENT_OPERATIONS=8
                                              # some figures, with a setting changed
+    .venv/bin/python -m bench.run --only P1,P3,P6 --auth jwt
+                                             # with bearer JWTs checked on every request
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 
 import uvloop
 
-from bench import httpload
+from bench import auth, httpload
 from bench.stack import ROOT, Stack, running_stack
 from bench.subscriptions import capacity, fanout_latency, raw_fanout_latency
 from devtools.processes import free_port, stop_all, wait_for_port
@@ -427,12 +429,15 @@ def main() -> None:
     parser.add_argument("--only", default=",".join([*FIGURES, "P8"]), help="e.g. P1,P5")
     parser.add_argument("--repetitions", type=int, help="instead of the size's own")
     parser.add_argument("--set", action="append", default=[], help="JOBQL_NAME=value for JobQL")
+    parser.add_argument("--auth", choices=["none", "jwt"], default="none", help="see bench.auth")
     args = parser.parse_args()
     size = TINY if args.tiny else FULL
     if args.repetitions:
         size = replace(size, repetitions=args.repetitions)
     only = frozenset(args.only.upper().split(","))
     settings = dict(item.split("=", 1) for item in args.set)
+    if args.auth == "jwt":
+        settings = {**auth.jwt_on(), **settings}
 
     modules = '["tasks.examples", "bench.tasks"]'
     with running_stack(
@@ -442,7 +447,9 @@ def main() -> None:
         try:
             time.sleep(3)  # let the worker come up
             result = uvloop.run(measure(stack, rest_port, size, only))
-            result["settings"] = settings
+            # The secret is made for this run alone; the record says only that it was on.
+            result["settings"] = {k: v for k, v in settings.items() if k != "JOBQL_JWT_SECRET"}
+            result["auth"] = args.auth
         finally:
             stop_all([rest])
     args.out.mkdir(parents=True, exist_ok=True)

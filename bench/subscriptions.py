@@ -24,6 +24,7 @@ import httpx
 import redis.asyncio as aioredis
 from websockets.asyncio.client import ClientConnection, connect
 
+from bench import auth
 from bench.stack import rss_kib, running_stack
 
 WATCH = "subscription($id: ID!) { job(id: $id) { state progress { data } } }"
@@ -66,7 +67,9 @@ async def raw_pubsub_latency(url: str, events: int, rate: float) -> list[float]:
 
 
 async def _graphql(http: httpx.AsyncClient, query: str, variables: dict[str, Any]) -> Any:
-    response = await http.post("/graphql", json={"query": query, "variables": variables})
+    response = await http.post(
+        "/graphql", json={"query": query, "variables": variables}, headers=auth.headers()
+    )
     body = response.json()
     assert "errors" not in body, body
     return body["data"]
@@ -79,7 +82,7 @@ async def _open(base: str) -> ClientConnection:
         max_size=None,
         ping_interval=None,
     )
-    await ws.send(json.dumps({"type": "connection_init"}))
+    await ws.send(json.dumps({"type": "connection_init", "payload": auth.init_payload()}))
     assert json.loads(await ws.recv())["type"] == "connection_ack"
     return ws
 
@@ -116,13 +119,14 @@ async def _waiting_jobs(http: httpx.AsyncClient, count: int) -> list[str]:
     ids: list[str] = []
     while len(ids) < count:
         batch = min(100, count - len(ids))
-        aliases = " ".join(
-            f"j{i}: processData(input: {{data: {i}, delay: 0}}, options: {{countdown: 3600}})"
-            " { id }"
-            for i in range(batch)
+        inputs = ", ".join(f"{{data: {i}, delay: 0}}" for i in range(batch))
+        data = await _graphql(
+            http,
+            f"mutation {{ processDataMany(inputs: [{inputs}], options: {{countdown: 3600}})"
+            " { id } }",
+            {},
         )
-        data = await _graphql(http, f"mutation {{ {aliases} }}", {})
-        ids += [data[f"j{i}"]["id"] for i in range(batch)]
+        ids += [job["id"] for job in data["processDataMany"]]
     return ids
 
 

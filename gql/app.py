@@ -12,17 +12,22 @@ from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.routing import Route, WebSocketRoute
+from strawberry.subscriptions import GRAPHQL_WS_PROTOCOL
 
 from gql import compat
+from gql.auth import Authenticator
 from gql.broadcast import JobBroadcast, RedisPubSubBackend
 from gql.health import HealthCheck
 from gql.jobs import JobService
+from gql.limits import Limits
 from gql.producer import Producer
 from gql.schema import build_schema
 from gql.store import JobStore, connect, sweep_forever
 from gql.transports import SUBSCRIPTION_PROTOCOLS, JobQLGraphQL
+from gql.web import GraphQLDoor
 from gql.workflow_store import WorkflowStore
 from gql.workflows import WorkflowService
 from tasks import compat as fast_paths
@@ -56,6 +61,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     load_task_modules(settings)
     compat.enable(settings.fast_paths)
+    if not settings.auth_methods:
+        logger.warning(
+            "JOBQL_AUTH_MODE=none: NO AUTHENTICATION, every caller is 'anonymous' and sees "
+            "every job. For development only; production refuses it."
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -70,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.workflows = WorkflowService(app.state.jobs, workflow_store)
         app.state.health = HealthCheck(records, backend, producer, settings.connect_timeout)
         app.state.broadcast = broadcast
+        app.state.limits = Limits(settings, records)
         tune_gc(settings.gc_gen0_threshold)
         sweeper = asyncio.create_task(sweep_forever(store, settings.index_sweep_interval))
         logger.info("JobQL API ready; GraphQL at /graphql")
@@ -87,19 +98,42 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         telemetry={"tracing": telemetry, "metrics": telemetry, "logs": telemetry},
     )
+    protocols = tuple(
+        p for p in SUBSCRIPTION_PROTOCOLS if settings.graphql_ws_legacy or p != GRAPHQL_WS_PROTOCOL
+    )
+    authenticator = Authenticator(settings)
     graphql = JobQLGraphQL(
-        build_schema(registry),
+        build_schema(registry, settings),
+        authenticator=authenticator,
         graphql_ide="graphiql" if settings.graphiql else None,
-        subscription_protocols=SUBSCRIPTION_PROTOCOLS,
+        subscription_protocols=protocols,
         keep_alive=True,
         keep_alive_interval=settings.keep_alive_interval,
         connection_init_wait_timeout=timedelta(seconds=settings.connection_init_timeout),
         max_concurrent=settings.max_concurrent_operations,
+        # Every operation in flight on one socket; subscriptions alone are capped at half
+        # of it by gql.limits, with a RATE_LIMITED code.
+        max_subscriptions_per_connection=2 * settings.max_subscriptions_per_connection,
+        allowed_origins=settings.cors_origins,
     )
+    door = GraphQLDoor(graphql, settings, authenticator)
     app.router.routes += [
-        Route("/graphql", graphql, methods=["GET", "POST"], include_in_schema=False),
+        Route("/graphql", door, methods=["GET", "POST"], include_in_schema=False),
         WebSocketRoute("/graphql", graphql),
     ]
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=[
+                "authorization",
+                "content-type",
+                "apollo-require-preflight",
+                "x-apollo-operation-name",
+            ],
+            max_age=600,
+        )
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:

@@ -7,14 +7,14 @@ from dataclasses import dataclass
 import strawberry
 from strawberry.fastapi import BaseContext
 
+from gql.auth import ANONYMOUS, ANONYMOUS_PRINCIPAL, Principal
 from gql.broadcast import JobBroadcast
 from gql.health import HealthCheck
 from gql.jobs import JobService
+from gql.limits import Limits
 from gql.workflows import WorkflowService
 
-# Until authentication is configured every caller is this owner; records carry it already,
-# so reads, lists and streams are scoped by owner from the start.
-ANONYMOUS = "anonymous"
+__all__ = ["ANONYMOUS", "Context", "Info"]
 
 
 @dataclass
@@ -22,11 +22,31 @@ class Context(BaseContext):
     jobs: JobService
     health: HealthCheck
     broadcast: JobBroadcast
-    owner: str = ANONYMOUS
+    limits: Limits
+    # Set per HTTP request, or once per WebSocket when its connection_init is accepted.
+    principal: Principal = ANONYMOUS_PRINCIPAL
+    # Subscriptions running on this connection (a WebSocket's context serves them all).
+    live_subscriptions: int = 0
     workflows: WorkflowService | None = None
 
     def __post_init__(self) -> None:
         super().__init__()
+
+    @property
+    def owner(self) -> str:
+        """Who owns what this caller creates; records carry it from the start.
+
+        Read by every resolver that reads or writes jobs, so a WebSocket whose token
+        expired gets ``UNAUTHENTICATED`` from its next operation.
+        """
+        self.principal.check()
+        return self.principal.owner
+
+    @property
+    def scope(self) -> str | None:
+        """Whose jobs this caller may see and touch: its own, or None (an admin's: all)."""
+        self.principal.check()
+        return self.principal.scope
 
 
 Info = strawberry.Info[Context, None]

@@ -86,6 +86,21 @@ class ServiceUnavailable(JobQLError):
     code = ErrorCode.SERVICE_UNAVAILABLE
 
 
+class Unauthenticated(JobQLError):
+    """No credential, or one that is malformed, expired, or not signed by a trusted key."""
+
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class RateLimited(JobQLError):
+    """Too much, too fast; ``retryAfter`` (seconds) says when to try again."""
+
+    code = ErrorCode.RATE_LIMITED
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message, retryAfter=round(retry_after, 3))
+
+
 # What a broker or Redis that is down raises, wherever it is called from.
 UNAVAILABLE = (
     redis.exceptions.ConnectionError,

@@ -146,7 +146,7 @@ class JobService:
         return [
             JobSnapshot.from_hash(item.fields)
             if found is None
-            else await self._replay(found, item.spec, item.shown_input)
+            else await self._replay(found, item.spec, item.shown_input, owner)
             for item, found in zip(prepared, existing, strict=True)
         ]
 
@@ -177,6 +177,9 @@ class JobService:
             idempotency=options.idempotency_key,
             webhook=options.webhook.as_fields() if options.webhook else None,
         )
+        if len(fields["input"]) > self.settings.max_input_bytes:
+            limit = self.settings.max_input_bytes
+            return BadUserInput.field("input", f"longer than {limit} characters of JSON")
         message = None
         if self.producer.direct:
             body = task_message(
@@ -210,9 +213,11 @@ class JobService:
                 raise
             await self.store.announce(item.fields)
 
-    async def _replay(self, job_id: str, spec: TaskSpec, shown_input: Any) -> JobSnapshot:
+    async def _replay(
+        self, job_id: str, spec: TaskSpec, shown_input: Any, owner: str
+    ) -> JobSnapshot:
         """The same idempotency key returns the same job, if it was the same request."""
-        snapshot = await self.store.get(job_id)
+        snapshot = await self.get(job_id, owner)
         if snapshot is None:
             raise NotFound(f"job {job_id} expired; retry without the idempotency key")
         if snapshot.task != spec.name or snapshot.input != shown_input:
@@ -255,24 +260,34 @@ class JobService:
             priority=options.priority,
         )
 
-    async def get(self, job_id: str, owner: str) -> JobSnapshot | None:
+    # ``owner`` below is whose jobs the caller may see: its own, or None for an admin (all).
+    # Another owner's job and an unknown one are not told apart: both cost one read and
+    # both answer None / NOT_FOUND with the same message.
+
+    async def get(self, job_id: str, owner: str | None) -> JobSnapshot | None:
         """The job, or None when unknown or someone else's (the two are not told apart)."""
         snapshot = await self.store.get(job_id)
-        return snapshot if snapshot is not None and snapshot.owner == owner else None
+        if snapshot is None or (owner is not None and snapshot.owner != owner):
+            return None
+        return snapshot
 
-    async def get_many(self, job_ids: list[str], owner: str) -> list[JobSnapshot]:
-        return [s for s in await self.store.get_many(job_ids) if s.owner == owner]
+    async def get_many(self, job_ids: list[str], owner: str | None) -> list[JobSnapshot]:
+        snapshots = await self.store.get_many(job_ids)
+        return [s for s in snapshots if owner is None or s.owner == owner]
 
-    async def require(self, job_id: str, owner: str) -> JobSnapshot:
+    async def require(self, job_id: str, owner: str | None) -> JobSnapshot:
         snapshot = await self.get(job_id, owner)
         if snapshot is None:
             raise NotFound(f"no job {job_id!r}")
         return snapshot
 
-    async def page(self, query: PageQuery) -> list[JobSnapshot]:
+    async def page(self, query: PageQuery, *, every_owner: bool = False) -> list[JobSnapshot]:
+        """A page of ``query.owner``'s jobs, or with ``every_owner`` (admins) of everyone's."""
+        if every_owner:
+            return await self.store.page_every_owner(query)
         return await self.store.page(query)
 
-    async def cancel(self, job_id: str, owner: str, *, terminate: bool) -> JobSnapshot:
+    async def cancel(self, job_id: str, owner: str | None, *, terminate: bool) -> JobSnapshot:
         """Revoke a job: a waiting one never runs; a running one stops only with terminate."""
         snapshot = await self.require(job_id, owner)
         if snapshot.done:
@@ -299,12 +314,14 @@ class JobService:
                 logger.warning("revoke of job %s not broadcast; the record still stops it", job_id)
         return await self.require(job_id, owner)
 
-    async def retry(self, job_id: str, owner: str) -> JobSnapshot:
-        """A new job with the same task, input and queue as a finished one."""
+    async def retry(self, job_id: str, owner: str | None) -> JobSnapshot:
+        """A new job with the same task, input and queue as a finished one, owned by the
+        same owner (an admin's retry of someone's job is still theirs)."""
         snapshot = await self.require(job_id, owner)
         if not snapshot.done:
             raise BadUserInput.field(
                 "id", f"the job is still {snapshot.state}; only done jobs rerun"
             )
         spec = self.spec(snapshot.task)
-        return await self.enqueue(spec, snapshot.input, EnqueueRequest(queue=snapshot.queue), owner)
+        request = EnqueueRequest(queue=snapshot.queue)
+        return await self.enqueue(spec, snapshot.input, request, snapshot.owner)

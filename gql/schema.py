@@ -4,7 +4,15 @@
 from typing import Annotated, Any, TypeVar
 
 import strawberry
-from strawberry.extensions import ParserCache, ValidationCache
+from strawberry.extensions import (
+    DisableIntrospection,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    SchemaExtension,
+    ValidationCache,
+)
 from strawberry.scalars import JSON
 from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import create_type, merge_types
@@ -34,6 +42,7 @@ from gql.webhooks import Webhook
 from gql.workflow_schema import WorkflowQuery, WorkflowSubscription, workflow_mutations
 from tasks.registry import TaskRegistry, TaskSpec
 from tasks.scripts import PageQuery
+from tasks.settings import Settings
 
 T = TypeVar("T")
 
@@ -82,11 +91,18 @@ def _first(mine: T | None, shared: T | None) -> T | None:
     return mine if mine is not None else shared
 
 
+async def _admitted(info: Info) -> str:
+    """The caller's owner, once the mutation rate allows this mutation."""
+    owner = info.context.owner
+    await info.context.limits.mutation(info.context.principal)
+    return owner
+
+
 @strawberry.type
 class Query(WorkflowQuery):
     @strawberry.field(description="A job by id; null when unknown or not yours.")
     async def job(self, info: Info, id: strawberry.ID) -> Job | None:
-        snapshot = await info.context.jobs.get(str(id), info.context.owner)
+        snapshot = await info.context.jobs.get(str(id), info.context.scope)
         return Job.from_snapshot(snapshot) if snapshot else None
 
     @strawberry.field(description="Your jobs, newest first, one Redis round trip per page.")
@@ -101,8 +117,9 @@ class Query(WorkflowQuery):
         first = 20 if first is None else first
         if not 0 <= first <= jobs.settings.max_page_size:
             raise BadUserInput.field("first", f"must be 0..{jobs.settings.max_page_size}")
+        scope = info.context.scope
         query = PageQuery(
-            owner=info.context.owner,
+            owner=info.context.owner if scope is None else scope,
             limit=first + 1,
             after=decode_cursor(after) if after else None,
             states=frozenset(filter.states or ()) if filter else frozenset(),
@@ -110,7 +127,7 @@ class Query(WorkflowQuery):
             created_after=filter.created_after if filter else None,
             created_before=filter.created_before if filter else None,
         )
-        snapshots = await jobs.page(query) if first else []
+        snapshots = await jobs.page(query, every_owner=scope is None) if first else []
         edges = [JobEdge(cursor=encode_cursor(s), node=Job.from_snapshot(s)) for s in snapshots]
         page = edges[:first]
         return JobConnection(
@@ -146,8 +163,8 @@ async def enqueue(
     ] = JSON({}),  # noqa: B008
     options: EnqueueOptions | None = None,
 ) -> Job:
-    jobs = info.context.jobs
-    snapshot = await jobs.enqueue(jobs.spec(task), input, _request(options), info.context.owner)
+    jobs, owner = info.context.jobs, await _admitted(info)
+    snapshot = await jobs.enqueue(jobs.spec(task), input, _request(options), owner)
     return Job.from_snapshot(snapshot)
 
 
@@ -162,19 +179,21 @@ async def enqueue_many(
         (item.task, item.input, _item_request(options, item.options, i))
         for i, item in enumerate(items)
     ]
-    snapshots = await info.context.jobs.enqueue_many(batch, info.context.owner)
+    snapshots = await info.context.jobs.enqueue_many(batch, await _admitted(info))
     return [Job.from_snapshot(s) for s in snapshots]
 
 
 async def cancel_job(info: Info, id: strawberry.ID, terminate: bool | None = False) -> Job:
+    await _admitted(info)
     snapshot = await info.context.jobs.cancel(
-        str(id), info.context.owner, terminate=bool(terminate)
+        str(id), info.context.scope, terminate=bool(terminate)
     )
     return Job.from_snapshot(snapshot)
 
 
 async def retry_job(info: Info, id: strawberry.ID) -> Job:
-    snapshot = await info.context.jobs.retry(str(id), info.context.owner)
+    await _admitted(info)
+    snapshot = await info.context.jobs.retry(str(id), info.context.scope)
     return Job.from_snapshot(snapshot)
 
 
@@ -184,7 +203,7 @@ def _typed_mutation(spec: TaskSpec, input_types: InputTypes) -> StrawberryField:
 
     async def resolver(info: Info, input: Any, options: EnqueueOptions | None = None) -> Job:
         snapshot = await info.context.jobs.enqueue(
-            spec, to_data(input), _request(options), info.context.owner
+            spec, to_data(input), _request(options), await _admitted(info)
         )
         return Job.from_snapshot(snapshot)
 
@@ -207,7 +226,8 @@ def _typed_batch_mutation(spec: TaskSpec, input_types: InputTypes) -> Strawberry
         batch = [
             (spec, to_data(item), _item_request(options, None, i)) for i, item in enumerate(inputs)
         ]
-        snapshots = await info.context.jobs.enqueue_many(batch, info.context.owner, path="inputs")
+        owner = await _admitted(info)
+        snapshots = await info.context.jobs.enqueue_many(batch, owner, path="inputs")
         return [Job.from_snapshot(s) for s in snapshots]
 
     name = mutation_name(spec.name) + "Many"
@@ -233,9 +253,27 @@ class JobQLSchema(strawberry.Schema):
             classify(error)
 
 
-def build_schema(registry: TaskRegistry) -> strawberry.Schema:
-    """The schema for the typed tasks of ``registry`` (import the task modules first), on
-    JobQL's executor once :func:`gql.compat.enable` turned it on, else on Strawberry's."""
+def guards(settings: Settings | None) -> list[SchemaExtension]:
+    """Depth, alias and token limits, and introspection off when the settings say so.
+
+    They come before the caches: a cached parse or validation was made under the same rules.
+    """
+    if settings is None:
+        return []
+    extensions: list[SchemaExtension] = [
+        MaxTokensLimiter(max_token_count=settings.max_tokens),
+        QueryDepthLimiter(max_depth=settings.max_query_depth),
+        MaxAliasesLimiter(max_alias_count=settings.max_aliases),
+    ]
+    if not settings.introspection:
+        extensions.append(DisableIntrospection())
+    return extensions
+
+
+def build_schema(registry: TaskRegistry, settings: Settings | None = None) -> strawberry.Schema:
+    """The schema for the typed tasks of ``registry`` (import the task modules first), with
+    the abuse limits of ``settings`` when given, on JobQL's executor once
+    :func:`gql.compat.enable` turned it on, else on Strawberry's."""
     input_types = InputTypes()
     mutation_fields = [
         strawberry.mutation(enqueue, name="enqueue", description="Enqueue any task by name."),
@@ -267,6 +305,7 @@ def build_schema(registry: TaskRegistry) -> strawberry.Schema:
         execution_context_class=execution_context_class(),
         # Instances, not classes: each cache lives in its instance and must outlive a request.
         extensions=[
+            *guards(settings),  # type: ignore[list-item]
             InputValidationCodes,
             ParserCache(maxsize=1024),  # type: ignore[list-item]
             ValidationCache(maxsize=1024),  # type: ignore[list-item]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -155,6 +156,16 @@ class JobStore:
         """Up to ``query.limit`` matching jobs, newest first, in one round trip."""
         call = scripts.page_call(query)
         rows = await self._page(keys=call.keys, args=call.args)
+        return [JobSnapshot.from_event(row) for row in rows]
+
+    async def page_every_owner(self, query: PageQuery) -> list[JobSnapshot]:
+        """The same page over every owner's indexes (an admin's view), merged in one call."""
+        owners = sorted(str(owner) for owner in await self.client.smembers(records.OWNERS_KEY))
+        if not owners:
+            return []
+        calls = [scripts.page_call(replace(query, owner=owner)) for owner in owners]
+        keys = [key for call in calls for key in call.keys]
+        rows = await self._page(keys=keys, args=calls[0].args)
         return [JobSnapshot.from_event(row) for row in rows]
 
     async def sweep(self, batch: int = 500) -> int:

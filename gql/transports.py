@@ -5,21 +5,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from typing import Any
+from typing import Any, cast
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import (
     GRAPHQL_SSE_PROTOCOL,
     GRAPHQL_TRANSPORT_WS_PROTOCOL,
     GRAPHQL_WS_PROTOCOL,
     MULTIPART_SUBSCRIPTION_PROTOCOL,
 )
+from strawberry.types.unset import UNSET, UnsetType
 
+from gql.auth import ANONYMOUS_PRINCIPAL, Authenticator, credential_of
 from gql.context import Context
+from gql.errors import ErrorCode, Unauthenticated
+from gql.web import PRINCIPAL
+
+_ACK = cast(UnsetType, UNSET)  # a plain connection_ack, without a payload
 
 SUBSCRIPTION_PROTOCOLS = (
     GRAPHQL_TRANSPORT_WS_PROTOCOL,  # graphql-ws: Apollo's GraphQLWsLink, GraphiQL
@@ -33,8 +40,15 @@ class JobQLGraphQL(GraphQL[Context, None]):
     """Strawberry's ASGI view, routed straight from the app: no FastAPI dependency solving
     per request (a measurable share of a small query's time), the same four transports."""
 
-    def __init__(self, *args: Any, max_concurrent: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        authenticator: Authenticator,
+        max_concurrent: int = 0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.authenticator = authenticator
         self._admission = asyncio.Semaphore(max_concurrent) if max_concurrent else None
         self._ping_interval: float = kwargs.get("keep_alive_interval", 15.0)
 
@@ -58,12 +72,34 @@ class JobQLGraphQL(GraphQL[Context, None]):
         self, request: Request | WebSocket, response: Response | WebSocket
     ) -> Context:
         state = request.app.state
-        return Context(
+        context = Context(
             jobs=state.jobs,
             health=state.health,
             broadcast=state.broadcast,
+            limits=state.limits,
+            principal=request.scope.get(PRINCIPAL, ANONYMOUS_PRINCIPAL),
             workflows=state.workflows,
         )
+        context.request = request
+        return context
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        """A WebSocket's caller, from ``connection_init`` or else the upgrade's headers.
+
+        Refused, the socket closes with 4403 (graphql-transport-ws) or answers
+        ``connection_error`` (legacy graphql-ws) before any operation runs.
+        """
+        if not self.authenticator.enabled:
+            return _ACK
+        credential = credential_of(context.connection_params)
+        if credential is None and context.request is not None:
+            credential = context.request.headers.get("authorization")
+        try:
+            context.principal = await self.authenticator.authenticate(credential)
+        except Unauthenticated as exc:
+            code = ErrorCode.UNAUTHENTICATED.value
+            raise ConnectionRejectionError({"message": str(exc), "code": code}) from None
+        return _ACK
 
 
 class ServerPings:

@@ -20,6 +20,7 @@ from typing import Any
 from tasks.records import (
     JOB_KEY_PREFIX,
     OWNERS_KEY,
+    PREFIX,
     JobState,
     dumps,
     expiry_key,
@@ -470,6 +471,31 @@ def batch_call(calls: list[ScriptCall]) -> ScriptCall:
         keys=[key for call in calls for key in call.keys],
         args=[len(calls), *counts, *(arg for call in calls for arg in call.args)],
     )
+
+
+# KEYS: the owner's rate key
+# ARGV: emission interval (µs: the window over the limit), window (µs)
+# Returns 0 when the call is admitted, else the µs to wait. A generic cell rate algorithm:
+# the key holds the theoretical arrival time, so one number per owner is the whole state,
+# a full window's quota may come as a burst, and Redis's clock serves every API replica.
+RATE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local new = tat + interval
+if new - now > window then return new - now - window end
+local ttl = math.max(1, math.ceil((new - now) / 1000))
+redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', ttl)
+return 0
+"""
+
+
+def rate_call(owner: str, limit: int, window_seconds: float) -> ScriptCall:
+    """Admit one of ``limit`` calls per ``window_seconds`` of ``owner``, or say how long to wait."""
+    window = int(window_seconds * _MICROS)
+    return ScriptCall(keys=[f"{PREFIX}:rate:{{{owner}}}"], args=[max(1, window // limit), window])
 
 
 # Every job of an ``enqueueMany`` batch in one call: one round trip, all or none.

@@ -11,7 +11,7 @@ from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -89,6 +89,37 @@ class Settings(BaseSettings):
     # Networks a webhook URL may resolve into although they are private, loopback or
     # link-local (refused by default, so that a caller cannot probe the internal network).
     webhook_allowed_networks: tuple[str, ...] = ()
+    # Security (README "Security"): who may call, and how much. `none` is for development.
+    auth_mode: str = "none"  # none, jwt, api_key, or jwt,api_key
+    jwt_secret: SecretStr | None = None  # HS256
+    jwt_public_key: str | None = None  # PEM, for RS256 / ES256
+    jwks_url: str | None = None  # RS256 / ES256 keys by `kid`, fetched off the event loop
+    jwt_algorithms: tuple[str, ...] = ()  # default: HS256 with a secret, else RS256 and ES256
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway_seconds: float = Field(default=0.0, ge=0, le=300)
+    # A token whose claim holds this value (a string of space-separated scopes, a list, or
+    # true) is an admin's: it sees and touches every owner's jobs.
+    jwt_admin_claim: str = "scope"
+    jwt_admin_value: str = "jobql:admin"
+    # SHA-256 hex digest of each API key -> the owner it acts as. Only hashes, never keys.
+    api_keys: dict[str, str] = {}
+    admin_owners: tuple[str, ...] = ()  # owners that are admins, however they sign in
+    cors_origins: tuple[str, ...] = ()  # also the WebSocket Origin allow-list
+    graphql_ws_legacy: bool = True  # the legacy subscriptions-transport-ws protocol
+    introspection: bool = True
+    csrf_prevention: bool = True
+    max_query_depth: int = Field(default=10, ge=1)
+    max_aliases: int = Field(default=30, ge=0)
+    max_tokens: int = Field(default=2_000, ge=10)
+    max_body_bytes: int = Field(default=1_000_000, ge=1_000)
+    max_input_bytes: int = Field(default=256_000, ge=100)
+    # Mutations per owner per window, shared by every API replica through Redis (0: off).
+    # It applies to authenticated owners: in `none` mode every caller is one owner.
+    rate_limit_mutations: int = Field(default=300, ge=0)
+    rate_limit_window_seconds: float = Field(default=60.0, gt=0)
+    max_subscriptions_per_connection: int = Field(default=100, ge=1)
+    max_subscriptions_per_owner: int = Field(default=500, ge=1)  # per API process
 
     data_dir: Path = Path("var")
     outbox_dir: Path | None = None
@@ -97,11 +128,17 @@ class Settings(BaseSettings):
     def _refuse_unsafe_production(self) -> Settings:
         if self.env is Environment.PRODUCTION and not self.redis_url:
             raise ValueError("JOBQL_REDIS_URL (or REDIS_URL) must be set in production")
+        _check_auth(self)
         if self.task_soft_time_limit >= self.task_time_limit:
             raise ValueError("JOBQL_TASK_SOFT_TIME_LIMIT must be below JOBQL_TASK_TIME_LIMIT")
         if self.webhook_secret is not None and not self.webhook_secret.startswith("whsec_"):
             raise ValueError("JOBQL_WEBHOOK_SECRET must be a Standard Webhooks secret (whsec_...)")
         return self
+
+    @property
+    def auth_methods(self) -> frozenset[str]:
+        """``jwt`` and/or ``api_key``; empty when authentication is off."""
+        return frozenset(m.strip() for m in self.auth_mode.split(",")) - {"none", ""}
 
     @property
     def redis(self) -> str:
@@ -130,6 +167,42 @@ class Settings(BaseSettings):
     @property
     def outbox(self) -> Path:
         return self.outbox_dir or self.data_dir / "outbox"
+
+
+_AUTH_METHODS = frozenset({"none", "jwt", "api_key"})
+_SYMMETRIC = frozenset({"HS256", "HS384", "HS512"})
+_ASYMMETRIC = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA"})
+
+
+def _check_auth(settings: Settings) -> None:
+    """Refuse what would let anyone in: no auth in production, keys of the wrong kind."""
+    methods = {m.strip() for m in settings.auth_mode.split(",")}
+    if not methods <= _AUTH_METHODS or ("none" in methods and len(methods) > 1):
+        raise ValueError("JOBQL_AUTH_MODE is none, jwt, api_key or jwt,api_key")
+    if settings.env is Environment.PRODUCTION:
+        if "none" in methods:
+            raise ValueError("JOBQL_AUTH_MODE=none is refused in production")
+        if "*" in settings.cors_origins:
+            raise ValueError("JOBQL_CORS_ORIGINS=* is refused in production")
+    if "jwt" in methods:
+        sources = [settings.jwt_secret, settings.jwt_public_key, settings.jwks_url]
+        if sum(source is not None for source in sources) != 1:
+            raise ValueError(
+                "JOBQL_AUTH_MODE=jwt needs exactly one of JOBQL_JWT_SECRET, "
+                "JOBQL_JWT_PUBLIC_KEY, JOBQL_JWKS_URL"
+            )
+        # An HMAC secret with an RSA algorithm, or the reverse, is the key-confusion attack.
+        allowed = _SYMMETRIC if settings.jwt_secret is not None else _ASYMMETRIC
+        if not set(settings.jwt_algorithms) <= allowed:
+            raise ValueError(f"JOBQL_JWT_ALGORITHMS must be among {sorted(allowed)} for that key")
+        secret = settings.jwt_secret
+        if secret is not None and len(secret.get_secret_value()) < 32:
+            raise ValueError("JOBQL_JWT_SECRET must be at least 32 characters")
+    if "api_key" in methods and not settings.api_keys:
+        raise ValueError("JOBQL_AUTH_MODE=api_key needs JOBQL_API_KEYS (sha256 hex -> owner)")
+    for digest in settings.api_keys:
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError("JOBQL_API_KEYS keys are lowercase SHA-256 hex digests of keys")
 
 
 @lru_cache(maxsize=1)

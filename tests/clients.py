@@ -46,7 +46,7 @@ OnResult = Callable[[dict[str, Any]], None]
 class Transport(Protocol):
     def __call__(
         self, base_url: str, query: str, variables: dict[str, Any], within: float = 60,
-        on_result: OnResult | None = None,
+        on_result: OnResult | None = None, authorization: str | None = None,
     ) -> Awaitable[Stream]: ...  # fmt: skip
 
 
@@ -83,11 +83,12 @@ LEGACY_WS = WsProtocol("graphql-ws", start="start", data="data", keep_alive="ka"
 
 async def _websocket(
     protocol: WsProtocol, base_url: str, query: str, variables: dict[str, Any],
-    within: float, on_result: OnResult | None,
+    within: float, on_result: OnResult | None, authorization: str | None = None,
 ) -> Stream:  # fmt: skip
     stream = Stream()
+    init = {"Authorization": authorization} if authorization else {}
     async with asyncio.timeout(within), websocket(base_url, protocol.subprotocol) as ws:
-        await send(ws, {"type": "connection_init", "payload": {}})
+        await send(ws, {"type": "connection_init", "payload": init})
         assert (await receive(ws))["type"] == "connection_ack"
         payload = {"query": query, "variables": variables}
         await send(ws, {"id": "1", "type": protocol.start, "payload": payload})
@@ -110,30 +111,36 @@ async def _websocket(
 
 async def graphql_transport_ws(
     base_url: str, query: str, variables: dict[str, Any], within: float = 60,
-    on_result: OnResult | None = None,
+    on_result: OnResult | None = None, authorization: str | None = None,
 ) -> Stream:  # fmt: skip
     """graphql-ws's protocol: Apollo's GraphQLWsLink and GraphiQL speak it."""
-    return await _websocket(TRANSPORT_WS, base_url, query, variables, within, on_result)
+    return await _websocket(
+        TRANSPORT_WS, base_url, query, variables, within, on_result, authorization
+    )
 
 
 async def graphql_ws(
     base_url: str, query: str, variables: dict[str, Any], within: float = 60,
-    on_result: OnResult | None = None,
+    on_result: OnResult | None = None, authorization: str | None = None,
 ) -> Stream:  # fmt: skip
     """The legacy subscriptions-transport-ws protocol."""
-    return await _websocket(LEGACY_WS, base_url, query, variables, within, on_result)
+    return await _websocket(LEGACY_WS, base_url, query, variables, within, on_result, authorization)
 
 
 async def _http_stream(
-    base_url: str, accept: str, query: str, variables: dict[str, Any], within: float
-) -> AsyncIterator[str]:
+    base_url: str, accept: str, query: str, variables: dict[str, Any], within: float,
+    authorization: str | None = None,
+) -> AsyncIterator[str]:  # fmt: skip
+    headers = {"accept": accept}
+    if authorization:
+        headers["authorization"] = authorization
     async with (
         httpx.AsyncClient(base_url=base_url, timeout=within) as client,
         client.stream(
             "POST",
             "/graphql",
             json={"query": query, "variables": variables},
-            headers={"accept": accept},
+            headers=headers,
         ) as response,
     ):
         assert response.status_code == 200, await response.aread()
@@ -143,13 +150,13 @@ async def _http_stream(
 
 async def multipart(
     base_url: str, query: str, variables: dict[str, Any], within: float = 60,
-    on_result: OnResult | None = None,
+    on_result: OnResult | None = None, authorization: str | None = None,
 ) -> Stream:  # fmt: skip
     """Apollo Client's HTTP subscriptions: multipart/mixed with subscriptionSpec 1.0."""
     stream = Stream()
     accept = 'multipart/mixed;subscriptionSpec="1.0",application/json'
     buffer = ""
-    chunks = _http_stream(base_url, accept, query, variables, within)
+    chunks = _http_stream(base_url, accept, query, variables, within, authorization)
     async with asyncio.timeout(within), aclosing(chunks):
         async for chunk in chunks:
             buffer += chunk
@@ -169,12 +176,12 @@ async def multipart(
 
 async def sse(
     base_url: str, query: str, variables: dict[str, Any], within: float = 60,
-    on_result: OnResult | None = None,
+    on_result: OnResult | None = None, authorization: str | None = None,
 ) -> Stream:  # fmt: skip
     """graphql-sse, distinct connections mode: one POST, a text/event-stream answer."""
     stream = Stream()
     buffer = ""
-    chunks = _http_stream(base_url, "text/event-stream", query, variables, within)
+    chunks = _http_stream(base_url, "text/event-stream", query, variables, within, authorization)
     async with asyncio.timeout(within), aclosing(chunks):
         async for chunk in chunks:
             buffer += chunk.replace("\r\n", "\n")

@@ -53,6 +53,7 @@ class Client:
             jobs=state.jobs,
             health=state.health,
             broadcast=state.broadcast,
+            limits=state.limits,
             workflows=state.workflows,
         )
 
