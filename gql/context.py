@@ -48,5 +48,11 @@ class Context(BaseContext):
         self.principal.check()
         return self.principal.scope
 
+    async def admitted(self) -> str:
+        """The caller's owner, once the mutation rate allows one more mutation."""
+        owner = self.owner
+        await self.limits.mutation(self.principal)
+        return owner
+
 
 Info = strawberry.Info[Context, None]

@@ -91,13 +91,6 @@ def _first(mine: T | None, shared: T | None) -> T | None:
     return mine if mine is not None else shared
 
 
-async def _admitted(info: Info) -> str:
-    """The caller's owner, once the mutation rate allows this mutation."""
-    owner = info.context.owner
-    await info.context.limits.mutation(info.context.principal)
-    return owner
-
-
 @strawberry.type
 class Query(WorkflowQuery):
     @strawberry.field(description="A job by id; null when unknown or not yours.")
@@ -163,7 +156,7 @@ async def enqueue(
     ] = JSON({}),  # noqa: B008
     options: EnqueueOptions | None = None,
 ) -> Job:
-    jobs, owner = info.context.jobs, await _admitted(info)
+    jobs, owner = info.context.jobs, await info.context.admitted()
     snapshot = await jobs.enqueue(jobs.spec(task), input, _request(options), owner)
     return Job.from_snapshot(snapshot)
 
@@ -179,12 +172,12 @@ async def enqueue_many(
         (item.task, item.input, _item_request(options, item.options, i))
         for i, item in enumerate(items)
     ]
-    snapshots = await info.context.jobs.enqueue_many(batch, await _admitted(info))
+    snapshots = await info.context.jobs.enqueue_many(batch, await info.context.admitted())
     return [Job.from_snapshot(s) for s in snapshots]
 
 
 async def cancel_job(info: Info, id: strawberry.ID, terminate: bool | None = False) -> Job:
-    await _admitted(info)
+    await info.context.admitted()
     snapshot = await info.context.jobs.cancel(
         str(id), info.context.scope, terminate=bool(terminate)
     )
@@ -192,7 +185,7 @@ async def cancel_job(info: Info, id: strawberry.ID, terminate: bool | None = Fal
 
 
 async def retry_job(info: Info, id: strawberry.ID) -> Job:
-    await _admitted(info)
+    await info.context.admitted()
     snapshot = await info.context.jobs.retry(str(id), info.context.scope)
     return Job.from_snapshot(snapshot)
 
@@ -203,7 +196,7 @@ def _typed_mutation(spec: TaskSpec, input_types: InputTypes) -> StrawberryField:
 
     async def resolver(info: Info, input: Any, options: EnqueueOptions | None = None) -> Job:
         snapshot = await info.context.jobs.enqueue(
-            spec, to_data(input), _request(options), await _admitted(info)
+            spec, to_data(input), _request(options), await info.context.admitted()
         )
         return Job.from_snapshot(snapshot)
 
@@ -226,7 +219,7 @@ def _typed_batch_mutation(spec: TaskSpec, input_types: InputTypes) -> Strawberry
         batch = [
             (spec, to_data(item), _item_request(options, None, i)) for i, item in enumerate(inputs)
         ]
-        owner = await _admitted(info)
+        owner = await info.context.admitted()
         snapshots = await info.context.jobs.enqueue_many(batch, owner, path="inputs")
         return [Job.from_snapshot(s) for s in snapshots]
 

@@ -56,14 +56,16 @@ async def run_workflow(
     info: Info, input: WorkflowInput, options: EnqueueOptions | None = None
 ) -> Workflow:
     tree = to_data(input.root)
-    found = await _service(info).run(tree, _request(options), input.name, info.context.owner)
+    owner = await info.context.admitted()
+    found = await _service(info).run(tree, _request(options), input.name, owner)
     return Workflow.from_snapshot(*found)
 
 
 async def cancel_workflow(
     info: Info, id: strawberry.ID, terminate: bool | None = False
 ) -> Workflow:
-    found = await _service(info).cancel(str(id), info.context.owner, terminate=bool(terminate))
+    owner = await info.context.admitted()
+    found = await _service(info).cancel(str(id), owner, terminate=bool(terminate))
     return Workflow.from_snapshot(*found)
 
 

@@ -385,6 +385,10 @@ async def test_query_bombs_are_refused(
 # --- abuse limits ---------------------------------------------------------------------------
 
 
+WORKFLOW = """mutation { runWorkflow(input: { name: "over", root: {
+  task: { name: "process_data", input: { data: 1 } } } }) { id } }"""
+
+
 async def test_the_mutation_rate_holds_across_replicas_and_recovers(
     replicas: tuple[str, str],
 ) -> None:
@@ -402,6 +406,7 @@ async def test_the_mutation_rate_holds_across_replicas_and_recovers(
         assert (await refused(one, bearer(owner), ENQUEUE, i={"data": "over"}))["extensions"][
             "code"
         ] == "RATE_LIMITED"
+        assert (await refused(one, bearer(owner), WORKFLOW))["extensions"]["code"] == "RATE_LIMITED"
         assert len(await jobs_of(one, owner)) == RATE
         # Another owner is not slowed by this one.
         await ok(one, bearer(someone()), ENQUEUE, i={"data": "other"})
