@@ -15,14 +15,19 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.routing import Route, WebSocketRoute
 
+from gql import metrics
 from gql.broadcast import JobBroadcast, RedisPubSubBackend
+from gql.drain import Drain
+from gql.endpoint import ObservedEndpoint
 from gql.health import HealthCheck
 from gql.jobs import JobService
 from gql.producer import Producer
 from gql.schema import build_schema
 from gql.store import JobStore, connect, sweep_forever
 from gql.transports import SUBSCRIPTION_PROTOCOLS, JobQLGraphQL
+from gql.workers import Broker, WorkerDirectory
 from tasks.app import registry
+from tasks.logs import configure_logging
 from tasks.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -50,7 +55,9 @@ def tune_gc(gen0_threshold: int) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    configure_logging(settings)
     load_task_modules(settings)
+    drain = Drain()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -61,16 +68,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         producer = Producer(settings)
         store = JobStore(records, settings)
         app.state.jobs = JobService(settings, store, producer, registry)
-        app.state.health = HealthCheck(records, backend, producer, settings.connect_timeout)
+        broker = Broker(settings, records)
+        queues = frozenset({*settings.queues, *(s.queue for s in registry.typed if s.queue)})
+        app.state.health = HealthCheck(
+            records,
+            backend,
+            producer,
+            settings.connect_timeout,
+            broker=broker,
+            directory=WorkerDirectory(settings, records, broker, queues),
+            cache_seconds=settings.health_cache_seconds,
+        )
         app.state.broadcast = broadcast
+        app.state.records = records
+        await app.state.health.verify_at_startup()
+        drain.install()
         tune_gc(settings.gc_gen0_threshold)
         sweeper = asyncio.create_task(sweep_forever(store, settings.index_sweep_interval))
+        counting = asyncio.create_task(metrics.sync_forever(broadcast))
         logger.info("JobQL API ready; GraphQL at /graphql")
         try:
             yield
         finally:
             sweeper.cancel()
+            counting.cancel()
+            metrics.process_exited()
             producer.close()
+            await broker.close()
             await broadcast.disconnect()
             await records.aclose()
 
@@ -89,9 +113,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         connection_init_wait_timeout=timedelta(seconds=settings.connection_init_timeout),
         max_concurrent=settings.max_concurrent_operations,
     )
+    endpoint = ObservedEndpoint(graphql, drain)
     app.router.routes += [
-        Route("/graphql", graphql, methods=["GET", "POST"], include_in_schema=False),
-        WebSocketRoute("/graphql", graphql),
+        Route("/graphql", endpoint, methods=["GET", "POST"], include_in_schema=False),
+        WebSocketRoute("/graphql", endpoint),
+        Route("/metrics", metrics.metrics, methods=["GET"], include_in_schema=False),
     ]
 
     @app.get("/", include_in_schema=False)
@@ -105,13 +131,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/health/ready")
     async def ready(request: Request) -> Any:
-        """Jobs can be accepted now: Redis and the broker answer."""
-        ok = await request.app.state.health.ready()
-        return JSONResponse({"status": "ok" if ok else "unavailable"}, 200 if ok else 503)
+        """Jobs can be accepted and will run: broker, Redis and the broadcast answer (with
+        their latency), and every known queue has a live worker. 503 says which is not."""
+        ok, body = await request.app.state.health.ready()
+        return JSONResponse(body, 200 if ok else 503)
 
     @app.get("/health/stats")
-    async def stats(request: Request) -> dict[str, int]:
+    async def stats(request: Request) -> dict[str, Any]:
         """Live subscriptions and what they hold: channels, queued events, asyncio tasks."""
-        return {**request.app.state.broadcast.stats(), "tasks": len(asyncio.all_tasks())}
+        broadcast = request.app.state.broadcast
+        return {
+            **broadcast.stats(),
+            "tasks": len(asyncio.all_tasks()),
+            "events_delivered": broadcast.tally.delivered,
+            "events_coalesced": broadcast.tally.coalesced,
+            "draining": drain.draining,
+        }
 
     return app

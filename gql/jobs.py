@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gql.errors import BadUserInput, NotFound
+from gql.operations import job_enqueued
 from gql.producer import Delivery, Producer
 from gql.store import JobStore
 from tasks import records
@@ -136,6 +137,8 @@ class JobService:
         created = [p for p, found in zip(prepared, existing, strict=True) if found is None]
         if created and created[0].message is None:
             await self._publish_elsewhere(created)
+        for item in created:
+            job_enqueued(item.fields)
         return [
             JobSnapshot.from_hash(item.fields)
             if found is None
