@@ -79,7 +79,7 @@ def _export_schema() -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jobql", description="Run and check JobQL.")
     commands = parser.add_subparsers(dest="command", required=True)
     api = commands.add_parser("api", help="the API under uvicorn; other options go to uvicorn")
@@ -93,6 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("export-schema", help="print the SDL that schema.graphql must equal")
     check = commands.add_parser("check", help="check the configuration and what it reaches")
     check.add_argument("--worker", help="also require this worker's heartbeat, e.g. celery@host")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command not in ("api", "worker"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
