@@ -14,11 +14,19 @@ class Cached(Generic[T]):
     """Serves ``compute()``'s last answer for ``seconds``; concurrent callers share one call.
 
     A dashboard polling every second, or many of them, then costs one check per period.
+    An answer ``keep`` refuses (a failed check) is shared by concurrent callers only, so a
+    recovery shows at once.
     """
 
-    def __init__(self, compute: Callable[[], Awaitable[T]], seconds: float) -> None:
+    def __init__(
+        self,
+        compute: Callable[[], Awaitable[T]],
+        seconds: float,
+        keep: Callable[[T], bool] = lambda _: True,
+    ) -> None:
         self._compute = compute
         self._seconds = seconds
+        self._keep = keep
         self._value: tuple[float, T] | None = None
         self._running: asyncio.Future[T] | None = None
 
@@ -32,7 +40,7 @@ class Cached(Generic[T]):
     async def _refresh(self) -> T:
         try:
             value = await self._compute()
-            self._value = (time.monotonic(), value)
+            self._value = (time.monotonic(), value) if self._keep(value) else None
             return value
         finally:
             self._running = None

@@ -56,7 +56,9 @@ class HealthCheck:
         self._timeout = timeout
         self._broker = broker
         self.directory = directory
-        self._components = Cached(self._check_components, cache_seconds)
+        self._components = Cached(
+            self._check_components, cache_seconds, keep=lambda parts: all(p.ok for p in parts)
+        )
 
     async def ready(self) -> tuple[bool, dict[str, Any]]:
         """Jobs can be accepted and will run: every component answers and each known queue
@@ -113,7 +115,12 @@ class HealthCheck:
         """Published events reach this process only while its pub/sub connection is up."""
         if not self._broadcast.connected.is_set():
             raise ConnectionError("the pub/sub connection is down")
-        await self._broadcast.ping()
+        try:
+            await self._broadcast.ping()
+        except (aioredis.ConnectionError, OSError):
+            # Its client does not retry: a pooled connection from before a Redis restart
+            # fails once, while the pub/sub connection itself is back. Ask on a fresh one.
+            await self._broadcast.ping()
 
     async def _workers_or_none(self) -> list[WorkerBeat] | None:
         try:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import kombu.pools
 import pytest
 from websockets.exceptions import ConnectionClosed
 
@@ -176,6 +177,9 @@ def test_ready_goes_503_without_redis_and_200_once_it_is_back(
             assert body["status"] == "unavailable" and not body["result_backend"]["ok"]
         finally:
             server.start()
+            # kombu pools producer connections per process: drop this test process's stale
+            # ones, or the next worker's start-up ping reads from a closed socket.
+            kombu.pools.reset()
         back = _eventually(lambda: api.http.get("/health/ready").status_code == 200, 30)
         assert back, api.http.get("/health/ready").text
 
