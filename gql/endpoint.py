@@ -10,8 +10,9 @@ subscription gets, and the application behind sees its client leave and cleans u
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
-import uuid
+import secrets
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,6 +29,10 @@ _STREAM_ENDS = {
 }
 _WS_PROTOCOLS = ("graphql-transport-ws", "graphql-ws")
 GOING_AWAY = 1001
+# Request ids: this process's random prefix and a counter, no system call per request
+# (uuid4 reads the OS's random source every time).
+_PROCESS_TAG = secrets.token_hex(4)
+_numbers = itertools.count(1)
 _UNAVAILABLE = (
     b'{"errors":[{"message":"the server is shutting down; retry on another instance",'
     b'"extensions":{"code":"SERVICE_UNAVAILABLE"}}]}'
@@ -60,7 +65,10 @@ class ObservedEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         given = _header(scope, b"x-request-id")
-        request_id = given if given and _SANE_ID.fullmatch(given) else uuid.uuid4().hex
+        if given and _SANE_ID.fullmatch(given):
+            request_id = given
+        else:
+            request_id = f"{_PROCESS_TAG}-{next(_numbers)}"
         REQUEST_ID.set(request_id)
         transport = _transport(scope)
         TRANSPORT.set(transport)
