@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 run: $(STAMP)  ## Valkey (unless REDIS_URL is set), a worker and the API on :$(PORT)
-	$(BIN)/python -m devtools.run --port $(PORT)
+	$(BIN)/jobql dev --port $(PORT)
 
 test: $(STAMP) lint  ## lint, type-check, then the tests against real services, fast paths on and off
 	$(BIN)/python -m pytest
@@ -50,17 +50,16 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 schema: $(STAMP)  ## rewrite schema.graphql from the code
-	$(BIN)/python -m gql.export > schema.graphql
+	$(BIN)/jobql export-schema > schema.graphql
 
 bench: $(STAMP)  ## every figure against its baseline; writes bench/results/latest.{json,md}
 	$(BIN)/python -m bench.run
 
 worker: $(STAMP)  ## production worker on the configured queues (needs REDIS_URL)
-	$(BIN)/celery -A tasks.app worker --loglevel=INFO
+	$(BIN)/jobql worker
 
 api: $(STAMP)  ## production API (needs REDIS_URL)
-	$(BIN)/uvicorn gql.app:create_app --factory --host 0.0.0.0 --port $(PORT) --workers 4 \
-		--http gql.sockets:BoundedHttpToolsProtocol
+	$(BIN)/jobql api --host 0.0.0.0 --port $(PORT) --workers 4
 
 clean:
 	rm -rf $(VENV) $(LATEST) .mypy_cache .ruff_cache .pytest_cache

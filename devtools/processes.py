@@ -33,7 +33,7 @@ def wait_for_port(
 
 def worker_command(queues: tuple[str, ...] = (), concurrency: int | None = None) -> list[str]:
     """A Celery worker; without ``queues`` it consumes every queue the settings configure."""
-    command = [sys.executable, "-m", "celery", "-A", "tasks.app", "worker", "--loglevel=INFO"]
+    command = [sys.executable, "-m", "gql.cli", "worker"]  # `jobql worker`
     if queues:
         command += ["--queues", ",".join(queues)]
     if concurrency:
@@ -42,10 +42,10 @@ def worker_command(queues: tuple[str, ...] = (), concurrency: int | None = None)
 
 
 def api_command(host: str, port: int, workers: int = 1) -> list[str]:
+    """`jobql api`: uvicorn with JobQL's protocol, grace period and metrics directory."""
     return [
-        sys.executable, "-m", "uvicorn", "gql.app:create_app", "--factory",
+        sys.executable, "-m", "gql.cli", "api",
         "--host", host, "--port", str(port), "--workers", str(workers),
-        "--http", "gql.sockets:BoundedHttpToolsProtocol",
     ]  # fmt: skip
 
 

@@ -17,9 +17,11 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.routing import Route, WebSocketRoute
 from strawberry.subscriptions import GRAPHQL_WS_PROTOCOL
 
-from gql import compat
+from gql import compat, metrics
 from gql.auth import Authenticator
 from gql.broadcast import JobBroadcast, RedisPubSubBackend
+from gql.drain import Drain
+from gql.endpoint import ObservedEndpoint
 from gql.health import HealthCheck
 from gql.jobs import JobService
 from gql.limits import Limits
@@ -28,10 +30,12 @@ from gql.schema import build_schema
 from gql.store import JobStore, connect, sweep_forever
 from gql.transports import SUBSCRIPTION_PROTOCOLS, JobQLGraphQL
 from gql.web import GraphQLDoor
+from gql.workers import Broker, WorkerDirectory
 from gql.workflow_store import WorkflowStore
 from gql.workflows import WorkflowService
 from tasks import compat as fast_paths
 from tasks.app import registry
+from tasks.logs import configure_logging
 from tasks.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -59,6 +63,7 @@ def tune_gc(gen0_threshold: int) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    configure_logging(settings)
     load_task_modules(settings)
     compat.enable(settings.fast_paths)
     if not settings.auth_methods:
@@ -66,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "JOBQL_AUTH_MODE=none: NO AUTHENTICATION, every caller is 'anonymous' and sees "
             "every job. For development only; production refuses it."
         )
+    drain = Drain()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -78,17 +84,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.jobs = JobService(settings, store, producer, registry)
         workflow_store = WorkflowStore(store, settings.job_retention_seconds)
         app.state.workflows = WorkflowService(app.state.jobs, workflow_store)
-        app.state.health = HealthCheck(records, backend, producer, settings.connect_timeout)
-        app.state.broadcast = broadcast
         app.state.limits = Limits(settings, records)
+        broker = Broker(settings, records)
+        queues = frozenset({*settings.queues, *(s.queue for s in registry.typed if s.queue)})
+        app.state.health = HealthCheck(
+            records,
+            backend,
+            producer,
+            settings.connect_timeout,
+            broker=broker,
+            directory=WorkerDirectory(settings, records, broker, queues),
+            cache_seconds=settings.health_cache_seconds,
+        )
+        app.state.broadcast = broadcast
+        app.state.records = records
+        await app.state.health.verify_at_startup()
+        drain.install()
         tune_gc(settings.gc_gen0_threshold)
         sweeper = asyncio.create_task(sweep_forever(store, settings.index_sweep_interval))
+        counting = asyncio.create_task(metrics.sync_forever(broadcast))
         logger.info("JobQL API ready; GraphQL at /graphql")
         try:
             yield
         finally:
             sweeper.cancel()
+            counting.cancel()
+            metrics.process_exited()
             producer.close()
+            await broker.close()
             await broadcast.disconnect()
             await records.aclose()
 
@@ -116,10 +139,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_subscriptions_per_connection=2 * settings.max_subscriptions_per_connection,
         allowed_origins=settings.cors_origins,
     )
-    door = GraphQLDoor(graphql, settings, authenticator)
+    # Outside in: request id, transport and shutdown; then size, CSRF and credentials.
+    endpoint = ObservedEndpoint(GraphQLDoor(graphql, settings, authenticator), drain)
     app.router.routes += [
-        Route("/graphql", door, methods=["GET", "POST"], include_in_schema=False),
-        WebSocketRoute("/graphql", graphql),
+        Route("/graphql", endpoint, methods=["GET", "POST"], include_in_schema=False),
+        WebSocketRoute("/graphql", endpoint),
+        Route("/metrics", metrics.metrics, methods=["GET"], include_in_schema=False),
     ]
     if settings.cors_origins:
         app.add_middleware(
@@ -146,17 +171,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/health/ready")
     async def ready(request: Request) -> Any:
-        """Jobs can be accepted now: Redis and the broker answer."""
-        ok = await request.app.state.health.ready()
-        return JSONResponse({"status": "ok" if ok else "unavailable"}, 200 if ok else 503)
+        """Jobs can be accepted and will run: broker, Redis and the broadcast answer (with
+        their latency), and every known queue has a live worker. 503 says which is not."""
+        ok, body = await request.app.state.health.ready()
+        return JSONResponse(body, 200 if ok else 503)
 
     @app.get("/health/stats")
-    async def stats(request: Request) -> dict[str, object]:
+    async def stats(request: Request) -> dict[str, Any]:
         """Live subscriptions and what they hold (channels, queued events, asyncio tasks),
-        and which fast paths are on, with how often each fell back to the stock path."""
+        events delivered and coalesced, whether the process is draining, and which fast
+        paths are on, with how often each fell back to the stock path."""
+        broadcast = request.app.state.broadcast
         return {
-            **request.app.state.broadcast.stats(),
+            **broadcast.stats(),
             "tasks": len(asyncio.all_tasks()),
+            "events_delivered": broadcast.tally.delivered,
+            "events_coalesced": broadcast.tally.coalesced,
+            "draining": drain.draining,
             "fast_paths": fast_paths.report(),
         }
 

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from gql import webhooks
 from gql.errors import BadUserInput, NotFound
+from gql.operations import job_enqueued
 from gql.producer import Delivery, Producer
 from gql.store import JobStore
 from gql.webhooks import Webhook
@@ -143,6 +144,8 @@ class JobService:
         created = [p for p, found in zip(prepared, existing, strict=True) if found is None]
         if created and created[0].message is None:
             await self._publish_elsewhere(created)
+        for item in created:
+            job_enqueued(item.fields)
         return [
             JobSnapshot.from_hash(item.fields)
             if found is None

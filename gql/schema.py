@@ -23,6 +23,7 @@ from gql.errors import BadUserInput, InputValidationCodes, classify
 from gql.execution import execution_context_class
 from gql.inputs import InputTypes, mutation_name, to_data
 from gql.jobs import EnqueueRequest
+from gql.operations import OperationObserver
 from gql.subscriptions import Subscription
 from gql.types import (
     EnqueueItem,
@@ -33,7 +34,9 @@ from gql.types import (
     JobEdge,
     JobFilter,
     PageInfo,
+    Queue,
     TaskInfo,
+    Worker,
     decode_cursor,
     encode_cursor,
 )
@@ -146,6 +149,22 @@ class Query(WorkflowQuery):
     @strawberry.field(description="Broker, result backend, broadcast and workers, checked now.")
     async def health(self, info: Info) -> Health:
         return await info.context.health.report()
+
+    @strawberry.field(
+        description="Live workers from their heartbeats; refreshed every few seconds at most."
+    )
+    async def workers(self, info: Info) -> list[Worker]:
+        return [Worker.from_beat(beat) for beat in await info.context.health.workers()]
+
+    @strawberry.field(
+        description="Every known queue: jobs waiting in the broker and the live workers "
+        "consuming it; refreshed every few seconds at most."
+    )
+    async def queues(self, info: Info) -> list[Queue]:
+        return [
+            Queue(name=q.name, pending=q.pending, consumers=len(q.workers), workers=list(q.workers))
+            for q in await info.context.health.queues()
+        ]
 
 
 async def enqueue(
@@ -300,6 +319,7 @@ def build_schema(registry: TaskRegistry, settings: Settings | None = None) -> st
         extensions=[
             *guards(settings),  # type: ignore[list-item]
             InputValidationCodes,
+            OperationObserver,  # a class: one instance per operation, for its timing
             ParserCache(maxsize=1024),  # type: ignore[list-item]
             ValidationCache(maxsize=1024),  # type: ignore[list-item]
         ],

@@ -192,7 +192,46 @@ class Health:
     broker: ComponentHealth
     result_backend: ComponentHealth = strawberry.field(description="Where job records live.")
     broadcast: ComponentHealth = strawberry.field(description="Where progress is published.")
-    workers: list[str] = strawberry.field(description="Workers that answered a ping.")
+    workers: list[str] = strawberry.field(description="Workers with a fresh heartbeat.")
+
+
+@strawberry.type(description="A Celery worker, as its last heartbeat (every few seconds) says.")
+class Worker:
+    name: str = strawberry.field(description="Celery's node name, e.g. celery@host.")
+    status: str = strawberry.field(description="online, or stopping during a warm shutdown.")
+    pid: int
+    pool: str = strawberry.field(description="prefork, threads, solo...")
+    concurrency: int
+    queues: list[str] = strawberry.field(description="The queues it consumes now.")
+    active: int = strawberry.field(description="Jobs running now.")
+    reserved: int = strawberry.field(description="Jobs received, waiting for a pool slot.")
+    processed: int = strawberry.field(description="Jobs it ran since it started.")
+    last_heartbeat: datetime = strawberry.field(description="When it last reported (UTC).")
+    started_at: datetime
+
+    @classmethod
+    def from_beat(cls, beat: Any) -> Worker:
+        return cls(
+            name=beat["name"],
+            status=beat["status"],
+            pid=beat["pid"],
+            pool=beat["pool"],
+            concurrency=beat["concurrency"],
+            queues=list(beat["queues"]),
+            active=beat["active"],
+            reserved=beat["reserved"],
+            processed=beat["processed"],
+            last_heartbeat=datetime.fromisoformat(beat["heartbeat"]),
+            started_at=datetime.fromisoformat(beat["started_at"]),
+        )
+
+
+@strawberry.type(description="A queue jobs can be sent to.")
+class Queue:
+    name: str
+    pending: int = strawberry.field(description="Messages waiting in the broker for a worker.")
+    consumers: int = strawberry.field(description="Live workers consuming it.")
+    workers: list[str] = strawberry.field(description="Their names.")
 
 
 @strawberry.input(description="How and when to run a job (Celery's apply_async options).")

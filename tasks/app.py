@@ -13,10 +13,12 @@ from typing import Any
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
-# Imported for its receivers: revocations, and tasks not built on JobTask, are recorded there.
-from tasks import signals  # noqa: F401
+# Imported for their receivers: revocations and tasks not built on JobTask are recorded in
+# signals; per-job log lines and counters in job_metrics; the worker's logging in logs.
+from tasks import job_metrics, logs, signals  # noqa: F401
 from tasks.base import JobTask
 from tasks.fast_paths import broker_transport
+from tasks.heartbeat import Heartbeat
 from tasks.messages import PRIORITY_SEP, PRIORITY_STEPS
 from tasks.registry import TaskRegistry
 from tasks.settings import Settings, get_settings
@@ -114,6 +116,8 @@ def create_celery_app(
 
 # The worker's entry point: ``celery -A tasks.app worker``.
 celery_app = create_celery_app()
+# Each worker writes its liveness and load to Redis (tasks.heartbeat), read by /health.
+celery_app.steps["worker"].add(Heartbeat)
 
 # Declares typed tasks on the worker's app: ``@job()`` above a function.
 registry = TaskRegistry(celery_app)

@@ -53,6 +53,11 @@ def _scripts() -> tuple[redis.Redis, Any, Any]:
         return _client[1], _client[2], _client[3]
 
 
+def client() -> redis.Redis:
+    """This process's Redis client for job records (decoded responses)."""
+    return _scripts()[0]
+
+
 # Whose each job is, as learnt from the update script: a worker only knows a job's id and
 # task, but the indexes it updates are named after the owner. Almost every job is seen
 # by one process from start to end, so a small memory saves the second call.
@@ -68,6 +73,13 @@ def _remember(job_id: str, owner: str, task: str, workflow: str) -> None:
         _owners.move_to_end(job_id)
         if len(_owners) > _OWNERS_REMEMBERED:
             _owners.popitem(last=False)
+
+
+def owner_of(job_id: str) -> str | None:
+    """The owner of a running job, as this process learnt it from the update script."""
+    with _owners_lock:
+        known = _owners.get(job_id)
+    return known[0] if known else None
 
 
 def transition(

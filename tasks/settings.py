@@ -10,6 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -124,6 +125,21 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var")
     outbox_dir: Path | None = None
 
+    # Operating (README "Operating"): logs, worker heartbeats, health and shutdown.
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # A worker writes its heartbeat this often; it counts as gone after three missed ones.
+    worker_heartbeat_interval: float = Field(default=2.0, gt=0, le=60)
+    # How long one answer of the health checks, and of `workers`/`queues`, is served again:
+    # many dashboards probing every second then cost one check per period, not one each.
+    health_cache_seconds: float = Field(default=1.0, ge=0, le=60)
+    inspect_cache_seconds: float = Field(default=3.0, ge=0, le=300)
+    # SIGTERM: subscribers are told at once, in-flight operations get this long to finish.
+    shutdown_grace_seconds: float = Field(default=30.0, gt=0)
+    # Where `jobql api --workers N` keeps prometheus-client's per-process files
+    # (default: <data_dir>/metrics), so /metrics adds up across the processes.
+    metrics_dir: Path | None = None
+
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
         if self.env is Environment.PRODUCTION and not self.redis_url:
@@ -163,6 +179,14 @@ class Settings(BaseSettings):
     def queues(self) -> tuple[str, ...]:
         extra = (*self.extra_queues, self.webhook_queue)
         return (self.default_queue, *dict.fromkeys(q for q in extra if q != self.default_queue))
+
+    @property
+    def heartbeat_ttl(self) -> float:
+        return self.worker_heartbeat_interval * 3
+
+    @property
+    def metrics(self) -> Path:
+        return self.metrics_dir or self.data_dir / "metrics"
 
     @property
     def outbox(self) -> Path:

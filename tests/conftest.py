@@ -64,9 +64,10 @@ def _error(body: dict[str, Any]) -> dict[str, Any]:
 class GraphQL:
     """A GraphQL client over real HTTP, as a frontend would call the API."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, process: subprocess.Popen[bytes] | None = None) -> None:
         self.base_url = base_url
         self.http = httpx.Client(base_url=base_url, timeout=30)
+        self.process = process  # the API's process, when a test started it
 
     def post(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
         return _body(self.http.post("/graphql", json=_request(query, variables)))
@@ -188,7 +189,7 @@ def running_api(env: dict[str, str], data_dir: Path) -> Iterator[GraphQL]:
         )
     try:
         wait_for_port(port, 30, process)
-        client = GraphQL(f"http://127.0.0.1:{port}")
+        client = GraphQL(f"http://127.0.0.1:{port}", process)
         yield client
         client.http.close()
     finally:

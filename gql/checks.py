@@ -1,0 +1,107 @@
+"""``jobql check``: what the configuration says and whether what it names answers.
+
+One line per check, ``ok`` or ``FAIL`` with what to do; the exit status is 1 if any failed.
+URLs are shown without their credentials.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import redis
+from pydantic import ValidationError
+
+from tasks.heartbeat import worker_key
+
+
+def _safe(url: str) -> str:
+    """A URL without user and password, for messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def _say(ok: bool, what: str) -> None:
+    print(f"{'ok  ' if ok else 'FAIL'}  {what}")  # noqa: T201
+
+
+def run_checks(*, worker: str | None = None) -> int:
+    from tasks.settings import Settings
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"]) or "settings"
+            _say(False, f"{where}: {error['msg']} (see .env.example)")
+        return 1
+    if not settings.redis_url:
+        _say(False, "no Redis configured: set JOBQL_REDIS_URL or REDIS_URL")
+        return 1
+    failures = 0
+
+    def check(what: str, probe: Callable[[], object], hint: str) -> None:
+        nonlocal failures
+        try:
+            probe()
+        except Exception as exc:
+            failures += 1
+            _say(False, f"{what}: {type(exc).__name__}: {exc}. {hint}")
+        else:
+            _say(True, what)
+
+    for module in settings.task_modules:
+        check(f"task module {module} imports", _importer(module),
+              "Fix JOBQL_TASK_MODULES or the module.")  # fmt: skip
+
+    def ping(url: str) -> Callable[[], object]:
+        def probe() -> object:
+            client = redis.Redis.from_url(url, socket_connect_timeout=settings.connect_timeout,
+                                          socket_timeout=settings.socket_timeout)  # fmt: skip
+            try:
+                return client.ping()
+            finally:
+                client.close()
+
+        return probe
+
+    check(f"Redis for job records at {_safe(settings.redis)} answers", ping(settings.redis),
+          "Is it running and is JOBQL_REDIS_URL right?")  # fmt: skip
+    check(f"broker at {_safe(settings.broker)} answers", lambda: _broker(settings.broker, settings),
+          "Is it running and is JOBQL_BROKER_URL (or the Redis URL) right?")  # fmt: skip
+    if settings.broadcast != settings.redis:
+        check(f"broadcast Redis at {_safe(settings.broadcast)} answers", ping(settings.broadcast),
+              "Is JOBQL_BROADCAST_URL right?")  # fmt: skip
+    if settings.result_backend != settings.redis:
+        check(f"result backend at {_safe(settings.result_backend)} answers",
+              ping(settings.result_backend), "Is JOBQL_RESULT_BACKEND_URL right?")  # fmt: skip
+    if worker:
+
+        def alive() -> None:
+            client = redis.Redis.from_url(settings.redis, socket_connect_timeout=1)
+            try:
+                if not client.exists(worker_key(settings, worker)):
+                    raise LookupError(f"no heartbeat from {worker} in the last "
+                                      f"{settings.heartbeat_ttl:g} s")  # fmt: skip
+            finally:
+                client.close()
+
+        check(f"worker {worker} beats", alive, "Is it running and consuming this broker?")
+    sys.stdout.flush()
+    return 1 if failures else 0
+
+
+def _importer(module: str) -> Callable[[], object]:
+    return lambda: importlib.import_module(module)
+
+
+def _broker(url: str, settings: object) -> None:
+    from kombu.connection import Connection
+
+    timeout = getattr(settings, "connect_timeout", 1.0)
+    with Connection(url, connect_timeout=timeout) as connection:  # type: ignore[no-untyped-call]
+        connection.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)

@@ -1,0 +1,118 @@
+"""``jobql``: the commands an operator runs, installed with the package.
+
+    jobql api [--host H] [--port P] [--workers N] [uvicorn options...]
+    jobql worker [celery worker options...]
+    jobql dev [--host H] [--port P]     (a checkout with the `embedded` extra: make run)
+    jobql export-schema
+    jobql check [--worker NAME]
+
+``api`` and ``worker`` replace this process with uvicorn or Celery (signals reach them
+directly); ``check`` tells, one line per problem, what the configuration cannot reach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+
+SUBCOMMANDS = ("api", "worker", "dev", "export-schema", "check")
+
+
+def api_argv(host: str, port: int, workers: int, grace: float, extra: Sequence[str]) -> list[str]:
+    return [
+        sys.executable, "-m", "uvicorn", "gql.app:create_app", "--factory",
+        "--host", host, "--port", str(port), "--workers", str(workers),
+        "--http", "gql.sockets:BoundedHttpToolsProtocol",
+        # One structured line per GraphQL operation replaces uvicorn's access line.
+        "--no-access-log",
+        "--timeout-graceful-shutdown", str(max(1, round(grace))),
+        *extra,
+    ]  # fmt: skip
+
+
+def worker_argv(extra: Sequence[str]) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "tasks.app", "worker", "--loglevel=INFO", *extra]
+
+
+def _api(args: argparse.Namespace, extra: list[str]) -> int:
+    from tasks.settings import get_settings
+
+    settings = get_settings()
+    if args.workers > 1:
+        # prometheus-client's multi-process mode: every process writes its figures here and
+        # /metrics adds them up. Emptied first: files of a previous run would count twice.
+        directory = settings.metrics
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory.resolve())
+    argv = api_argv(args.host, args.port, args.workers, settings.shutdown_grace_seconds, extra)
+    os.execv(sys.executable, argv)  # noqa: S606
+    return 0  # not reached
+
+
+def _worker(extra: list[str]) -> int:
+    os.execv(sys.executable, worker_argv(extra))  # noqa: S606
+    return 0  # not reached
+
+
+def _dev(args: argparse.Namespace) -> int:
+    try:
+        from devtools import run
+    except ImportError:
+        print(  # noqa: T201
+            "jobql dev runs from a checkout: `pip install -e '.[embedded]'` there, then "
+            "`jobql dev` (or `make run`)",
+            file=sys.stderr,
+        )
+        return 2
+    sys.argv = ["jobql dev", "--host", args.host, "--port", str(args.port)]
+    return run.main()
+
+
+def _export_schema() -> int:
+    from gql.export import sdl
+
+    sys.stdout.write(sdl())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jobql", description="Run and check JobQL.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    api = commands.add_parser("api", help="the API under uvicorn; other options go to uvicorn")
+    api.add_argument("--host", default="0.0.0.0")  # noqa: S104
+    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--workers", type=int, default=1, help="uvicorn processes")
+    commands.add_parser("worker", help="a Celery worker; options go to `celery worker`")
+    dev = commands.add_parser("dev", help="Valkey, a worker and the API (make run)")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8000)
+    commands.add_parser("export-schema", help="print the SDL that schema.graphql must equal")
+    check = commands.add_parser("check", help="check the configuration and what it reaches")
+    check.add_argument("--worker", help="also require this worker's heartbeat, e.g. celery@host")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command not in ("api", "worker"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "api":
+        return _api(args, extra)
+    if args.command == "worker":
+        return _worker(extra)
+    if args.command == "dev":
+        return _dev(args)
+    if args.command == "export-schema":
+        return _export_schema()
+    from gql.checks import run_checks
+
+    return run_checks(worker=args.worker)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

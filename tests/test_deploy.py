@@ -1,0 +1,119 @@
+"""The deployment files, checked without a Docker engine: what they run exists and works."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import yaml
+
+from gql.app import create_app
+from gql.cli import build_parser
+from tasks.settings import Settings
+from tests.conftest import ROOT, GraphQL
+
+
+def _compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def _stages() -> list[list[str]]:
+    """The Dockerfile's instructions, one list per stage (comments and blank lines dropped)."""
+    stages: list[list[str]] = []
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("FROM "):
+            stages.append([])
+        stages[-1].append(line)
+    return stages
+
+
+def _assert_runs_jobql_or_celery(command: list[str]) -> None:
+    program, *args = command
+    if program == "jobql":
+        parsed, extra = build_parser().parse_known_args(args)
+        assert parsed.command in ("api", "worker") or not extra, command
+    else:
+        assert program == "celery" and args[:2] == ["-A", "tasks.app"], command
+
+
+def test_compose_runs_redis_api_worker_and_flower_with_health_checks() -> None:
+    services = _compose()["services"]
+    assert set(services) == {"redis", "api", "worker", "flower"}
+    assert "--appendonly" in services["redis"]["command"], "Redis persistence is on"
+    for name in ("api", "worker", "flower"):
+        _assert_runs_jobql_or_celery(services[name]["command"])
+        assert services[name]["healthcheck"]["test"], name
+    assert services["flower"]["ports"] == ["5555:5555"]
+    assert services["api"]["command"][:2] == ["jobql", "api"]
+    assert services["worker"]["command"][:2] == ["jobql", "worker"]
+
+
+def test_compose_health_checks_point_at_real_endpoints() -> None:
+    api_check = " ".join(_compose()["services"]["api"]["healthcheck"]["test"])
+    path = re.search(r"http://127\.0\.0\.1:8000(/[\w/]+)", api_check)
+    assert path, api_check
+    app = create_app(Settings(redis_url="redis://127.0.0.1:1/0", env="test"))
+    assert path.group(1) in {getattr(r, "path", None) for r in app.routes}
+
+
+def test_dockerfile_is_multi_stage_slim_and_runs_as_a_user() -> None:
+    *builders, final = _stages()
+    assert builders, "a build stage keeps compilers and caches out of the final image"
+    assert final[0].startswith("FROM python:") and "slim" in final[0]
+    users = [line.split()[1] for line in final if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+    final_text = "\n".join(final)
+    for tool in ("gcc", "build-essential", "apt-get install"):
+        assert tool not in final_text, f"{tool} in the final image"
+    cmd = next(line for line in final if line.startswith("CMD "))
+    import json
+
+    _assert_runs_jobql_or_celery(json.loads(cmd[4:]))
+
+
+def test_jobql_is_an_installed_command_with_every_subcommand() -> None:
+    jobql = ROOT / ".venv" / "bin" / "jobql"
+    executable = str(jobql) if jobql.exists() else "jobql"
+    out = subprocess.run([executable, "--help"], capture_output=True, text=True, check=True)
+    for command in ("api", "worker", "dev", "export-schema", "check"):
+        assert command in out.stdout
+    sdl = subprocess.run(
+        [sys.executable, "-m", "gql.cli", "export-schema"], capture_output=True, text=True,
+        cwd=ROOT, check=True,
+    ).stdout  # fmt: skip
+    assert sdl == (ROOT / "schema.graphql").read_text()
+
+
+def test_check_names_each_problem(tmp_path: Any) -> None:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "JOBQL_ENV": "test",
+           "JOBQL_REDIS_URL": "redis://user:hunter2@127.0.0.1:1/0"}  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "gql.cli", "check"], capture_output=True,
+                            text=True, cwd=tmp_path, env=env)  # fmt: skip
+    assert result.returncode == 1
+    assert "FAIL  Redis for job records at redis://127.0.0.1:1/0" in result.stdout
+    assert "FAIL  broker at" in result.stdout
+    assert "hunter2" not in result.stdout, "no credentials in the messages"
+
+
+@pytest.mark.slow
+def test_the_worker_health_check_passes_for_the_live_worker(
+    api: GraphQL, env: dict[str, str]
+) -> None:
+    name = api.data("{ workers { name } }")["workers"][0]["name"]
+    test = _compose()["services"]["worker"]["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL"
+    # Compose names its worker celery@<container>; the session's worker has its own name.
+    command = shlex.split(test[1].replace("celery@$$HOSTNAME", name))
+    assert command[0] == "jobql"
+    ok = subprocess.run([sys.executable, "-m", "gql.cli", *command[1:]], env=env, cwd=ROOT,
+                        capture_output=True, text=True)  # fmt: skip
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    api_path = "/health/ready"
+    assert api.http.get(api_path).status_code == 200
