@@ -58,7 +58,7 @@ def test_workers_lists_the_live_worker_with_its_queues(api: GraphQL) -> None:
     worker = workers[0]
     assert worker["status"] == "online"
     assert worker["pool"] == "prefork" and worker["concurrency"] == 2
-    assert set(worker["queues"]) == {"jobql", "reports"}
+    assert set(worker["queues"]) == {"jobql", "reports", "jobql.webhooks"}
     health = api.data("{ health { ok workers } }")["health"]
     assert health["ok"] and health["workers"] == [worker["name"]]
 
