@@ -186,10 +186,25 @@ _INPUT_RULES: dict[type[ASTValidationRule], type[ASTValidationRule]] = {
 }
 
 
-class InputValidationCodes(SchemaExtension):
-    """Wrong-typed or missing arguments are ``BAD_USER_INPUT``, like invalid model input."""
+class OperationRules(SchemaExtension):
+    """What every operation is checked against, set in one hook.
+
+    Wrong-typed or missing arguments are ``BAD_USER_INPUT``, like invalid model input; the
+    abuse limits (tokens at parse time; depth and aliases at validation, as ``extra_rules``)
+    come from Strawberry's own limiters. One extension rather than one each: every
+    extension's hooks run around every operation, a cost the busiest paths showed.
+    """
+
+    def __init__(
+        self, max_tokens: int | None = None, extra_rules: Sequence[type[ASTValidationRule]] = ()
+    ) -> None:
+        self.max_tokens = max_tokens
+        self.extra_rules = tuple(extra_rules)
 
     def on_operation(self) -> Iterator[None]:
-        rules = self.execution_context.validation_rules
-        self.execution_context.validation_rules = tuple(_INPUT_RULES.get(r, r) for r in rules)
+        context = self.execution_context
+        if self.max_tokens is not None:
+            context.parse_options["max_tokens"] = self.max_tokens
+        rules = tuple(_INPUT_RULES.get(r, r) for r in context.validation_rules)
+        context.validation_rules = rules + self.extra_rules
         yield

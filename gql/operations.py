@@ -97,9 +97,15 @@ class OperationObserver(SchemaExtension):
 
 
 def job_enqueued(fields: dict[str, str]) -> None:
-    """Count and log one job recorded and sent (not an idempotent replay)."""
+    """Count one job recorded and sent (not an idempotent replay); log it at DEBUG.
+
+    The mutation's own line already carries the job's id, owner and request id at INFO: a
+    second line per enqueued job doubled the logging cost of the busiest path (P1).
+    """
     metrics.JOBS_ENQUEUED.labels(fields["task"]).inc()
-    logger.info(
+    if not logger.isEnabledFor(logging.DEBUG):
+        return
+    logger.debug(
         "job enqueued",
         extra={"job_id": fields["id"], "task": fields["task"], "owner": fields["owner"],
                "queue": fields["queue"], "state": fields["state"]},

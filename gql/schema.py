@@ -7,10 +7,8 @@ import strawberry
 from strawberry.extensions import (
     DisableIntrospection,
     MaxAliasesLimiter,
-    MaxTokensLimiter,
     ParserCache,
     QueryDepthLimiter,
-    SchemaExtension,
     ValidationCache,
 )
 from strawberry.scalars import JSON
@@ -19,7 +17,7 @@ from strawberry.tools import create_type, merge_types
 from strawberry.types.field import StrawberryField
 
 from gql.context import Info
-from gql.errors import BadUserInput, InputValidationCodes, classify
+from gql.errors import BadUserInput, OperationRules, classify
 from gql.execution import execution_context_class
 from gql.inputs import InputTypes, mutation_name, to_data
 from gql.jobs import EnqueueRequest
@@ -265,21 +263,18 @@ class JobQLSchema(strawberry.Schema):
             classify(error)
 
 
-def guards(settings: Settings | None) -> list[SchemaExtension]:
-    """Depth, alias and token limits, and introspection off when the settings say so.
+def operation_rules(settings: Settings | None) -> OperationRules:
+    """Input errors tagged, and the depth, alias and token limits when settings are given.
 
-    They come before the caches: a cached parse or validation was made under the same rules.
+    Strawberry's limiters build the rules; :class:`gql.errors.OperationRules` applies them in
+    its one hook. It comes before the caches: a cached parse or validation was made under
+    the same rules.
     """
     if settings is None:
-        return []
-    extensions: list[SchemaExtension] = [
-        MaxTokensLimiter(max_token_count=settings.max_tokens),
-        QueryDepthLimiter(max_depth=settings.max_query_depth),
-        MaxAliasesLimiter(max_alias_count=settings.max_aliases),
-    ]
-    if not settings.introspection:
-        extensions.append(DisableIntrospection())
-    return extensions
+        return OperationRules()
+    depth = QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules
+    aliases = MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules
+    return OperationRules(settings.max_tokens, [*depth, *aliases])
 
 
 def build_schema(registry: TaskRegistry, settings: Settings | None = None) -> strawberry.Schema:
@@ -317,8 +312,8 @@ def build_schema(registry: TaskRegistry, settings: Settings | None = None) -> st
         execution_context_class=execution_context_class(),
         # Instances, not classes: each cache lives in its instance and must outlive a request.
         extensions=[
-            *guards(settings),  # type: ignore[list-item]
-            InputValidationCodes,
+            operation_rules(settings),  # type: ignore[list-item]
+            *([DisableIntrospection()] if settings and not settings.introspection else []),  # type: ignore[list-item]
             OperationObserver,  # a class: one instance per operation, for its timing
             ParserCache(maxsize=1024),  # type: ignore[list-item]
             ValidationCache(maxsize=1024),  # type: ignore[list-item]
