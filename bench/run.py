@@ -160,8 +160,10 @@ async def one_repetition(
     ids: list[str] = []
     if only & {"P1", "P5"}:
         await p1_p5(port, rest_port, mutation, size, out)
+        await worker_idle(jobql)
     if only & {"P3", "P4"}:
         ids += await _ids(port, 200)
+        await worker_idle(jobql)
     if "P3" in only:
         rest_read = await closed_loop(
             rest_port, get_request(rest_port, lambda n: f"/api/task/{ids[n % len(ids)]}"), size
@@ -255,6 +257,32 @@ async def settle(stack: Stack, limit: float = 120.0) -> None:
                 break
             await asyncio.sleep(0.2)
     await asyncio.sleep(1)
+
+
+IDLE = "{ queues { pending } workers { active reserved } }"
+
+
+async def worker_idle(stack: Stack, limit: float = 300.0) -> None:
+    """Wait until the worker has run every job sent so far.
+
+    The jobs a figure creates (P1's flood, P3's 200 reads) would otherwise still be running
+    during the next figure, which would then measure the worker's work too (the worker,
+    Valkey and the API share two cores). ``queues`` is cached 3 s and heartbeats come every
+    2 s, so idle is believed after two quiet answers 3.5 s apart.
+    """
+    import httpx
+
+    deadline = time.monotonic() + limit
+    quiet = 0
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=10) as http:
+        while quiet < 2 and time.monotonic() < deadline:
+            reply = await http.post("/graphql", json={"query": IDLE}, headers=auth.headers())
+            data = reply.json()["data"]
+            busy = any(q["pending"] for q in data["queues"]) or any(
+                w["active"] or w["reserved"] for w in data["workers"]
+            )
+            quiet = 0 if busy else quiet + 1
+            await asyncio.sleep(0.5 if busy else 3.5)
 
 
 async def _started_at(client: Any, job_id: str) -> float:
