@@ -20,6 +20,7 @@ from strawberry.subscriptions import GRAPHQL_WS_PROTOCOL
 from gql import compat, metrics
 from gql.auth import Authenticator
 from gql.broadcast import JobBroadcast, RedisPubSubBackend
+from gql.conventions import HTTPConventions
 from gql.drain import Drain
 from gql.endpoint import ObservedEndpoint
 from gql.health import HealthCheck
@@ -140,7 +141,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allowed_origins=settings.cors_origins,
     )
     # Outside in: request id, transport and shutdown; then size, CSRF and credentials.
-    endpoint = ObservedEndpoint(GraphQLDoor(graphql, settings, authenticator), drain)
+    # Inside the door: persisted queries, batches (one admission each), media type and status.
+    conventions = HTTPConventions(graphql, settings)
+    endpoint = ObservedEndpoint(GraphQLDoor(conventions, settings, authenticator), drain)
     app.router.routes += [
         Route("/graphql", endpoint, methods=["GET", "POST"], include_in_schema=False),
         WebSocketRoute("/graphql", endpoint),
