@@ -14,10 +14,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
 from strawberry.subscriptions import GRAPHQL_WS_PROTOCOL
 
-from gql import compat, metrics
+from gql import compat, graphiql, metrics
 from gql.auth import Authenticator
 from gql.broadcast import JobBroadcast, RedisPubSubBackend
 from gql.conventions import HTTPConventions
@@ -149,6 +149,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         WebSocketRoute("/graphql", endpoint),
         Route("/metrics", metrics.metrics, methods=["GET"], include_in_schema=False),
     ]
+    if settings.graphiql:
+        app.router.routes.append(Mount(graphiql.ASSETS_PATH, graphiql.assets(), name="graphiql"))
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

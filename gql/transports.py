@@ -23,6 +23,7 @@ from strawberry.subscriptions import (
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET, UnsetType
 
+from gql import graphiql
 from gql.auth import ANONYMOUS_PRINCIPAL, Authenticator, credential_of
 from gql.context import Context
 from gql.errors import ErrorCode, Unauthenticated
@@ -84,6 +85,10 @@ class JobQLGraphQL(GraphQL[Context, None]):
         )
         context.request = request
         return context
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        """JobQL's own GraphiQL page, its assets served from this origin."""
+        return graphiql.page()
 
     async def process_result(
         self, request: Request, result: ExecutionResult
