@@ -14,12 +14,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
 from strawberry.subscriptions import GRAPHQL_WS_PROTOCOL
 
-from gql import compat, metrics
+from gql import compat, graphiql, metrics
 from gql.auth import Authenticator
 from gql.broadcast import JobBroadcast, RedisPubSubBackend
+from gql.conventions import HTTPConventions
 from gql.drain import Drain
 from gql.endpoint import ObservedEndpoint
 from gql.health import HealthCheck
@@ -140,12 +141,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allowed_origins=settings.cors_origins,
     )
     # Outside in: request id, transport and shutdown; then size, CSRF and credentials.
-    endpoint = ObservedEndpoint(GraphQLDoor(graphql, settings, authenticator), drain)
+    # Inside the door: persisted queries, batches (one admission each), media type and status.
+    conventions = HTTPConventions(graphql, settings)
+    endpoint = ObservedEndpoint(GraphQLDoor(conventions, settings, authenticator), drain)
     app.router.routes += [
         Route("/graphql", endpoint, methods=["GET", "POST"], include_in_schema=False),
         WebSocketRoute("/graphql", endpoint),
         Route("/metrics", metrics.metrics, methods=["GET"], include_in_schema=False),
     ]
+    if settings.graphiql:
+        app.router.routes.append(Mount(graphiql.ASSETS_PATH, graphiql.assets(), name="graphiql"))
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

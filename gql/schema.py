@@ -13,7 +13,7 @@ from strawberry.extensions import (
 )
 from strawberry.scalars import JSON
 from strawberry.schema.config import StrawberryConfig
-from strawberry.tools import create_type, merge_types
+from strawberry.tools import create_type
 from strawberry.types.field import StrawberryField
 
 from gql.context import Info
@@ -31,9 +31,12 @@ from gql.types import (
     JobConnection,
     JobEdge,
     JobFilter,
+    JobId,
+    Options,
     PageInfo,
     Queue,
     TaskInfo,
+    Terminate,
     Worker,
     decode_cursor,
     encode_cursor,
@@ -92,10 +95,10 @@ def _first(mine: T | None, shared: T | None) -> T | None:
     return mine if mine is not None else shared
 
 
-@strawberry.type
+@strawberry.type(description="Read jobs, tasks, workers and health.")
 class Query(WorkflowQuery):
     @strawberry.field(description="A job by id; null when unknown or not yours.")
-    async def job(self, info: Info, id: strawberry.ID) -> Job | None:
+    async def job(self, info: Info, id: JobId) -> Job | None:
         snapshot = await info.context.jobs.get(str(id), info.context.scope)
         return Job.from_snapshot(snapshot) if snapshot else None
 
@@ -103,9 +106,15 @@ class Query(WorkflowQuery):
     async def jobs(
         self,
         info: Info,
-        first: int | None = 20,
-        after: str | None = None,
-        filter: JobFilter | None = None,
+        first: Annotated[
+            int | None, strawberry.argument(description="How many jobs, at most the page size.")
+        ] = 20,
+        after: Annotated[
+            str | None, strawberry.argument(description="A cursor: the jobs after that one.")
+        ] = None,
+        filter: Annotated[
+            JobFilter | None, strawberry.argument(description="Only the jobs that match.")
+        ] = None,
     ) -> JobConnection:
         jobs = info.context.jobs
         first = 20 if first is None else first
@@ -167,11 +176,13 @@ class Query(WorkflowQuery):
 
 async def enqueue(
     info: Info,
-    task: str,
+    task: Annotated[
+        str, strawberry.argument(description='A registered task name, e.g. "generate_report".')
+    ],
     input: Annotated[
         JSON, strawberry.argument(description="The task's input, camelCase keys.")
     ] = JSON({}),  # noqa: B008
-    options: EnqueueOptions | None = None,
+    options: Options = None,
 ) -> Job:
     jobs, owner = info.context.jobs, await info.context.admitted()
     snapshot = await jobs.enqueue(jobs.spec(task), input, _request(options), owner)
@@ -183,7 +194,10 @@ async def enqueue_many(
     items: Annotated[
         list[EnqueueItem], strawberry.argument(description="The jobs, each a task and its input.")
     ],
-    options: EnqueueOptions | None = None,
+    options: Annotated[
+        EnqueueOptions | None,
+        strawberry.argument(description="Options for every item that does not give its own."),
+    ] = None,
 ) -> list[Job]:
     batch = [
         (item.task, item.input, _item_request(options, item.options, i))
@@ -193,7 +207,7 @@ async def enqueue_many(
     return [Job.from_snapshot(s) for s in snapshots]
 
 
-async def cancel_job(info: Info, id: strawberry.ID, terminate: bool | None = False) -> Job:
+async def cancel_job(info: Info, id: JobId, terminate: Terminate = False) -> Job:
     await info.context.admitted()
     snapshot = await info.context.jobs.cancel(
         str(id), info.context.scope, terminate=bool(terminate)
@@ -201,7 +215,7 @@ async def cancel_job(info: Info, id: strawberry.ID, terminate: bool | None = Fal
     return Job.from_snapshot(snapshot)
 
 
-async def retry_job(info: Info, id: strawberry.ID) -> Job:
+async def retry_job(info: Info, id: JobId) -> Job:
     await info.context.admitted()
     snapshot = await info.context.jobs.retry(str(id), info.context.scope)
     return Job.from_snapshot(snapshot)
@@ -219,8 +233,10 @@ def _typed_mutation(spec: TaskSpec, input_types: InputTypes) -> StrawberryField:
 
     resolver.__annotations__ = {
         "info": Info,
-        "input": input_type,
-        "options": EnqueueOptions | None,
+        "input": Annotated[
+            input_type, strawberry.argument(description=f"The input of `{spec.name}`.")
+        ],
+        "options": Options,
         "return": Job,
     }
     resolver.__name__ = mutation_name(spec.name)
@@ -243,8 +259,14 @@ def _typed_batch_mutation(spec: TaskSpec, input_types: InputTypes) -> Strawberry
     name = mutation_name(spec.name) + "Many"
     resolver.__annotations__ = {
         "info": Info,
-        "inputs": list[input_type],  # type: ignore[valid-type]
-        "options": EnqueueOptions | None,
+        "inputs": Annotated[
+            list[input_type],  # type: ignore[valid-type]
+            strawberry.argument(description="One input per job, in order."),
+        ],
+        "options": Annotated[
+            EnqueueOptions | None,
+            strawberry.argument(description="Options for every job of the batch."),
+        ],
         "return": list[Job],
     }
     resolver.__name__ = name
@@ -253,6 +275,14 @@ def _typed_batch_mutation(spec: TaskSpec, input_types: InputTypes) -> Strawberry
         "becomes `<key>:<index>` per job."
     )
     return strawberry.mutation(resolver, name=name, description=description)
+
+
+@strawberry.type(
+    name="Subscription",
+    description="Watch jobs and workflows live: the state now, then every change.",
+)
+class RootSubscription(Subscription, WorkflowSubscription):
+    pass
 
 
 class JobQLSchema(strawberry.Schema):
@@ -303,11 +333,13 @@ def build_schema(registry: TaskRegistry, settings: Settings | None = None) -> st
         ),
         *workflow_mutations(),
     ]
-    mutation = create_type("Mutation", mutation_fields)
+    mutation = create_type(
+        "Mutation", mutation_fields, description="Start, cancel and retry jobs and workflows."
+    )
     return JobQLSchema(
         query=Query,
         mutation=mutation,
-        subscription=merge_types("Subscription", (Subscription, WorkflowSubscription)),
+        subscription=RootSubscription,
         config=StrawberryConfig(auto_camel_case=True),
         execution_context_class=execution_context_class(),
         # Instances, not classes: each cache lives in its instance and must outlive a request.

@@ -8,6 +8,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Iterable, Iterator
 from datetime import timedelta
+from typing import Annotated
 
 import strawberry
 
@@ -16,7 +17,7 @@ from gql.broadcast import RESYNC, EventQueue, Resync
 from gql.context import Context, Info
 from gql.errors import NotFound
 from gql.jobs import JobService
-from gql.types import Job, JobFilter
+from gql.types import Job, JobFilter, JobId
 from tasks import records
 from tasks.records import JobSnapshot, job_channel, owner_channel
 from tasks.scripts import PageQuery
@@ -71,7 +72,7 @@ class Subscription:
     @strawberry.subscription(
         description="The job now, then every change of it; completes after its final state."
     )
-    async def job(self, info: Info, id: strawberry.ID) -> AsyncGenerator[Job, None]:
+    async def job(self, info: Info, id: JobId) -> AsyncGenerator[Job, None]:
         context = info.context
         jobs, owner, principal = context.jobs, context.scope, context.principal
         # Subscribe first, then read: an event published in between is newer than the
@@ -89,7 +90,13 @@ class Subscription:
     @strawberry.subscription(
         description="Every change of every job you may see, filtered on the server."
     )
-    async def jobs(self, info: Info, filter: JobFilter | None = None) -> AsyncGenerator[Job, None]:
+    async def jobs(
+        self,
+        info: Info,
+        filter: Annotated[
+            JobFilter | None, strawberry.argument(description="Only the jobs that match.")
+        ] = None,
+    ) -> AsyncGenerator[Job, None]:
         context = info.context
         with context.limits.subscription(context):
             events_of = context.broadcast.subscribe(owner_channel(context.owner))

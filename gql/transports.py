@@ -13,14 +13,17 @@ from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http import GraphQLHTTPResponse
 from strawberry.subscriptions import (
     GRAPHQL_SSE_PROTOCOL,
     GRAPHQL_TRANSPORT_WS_PROTOCOL,
     GRAPHQL_WS_PROTOCOL,
     MULTIPART_SUBSCRIPTION_PROTOCOL,
 )
+from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET, UnsetType
 
+from gql import graphiql
 from gql.auth import ANONYMOUS_PRINCIPAL, Authenticator, credential_of
 from gql.context import Context
 from gql.errors import ErrorCode, Unauthenticated
@@ -82,6 +85,21 @@ class JobQLGraphQL(GraphQL[Context, None]):
         )
         context.request = request
         return context
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        """JobQL's own GraphiQL page, its assets served from this origin."""
+        return graphiql.page()
+
+    async def process_result(
+        self, request: Request, result: ExecutionResult
+    ) -> GraphQLHTTPResponse:
+        """A request refused before execution (syntax, validation, limits) has no ``data``
+        at all, as the GraphQL spec says (Strawberry sends ``"data": null``), so that
+        :mod:`gql.conventions` can give it a 4xx under ``application/graphql-response+json``."""
+        response = await super().process_result(request, result)
+        if result.data is None and result.errors and all(e.path is None for e in result.errors):
+            response.pop("data", None)
+        return response
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         """A WebSocket's caller, from ``connection_init`` or else the upgrade's headers.

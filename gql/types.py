@@ -5,11 +5,12 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import datetime
-from typing import Any, NewType
+from typing import Annotated, Any, NewType
 
 import strawberry
 from strawberry.scalars import JSON
 
+from gql.descriptions import describe_values
 from gql.errors import BadUserInput
 from gql.webhook_types import WebhookDelivery, WebhookInput
 from gql.webhooks import deliveries
@@ -21,6 +22,20 @@ JobState = strawberry.enum(
     JobStateValue,
     name="JobState",
     description="Where a job is in its life. SUCCESS, FAILURE and REVOKED are final.",
+)
+
+
+describe_values(
+    JobState,
+    {
+        "PENDING": "Enqueued, waiting for a worker.",
+        "STARTED": "A worker is running it.",
+        "PROGRESS": "Running, and it reported progress.",
+        "RETRY": "It failed and will be tried again.",
+        "SUCCESS": "Finished; `result` holds its return value.",
+        "FAILURE": "Failed for good; `error` says why.",
+        "REVOKED": "Cancelled before or while it ran.",
+    },
 )
 
 Email = strawberry.scalar(
@@ -107,21 +122,23 @@ class Job:
 @strawberry.type(description="An edge of a job connection.")
 class JobEdge:
     cursor: str = strawberry.field(description="Pass as `after` to read the jobs after this one.")
-    node: Job
+    node: Job = strawberry.field(description="The job.")
 
 
 @strawberry.type(description="Relay page information.")
 class PageInfo:
-    has_next_page: bool
-    has_previous_page: bool
-    start_cursor: str | None
-    end_cursor: str | None
+    has_next_page: bool = strawberry.field(description="More jobs follow this page.")
+    has_previous_page: bool = strawberry.field(description="This page was read with `after`.")
+    start_cursor: str | None = strawberry.field(description="The first edge's cursor.")
+    end_cursor: str | None = strawberry.field(
+        description="The last edge's cursor: pass it as `after` for the next page."
+    )
 
 
 @strawberry.type(description="A page of jobs, newest first (Relay connection).")
 class JobConnection:
-    edges: list[JobEdge]
-    page_info: PageInfo
+    edges: list[JobEdge] = strawberry.field(description="The page's jobs with their cursors.")
+    page_info: PageInfo = strawberry.field(description="Where this page is in the list.")
 
     @strawberry.field(description="The page's jobs without their edges.")
     def nodes(self) -> list[Job]:
@@ -145,20 +162,20 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
 class TaskLimits:
     soft_time_limit: float | None = strawberry.field(description="Seconds before SoftTimeLimit.")
     time_limit: float | None = strawberry.field(description="Seconds before the run is killed.")
-    max_retries: int | None
+    max_retries: int | None = strawberry.field(description="Retries before it fails for good.")
     rate_limit: str | None = strawberry.field(description='Celery rate limit, e.g. "10/m".')
 
 
 @strawberry.type(description="A task that can be enqueued.")
 class TaskInfo:
-    name: str
-    description: str
+    name: str = strawberry.field(description='The name `enqueue` takes, e.g. "generate_report".')
+    description: str = strawberry.field(description="What the task does.")
     typed: bool = strawberry.field(description="Whether it has its own typed mutation.")
     mutation: str | None = strawberry.field(description="Name of that typed mutation.")
     input_schema: JSON = strawberry.field(description="JSON Schema of `input`.")
     output_schema: JSON | None = strawberry.field(description="JSON Schema of `result`.")
-    queue: str
-    limits: TaskLimits
+    queue: str = strawberry.field(description="The queue its jobs go to unless told otherwise.")
+    limits: TaskLimits = strawberry.field(description="Time, retry and rate limits.")
 
     @classmethod
     def from_spec(cls, spec: TaskSpec, default_queue: str, mutation: str | None) -> TaskInfo:
@@ -181,15 +198,15 @@ class TaskInfo:
 
 @strawberry.type(description="One dependency as this API process sees it now.")
 class ComponentHealth:
-    ok: bool
-    latency_ms: float | None
-    error: str | None
+    ok: bool = strawberry.field(description="It answered in time.")
+    latency_ms: float | None = strawberry.field(description="How long it took to answer.")
+    error: str | None = strawberry.field(description="Why it is not ok.")
 
 
 @strawberry.type(description="Whether jobs can be enqueued, run, read and watched.")
 class Health:
     ok: bool = strawberry.field(description="All components answer and a worker is alive.")
-    broker: ComponentHealth
+    broker: ComponentHealth = strawberry.field(description="Where jobs wait for a worker.")
     result_backend: ComponentHealth = strawberry.field(description="Where job records live.")
     broadcast: ComponentHealth = strawberry.field(description="Where progress is published.")
     workers: list[str] = strawberry.field(description="Workers with a fresh heartbeat.")
@@ -199,15 +216,15 @@ class Health:
 class Worker:
     name: str = strawberry.field(description="Celery's node name, e.g. celery@host.")
     status: str = strawberry.field(description="online, or stopping during a warm shutdown.")
-    pid: int
+    pid: int = strawberry.field(description="The worker's main process id.")
     pool: str = strawberry.field(description="prefork, threads, solo...")
-    concurrency: int
+    concurrency: int = strawberry.field(description="Jobs it can run at once.")
     queues: list[str] = strawberry.field(description="The queues it consumes now.")
     active: int = strawberry.field(description="Jobs running now.")
     reserved: int = strawberry.field(description="Jobs received, waiting for a pool slot.")
     processed: int = strawberry.field(description="Jobs it ran since it started.")
     last_heartbeat: datetime = strawberry.field(description="When it last reported (UTC).")
-    started_at: datetime
+    started_at: datetime = strawberry.field(description="When it started (UTC).")
 
     @classmethod
     def from_beat(cls, beat: Any) -> Worker:
@@ -228,7 +245,7 @@ class Worker:
 
 @strawberry.type(description="A queue jobs can be sent to.")
 class Queue:
-    name: str
+    name: str = strawberry.field(description="The queue's name, as `EnqueueOptions.queue` takes.")
     pending: int = strawberry.field(description="Messages waiting in the broker for a worker.")
     consumers: int = strawberry.field(description="Live workers consuming it.")
     workers: list[str] = strawberry.field(description="Their names.")
@@ -263,9 +280,27 @@ class EnqueueItem:
     )
 
 
+# Arguments that several fields take, described once.
+JobId = Annotated[strawberry.ID, strawberry.argument(description="The job's id (`Job.id`).")]
+Options = Annotated[
+    EnqueueOptions | None,
+    strawberry.argument(description="When, where and how to run it; defaults when omitted."),
+]
+Terminate = Annotated[
+    bool | None,
+    strawberry.argument(description="Also stop it if it is running (SIGTERM to the worker)."),
+]
+
+
 @strawberry.input(description="Which jobs to list or watch.")
 class JobFilter:
-    states: list[JobState] | None = None  # type: ignore[valid-type]
-    task: str | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
+    states: list[JobState] | None = strawberry.field(  # type: ignore[valid-type]
+        default=None, description="Only jobs in one of these states."
+    )
+    task: str | None = strawberry.field(default=None, description="Only jobs of this task.")
+    created_after: datetime | None = strawberry.field(
+        default=None, description="Only jobs enqueued after this time."
+    )
+    created_before: datetime | None = strawberry.field(
+        default=None, description="Only jobs enqueued before this time."
+    )

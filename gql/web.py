@@ -57,8 +57,12 @@ class GraphQLDoor:
         if length > self.max_body:
             await _reject(send, 413, "PAYLOAD_TOO_LARGE", f"the body exceeds {self.max_body} bytes")
             return
-        # GraphiQL's page (a GET without a query) is static and needs neither check.
-        ide = scope["method"] == "GET" and b"query=" not in scope["query_string"]
+        # GraphiQL's page (a GET without a query) is static and needs neither check; a GET
+        # naming a persisted query by its hash alone is an operation.
+        query_string = scope["query_string"]
+        ide = scope["method"] == "GET" and not (
+            b"query=" in query_string or b"extensions=" in query_string
+        )
         if self.csrf and not ide and not preflighted and _simple(content_type):
             await _reject(
                 send,

@@ -8,6 +8,8 @@ from typing import Any
 
 import strawberry
 
+from gql.descriptions import describe_values
+
 
 @strawberry.enum(description="When a webhook is called.")
 class WebhookEvent(Enum):
@@ -15,6 +17,17 @@ class WebhookEvent(Enum):
     FAILURE = "FAILURE"
     REVOKED = "REVOKED"
     ANY_CHANGE = "ANY"
+
+
+describe_values(
+    WebhookEvent,
+    {
+        "SUCCESS": "The job or workflow succeeded.",
+        "FAILURE": "It failed.",
+        "REVOKED": "It was cancelled.",
+        "ANY_CHANGE": "Every change of state.",
+    },
+)
 
 
 @strawberry.input(description="A URL JobQL POSTs to, signed as Standard Webhooks describes.")

@@ -4,6 +4,7 @@ and the ``workflow`` subscription (snapshot first, then every step change, to th
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from typing import Annotated
 
 import strawberry
 from strawberry.types.field import StrawberryField
@@ -13,12 +14,16 @@ from gql.context import Info
 from gql.errors import NotFound
 from gql.inputs import to_data
 from gql.jobs import EnqueueRequest
-from gql.types import EnqueueOptions
+from gql.types import EnqueueOptions, Options, Terminate
 from gql.webhooks import Webhook
 from gql.workflow_types import Workflow, WorkflowInput
 from gql.workflows import WorkflowService
 from tasks.records import JobSnapshot
 from tasks.workflow_records import WorkflowSnapshot, workflow_channel
+
+WorkflowId = Annotated[
+    strawberry.ID, strawberry.argument(description="The workflow's id (`Workflow.id`).")
+]
 
 
 def _service(info: Info) -> WorkflowService:
@@ -47,13 +52,15 @@ class WorkflowQuery:
     @strawberry.field(
         description="A workflow by id, with its steps; null when unknown or not yours."
     )
-    async def workflow(self, info: Info, id: strawberry.ID) -> Workflow | None:
+    async def workflow(self, info: Info, id: WorkflowId) -> Workflow | None:
         found = await _service(info).get(str(id), info.context.owner)
         return Workflow.from_snapshot(*found) if found else None
 
 
 async def run_workflow(
-    info: Info, input: WorkflowInput, options: EnqueueOptions | None = None
+    info: Info,
+    input: Annotated[WorkflowInput, strawberry.argument(description="The tree of steps.")],
+    options: Options = None,
 ) -> Workflow:
     tree = to_data(input.root)
     owner = await info.context.admitted()
@@ -61,9 +68,7 @@ async def run_workflow(
     return Workflow.from_snapshot(*found)
 
 
-async def cancel_workflow(
-    info: Info, id: strawberry.ID, terminate: bool | None = False
-) -> Workflow:
+async def cancel_workflow(info: Info, id: WorkflowId, terminate: Terminate = False) -> Workflow:
     owner = await info.context.admitted()
     found = await _service(info).cancel(str(id), owner, terminate=bool(terminate))
     return Workflow.from_snapshot(*found)
@@ -91,7 +96,7 @@ class WorkflowSubscription:
         description="The workflow now, then one update per change of any step; completes "
         "once the workflow is done."
     )
-    async def workflow(self, info: Info, id: strawberry.ID) -> AsyncGenerator[Workflow, None]:
+    async def workflow(self, info: Info, id: WorkflowId) -> AsyncGenerator[Workflow, None]:
         service, owner = _service(info), info.context.owner
         # Subscribe first, then read: every step change after the read arrives as an event.
         async with info.context.broadcast.subscribe(workflow_channel(str(id))) as events:

@@ -7,6 +7,7 @@ from datetime import datetime
 import strawberry
 from strawberry.scalars import JSON
 
+from gql.descriptions import describe_values
 from gql.types import Job
 from gql.webhook_types import WebhookDelivery
 from gql.webhooks import deliveries
@@ -18,6 +19,16 @@ WorkflowState = strawberry.enum(
     WorkflowStateValue,
     name="WorkflowState",
     description="Where a workflow is: FAILURE once a step failed, REVOKED once cancelled.",
+)
+describe_values(
+    WorkflowState,
+    {
+        "PENDING": "Recorded; no step has started yet.",
+        "RUNNING": "At least one step started and it is not done.",
+        "SUCCESS": "Every step succeeded.",
+        "FAILURE": "A step failed; `failedStep` says which.",
+        "REVOKED": "Cancelled.",
+    },
 )
 
 
@@ -45,7 +56,9 @@ class WorkflowTaskInput:
 
 @strawberry.input(one_of=True, description="A step: exactly one of task, chain, group, chord.")
 class WorkflowStepInput:
-    task: WorkflowTaskInput | None = strawberry.UNSET
+    task: WorkflowTaskInput | None = strawberry.field(
+        default=strawberry.UNSET, description="One task."
+    )
     chain: list[WorkflowStepInput] | None = strawberry.field(
         default=strawberry.UNSET, description="Steps one after another, each result passed on."
     )
@@ -73,9 +86,9 @@ class WorkflowInput:
 
 @strawberry.type(description="Several jobs run as one Celery canvas, watched under one id.")
 class Workflow:
-    id: strawberry.ID
-    name: str
-    state: WorkflowState  # type: ignore[valid-type]
+    id: strawberry.ID = strawberry.field(description="The workflow's id.")
+    name: str = strawberry.field(description="The label it was given.")
+    state: WorkflowState = strawberry.field(description="Where it is now.")  # type: ignore[valid-type]
     done: bool = strawberry.field(description="True once no step can change any more.")
     sequence: int = strawberry.field(description="Grows by one with every change of a step.")
     progress: float = strawberry.field(
@@ -83,8 +96,10 @@ class Workflow:
     )
     steps: list[Job] = strawberry.field(description="Every step, in the order given.")
     failed_step: Job | None = strawberry.field(description="The step that failed the workflow.")
-    created_at: datetime
-    finished_at: datetime | None
+    created_at: datetime = strawberry.field(description="When it was run (UTC).")
+    finished_at: datetime | None = strawberry.field(
+        description="When it reached a final state (UTC)."
+    )
 
     @strawberry.field(description="Every attempt to deliver this workflow's webhook.")
     async def webhook_deliveries(self, info: strawberry.Info) -> list[WebhookDelivery]:

@@ -122,9 +122,9 @@ Recipient = Annotated[Email, WrapValidator(_reserved_domain_passes)]
 
 
 class SendEmailInput(JobModel):
-    to: Recipient
-    subject: str = Field(min_length=1, max_length=998)
-    body: str = Field(max_length=1_000_000)
+    to: Recipient = Field(description="Who gets it.")
+    subject: str = Field(min_length=1, max_length=998, description="The subject line.")
+    body: str = Field(max_length=1_000_000, description="The plain-text body.")
     simulate_transient_failures: int = Field(
         default=0,
         ge=0,

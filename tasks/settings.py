@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     max_tokens: int = Field(default=2_000, ge=10)
     max_body_bytes: int = Field(default=1_000_000, ge=1_000)
     max_input_bytes: int = Field(default=256_000, ge=100)
+    # Operations in one batched POST (Apollo's BatchHttpLink), each admitted on its own (0: off).
+    max_operations_per_batch: int = Field(default=10, ge=0)
+    # How long an automatic persisted query (APQ) stays in Redis after its last registration.
+    persisted_query_ttl_seconds: int = Field(default=86_400, ge=1)
     # Mutations per owner per window, shared by every API replica through Redis (0: off).
     # It applies to authenticated owners: in `none` mode every caller is one owner.
     rate_limit_mutations: int = Field(default=300, ge=0)

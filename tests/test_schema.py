@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+from graphql import (
+    GraphQLArgument,
+    GraphQLEnumType,
+    GraphQLInputObjectType,
+    GraphQLObjectType,
+    GraphQLSchema,
+    build_schema,
+    is_specified_scalar_type,
+    print_ast,
+)
+
 from gql.export import sdl
 from tests.conftest import ROOT, GraphQL
 
@@ -11,23 +22,61 @@ def test_schema_graphql_is_in_sync_with_the_code() -> None:
     assert sdl() == checked_in, "schema.graphql is stale: run `make schema` and commit it"
 
 
+def _signatures(schema: GraphQLSchema) -> set[str]:
+    """Every root field as ``name(arg: Type = default, ...): Type``, descriptions left out."""
+    found = set()
+    for root in (schema.query_type, schema.mutation_type, schema.subscription_type):
+        assert root is not None
+        for name, field in root.fields.items():
+            args = ", ".join(
+                f"{arg_name}: {arg.type}{_default(arg)}" for arg_name, arg in field.args.items()
+            )
+            found.add(f"{name}({args}): {field.type}" if args else f"{name}: {field.type}")
+    return found
+
+
+def _default(arg: GraphQLArgument) -> str:
+    node = arg.ast_node.default_value if arg.ast_node else None
+    return f" = {print_ast(node)}" if node else ""
+
+
 def test_the_contract_names_are_present() -> None:
     text = sdl()
-    for name in (
-        "enum JobState",
-        "type Job {",
-        "input EnqueueOptions",
-        "input JobFilter",
-        "enqueue(",
-        "generateReport(input: GenerateReportInput!, options: EnqueueOptions",
-        "sendEmail(input: SendEmailInput!",
-        "processDataAsync(",
+    signatures = _signatures(build_schema(text))
+    for name in ("enum JobState", "type Job {", "input EnqueueOptions", "input JobFilter"):
+        assert name in text, name
+    assert "scalar Email" in text
+    for signature in (
+        "enqueue(task: String!, input: JSON! = {  }, options: EnqueueOptions = null): Job!",
+        "generateReport(input: GenerateReportInput!, options: EnqueueOptions = null): Job!",
+        "sendEmail(input: SendEmailInput!, options: EnqueueOptions = null): Job!",
+        "processDataAsync(input: ProcessDataInput!, options: EnqueueOptions = null): Job!",
         "cancelJob(id: ID!, terminate: Boolean = false): Job!",
         "retryJob(id: ID!): Job!",
         "jobs(first: Int = 20, after: String = null, filter: JobFilter = null): JobConnection!",
-        "scalar Email",
     ):
-        assert name in text, name
+        assert signature in signatures, signature
+
+
+def test_every_type_field_argument_and_value_a_client_sees_is_described() -> None:
+    """Descriptions reach GraphiQL's docs and codegen's comments; none may be missing."""
+    schema = build_schema(sdl())
+    missing = []
+    for name, kind in schema.type_map.items():
+        if name.startswith("__") or is_specified_scalar_type(kind):
+            continue
+        if not kind.description:
+            missing.append(name)
+        if isinstance(kind, GraphQLEnumType):
+            missing += [f"{name}.{v}" for v, value in kind.values.items() if not value.description]
+        if isinstance(kind, GraphQLObjectType | GraphQLInputObjectType):
+            for field_name, field in kind.fields.items():
+                if not field.description:
+                    missing.append(f"{name}.{field_name}")
+                for arg_name, arg in getattr(field, "args", {}).items():
+                    if not arg.description:
+                        missing.append(f"{name}.{field_name}({arg_name})")
+    assert missing == [], f"undescribed in schema.graphql: {missing}"
 
 
 def test_tasks_lists_every_task_with_its_json_schema(api: GraphQL) -> None:
