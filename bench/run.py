@@ -264,7 +264,7 @@ async def settle(stack: Stack, limit: float = 120.0) -> None:
     await asyncio.sleep(1)
 
 
-IDLE = "{ queues { pending } workers { active reserved } }"
+IDLE = "{ queues { pending consumers } workers { active reserved } }"
 
 
 async def worker_idle(stack: Stack, limit: float = 300.0) -> None:
@@ -283,9 +283,9 @@ async def worker_idle(stack: Stack, limit: float = 300.0) -> None:
         while quiet < 2 and time.monotonic() < deadline:
             reply = await http.post("/graphql", json={"query": IDLE}, headers=auth.headers())
             data = reply.json()["data"]
-            busy = any(q["pending"] for q in data["queues"]) or any(
-                w["active"] or w["reserved"] for w in data["workers"]
-            )
+            # A queue nobody consumes (the REST baseline's) only grows: not the worker's work.
+            waiting = (q["pending"] for q in data["queues"] if q["consumers"])
+            busy = any(waiting) or any(w["active"] or w["reserved"] for w in data["workers"])
             quiet = 0 if busy else quiet + 1
             await asyncio.sleep(0.5 if busy else 3.5)
 

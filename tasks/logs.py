@@ -103,6 +103,10 @@ def configure_logging(settings: Settings) -> None:
         for old in list(logger.handlers):
             logger.removeHandler(old)
         logger.propagate = True
+    # uvicorn writes its access line whenever "uvicorn.access" has a handler, its own or
+    # the root's through propagation (``--no-access-log`` only empties it): our one line per
+    # GraphQL operation replaces it, and propagating it cost a log line on every request.
+    logging.getLogger("uvicorn.access").propagate = False
     # Celery's "Task x[id] succeeded in 0.1s: <return value>" puts results in the log;
     # tasks.job_metrics logs each run's end without them. Its failures still show (ERROR).
     if settings.log_level != "DEBUG":

@@ -209,6 +209,7 @@ def test_the_logs_of_one_job_carry_its_id_from_mutation_to_worker(
     mutation = next(line for line in api_lines if line["message"].startswith("graphql mutation"))
     assert mutation["job_id"] == job_id and mutation["owner"] == "anonymous"
     assert mutation["request_id"], "the API's lines carry the request id"
+    assert "uvicorn.access" not in api_log.read_text(), "one line per operation, no access line"
     states = [line.get("state") for line in worker_lines]
     assert "STARTED" in states and "SUCCESS" in states, worker_lines
     assert all(line["job_id"] == job_id for line in [*api_lines, *worker_lines] if "job_id" in line)
