@@ -17,6 +17,7 @@ from celery.exceptions import Ignore
 
 from tasks import events
 from tasks.records import TERMINAL_STATES
+from tasks.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -26,15 +27,23 @@ class JobTask(Task):  # type: ignore[misc]
 
     def before_start(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         # A job cancelled while it waited never runs, whichever worker holds it, and a
-        # redelivered message of a finished job does not run it twice.
+        # redelivered message of a finished job does not run it twice. A job whose runs
+        # keep killing their worker (a poison job) fails after a bounded number of them.
         delivery = self.request.delivery_info or {}
         try:
+            if delivery.get("redelivered"):
+                lost = events.losses(task_id)
+                if lost > get_settings().max_worker_losses:
+                    logger.error("job %s lost its worker %d times; failing it", task_id, lost)
+                    events.gave_up(task_id, self.name, lost)
+                    raise Ignore()
             outcome = events.started(
                 task_id,
                 self.name,
                 self.request.retries or 0,
                 kwargs,
                 delivery.get("routing_key") or "",
+                self.request.hostname or "",
             )
         except redis.RedisError:
             logger.exception("could not record the start of job %s", task_id)

@@ -21,7 +21,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from tasks import records, scripts
-from tasks.records import CANCELLABLE_STATES, JobState
+from tasks.records import CANCELLABLE_STATES, RUNNING_STATES, JobState
 from tasks.settings import get_settings
 from tasks.workflow_records import WorkflowSnapshot, workflow_key
 
@@ -176,17 +176,36 @@ def adopt(job_id: str, task: str, queue: str, kwargs: dict[str, Any]) -> None:
     create(keys=call.keys, args=call.args)
 
 
-def started(job_id: str, task: str, retries: int, kwargs: dict[str, Any], queue: str) -> str:
+def started(
+    job_id: str, task: str, retries: int, kwargs: dict[str, Any], queue: str, worker: str = ""
+) -> str:
     """Record a run's start, adopting a job nobody recorded; returns the update's outcome.
 
     Raises ``redis.RedisError``: the caller decides whether the run may go on without it.
     """
-    fields = {"retries": str(retries)}
+    fields = {"retries": str(retries), "worker": worker}
     outcome = transition(job_id, JobState.STARTED, fields, task=task)
     if outcome == "missing":
         adopt(job_id, task, queue or get_settings().default_queue, kwargs)
         outcome = transition(job_id, JobState.STARTED, fields, task=task)
     return outcome
+
+
+def losses(job_id: str) -> int:
+    """How many runs of the job lost their worker, counting the one a new start would end.
+
+    Raises ``redis.RedisError``.
+    """
+    state, lost = client().hmget(records.job_key(job_id), ["state", "lost"])
+    return int(lost or 0) + (1 if state in RUNNING_STATES else 0)
+
+
+def gave_up(job_id: str, task: str, lost: int) -> None:
+    """A job whose every run kills its worker fails for good instead of looping."""
+    error = _error_json(
+        "WorkerLost", f"the job's worker was lost {lost} times while running it; not run again"
+    )
+    _safely(job_id, task, JobState.FAILURE, {"error": error, "lost": str(lost)})
 
 
 def succeeded(job_id: str | None, task: str, result: Any) -> None:

@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     # many dashboards probing every second then cost one check per period, not one each.
     health_cache_seconds: float = Field(default=1.0, ge=0, le=60)
     inspect_cache_seconds: float = Field(default=3.0, ge=0, le=300)
+    # Reliability (README "Guarantees"). A job whose worker is lost this many times (a
+    # pool child or the whole worker killed while running it) is not run again: FAILURE.
+    max_worker_losses: int = Field(default=3, ge=0, le=100)
     # SIGTERM: subscribers are told at once, in-flight operations get this long to finish.
     shutdown_grace_seconds: float = Field(default=30.0, gt=0)
     # Where `jobql api --workers N` keeps prometheus-client's per-process files
