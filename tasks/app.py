@@ -20,6 +20,7 @@ from tasks.base import JobTask
 from tasks.fast_paths import broker_transport
 from tasks.heartbeat import Heartbeat
 from tasks.messages import PRIORITY_SEP, PRIORITY_STEPS
+from tasks.reaper import Reaper
 from tasks.registry import TaskRegistry
 from tasks.settings import Settings, get_settings
 
@@ -53,8 +54,8 @@ def celery_config(
         "priority_steps": PRIORITY_STEPS,
         "sep": PRIORITY_SEP,
         "queue_order_strategy": "priority",
-        # A message unacknowledged this long is redelivered: keep it above any ETA we accept.
-        "visibility_timeout": max(3600, int(settings.task_time_limit) * 2),
+        # A message unacknowledged this long is redelivered (README "Guarantees").
+        "visibility_timeout": settings.visibility_timeout,
     }
     config: dict[str, Any] = {
         "broker_url": settings.broker,
@@ -118,6 +119,8 @@ def create_celery_app(
 celery_app = create_celery_app()
 # Each worker writes its liveness and load to Redis (tasks.heartbeat), read by /health.
 celery_app.steps["worker"].add(Heartbeat)
+# ...and re-queues the running jobs of a worker whose heartbeat stopped (tasks.reaper).
+celery_app.steps["worker"].add(Reaper)
 
 # Declares typed tasks on the worker's app: ``@job()`` above a function.
 registry = TaskRegistry(celery_app)

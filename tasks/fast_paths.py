@@ -123,6 +123,12 @@ def check_redis_transport() -> None:
             _parameters(getattr(kombu_redis.QoS, name)) == parameters,
             f"kombu's redis QoS.{name} takes {parameters[1:]}",
         )
+    # tasks.reaper restores a lost worker's messages the way the visibility timeout does.
+    _require(
+        _parameters(kombu_redis.QoS.restore_by_tag) == ["self", "tag", "client", "leftmost"],
+        "kombu's redis QoS.restore_by_tag(tag, client, leftmost)",
+    )
+    _require(kombu_redis.Channel.unacked_key == "unacked", "kombu's redis Channel.unacked_key")
     for name in ("ack", "reject"):
         _require(
             _parameters(getattr(virtual.QoS, name)) == overridden[name],

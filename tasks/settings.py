@@ -137,6 +137,14 @@ class Settings(BaseSettings):
     # Reliability (README "Guarantees"). A job whose worker is lost this many times (a
     # pool child or the whole worker killed while running it) is not run again: FAILURE.
     max_worker_losses: int = Field(default=3, ge=0, le=100)
+    # A worker whose heartbeat expired and stays missing this much longer is lost: its
+    # running jobs are re-queued at once (within heartbeat TTL + this + one interval).
+    requeue_lost_after: float = Field(default=5.0, ge=0, le=3600)
+    # kombu redelivers any message left unacknowledged this long (seconds): what saves the
+    # jobs of a lost worker the heartbeats cannot (a worker on another broker, a job it
+    # reserved but had not started). It must exceed the task time limit, or a job still
+    # running would be delivered again; an ETA/countdown further away than this is too.
+    visibility_timeout: int = Field(default=3600, ge=60)
     # SIGTERM: subscribers are told at once, in-flight operations get this long to finish.
     shutdown_grace_seconds: float = Field(default=30.0, gt=0)
     # Where `jobql api --workers N` keeps prometheus-client's per-process files
@@ -150,6 +158,11 @@ class Settings(BaseSettings):
         _check_auth(self)
         if self.task_soft_time_limit >= self.task_time_limit:
             raise ValueError("JOBQL_TASK_SOFT_TIME_LIMIT must be below JOBQL_TASK_TIME_LIMIT")
+        if self.visibility_timeout <= self.task_time_limit:
+            raise ValueError(
+                "JOBQL_VISIBILITY_TIMEOUT must exceed JOBQL_TASK_TIME_LIMIT: a job still "
+                "running would be delivered to a second worker"
+            )
         if self.webhook_secret is not None and not self.webhook_secret.startswith("whsec_"):
             raise ValueError("JOBQL_WEBHOOK_SECRET must be a Standard Webhooks secret (whsec_...)")
         return self

@@ -1,0 +1,123 @@
+"""Whole workers lost or stopped mid-job, with a second worker alive: nothing waits an hour.
+
+The workers here are this module's own (a queue of their own, beating every half second),
+so the session's worker is never killed; they share the session's Valkey.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from devtools.valkey import EmbeddedValkey
+from tasks.app import create_celery_app
+from tasks.records import job_key
+from tasks.settings import Settings
+from tests.conftest import running_worker, service_env
+from tests.native_tasks import EFFECTS_KEY, RUNS_KEY
+
+pytestmark = pytest.mark.slow
+
+QUEUE = "lost-worker-test"
+BEAT = 0.5
+GRACE = 1.0
+
+
+@pytest.fixture(scope="module")
+def fast_env(valkey: EmbeddedValkey, data_dir: Path) -> dict[str, str]:
+    return service_env(
+        valkey.url,
+        data_dir,
+        JOBQL_WORKER_HEARTBEAT_INTERVAL=str(BEAT),
+        JOBQL_REQUEUE_LOST_AFTER=str(GRACE),
+    )
+
+
+def _name(process: subprocess.Popen[bytes]) -> str:
+    args = [str(a) for a in process.args]  # type: ignore[union-attr]
+    return args[args.index("--hostname") + 1].split("@")[0]
+
+
+@contextlib.contextmanager
+def _workers(
+    env: dict[str, str], data_dir: Path, settings: Settings, count: int
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    with contextlib.ExitStack() as stack:
+        yield [
+            stack.enter_context(running_worker(env, data_dir, settings, (QUEUE,), concurrency=1))
+            for _ in range(count)
+        ]
+
+
+def _send(settings: Settings, **kwargs: Any) -> str:
+    producer = create_celery_app(settings, producer=True)
+    try:
+        return str(producer.send_task("reliability.effect", kwargs=kwargs, queue=QUEUE).id)
+    finally:
+        producer.close()
+
+
+def _until(client: redis.Redis, job_id: str, ok: Any, within: float) -> dict[str, str]:
+    deadline = time.monotonic() + within
+    while True:
+        record: dict[str, str] = client.hgetall(job_key(job_id))  # type: ignore[assignment]
+        if record and ok(record):
+            return record
+        assert time.monotonic() < deadline, f"job {job_id} stuck: {record}"
+        time.sleep(0.05)
+
+
+def test_a_killed_worker_s_job_is_requeued_in_seconds_and_runs_once_more(
+    fast_env: dict[str, str], data_dir: Path, settings: Settings, valkey: EmbeddedValkey
+) -> None:
+    client = redis.Redis.from_url(valkey.url, decode_responses=True)
+    with _workers(fast_env, data_dir, settings, 2) as workers:
+        job_id = _send(settings, seconds=3)
+        running = _until(client, job_id, lambda r: r["state"] == "PROGRESS", 30)
+        holder = next(w for w in workers if running["worker"].startswith(_name(w)))
+
+        os.kill(holder.pid, signal.SIGKILL)  # the worker's main process: its pool child dies too
+        killed = time.monotonic()
+
+        stalled = _until(client, job_id, lambda r: r["state"] != "PROGRESS", 30)
+        shown = time.monotonic() - killed
+        done = _until(client, job_id, lambda r: r["state"] == "SUCCESS", 30)
+
+    assert stalled["state"] == "RETRY" and "lost" in stalled["redelivery"], stalled
+    # The heartbeat TTL (3 beats), the grace and a reaper's interval, with room for load.
+    assert shown < 3 * BEAT + GRACE + BEAT + 5, f"shown stalled after {shown:.1f} s"
+    assert done["attempts"] == "2" and done["lost"] == "1"
+    assert not done["worker"].startswith(_name(holder))
+    runs = client.lrange(RUNS_KEY + job_id, 0, -1)
+    assert len(runs) == 2
+    assert client.hget(EFFECTS_KEY, job_id) == runs[1], "the effect happened once"
+    client.close()
+
+
+def test_a_sigterm_lets_the_running_job_finish_and_takes_nothing_new(
+    fast_env: dict[str, str], data_dir: Path, settings: Settings, valkey: EmbeddedValkey
+) -> None:
+    client = redis.Redis.from_url(valkey.url, decode_responses=True)
+    with _workers(fast_env, data_dir, settings, 1) as (worker,):
+        first = _send(settings, seconds=2)
+        _until(client, first, lambda r: r["state"] == "PROGRESS", 30)
+
+        worker.send_signal(signal.SIGTERM)
+        second = _send(settings, seconds=0)
+
+        assert worker.wait(30) == 0
+        assert client.hget(job_key(first), "state") == "SUCCESS"
+        assert client.hget(job_key(first), "attempts") == "1"
+        assert client.exists(job_key(second)) == 0, "the stopping worker took a new job"
+    with _workers(fast_env, data_dir, settings, 1):
+        assert _until(client, second, lambda r: r["state"] == "SUCCESS", 30)["attempts"] == "1"
+    client.close()
