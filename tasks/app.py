@@ -97,6 +97,16 @@ def celery_config(
             "interval_max": 0.2,
         },
     }
+    if not producer:
+        # The tracer stores each outcome in the result backend before JobQL's hooks run; a
+        # Redis restart there failed the job. Retried (jittered backoff up to 1 s) for about
+        # the outage tolerance; progress reports opt out (tasks.base).
+        config |= {
+            "result_backend_always_retry": True,
+            "result_backend_base_sleep_between_retries_ms": 100,
+            "result_backend_max_sleep_between_retries_ms": 1000,
+            "result_backend_max_retries": int(settings.redis_outage_tolerance * 2) + 5,
+        }
     return config
 
 

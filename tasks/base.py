@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 from celery import Task, states
-from celery.exceptions import Ignore
+from celery.exceptions import BackendStoreError, Ignore
 
 from tasks import events
 from tasks.records import TERMINAL_STATES
@@ -91,8 +91,10 @@ class JobTask(Task):  # type: ignore[misc]
             return
         events.progressed(job_id, self.name, meta)
         try:
-            super().update_state(task_id=job_id, state=state, meta=meta, **kwargs)
-        except (redis.RedisError, OSError):
+            # Not retried (max_retries=0): a progress report is best-effort, and the backend
+            # otherwise retries for the whole outage tolerance inside the task body.
+            super().update_state(task_id=job_id, state=state, meta=meta, max_retries=0, **kwargs)
+        except (redis.RedisError, OSError, BackendStoreError):
             # The job record has the progress already; Celery's own copy (for AsyncResult
             # and Flower) may miss one report, but a Redis blip must not fail the job. Seen
             # in the Redis-restart test: the report raised and the job ended in FAILURE.

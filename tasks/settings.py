@@ -145,6 +145,9 @@ class Settings(BaseSettings):
     # reserved but had not started). It must exceed the task time limit, or a job still
     # running would be delivered again; an ETA/countdown further away than this is too.
     visibility_timeout: int = Field(default=3600, ge=60)
+    # How long a worker keeps trying to write a job's outcome (its record, Celery's result)
+    # while Redis is unreachable, before it gives up and logs it.
+    redis_outage_tolerance: float = Field(default=30.0, ge=0, le=3600)
     # SIGTERM: subscribers are told at once, in-flight operations get this long to finish.
     shutdown_grace_seconds: float = Field(default=30.0, gt=0)
     # Where `jobql api --workers N` keeps prometheus-client's per-process files
