@@ -21,6 +21,7 @@ from tasks.messages import task_message
 from tasks.records import job_key
 from tasks.settings import Settings
 from tests.conftest import running_worker
+from tests.ledger import Ledger, scale
 
 QUEUE = "dead-letter-test"
 
@@ -40,14 +41,14 @@ def test_a_well_formed_message_passes_the_envelope_check() -> None:
     assert message is not None and reason == ""
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=scale(300, 3000), deadline=None)
 @given(st.one_of(st.binary(max_size=200), st.text(max_size=200).map(str.encode)))
 def test_any_bytes_are_either_an_envelope_or_a_reason_never_an_exception(raw: bytes) -> None:
     message, reason = envelope(raw)
     assert (message is None) == bool(reason)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=scale(200, 2000), deadline=None)
 @given(
     st.recursive(
         st.none() | st.booleans() | st.integers() | st.text(max_size=10),
@@ -71,7 +72,7 @@ def lone_worker(
 
 @pytest.mark.slow
 def test_malformed_envelopes_are_set_aside_and_the_worker_keeps_serving(
-    valkey: EmbeddedValkey, lone_worker: subprocess.Popen[bytes]
+    valkey: EmbeddedValkey, lone_worker: subprocess.Popen[bytes], ledger: Ledger
 ) -> None:
     client = redis.Redis.from_url(valkey.url, decode_responses=True)
     client.delete(DEAD_LETTER_KEY)
@@ -81,7 +82,7 @@ def test_malformed_envelopes_are_set_aside_and_the_worker_keeps_serving(
         '{"body": "e30=", "properties": {}}',
         json.dumps({**json.loads(_good("x")), "properties": {"delivery_tag": "t"}}),
         b"\xff\xfe binary".decode("latin-1"),
-    ]
+    ] * scale(1, 40)
     job_id = str(uuid.uuid4())
     try:
         for raw in bad:
@@ -100,6 +101,10 @@ def test_malformed_envelopes_are_set_aside_and_the_worker_keeps_serving(
         assert {entry["queue"] for entry in kept} == {QUEUE}
         assert all(entry["size"] > 0 and entry["reason"] for entry in kept)
         assert "{not json" in [entry["raw"] for entry in kept]
+        ledger.submitted = len(bad) + 1
+        ledger.rejected["dead-letter"] = len(kept)
+        ledger.terminal["SUCCESS"] = 1
+        ledger.settle()
     finally:
         client.delete(DEAD_LETTER_KEY)
         client.close()

@@ -16,6 +16,7 @@ import redis
 from devtools.valkey import EmbeddedValkey
 from tests.clients import graphql_transport_ws
 from tests.conftest import AsyncGraphQL
+from tests.ledger import Ledger
 from tests.native_tasks import EFFECTS_KEY, RUNS_KEY
 
 ENQUEUE = 'mutation($i: JSON!) { enqueue(task: "reliability.effect", input: $i) { id } }'
@@ -41,7 +42,7 @@ async def _until(api: AsyncGraphQL, job_id: str, ok: Any, within: float = 30) ->
 
 
 async def test_a_killed_pool_child_reruns_the_job_as_a_visible_second_attempt(
-    async_api: AsyncGraphQL, valkey: EmbeddedValkey
+    async_api: AsyncGraphQL, valkey: EmbeddedValkey, ledger: Ledger
 ) -> None:
     job_id = (await async_api.data(ENQUEUE, {"i": {"seconds": 2}}))["enqueue"]["id"]
     watch = asyncio.create_task(
@@ -69,10 +70,13 @@ async def test_a_killed_pool_child_reruns_the_job_as_a_visible_second_attempt(
     assert stream.completed and seen[-1]["state"] == "SUCCESS"
     assert "FAILURE" not in [j["state"] for j in seen], "never a FAILURE from a lost worker"
     assert any(j["attempts"] == 2 and j["redelivery"] for j in seen), "the watcher saw the re-run"
+    ledger.submitted, ledger.terminal["SUCCESS"], ledger.reruns = 1, 1, 1
+    ledger.subscribers, ledger.subscribers_ended = 1, 1
+    ledger.settle()
 
 
 async def test_a_poison_job_fails_after_a_bounded_number_of_attempts_and_others_still_run(
-    async_api: AsyncGraphQL,
+    async_api: AsyncGraphQL, ledger: Ledger
 ) -> None:
     poison = (await async_api.data(ENQUEUE, {"i": {"die": True}}))["enqueue"]["id"]
 
@@ -83,3 +87,6 @@ async def test_a_poison_job_fails_after_a_bounded_number_of_attempts_and_others_
     assert failed["attempts"] == 4
     healthy = (await async_api.data(ENQUEUE, {"i": {"seconds": 0}}))["enqueue"]["id"]
     assert (await _until(async_api, healthy, lambda j: j["state"] == "SUCCESS"))["attempts"] == 1
+    ledger.submitted, ledger.terminal["FAILURE"], ledger.terminal["SUCCESS"] = 2, 1, 1
+    ledger.reruns = 1
+    ledger.settle()

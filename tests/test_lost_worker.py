@@ -7,6 +7,7 @@ so the session's worker is never killed; they share the session's Valkey.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -20,9 +21,10 @@ import redis
 
 from devtools.valkey import EmbeddedValkey
 from tasks.app import create_celery_app
-from tasks.records import job_key
+from tasks.records import job_channel, job_key
 from tasks.settings import Settings
-from tests.conftest import running_worker, service_env
+from tests.conftest import running_api, running_worker, service_env
+from tests.ledger import Ledger
 from tests.native_tasks import EFFECTS_KEY, RUNS_KEY
 
 pytestmark = pytest.mark.slow
@@ -76,23 +78,42 @@ def _until(client: redis.Redis, job_id: str, ok: Any, within: float) -> dict[str
         time.sleep(0.05)
 
 
+def _next_event(events: Any, ok: Any, within: float) -> dict[str, str]:
+    """The first event on the job's channel that ``ok`` accepts (the record it announced)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        message = events.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if message is not None:
+            record: dict[str, str] = json.loads(message["data"])
+            if ok(record):
+                return record
+    raise AssertionError("no such event")
+
+
 def test_a_killed_worker_s_job_is_requeued_in_seconds_and_runs_once_more(
-    fast_env: dict[str, str], data_dir: Path, settings: Settings, valkey: EmbeddedValkey
+    fast_env: dict[str, str],
+    data_dir: Path,
+    settings: Settings,
+    valkey: EmbeddedValkey,
+    ledger: Ledger,
 ) -> None:
     client = redis.Redis.from_url(valkey.url, decode_responses=True)
+    events = client.pubsub()
     with _workers(fast_env, data_dir, settings, 2) as workers:
         job_id = _send(settings, seconds=3)
+        events.subscribe(job_channel(job_id))
         running = _until(client, job_id, lambda r: r["state"] == "PROGRESS", 30)
         holder = next(w for w in workers if running["worker"].startswith(_name(w)))
 
         os.kill(holder.pid, signal.SIGKILL)  # the worker's main process: its pool child dies too
         killed = time.monotonic()
 
-        stalled = _until(client, job_id, lambda r: r["state"] != "PROGRESS", 30)
+        stalled = _next_event(events, lambda e: e["state"] == "RETRY", 30)
         shown = time.monotonic() - killed
         done = _until(client, job_id, lambda r: r["state"] == "SUCCESS", 30)
+    events.close()
 
-    assert stalled["state"] == "RETRY" and "lost" in stalled["redelivery"], stalled
+    assert "lost" in stalled["redelivery"], stalled
     # The heartbeat TTL (3 beats), the grace and a reaper's interval, with room for load.
     assert shown < 3 * BEAT + GRACE + BEAT + 5, f"shown stalled after {shown:.1f} s"
     assert done["attempts"] == "2" and done["lost"] == "1"
@@ -101,10 +122,16 @@ def test_a_killed_worker_s_job_is_requeued_in_seconds_and_runs_once_more(
     assert len(runs) == 2
     assert client.hget(EFFECTS_KEY, job_id) == runs[1], "the effect happened once"
     client.close()
+    ledger.submitted, ledger.terminal["SUCCESS"], ledger.reruns = 1, 1, 1
+    ledger.settle()
 
 
 def test_a_sigterm_lets_the_running_job_finish_and_takes_nothing_new(
-    fast_env: dict[str, str], data_dir: Path, settings: Settings, valkey: EmbeddedValkey
+    fast_env: dict[str, str],
+    data_dir: Path,
+    settings: Settings,
+    valkey: EmbeddedValkey,
+    ledger: Ledger,
 ) -> None:
     client = redis.Redis.from_url(valkey.url, decode_responses=True)
     with _workers(fast_env, data_dir, settings, 1) as (worker,):
@@ -121,3 +148,36 @@ def test_a_sigterm_lets_the_running_job_finish_and_takes_nothing_new(
     with _workers(fast_env, data_dir, settings, 1):
         assert _until(client, second, lambda r: r["state"] == "SUCCESS", 30)["attempts"] == "1"
     client.close()
+    ledger.submitted, ledger.terminal["SUCCESS"] = 2, 2
+    ledger.settle()
+
+
+def test_a_job_cancelled_while_queued_never_runs_across_a_restart_of_all_workers(
+    fast_env: dict[str, str],
+    data_dir: Path,
+    settings: Settings,
+    valkey: EmbeddedValkey,
+    ledger: Ledger,
+) -> None:
+    env = {**fast_env, "JOBQL_EXTRA_QUEUES": f'["reports", "{QUEUE}"]'}
+    client = redis.Redis.from_url(valkey.url, decode_responses=True)
+    with running_api(env, data_dir) as api:
+        job_id = api.data(
+            'mutation($q: String!) { enqueue(task: "reliability.effect", input: {seconds: 0}, '
+            "options: {queue: $q}) { id } }",
+            {"q": QUEUE},
+        )["enqueue"]["id"]
+        cancelled = api.data("mutation($id: ID!) { cancelJob(id: $id) { state } }", {"id": job_id})
+        assert cancelled["cancelJob"]["state"] == "REVOKED"
+        for _ in range(2):  # every worker of the queue stopped, then started afresh
+            with _workers(fast_env, data_dir, settings, 1):
+                deadline = time.monotonic() + 10
+                while client.llen(QUEUE) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                time.sleep(1)
+        assert client.llen(QUEUE) == 0, "the cancelled job's message was taken"
+        assert client.hget(job_key(job_id), "state") == "REVOKED"
+        assert client.lrange(RUNS_KEY + job_id, 0, -1) == [], "the cancelled job ran"
+    client.close()
+    ledger.submitted, ledger.terminal["REVOKED"] = 1, 1
+    ledger.settle()
