@@ -55,7 +55,7 @@ def celery_config(
         "sep": PRIORITY_SEP,
         "queue_order_strategy": "priority",
         # A message unacknowledged this long is redelivered (README "Guarantees").
-        "visibility_timeout": settings.visibility_timeout,
+        "visibility_timeout": settings.redelivery_after,
     }
     config: dict[str, Any] = {
         "broker_url": settings.broker,

@@ -3,11 +3,12 @@
 With ``task_acks_late`` a job's message stays in kombu's ``unacked`` hash until the worker
 acknowledges it; if the worker's main process dies (SIGKILL, a lost machine), kombu puts the
 message back only after ``visibility_timeout`` (an hour by default). The worker heartbeats
-(:mod:`tasks.heartbeat`) say sooner who is gone. Every live worker runs this reaper; a lock
-lets one of them scan per heartbeat interval. A job is re-queued when its record says it is
-running on a worker whose heartbeat expired and then stayed missing for
-``JOBQL_REQUEUE_LOST_AFTER`` more seconds, as seen by the reaper (a Redis restart expires
-every heartbeat at once: live workers beat again within an interval and are spared).
+(:mod:`tasks.heartbeat`) say sooner who is gone. Every live worker runs this reaper once
+per heartbeat interval; a lock keeps two scans from running at once. A job is re-queued
+when its record says it is running on a worker whose heartbeat expired and then stayed
+missing for ``JOBQL_REQUEUE_LOST_AFTER`` more seconds, as seen by the reaper (a Redis
+restart expires every heartbeat at once: live workers beat again within an interval and
+are spared).
 
 Never twice at once: a prefork worker's pool children die with its main process (Celery
 sets their parent-death signal to SIGKILL), and the job's record moves to RETRY before its
@@ -76,6 +77,12 @@ return out
 """
 
 
+UNLOCK_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 def missing_key(settings: Settings) -> str:
     return f"{PREFIX}:workers-missing:{broker_scope(settings)}"
 
@@ -135,11 +142,23 @@ class Reaper(bootsteps.StartStopStep):  # type: ignore[misc]
                 logger.warning("lost workers not checked: %s", exc)
 
     def reap(self, me: str, settings: Settings) -> list[str]:
-        """One scan, if no other worker's reaper holds this interval; the re-queued job ids."""
+        """One scan, unless another worker's reaper is scanning now; the re-queued job ids.
+
+        The lock only keeps scans apart (it expires after an interval if its holder dies):
+        every worker scans once per interval, so a worker configured with a longer interval
+        or grace never delays the others.
+        """
         assert self._client is not None
         interval_ms = int(settings.worker_heartbeat_interval * 1000)
         if not self._client.set(lock_key(settings), me, nx=True, px=interval_ms):
             return []
+        try:
+            return self._requeue(settings)
+        finally:
+            self._client.eval(UNLOCK_SCRIPT, 1, lock_key(settings), me)
+
+    def _requeue(self, settings: Settings) -> list[str]:
+        assert self._client is not None
         channel = self._connection.default_channel
         found = self._client.eval(
             SCAN_SCRIPT,

@@ -147,7 +147,8 @@ class Settings(BaseSettings):
     # jobs of a lost worker the heartbeats cannot (a worker on another broker, a job it
     # reserved but had not started). It must exceed the task time limit, or a job still
     # running would be delivered again; an ETA/countdown further away than this is too.
-    visibility_timeout: int = Field(default=3600, ge=60)
+    # Unset: the larger of an hour and twice the task time limit.
+    visibility_timeout: int | None = Field(default=None, ge=60)
     # How long a worker keeps trying to write a job's outcome (its record, Celery's result)
     # while Redis is unreachable, before it gives up and logs it.
     redis_outage_tolerance: float = Field(default=30.0, ge=0, le=3600)
@@ -164,7 +165,7 @@ class Settings(BaseSettings):
         _check_auth(self)
         if self.task_soft_time_limit >= self.task_time_limit:
             raise ValueError("JOBQL_TASK_SOFT_TIME_LIMIT must be below JOBQL_TASK_TIME_LIMIT")
-        if self.visibility_timeout <= self.task_time_limit:
+        if self.visibility_timeout is not None and self.visibility_timeout <= self.task_time_limit:
             raise ValueError(
                 "JOBQL_VISIBILITY_TIMEOUT must exceed JOBQL_TASK_TIME_LIMIT: a job still "
                 "running would be delivered to a second worker"
@@ -201,6 +202,11 @@ class Settings(BaseSettings):
     def queues(self) -> tuple[str, ...]:
         extra = (*self.extra_queues, self.webhook_queue)
         return (self.default_queue, *dict.fromkeys(q for q in extra if q != self.default_queue))
+
+    @property
+    def redelivery_after(self) -> int:
+        """kombu's visibility timeout: the set one, or an hour and at least twice the limit."""
+        return self.visibility_timeout or max(3600, int(self.task_time_limit) * 2)
 
     @property
     def heartbeat_ttl(self) -> float:

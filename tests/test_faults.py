@@ -11,9 +11,12 @@ import os
 import signal
 from typing import Any
 
+import pytest
 import redis
+from pydantic import ValidationError
 
 from devtools.valkey import EmbeddedValkey
+from tasks.settings import Settings
 from tests.clients import graphql_transport_ws
 from tests.conftest import AsyncGraphQL
 from tests.ledger import Ledger
@@ -90,3 +93,11 @@ async def test_a_poison_job_fails_after_a_bounded_number_of_attempts_and_others_
     ledger.submitted, ledger.terminal["FAILURE"], ledger.terminal["SUCCESS"] = 2, 1, 1
     ledger.reruns = 1
     ledger.settle()
+
+
+def test_a_visibility_timeout_not_above_the_time_limit_is_refused_at_start_up() -> None:
+    """A job still running when kombu redelivers its message would run twice at once."""
+    with pytest.raises(ValidationError, match="JOBQL_VISIBILITY_TIMEOUT must exceed"):
+        Settings(redis_url="redis://127.0.0.1:1/0", task_time_limit=600, visibility_timeout=600)
+    longer = Settings(redis_url="redis://127.0.0.1:1/0", task_time_limit=7200)
+    assert longer.redelivery_after == 14400
