@@ -76,7 +76,7 @@ FRAMES = st.one_of(
 # subprotocol, 4408 init timeout, 4409 duplicate id, 4429 too many inits) and the
 # WebSocket ones a server may use (1000 normal, 1001 going away, 1008 policy, 1009 too big).
 PROTOCOL_CLOSE_CODES = {1000, 1001, 1008, 1009, 4400, 4401, 4403, 4406, 4408, 4409, 4429}
-EXAMPLES = scale(150, 1500)
+EXAMPLES = scale(100, 1000)
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -140,7 +140,7 @@ async def test_random_websocket_frames_close_only_with_protocol_codes(
                 await ws.send(frame)
             await ws.send(json.dumps({"type": "connection_init"}))
             while True:  # read what the server answers until it goes quiet or closes
-                await asyncio.wait_for(ws.recv(), 0.2)
+                await asyncio.wait_for(ws.recv(), 0.1)
     assert ws.close_code in PROTOCOL_CLOSE_CODES, ws.close_code
 
 
