@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8000
 
-.PHONY: run test test-fast test-latest lint format schema bench worker api clean
+.PHONY: run test test-fast test-latest lint format schema bench reliability worker api clean
 
 # The contract and live tests, run again with every fast path off (stock library behaviour).
 STOCK_TESTS := tests/test_schema.py tests/test_enqueue.py tests/test_errors.py \
@@ -51,6 +51,15 @@ format: $(STAMP)
 
 schema: $(STAMP)  ## rewrite schema.graphql from the code
 	$(BIN)/jobql export-schema > schema.graphql
+
+# The fault, load and bad-input scenarios (README "Guarantees"); `make test` runs each in
+# its smallest form, this runs them at full size and writes the ledger.
+RELIABILITY_TESTS := tests/test_faults.py tests/test_lost_worker.py tests/test_redis_outage.py \
+	tests/test_dead_letter.py tests/test_durability.py tests/test_broker_faults.py tests/test_fuzz.py
+
+reliability: $(STAMP)  ## every fault scenario at full size; writes bench/results/reliability.md
+	JOBQL_RELIABILITY=full JOBQL_LEDGER_OUT=bench/results/reliability.md \
+		$(BIN)/python -m pytest $(RELIABILITY_TESTS)
 
 bench: $(STAMP)  ## every figure against its baseline; writes bench/results/latest.{json,md}
 	$(BIN)/python -m bench.run

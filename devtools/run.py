@@ -2,6 +2,8 @@
 
 One Ctrl-C, or SIGTERM to the process group, stops all of it: the API and the worker first
 (the worker finishes or requeues its jobs), the embedded Valkey last, so nothing is cut off.
+A worker that exits by itself (a crash, an out-of-memory kill) is started again after a
+back-off that doubles while it keeps failing; the API and Valkey stay up meanwhile.
 """
 
 from __future__ import annotations
@@ -19,6 +21,51 @@ from devtools.valkey import EmbeddedValkey
 from tasks.settings import get_settings
 
 logger = logging.getLogger("jobql.run")
+
+
+class WorkerKeeper:
+    """The development worker, started again whenever it exits by itself.
+
+    The back-off starts at ``first`` seconds and doubles up to ``longest`` while the worker
+    keeps dying within ``steady`` seconds of its start; a worker that ran longer than that
+    starts again at once.
+    """
+
+    def __init__(
+        self, env: dict[str, str], first: float = 1.0, longest: float = 30.0, steady: float = 60.0
+    ) -> None:
+        self.env = env
+        self.first, self.longest, self.steady = first, longest, steady
+        self.backoff = 0.0
+        self.restart_at: float | None = None
+        self.process = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        self.started = time.monotonic()
+        return subprocess.Popen(worker_command(), env=self.env)
+
+    def keep_alive(self) -> None:
+        """Called often: notice an exit, wait out the back-off, start it again."""
+        now = time.monotonic()
+        if self.restart_at is None:
+            code = self.process.poll()
+            if code is None:
+                return
+            ran = now - self.started
+            self.backoff = (
+                0.0 if ran > self.steady else min(self.longest, max(self.first, self.backoff * 2))
+            )
+            self.restart_at = now + self.backoff
+            logger.warning(
+                "the worker exited with %s after %.1f s; restarting it in %.1f s",
+                code,
+                ran,
+                self.backoff,
+            )
+        if now >= self.restart_at:
+            self.restart_at = None
+            self.process = self._start()
+            logger.info("worker restarted (pid %d)", self.process.pid)
 
 
 def main() -> int:
@@ -44,15 +91,17 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    children = [
-        subprocess.Popen(worker_command(), env=env),
-        subprocess.Popen(api_command(args.host, args.port), env=env),
-    ]
+    worker = WorkerKeeper(env)
+    api = subprocess.Popen(api_command(args.host, args.port), env=env)
+    children = [worker.process, api]
     try:
-        wait_for_port(args.port, 30.0, children[1])
+        wait_for_port(args.port, 30.0, api)
         logger.info("JobQL is up: GraphiQL at http://%s:%d/graphql", args.host, args.port)
-        while not stopping and all(child.poll() is None for child in children):
+        while not stopping and api.poll() is None:
             time.sleep(0.2)
+            if not stopping:  # a Ctrl-C reaches the worker too: that exit is no crash
+                worker.keep_alive()
+                children[0] = worker.process
     finally:
         logger.info("stopping JobQL")
         stop_all(children)

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import redis
 from pydantic import ValidationError
 
+from tasks.durability import durability_warnings
 from tasks.heartbeat import worker_key
 
 
@@ -27,6 +28,10 @@ def _safe(url: str) -> str:
 
 def _say(ok: bool, what: str) -> None:
     print(f"{'ok  ' if ok else 'FAIL'}  {what}")  # noqa: T201
+
+
+def _warn(what: str) -> None:
+    print(f"warn  {what}")  # noqa: T201
 
 
 def run_checks(*, worker: str | None = None) -> int:
@@ -71,6 +76,7 @@ def run_checks(*, worker: str | None = None) -> int:
 
     check(f"Redis for job records at {_safe(settings.redis)} answers", ping(settings.redis),
           "Is it running and is JOBQL_REDIS_URL right?")  # fmt: skip
+    _durability(settings.redis, settings.connect_timeout)
     check(f"broker at {_safe(settings.broker)} answers", lambda: _broker(settings.broker, settings),
           "Is it running and is JOBQL_BROKER_URL (or the Redis URL) right?")  # fmt: skip
     if settings.broadcast != settings.redis:
@@ -93,6 +99,18 @@ def run_checks(*, worker: str | None = None) -> int:
         check(f"worker {worker} beats", alive, "Is it running and consuming this broker?")
     sys.stdout.flush()
     return 1 if failures else 0
+
+
+def _durability(url: str, timeout: float) -> None:
+    """A warning, not a failure: a Redis that loses jobs on a crash still answers."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        for warning in durability_warnings(client):
+            _warn(f"Redis at {_safe(url)}: {warning}")
+    except redis.RedisError:
+        pass  # the ping above reported it
+    finally:
+        client.close()
 
 
 def _importer(module: str) -> Callable[[], object]:

@@ -31,7 +31,9 @@ from graphql import (
 )
 from graphql.validation import ProvidedRequiredArgumentsRule, ValuesOfCorrectTypeRule
 from pydantic import ValidationError
+from strawberry.exceptions import MissingQueryError
 from strawberry.extensions import SchemaExtension
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +113,11 @@ UNAVAILABLE = (
 )
 
 
+# What Strawberry raises for a request that names no operation it may run (a query sent to
+# a subscription transport, no query at all): the caller's mistake, not ours.
+WRONG_REQUEST = (InvalidOperationTypeError, CannotGetOperationTypeError, MissingQueryError)
+
+
 def classify(error: GraphQLError) -> None:
     """Give ``error`` its ``extensions.code``; log what nobody expected."""
     original = error.original_error
@@ -121,6 +128,8 @@ def classify(error: GraphQLError) -> None:
         logger.warning("service unavailable: %s: %s", type(original).__name__, original)
         error.message = "A backing service (broker or Redis) is unavailable; try again shortly."
         extensions["code"] = ErrorCode.SERVICE_UNAVAILABLE.value
+    elif isinstance(original, WRONG_REQUEST):
+        extensions["code"] = ErrorCode.GRAPHQL_VALIDATION_FAILED.value
     elif original is not None and not isinstance(original, GraphQLError):
         logger.error("unexpected error in %s", error.path, exc_info=original)
         error.message = "Internal server error."

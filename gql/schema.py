@@ -7,7 +7,6 @@ import strawberry
 from strawberry.extensions import (
     DisableIntrospection,
     MaxAliasesLimiter,
-    ParserCache,
     QueryDepthLimiter,
     ValidationCache,
 )
@@ -22,6 +21,7 @@ from gql.execution import execution_context_class
 from gql.inputs import InputTypes, mutation_name, to_data
 from gql.jobs import EnqueueRequest
 from gql.operations import OperationObserver
+from gql.parser_cache import ReportingParserCache
 from gql.subscriptions import Subscription
 from gql.types import (
     EnqueueItem,
@@ -347,7 +347,7 @@ def build_schema(registry: TaskRegistry, settings: Settings | None = None) -> st
             operation_rules(settings),  # type: ignore[list-item]
             *([DisableIntrospection()] if settings and not settings.introspection else []),  # type: ignore[list-item]
             OperationObserver,  # a class: one instance per operation, for its timing
-            ParserCache(maxsize=1024),  # type: ignore[list-item]
+            ReportingParserCache(maxsize=1024),  # type: ignore[list-item]
             ValidationCache(maxsize=1024),  # type: ignore[list-item]
         ],
     )

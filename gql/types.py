@@ -91,6 +91,19 @@ class Job:
     workflow_id: strawberry.ID | None = strawberry.field(
         default=None, description="The workflow this job is a step of, if any."
     )
+    attempts: int = strawberry.field(
+        default=0,
+        description="How many times a worker started the job: a retry or a re-delivery "
+        "after a lost worker counts one more.",
+    )
+    redelivery: str | None = strawberry.field(
+        default=None,
+        description="Why the job was last delivered again to a worker (e.g. its worker was "
+        "lost); null when it never was.",
+    )
+    worker: str | None = strawberry.field(
+        default=None, description="The worker that started the job last."
+    )
 
     @strawberry.field(description="Every attempt to deliver this job's webhook, oldest first.")
     async def webhook_deliveries(self, info: strawberry.Info) -> list[WebhookDelivery]:
@@ -116,6 +129,9 @@ class Job:
             started_at=snapshot.started_at,
             finished_at=snapshot.finished_at,
             workflow_id=strawberry.ID(snapshot.workflow_id) if snapshot.workflow_id else None,
+            attempts=snapshot.attempts,
+            redelivery=snapshot.redelivery,
+            worker=snapshot.worker,
         )
 
 

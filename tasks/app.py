@@ -20,6 +20,7 @@ from tasks.base import JobTask
 from tasks.fast_paths import broker_transport
 from tasks.heartbeat import Heartbeat
 from tasks.messages import PRIORITY_SEP, PRIORITY_STEPS
+from tasks.reaper import Reaper
 from tasks.registry import TaskRegistry
 from tasks.settings import Settings, get_settings
 
@@ -53,8 +54,8 @@ def celery_config(
         "priority_steps": PRIORITY_STEPS,
         "sep": PRIORITY_SEP,
         "queue_order_strategy": "priority",
-        # A message unacknowledged this long is redelivered: keep it above any ETA we accept.
-        "visibility_timeout": max(3600, int(settings.task_time_limit) * 2),
+        # A message unacknowledged this long is redelivered (README "Guarantees").
+        "visibility_timeout": settings.redelivery_after,
     }
     config: dict[str, Any] = {
         "broker_url": settings.broker,
@@ -96,6 +97,16 @@ def celery_config(
             "interval_max": 0.2,
         },
     }
+    if not producer:
+        # The tracer stores each outcome in the result backend before JobQL's hooks run; a
+        # Redis restart there failed the job. Retried (jittered backoff up to 1 s) for about
+        # the outage tolerance; progress reports opt out (tasks.base).
+        config |= {
+            "result_backend_always_retry": True,
+            "result_backend_base_sleep_between_retries_ms": 100,
+            "result_backend_max_sleep_between_retries_ms": 1000,
+            "result_backend_max_retries": int(settings.redis_outage_tolerance * 2) + 5,
+        }
     return config
 
 
@@ -118,6 +129,8 @@ def create_celery_app(
 celery_app = create_celery_app()
 # Each worker writes its liveness and load to Redis (tasks.heartbeat), read by /health.
 celery_app.steps["worker"].add(Heartbeat)
+# ...and re-queues the running jobs of a worker whose heartbeat stopped (tasks.reaper).
+celery_app.steps["worker"].add(Reaper)
 
 # Declares typed tasks on the worker's app: ``@job()`` above a function.
 registry = TaskRegistry(celery_app)

@@ -13,10 +13,11 @@ from typing import Any
 
 import redis
 from celery import Task, states
-from celery.exceptions import Ignore
+from celery.exceptions import BackendStoreError, Ignore
 
 from tasks import events
 from tasks.records import TERMINAL_STATES
+from tasks.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -26,15 +27,23 @@ class JobTask(Task):  # type: ignore[misc]
 
     def before_start(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         # A job cancelled while it waited never runs, whichever worker holds it, and a
-        # redelivered message of a finished job does not run it twice.
+        # redelivered message of a finished job does not run it twice. A job whose runs
+        # keep killing their worker (a poison job) fails after a bounded number of them.
         delivery = self.request.delivery_info or {}
         try:
+            if delivery.get("redelivered"):
+                lost = events.losses(task_id)
+                if lost > get_settings().max_worker_losses:
+                    logger.error("job %s lost its worker %d times; failing it", task_id, lost)
+                    events.gave_up(task_id, self.name, lost)
+                    raise Ignore()
             outcome = events.started(
                 task_id,
                 self.name,
                 self.request.retries or 0,
                 kwargs,
                 delivery.get("routing_key") or "",
+                self.request.hostname or "",
             )
         except redis.RedisError:
             logger.exception("could not record the start of job %s", task_id)
@@ -82,8 +91,10 @@ class JobTask(Task):  # type: ignore[misc]
             return
         events.progressed(job_id, self.name, meta)
         try:
-            super().update_state(task_id=job_id, state=state, meta=meta, **kwargs)
-        except (redis.RedisError, OSError):
+            # Not retried (max_retries=0): a progress report is best-effort, and the backend
+            # otherwise retries for the whole outage tolerance inside the task body.
+            super().update_state(task_id=job_id, state=state, meta=meta, max_retries=0, **kwargs)
+        except (redis.RedisError, OSError, BackendStoreError):
             # The job record has the progress already; Celery's own copy (for AsyncResult
             # and Flower) may miss one report, but a Redis blip must not fail the job. Seen
             # in the Redis-restart test: the report raised and the job ended in FAILURE.

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +22,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from tasks import records, scripts
-from tasks.records import CANCELLABLE_STATES, JobState
+from tasks.records import CANCELLABLE_STATES, RUNNING_STATES, JobState
 from tasks.settings import get_settings
 from tasks.workflow_records import WorkflowSnapshot, workflow_key
 
@@ -176,17 +177,36 @@ def adopt(job_id: str, task: str, queue: str, kwargs: dict[str, Any]) -> None:
     create(keys=call.keys, args=call.args)
 
 
-def started(job_id: str, task: str, retries: int, kwargs: dict[str, Any], queue: str) -> str:
+def started(
+    job_id: str, task: str, retries: int, kwargs: dict[str, Any], queue: str, worker: str = ""
+) -> str:
     """Record a run's start, adopting a job nobody recorded; returns the update's outcome.
 
     Raises ``redis.RedisError``: the caller decides whether the run may go on without it.
     """
-    fields = {"retries": str(retries)}
+    fields = {"retries": str(retries), "worker": worker}
     outcome = transition(job_id, JobState.STARTED, fields, task=task)
     if outcome == "missing":
         adopt(job_id, task, queue or get_settings().default_queue, kwargs)
         outcome = transition(job_id, JobState.STARTED, fields, task=task)
     return outcome
+
+
+def losses(job_id: str) -> int:
+    """How many runs of the job lost their worker, counting the one a new start would end.
+
+    Raises ``redis.RedisError``.
+    """
+    state, lost = client().hmget(records.job_key(job_id), ["state", "lost"])
+    return int(lost or 0) + (1 if state in RUNNING_STATES else 0)
+
+
+def gave_up(job_id: str, task: str, lost: int) -> None:
+    """A job whose every run kills its worker fails for good instead of looping."""
+    error = _error_json(
+        "WorkerLost", f"the job's worker was lost {lost} times while running it; not run again"
+    )
+    _safely(job_id, task, JobState.FAILURE, {"error": error, "lost": str(lost)})
 
 
 def succeeded(job_id: str | None, task: str, result: Any) -> None:
@@ -215,8 +235,56 @@ def revoked(job_id: str | None, task: str, *, expired: bool, terminated: bool) -
 
 
 def progressed(job_id: str, task: str, meta: Any) -> None:
-    """Celery's free-form progress ``meta``, recorded as PROGRESS."""
-    _safely(job_id, task, JobState.PROGRESS, progress_fields(meta))
+    """Celery's free-form progress ``meta``, recorded as PROGRESS (best-effort, see below)."""
+    _progress.write(job_id, task, progress_fields(meta))
+
+
+class _HeldProgress:
+    """Progress is best-effort: while Redis is unreachable a report is held, not retried.
+
+    After a failed write, reports are held for ``PAUSE`` seconds without trying (a task
+    reporting often must not wait out a reconnect on every report); the latest report of
+    each job is kept (at most ``KEPT`` jobs) and written before that job's next change.
+    """
+
+    PAUSE = 1.0
+    KEPT = 256
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: OrderedDict[str, tuple[str, dict[str, str]]] = OrderedDict()
+        self._paused_until = 0.0
+
+    def _hold(self, job_id: str, task: str, fields: dict[str, str]) -> None:
+        with self._lock:
+            self._held[job_id] = (task, fields)
+            self._held.move_to_end(job_id)
+            while len(self._held) > self.KEPT:
+                self._held.popitem(last=False)
+
+    def write(self, job_id: str, task: str, fields: dict[str, str]) -> None:
+        if time.monotonic() < self._paused_until:
+            self._hold(job_id, task, fields)
+            return
+        try:
+            transition(job_id, JobState.PROGRESS, fields, task=task)
+        except redis.RedisError as exc:
+            self._paused_until = time.monotonic() + self.PAUSE
+            self._hold(job_id, task, fields)
+            logger.warning("progress of job %s held while Redis is unreachable: %s", job_id, exc)
+        else:
+            with self._lock:
+                self._held.pop(job_id, None)
+
+    def flush(self, job_id: str) -> None:
+        """Write the job's held report, if any, before a change that follows it."""
+        with self._lock:
+            held = self._held.pop(job_id, None)
+        if held is not None:
+            transition(job_id, JobState.PROGRESS, held[1], task=held[0])
+
+
+_progress = _HeldProgress()
 
 
 def progress_fields(meta: Any) -> dict[str, str]:
@@ -249,10 +317,25 @@ def _error_json(kind: str, message: str) -> str:
 
 
 def _safely(job_id: str | None, task: str, state: JobState, fields: dict[str, str]) -> None:
-    """Recording must not break the worker: a lost Redis is logged, the task still completes."""
+    """Recording must not break the worker: a lost Redis is logged, the task still completes.
+
+    A change a watcher must see (a final state, a retry) is tried again until Redis is back
+    or ``JOBQL_REDIS_OUTAGE_TOLERANCE`` has passed: a Redis restart mid-job must not leave
+    the job's record short of its outcome.
+    """
     if not job_id:
         return
-    try:
-        transition(job_id, state, fields, task=task)
-    except redis.RedisError:
-        logger.exception("could not record %s for job %s", state, job_id)
+    deadline = time.monotonic() + get_settings().redis_outage_tolerance
+    pause = 0.1
+    while True:
+        try:
+            _progress.flush(job_id)
+            transition(job_id, state, fields, task=task)
+            return
+        except redis.RedisError as exc:
+            if time.monotonic() + pause > deadline:
+                logger.exception("could not record %s for job %s", state, job_id)
+                return
+            logger.warning("%s of job %s not recorded yet, trying again: %s", state, job_id, exc)
+            time.sleep(pause)
+            pause = min(1.0, pause * 2)

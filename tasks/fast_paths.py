@@ -123,6 +123,12 @@ def check_redis_transport() -> None:
             _parameters(getattr(kombu_redis.QoS, name)) == parameters,
             f"kombu's redis QoS.{name} takes {parameters[1:]}",
         )
+    # tasks.reaper restores a lost worker's messages the way the visibility timeout does.
+    _require(
+        _parameters(kombu_redis.QoS.restore_by_tag) == ["self", "tag", "client", "leftmost"],
+        "kombu's redis QoS.restore_by_tag(tag, client, leftmost)",
+    )
+    _require(kombu_redis.Channel.unacked_key == "unacked", "kombu's redis Channel.unacked_key")
     for name in ("ack", "reject"):
         _require(
             _parameters(getattr(virtual.QoS, name)) == overridden[name],
@@ -133,6 +139,27 @@ def check_redis_transport() -> None:
         kombu_redis.Transport.Channel is kombu_redis.Channel,
         "kombu's redis Transport.Channel is its Channel",
     )
+    # The envelope guard replaces two of kombu's methods with copies: they must still be
+    # the code that was copied (same steps, same helpers), or the copy would drift.
+    _require(
+        _parameters(kombu_redis.Channel._brpop_read) == ["self", "options"]
+        and _parameters(kombu_redis.Channel._get) == ["self", "queue"],
+        "kombu's redis Channel._brpop_read(**options) and _get(queue)",
+    )
+    for method, steps in {
+        "_brpop_read": (
+            "parse_response(self.client.connection", "self._queue_cycle.rotate(dest)",
+            "self.connection._deliver(loads(bytes_to_str(item)), dest)", "self._in_poll = None",
+            "self._flush_brpop_reauth()",
+        ),
+        "_get": (
+            "client.rpop(self._q_for_pri(queue, pri))", "return loads(bytes_to_str(item))",
+            "self._maybe_update_queues_expire(client, queue)",
+        ),
+    }.items():  # fmt: skip
+        source = inspect.getsource(getattr(kombu_redis.Channel, method))
+        missing = [step for step in steps if step not in source]
+        _require(not missing, f"kombu's redis Channel.{method} still does {missing}")
     qos = kombu_redis.QoS(_NoRestore())  # type: ignore[no-untyped-call]
     _require(isinstance(getattr(qos, "_delivered", None), dict), "QoS.__init__ sets _delivered")
     with offline_channel({}, broker.Transport) as channel:

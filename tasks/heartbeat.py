@@ -26,6 +26,7 @@ from celery import bootsteps
 from celery.signals import worker_shutting_down
 from celery.worker import state
 
+from tasks.durability import warn_if_not_durable
 from tasks.records import PREFIX
 from tasks.settings import Settings, get_settings
 
@@ -112,6 +113,7 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
             socket_connect_timeout=settings.connect_timeout,
             socket_timeout=settings.socket_timeout,
         )
+        warn_if_not_durable(self._client, "the Redis holding jobs")
         self._thread = threading.Thread(
             target=self._beat_forever, args=(worker, settings), name="jobql-heartbeat", daemon=True
         )

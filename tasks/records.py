@@ -32,6 +32,8 @@ class JobState(StrEnum):
 
 
 TERMINAL_STATES = frozenset({JobState.SUCCESS, JobState.FAILURE, JobState.REVOKED})
+# A job in one of these has a worker running it; started again, that run was lost.
+RUNNING_STATES = frozenset({JobState.STARTED, JobState.PROGRESS})
 CANCELLABLE_STATES = frozenset({JobState.PENDING, JobState.RETRY})
 
 JOB_KEY_PREFIX = f"{PREFIX}:job:"
@@ -132,6 +134,13 @@ class JobSnapshot:
     finished_at: datetime | None
     idempotency_key: str | None
     workflow_id: str | None = None
+    # Deliveries: how many times a worker started the job, how many of those ended with
+    # the worker lost (a killed pool child or worker), why it was last delivered again,
+    # and the worker that started it last.
+    attempts: int = 0
+    lost: int = 0
+    redelivery: str | None = None
+    worker: str | None = None
     # Only on an event of a workflow's channel: the workflow's record after this change.
     workflow: dict[str, str] | None = None
 
@@ -160,6 +169,10 @@ class JobSnapshot:
             finished_at=_moment(fields.get("finished_at")),
             idempotency_key=fields.get("idempotency_key") or None,
             workflow_id=fields.get("workflow_id") or None,
+            attempts=int(fields.get("attempts") or 0),
+            lost=int(fields.get("lost") or 0),
+            redelivery=fields.get("redelivery") or None,
+            worker=fields.get("worker") or None,
         )
 
     @classmethod

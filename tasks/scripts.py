@@ -102,8 +102,9 @@ return false
 # task, workflow} when the record's differ from those the keys were built for (the caller
 # retries with them), or {'hook', job event, workflow event} when the move is done and a
 # webhook asked for it ('' for the one that did not). A terminal state is final: a late
-# progress report or a late STARTED never overwrites it. The record's TTL restarts with
-# every change, and so does its expiry entry.
+# progress report or a late STARTED never overwrites it. Every STARTED counts an attempt;
+# one that finds the job still running counts the previous run as lost with its worker.
+# The record's TTL restarts with every change, and so does its expiry entry.
 # A step of a workflow changes the workflow in the same step: its state and percent, the
 # aggregate state and progress, the workflow's sequence, and one event on the workflow's
 # channel (the step's snapshot, carrying the workflow's record as ``workflow``).
@@ -123,7 +124,14 @@ end
 local new = ARGV[2]
 if #ARGV > 13 then redis.call('HSET', KEYS[1], unpack(ARGV, 14)) end
 redis.call('HSET', KEYS[1], 'state', new)
-if new == 'STARTED' then redis.call('HSETNX', KEYS[1], 'started_at', ARGV[3]) end
+if new == 'STARTED' then
+  redis.call('HSETNX', KEYS[1], 'started_at', ARGV[3])
+  redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+  if state == 'STARTED' or state == 'PROGRESS' then
+    redis.call('HINCRBY', KEYS[1], 'lost', 1)
+    redis.call('HSET', KEYS[1], 'redelivery', 'worker lost: a run ended without an outcome')
+  end
+end
 if new == 'SUCCESS' or new == 'FAILURE' or new == 'REVOKED' then
   redis.call('HSET', KEYS[1], 'finished_at', ARGV[3])
 end

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     connect_timeout: float = Field(default=1.0, gt=0)
     socket_timeout: float = Field(default=3.0, gt=0)
     producer_threads: int = Field(default=8, ge=1, le=256)
+    # Longest a mutation waits for a broker other than the records' Redis to take a message
+    # before it answers SERVICE_UNAVAILABLE (a black-holed broker otherwise holds it).
+    publish_timeout: float = Field(default=1.5, gt=0, le=60)
     redis_max_connections: int = Field(default=64, ge=2, le=10_000)
     max_page_size: int = Field(default=100, ge=1, le=1000)
     # Most items one enqueueMany (or <task>Many) may carry; all are recorded in one call.
@@ -138,6 +141,21 @@ class Settings(BaseSettings):
     # many dashboards probing every second then cost one check per period, not one each.
     health_cache_seconds: float = Field(default=1.0, ge=0, le=60)
     inspect_cache_seconds: float = Field(default=3.0, ge=0, le=300)
+    # Reliability (README "Guarantees"). A job whose worker is lost this many times (a
+    # pool child or the whole worker killed while running it) is not run again: FAILURE.
+    max_worker_losses: int = Field(default=3, ge=0, le=100)
+    # A worker whose heartbeat expired and stays missing this much longer is lost: its
+    # running jobs are re-queued at once (within heartbeat TTL + this + one interval).
+    requeue_lost_after: float = Field(default=5.0, ge=0, le=3600)
+    # kombu redelivers any message left unacknowledged this long (seconds): what saves the
+    # jobs of a lost worker the heartbeats cannot (a worker on another broker, a job it
+    # reserved but had not started). It must exceed the task time limit, or a job still
+    # running would be delivered again; an ETA/countdown further away than this is too.
+    # Unset: the larger of an hour and twice the task time limit.
+    visibility_timeout: int | None = Field(default=None, ge=60)
+    # How long a worker keeps trying to write a job's outcome (its record, Celery's result)
+    # while Redis is unreachable, before it gives up and logs it.
+    redis_outage_tolerance: float = Field(default=30.0, ge=0, le=3600)
     # SIGTERM: subscribers are told at once, in-flight operations get this long to finish.
     shutdown_grace_seconds: float = Field(default=30.0, gt=0)
     # Where `jobql api --workers N` keeps prometheus-client's per-process files
@@ -151,6 +169,11 @@ class Settings(BaseSettings):
         _check_auth(self)
         if self.task_soft_time_limit >= self.task_time_limit:
             raise ValueError("JOBQL_TASK_SOFT_TIME_LIMIT must be below JOBQL_TASK_TIME_LIMIT")
+        if self.visibility_timeout is not None and self.visibility_timeout <= self.task_time_limit:
+            raise ValueError(
+                "JOBQL_VISIBILITY_TIMEOUT must exceed JOBQL_TASK_TIME_LIMIT: a job still "
+                "running would be delivered to a second worker"
+            )
         if self.webhook_secret is not None and not self.webhook_secret.startswith("whsec_"):
             raise ValueError("JOBQL_WEBHOOK_SECRET must be a Standard Webhooks secret (whsec_...)")
         return self
@@ -183,6 +206,11 @@ class Settings(BaseSettings):
     def queues(self) -> tuple[str, ...]:
         extra = (*self.extra_queues, self.webhook_queue)
         return (self.default_queue, *dict.fromkeys(q for q in extra if q != self.default_queue))
+
+    @property
+    def redelivery_after(self) -> int:
+        """kombu's visibility timeout: the set one, or an hour and at least twice the limit."""
+        return self.visibility_timeout or max(3600, int(self.task_time_limit) * 2)
 
     @property
     def heartbeat_ttl(self) -> float:

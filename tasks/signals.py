@@ -56,6 +56,7 @@ def _on_prerun(
                 sender.request.retries or 0,
                 dict(kwargs or {}),
                 delivery.get("routing_key") or "",
+                sender.request.hostname or "",
             )
         except redis.RedisError:
             logger.exception("could not record the start of job %s", task_id)

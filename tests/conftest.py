@@ -20,6 +20,7 @@ from devtools.processes import api_command, free_port, stop_all, wait_for_port, 
 from devtools.valkey import EmbeddedValkey
 from tasks.app import create_celery_app
 from tasks.settings import Settings
+from tests.ledger import ledger, pytest_terminal_summary  # noqa: F401  (the fault ledger)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from typing import Any
 
@@ -15,3 +17,25 @@ def countdown(self: Any, n: int = 3, delay: float = 0.1) -> dict[str, int]:
         time.sleep(delay)
         self.update_state(state="PROGRESS", meta={"current": i, "total": n, "status": "counting"})
     return {"counted": n}
+
+
+# The side effect of a reliability test's job, keyed by the job id: a run that finds the
+# key set does not do it again. Every run is counted apart, to see re-runs.
+RUNS_KEY = "jobql:test:runs:"
+EFFECTS_KEY = "jobql:test:effects"
+
+
+@celery_app.task(bind=True, name="reliability.effect")
+def effect(self: Any, seconds: float = 1.0, die: bool = False) -> dict[str, int]:
+    """Report this run's pid, wait ``seconds`` (or kill its own process), then do the effect."""
+    from tasks.events import client
+
+    redis = client()
+    pid = os.getpid()
+    redis.rpush(RUNS_KEY + self.request.id, pid)
+    self.update_state(state="PROGRESS", meta={"current": 0, "total": 1, "data": {"pid": pid}})
+    if die:
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(seconds)
+    first = redis.hsetnx(EFFECTS_KEY, self.request.id, pid)
+    return {"pid": pid, "effect": int(first)}

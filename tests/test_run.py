@@ -97,6 +97,45 @@ def test_run_starts_everything_and_one_ctrl_c_stops_it(tmp_path: Path) -> None:
             os.killpg(run.pid, signal.SIGKILL)
 
 
+def _worker_pid(run_pid: int) -> int | None:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid=,args="], capture_output=True,
+                         text=True).stdout  # fmt: skip
+    for line in out.splitlines():
+        pid, ppid, args = line.split(None, 2)
+        if int(ppid) == run_pid and "celery" in args and "worker" in args:
+            return int(pid)
+    return None
+
+
+def test_a_crashed_worker_is_restarted_and_the_rest_stays_up(tmp_path: Path) -> None:
+    env = _clean_env(tmp_path)
+    run, port = _start(env, tmp_path)
+    try:
+        wait_for_port(port, 60, run)
+        first = _worker_pid(run.pid)
+        assert first is not None
+
+        os.kill(first, signal.SIGKILL)  # what an out-of-memory kill does
+
+        deadline = time.monotonic() + 30
+        while (_worker_pid(run.pid) in (None, first)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _worker_pid(run.pid) not in (None, first), "the worker was not restarted"
+        assert run.poll() is None, "make run stopped with its worker"
+        log = (tmp_path / "run.log").read_text()
+        assert re.search(r"the worker exited with -9 after [\d.]+ s; restarting it in", log)
+        api = GraphQL(f"http://127.0.0.1:{port}")
+        job = api.data("mutation { processData(input: {data: 3, delay: 0}) { id } }")
+        assert api.wait_done(job["processData"]["id"], timeout=60)["state"] == "SUCCESS"
+        api.http.close()
+
+        os.killpg(run.pid, signal.SIGINT)
+        assert run.wait(timeout=60) == 0, (tmp_path / "run.log").read_text()[-3000:]
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+
+
 def _valkey_running(run_log: Path) -> bool:
     found = re.search(r"embedded Valkey on redis://([\d.]+:\d+)", run_log.read_text())
     assert found, "the runner says where its Valkey listens"

@@ -1,0 +1,190 @@
+"""Lost workers: their running jobs go back on the queue in seconds, not after an hour.
+
+With ``task_acks_late`` a job's message stays in kombu's ``unacked`` hash until the worker
+acknowledges it; if the worker's main process dies (SIGKILL, a lost machine), kombu puts the
+message back only after ``visibility_timeout`` (an hour by default). The worker heartbeats
+(:mod:`tasks.heartbeat`) say sooner who is gone. Every live worker runs this reaper once
+per heartbeat interval; a lock keeps two scans from running at once. A job is re-queued
+when its record says it is running on a worker whose heartbeat expired and then stayed
+missing for ``JOBQL_REQUEUE_LOST_AFTER`` more seconds, as seen by the reaper (a Redis
+restart expires every heartbeat at once: live workers beat again within an interval and
+are spared).
+
+Never twice at once: a prefork worker's pool children die with its main process (Celery
+sets their parent-death signal to SIGKILL), and the job's record moves to RETRY before its
+message is restored, so a second reaper finds nothing to do. The message is put back by
+kombu's own ``QoS.restore_by_tag``, the call its visibility-timeout restore makes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+from urllib.parse import urlparse
+
+import redis
+from celery import bootsteps
+
+from tasks import events
+from tasks.heartbeat import broker_scope, worker_prefix
+from tasks.records import JOB_KEY_PREFIX, PREFIX, RUNNING_STATES, JobState
+from tasks.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+# KEYS: kombu's unacked hash, the hash of workers seen missing (name -> first seen, s)
+# ARGV: job key prefix, worker heartbeat key prefix, grace (s), missing hash TTL (s)
+# Returns {delivery tag, job id, worker, lost} for each message whose job runs on a worker
+# missing for longer than the grace. The job records and heartbeats are read by names built
+# here from the messages (like the page script's): on a Redis Cluster they would need a tag.
+SCAN_SCRIPT = """
+local now = tonumber(redis.call('TIME')[1])
+local grace = tonumber(ARGV[3])
+local out = {}
+for _, seen in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if redis.call('EXISTS', ARGV[2] .. seen) == 1 then redis.call('HDEL', KEYS[2], seen) end
+end
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+  local ok, payload = pcall(cjson.decode, entries[i + 1])
+  local id
+  if ok and type(payload) == 'table' and type(payload[1]) == 'table'
+      and type(payload[1]['headers']) == 'table' then
+    id = payload[1]['headers']['id']
+  end
+  if type(id) == 'string' then
+    local rec = redis.call('HMGET', ARGV[1] .. id, 'state', 'worker', 'lost')
+    local state, worker = rec[1], rec[2]
+    if (state == 'STARTED' or state == 'PROGRESS') and worker and worker ~= '' then
+      if redis.call('EXISTS', ARGV[2] .. worker) == 1 then
+        redis.call('HDEL', KEYS[2], worker)
+      else
+        local first = tonumber(redis.call('HGET', KEYS[2], worker) or '')
+        if not first then
+          redis.call('HSET', KEYS[2], worker, now)
+          redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
+          first = now
+        end
+        if now - first >= grace then
+          out[#out + 1] = {entries[i], id, worker, rec[3] or '0'}
+        end
+      end
+    end
+  end
+end
+return out
+"""
+
+
+UNLOCK_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def missing_key(settings: Settings) -> str:
+    return f"{PREFIX}:workers-missing:{broker_scope(settings)}"
+
+
+def lock_key(settings: Settings) -> str:
+    return f"{PREFIX}:reaper:{broker_scope(settings)}"
+
+
+class Reaper(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Re-queues the running jobs of lost workers, from a thread of the worker's main process."""
+
+    requires = ("tasks.heartbeat:Heartbeat",)
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._client: redis.Redis | None = None
+        self._connection: Any = None
+
+    def start(self, worker: Any) -> None:
+        settings = get_settings()
+        if urlparse(settings.broker).scheme not in ("redis", "rediss"):
+            return  # RabbitMQ redelivers a lost consumer's messages by itself
+        if settings.broker != settings.redis:
+            logger.info("lost workers' jobs wait for the visibility timeout: the broker is "
+                        "not the Redis that holds job records and heartbeats")  # fmt: skip
+            return
+        self._connection = worker.app.connection_for_write()
+        self._client = redis.Redis.from_url(
+            settings.redis,
+            decode_responses=True,
+            socket_connect_timeout=settings.connect_timeout,
+            socket_timeout=settings.socket_timeout,
+        )
+        self._thread = threading.Thread(
+            target=self._reap_forever, args=(worker, settings), name="jobql-reaper", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, worker: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._client is not None:
+            self._client.close()
+        if self._connection is not None:
+            self._connection.release()
+
+    shutdown = stop
+
+    def _reap_forever(self, worker: Any, settings: Settings) -> None:
+        while not self._stop.wait(settings.worker_heartbeat_interval):
+            try:
+                self.reap(worker.hostname, settings)
+            except Exception as exc:
+                logger.warning("lost workers not checked: %s", exc)
+
+    def reap(self, me: str, settings: Settings) -> list[str]:
+        """One scan, unless another worker's reaper is scanning now; the re-queued job ids.
+
+        The lock only keeps scans apart (it expires after an interval if its holder dies):
+        every worker scans once per interval, so a worker configured with a longer interval
+        or grace never delays the others.
+        """
+        assert self._client is not None
+        interval_ms = int(settings.worker_heartbeat_interval * 1000)
+        if not self._client.set(lock_key(settings), me, nx=True, px=interval_ms):
+            return []
+        try:
+            return self._requeue(settings)
+        finally:
+            self._client.eval(UNLOCK_SCRIPT, 1, lock_key(settings), me)
+
+    def _requeue(self, settings: Settings) -> list[str]:
+        assert self._client is not None
+        channel = self._connection.default_channel
+        found = self._client.eval(
+            SCAN_SCRIPT,
+            2,
+            channel.unacked_key,
+            missing_key(settings),
+            JOB_KEY_PREFIX,
+            worker_prefix(settings),
+            settings.requeue_lost_after,
+            24 * 3600,
+        )
+        requeued = []
+        for tag, job_id, lost_worker, lost in found:
+            reason = (
+                f"worker {lost_worker} lost: no heartbeat for over "
+                f"{settings.heartbeat_ttl + settings.requeue_lost_after:g} s"
+            )
+            outcome = events.transition(
+                job_id,
+                JobState.RETRY,
+                {"redelivery": reason, "lost": str(int(lost) + 1)},
+                allowed_from=RUNNING_STATES,
+            )
+            if outcome == "ok":
+                channel.qos.restore_by_tag(tag, leftmost=True)
+                self._client.hdel(missing_key(settings), lost_worker)
+                logger.warning("re-queued job %s: %s", job_id, reason)
+                requeued.append(job_id)
+        return requeued
