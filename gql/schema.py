@@ -40,9 +40,8 @@ from gql.types import (
     Worker,
     decode_cursor,
     encode_cursor,
+    enqueue_request,
 )
-from gql.webhook_types import WebhookInput
-from gql.webhooks import Webhook
 from gql.workflow_schema import WorkflowQuery, WorkflowSubscription, workflow_mutations
 from tasks.registry import TaskRegistry, TaskSpec
 from tasks.scripts import PageQuery
@@ -51,32 +50,12 @@ from tasks.settings import Settings
 T = TypeVar("T")
 
 
-def _request(options: EnqueueOptions | None) -> EnqueueRequest:
-    if options is None:
-        return EnqueueRequest()
-    return EnqueueRequest(
-        countdown=options.countdown,
-        eta=options.eta,
-        expires=options.expires,
-        priority=options.priority,
-        queue=options.queue,
-        idempotency_key=options.idempotency_key,
-        webhook=_webhook(options.webhook),
-    )
-
-
-def _webhook(webhook: WebhookInput | None) -> Webhook | None:
-    if webhook is None:
-        return None
-    return Webhook(url=webhook.url, events=tuple(event.value for event in webhook.events))
-
-
 def _item_request(
     batch: EnqueueOptions | None, own: EnqueueOptions | None, index: int
 ) -> EnqueueRequest:
     """An item's options: its own where given, else the batch's. A batch idempotency key
     becomes ``<key>:<index>`` per item, so the same batch sent again returns the same jobs."""
-    shared, mine = _request(batch), _request(own)
+    shared, mine = enqueue_request(batch), enqueue_request(own)
     key = mine.idempotency_key
     if key is None and shared.idempotency_key is not None:
         key = f"{shared.idempotency_key}:{index}"
@@ -185,7 +164,7 @@ async def enqueue(
     options: Options = None,
 ) -> Job:
     jobs, owner = info.context.jobs, await info.context.admitted()
-    snapshot = await jobs.enqueue(jobs.spec(task), input, _request(options), owner)
+    snapshot = await jobs.enqueue(jobs.spec(task), input, enqueue_request(options), owner)
     return Job.from_snapshot(snapshot)
 
 
@@ -227,7 +206,7 @@ def _typed_mutation(spec: TaskSpec, input_types: InputTypes) -> StrawberryField:
 
     async def resolver(info: Info, input: Any, options: EnqueueOptions | None = None) -> Job:
         snapshot = await info.context.jobs.enqueue(
-            spec, to_data(input), _request(options), await info.context.admitted()
+            spec, to_data(input), enqueue_request(options), await info.context.admitted()
         )
         return Job.from_snapshot(snapshot)
 

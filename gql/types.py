@@ -12,8 +12,9 @@ from strawberry.scalars import JSON
 
 from gql.descriptions import describe_values
 from gql.errors import BadUserInput
+from gql.jobs import EnqueueRequest
 from gql.webhook_types import WebhookDelivery, WebhookInput
-from gql.webhooks import deliveries
+from gql.webhooks import Webhook, deliveries
 from tasks.records import JobSnapshot, to_score
 from tasks.records import JobState as JobStateValue
 from tasks.registry import TaskSpec
@@ -319,4 +320,20 @@ class JobFilter:
     )
     created_before: datetime | None = strawberry.field(
         default=None, description="Only jobs enqueued before this time."
+    )
+
+
+def enqueue_request(options: EnqueueOptions | None) -> EnqueueRequest:
+    """``EnqueueOptions`` as the job service reads them (every field optional)."""
+    if options is None:
+        return EnqueueRequest()
+    hook = options.webhook
+    return EnqueueRequest(
+        countdown=options.countdown,
+        eta=options.eta,
+        expires=options.expires,
+        priority=options.priority,
+        queue=options.queue,
+        idempotency_key=options.idempotency_key,
+        webhook=Webhook(hook.url, tuple(e.value for e in hook.events)) if hook else None,
     )

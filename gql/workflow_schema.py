@@ -13,9 +13,7 @@ from gql.broadcast import Resync
 from gql.context import Info
 from gql.errors import NotFound
 from gql.inputs import to_data
-from gql.jobs import EnqueueRequest
-from gql.types import EnqueueOptions, Options, Terminate
-from gql.webhooks import Webhook
+from gql.types import Options, Terminate, enqueue_request
 from gql.workflow_types import Workflow, WorkflowInput
 from gql.workflows import WorkflowService
 from tasks.records import JobSnapshot
@@ -30,21 +28,6 @@ def _service(info: Info) -> WorkflowService:
     service = info.context.workflows
     assert service is not None, "the app's lifespan starts the workflow service"
     return service
-
-
-def _request(options: EnqueueOptions | None) -> EnqueueRequest:
-    if options is None:
-        return EnqueueRequest()
-    hook = options.webhook
-    return EnqueueRequest(
-        countdown=options.countdown,
-        eta=options.eta,
-        expires=options.expires,
-        priority=options.priority,
-        queue=options.queue,
-        idempotency_key=options.idempotency_key,
-        webhook=Webhook(hook.url, tuple(e.value for e in hook.events)) if hook else None,
-    )
 
 
 @strawberry.type
@@ -64,7 +47,7 @@ async def run_workflow(
 ) -> Workflow:
     tree = to_data(input.root)
     owner = await info.context.admitted()
-    found = await _service(info).run(tree, _request(options), input.name, owner)
+    found = await _service(info).run(tree, enqueue_request(options), input.name, owner)
     return Workflow.from_snapshot(*found)
 
 
