@@ -35,6 +35,8 @@ def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
 
 
 def test_signatures_match_the_specifications_example() -> None:
+    # The Standard Webhooks specification's own published test vector: a public example,
+    # not a credential of any service.
     body = b'{"test": 2432232314}'
     secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
     signed = signature(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body)
