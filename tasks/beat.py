@@ -69,16 +69,96 @@ def tick_key(schedule_id: str, after: datetime | None) -> str:
     return f"schedule:{schedule_id}:{after.isoformat() if after else 'first'}"
 
 
-class JobQLScheduler(RedBeatScheduler):  # type: ignore[misc]
-    Entry = JobQLEntry
+class RunStarter:
+    """Starts one run of a JobQL schedule as a job; any beat scheduler can use it (RedBeat's
+    here; a Django project's ``django-celery-beat`` scheduler too)."""
 
-    def __init__(self, app: Celery, *args: Any, **kwargs: Any) -> None:
-        super().__init__(app, *args, **kwargs)
+    def __init__(self, app: Celery) -> None:
         settings = get_settings()
         # The broker is the records' Redis: a run's record and message go in one call.
         self._direct = writes_messages(app, settings)
         self._sender: Celery | None = None
         self._last_run = events.client().register_script(LAST_RUN_SCRIPT)
+
+    def start(
+        self,
+        schedule_id: str,
+        task: str,
+        kwargs: dict[str, Any],
+        ours: dict[str, Any],
+        after: datetime | None,
+    ) -> str:
+        """Record and send the run of the tick after ``after``; returns its job's id (the
+        existing one if this tick already ran)."""
+        created = records.now()
+        queue, priority = str(ours["queue"]), ours.get("priority")
+        key = tick_key(schedule_id, after)
+        fields = records.new_record(
+            job_id=str(uuid.uuid4()),
+            task=task,
+            owner=str(ours["owner"]),
+            queue=queue,
+            input_json=ours["input"],
+            created_at=created,
+            idempotency=key,
+            schedule=(schedule_id, str(ours["name"])),
+        )
+        job_id = fields["id"]
+        message = None
+        if self._direct:
+            body = task_message(
+                task=task, job_id=job_id, kwargs=kwargs, queue=queue, now=created, priority=priority
+            )
+            message = (queue_key(queue, priority), body)
+        existing = events.create(fields, idempotency=key, message=message)
+        if existing is not None:
+            logger.warning(
+                "schedule %s: this tick already started job %s; not starting another",
+                schedule_id,
+                existing,
+            )
+            return existing
+        if message is None:
+            self._send_elsewhere(task, kwargs, fields, priority)
+        self._last_run(keys=[entry_key(schedule_id)], args=[created.isoformat(), job_id])
+        logger.info(
+            "schedule %s (%s) started job %s",
+            schedule_id,
+            ours["name"],
+            job_id,
+            extra={"job_id": job_id, "task": task, "owner": fields["owner"]},
+        )
+        return job_id
+
+    def _send_elsewhere(
+        self, task: str, kwargs: dict[str, Any], fields: dict[str, str], priority: int | None
+    ) -> None:
+        """Another broker (RabbitMQ): Celery's producer, from an app without a result
+        backend (a long-lived sender must not subscribe to every result: see tasks.app)."""
+        if self._sender is None:
+            from tasks.app import create_celery_app
+
+            self._sender = create_celery_app(get_settings(), producer=True)
+        try:
+            self._sender.send_task(
+                task, kwargs=kwargs, task_id=fields["id"], queue=fields["queue"], priority=priority
+            )
+        except Exception:
+            events.discard(fields)
+            raise
+        events.announce(fields)
+
+    def close(self) -> None:
+        if self._sender is not None:
+            self._sender.close()
+
+
+class JobQLScheduler(RedBeatScheduler):  # type: ignore[misc]
+    Entry = JobQLEntry
+
+    def __init__(self, app: Celery, *args: Any, **kwargs: Any) -> None:
+        super().__init__(app, *args, **kwargs)
+        self._runs = RunStarter(app)
 
     def apply_async(
         self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any
@@ -89,77 +169,11 @@ class JobQLScheduler(RedBeatScheduler):  # type: ignore[misc]
         after = entry.last_run_at
         entry = self.reserve(entry) if advance else entry
         try:
-            return self._start(entry, ours, after)
+            job_id = self._runs.start(entry.name, entry.task, dict(entry.kwargs or {}), ours, after)
         except Exception as exc:
             raise SchedulingError(f"could not start a run of schedule {entry.name}") from exc
-
-    def _start(self, entry: Any, ours: dict[str, Any], after: datetime | None) -> Sent:
-        created = records.now()
-        queue, priority = str(ours["queue"]), ours.get("priority")
-        key = tick_key(entry.name, after)
-        fields = records.new_record(
-            job_id=str(uuid.uuid4()),
-            task=entry.task,
-            owner=str(ours["owner"]),
-            queue=queue,
-            input_json=ours["input"],
-            created_at=created,
-            idempotency=key,
-            schedule=(entry.name, str(ours["name"])),
-        )
-        job_id = fields["id"]
-        message = None
-        if self._direct:
-            body = task_message(
-                task=entry.task,
-                job_id=job_id,
-                kwargs=dict(entry.kwargs or {}),
-                queue=queue,
-                now=created,
-                priority=priority,
-            )
-            message = (queue_key(queue, priority), body)
-        existing = events.create(fields, idempotency=key, message=message)
-        if existing is not None:
-            logger.warning(
-                "schedule %s: this tick already started job %s; not starting another",
-                entry.name,
-                existing,
-            )
-            return Sent(existing)
-        if message is None:
-            self._send_elsewhere(entry, fields, priority)
-        self._last_run(keys=[entry_key(entry.name)], args=[created.isoformat(), job_id])
-        logger.info(
-            "schedule %s (%s) started job %s",
-            entry.name,
-            ours["name"],
-            job_id,
-            extra={"job_id": job_id, "task": entry.task, "owner": fields["owner"]},
-        )
         return Sent(job_id)
 
-    def _send_elsewhere(self, entry: Any, fields: dict[str, str], priority: int | None) -> None:
-        """Another broker (RabbitMQ): Celery's producer, from an app without a result
-        backend (a long-lived sender must not subscribe to every result: see tasks.app)."""
-        if self._sender is None:
-            from tasks.app import create_celery_app
-
-            self._sender = create_celery_app(get_settings(), producer=True)
-        try:
-            self._sender.send_task(
-                entry.task,
-                kwargs=dict(entry.kwargs or {}),
-                task_id=fields["id"],
-                queue=fields["queue"],
-                priority=priority,
-            )
-        except Exception:
-            events.discard(fields)
-            raise
-        events.announce(fields)
-
     def close(self) -> None:
-        if self._sender is not None:
-            self._sender.close()
+        self._runs.close()
         super().close()
