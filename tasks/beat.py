@@ -71,7 +71,11 @@ def tick_key(schedule_id: str, after: datetime | None) -> str:
 
 class RunStarter:
     """Starts one run of a JobQL schedule as a job; any beat scheduler can use it (RedBeat's
-    here; a Django project's ``django-celery-beat`` scheduler too)."""
+    here; a Django project's ``django-celery-beat`` scheduler too).
+
+    ``ours`` is JobQL's part of the schedule (``options["jobql"]`` of a RedBeat entry):
+    ``owner``, ``name``, ``input`` (as clients read it), ``queue`` and ``priority``.
+    """
 
     def __init__(self, app: Celery) -> None:
         settings = get_settings()

@@ -3,6 +3,7 @@ run beat records survives the API's changes, and one tick starts one job however
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -95,9 +96,17 @@ async def test_what_the_api_writes_is_what_redbeat_reads(
     assert isinstance(cron.schedule, ZonedCrontab)
     assert cron.schedule.tz == ZoneInfo("Europe/Paris") and cron.schedule.hour == {3}
     assert not cron.is_due()[0]
-
     assert await store.list(every.owner) == [every]
     assert await store.get(nightly.id) == nightly
+
+    advanced = next(cron)  # what beat does after a run: RedBeat rescores the entry
+    paris_3am = advanced.last_run_at.astimezone(ZoneInfo("Europe/Paris")) + timedelta(days=1)
+    paris_3am = paris_3am.replace(hour=3, minute=0, second=0, microsecond=0)
+    if advanced.last_run_at.astimezone(ZoneInfo("Europe/Paris")).hour < 3:
+        paris_3am -= timedelta(days=1)
+    score = await client.zscore(SCHEDULE_SET, entry_key(nightly.id))
+    assert score == pytest.approx(paris_3am.timestamp())
+    assert (await store.get(nightly.id)).runs == 1  # type: ignore[union-attr]
 
 
 async def test_a_run_beat_records_survives_the_apis_changes(
@@ -135,6 +144,18 @@ async def test_names_are_unique_per_owner_and_schedules_are_bounded(
         )
     assert await store.delete(first.id) and not await store.delete(first.id)
     assert [r.name for r in await store.list(first.owner)] == ["tick"]
+
+
+async def test_of_two_creates_with_one_name_at_once_one_wins(client: aioredis.Redis) -> None:
+    store = RedisScheduleStore(client)
+    first = new_schedule(name="race")
+    second = ScheduleRecord(**{**_fields(new_schedule()), "owner": first.owner, "name": "race"})
+    outcomes = await asyncio.gather(
+        store.create(first, limit=10), store.create(second, limit=10), return_exceptions=True
+    )
+    assert sorted(type(o).__name__ for o in outcomes) == ["NameTaken", "NoneType"]
+    assert len(await store.list(first.owner)) == 1
+    assert await client.zcard(SCHEDULE_SET) >= 1
 
 
 def _fields(record: ScheduleRecord) -> dict[str, object]:
