@@ -23,15 +23,25 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import redis
 from celery import Celery
 from celery.beat import SchedulingError
 from celery.schedules import crontab
 from redbeat import RedBeatScheduler, RedBeatSchedulerEntry
+from redbeat.schedulers import get_redis
 
 from tasks import events, records
 from tasks.fast_paths import writes_messages
 from tasks.messages import queue_key, task_message
-from tasks.schedules import ZonedCrontab, celery_schedule, entry_key, is_ours, timing_from_json
+from tasks.schedules import (
+    DISABLED_SCORE,
+    SCHEDULE_SET,
+    ZonedCrontab,
+    celery_schedule,
+    entry_key,
+    is_ours,
+    timing_from_json,
+)
 from tasks.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -176,7 +186,31 @@ class JobQLScheduler(RedBeatScheduler):  # type: ignore[misc]
             job_id = self._runs.start(entry.name, entry.task, dict(entry.kwargs or {}), ours, after)
         except Exception as exc:
             raise SchedulingError(f"could not start a run of schedule {entry.name}") from exc
+        try:
+            self._follow_changes(entry.name, ours)
+        except redis.RedisError:
+            logger.warning("schedule %s: could not check it for changes after a run", entry.name)
         return Sent(job_id)
+
+    def _follow_changes(self, schedule_id: str, ours: dict[str, Any]) -> None:
+        """RedBeat rescored the entry from the definition it loaded when the tick began; if
+        the API changed or deleted the schedule since, follow what is stored now (else a
+        schedule sped up from hourly to every second would wait out the hour, and a deleted
+        one would leave a hash of beat's ``meta`` behind)."""
+        client = get_redis(self.app)
+        key = entry_key(schedule_id)
+        definition = client.hget(key, "definition")
+        if definition is None:
+            with client.pipeline() as pipe:
+                pipe.delete(key)
+                pipe.zrem(SCHEDULE_SET, key)
+                pipe.execute()
+            return
+        fresh = self.Entry.from_key(key, app=self.app)
+        now_ours = is_ours(fresh.options) or {}
+        if now_ours.get("updated_at") != ours.get("updated_at"):
+            score = fresh.score if fresh.enabled else DISABLED_SCORE
+            client.zadd(SCHEDULE_SET, {key: score})
 
     def close(self) -> None:
         self._runs.close()

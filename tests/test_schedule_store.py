@@ -4,6 +4,7 @@ run beat records survives the API's changes, and one tick starts one job however
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -19,7 +20,7 @@ from gql.schedule_store import NameTaken, RedisScheduleStore, TooManySchedules
 from gql.store import connect
 from tasks import records
 from tasks.app import create_celery_app
-from tasks.beat import JobQLEntry, RunStarter
+from tasks.beat import JobQLEntry, JobQLScheduler, RunStarter
 from tasks.schedules import (
     DISABLED_SCORE,
     SCHEDULE_SET,
@@ -195,3 +196,34 @@ async def test_one_tick_starts_one_job_however_often_it_is_started(
     )
     assert await client.llen("q-test") == 2, "one message per tick"  # type: ignore[misc]
     await client.delete("q-test")
+
+
+async def test_beat_follows_a_change_or_a_deletion_made_while_it_ran(
+    client: aioredis.Redis, app: Celery, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JOBQL_REDIS_URL", settings.redis)
+    store = RedisScheduleStore(client)
+    hourly, doomed = (
+        ScheduleRecord(**{**_fields(new_schedule(Interval(3600))), "queue": "q-follow"})
+        for _ in range(2)
+    )
+    for record in (hourly, doomed):
+        await store.create(record, limit=10)
+    # A tick begins: beat loads both entries as they are now...
+    loaded = [JobQLEntry.from_key(entry_key(r.id), app=app) for r in (hourly, doomed)]
+    # ...and before it runs them, one is sped up to every second and the other deleted.
+    await store.update(hourly.id, lambda r: r.changed(records.now(), timing=Interval(1)))
+    await store.delete(doomed.id)
+
+    scheduler = JobQLScheduler(app=app)
+    try:
+        for entry in loaded:
+            scheduler.apply_async(entry)
+    finally:
+        scheduler.close()
+
+    score = await client.zscore(SCHEDULE_SET, entry_key(hourly.id))
+    assert score is not None and score < time.time() + 5, "it waits a second, not an hour"
+    assert not await client.exists(entry_key(doomed.id)), "nothing of it is left behind"
+    assert await client.zscore(SCHEDULE_SET, entry_key(doomed.id)) is None
+    await client.delete("q-follow")
