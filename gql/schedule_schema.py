@@ -20,8 +20,8 @@ Name = Annotated[str, strawberry.argument(description="A name unique among your 
 Task = Annotated[
     str, strawberry.argument(description='A registered task name, e.g. "generate_report".')
 ]
-Timing = Annotated[ScheduleTiming, strawberry.argument(description="When it runs.")]
-When = Annotated[
+TimingArgument = Annotated[ScheduleTiming, strawberry.argument(description="When it runs.")]
+RunOptions = Annotated[
     ScheduleOptions | None,
     strawberry.argument(description="Where its runs go; defaults when omitted."),
 ]
@@ -49,14 +49,14 @@ async def create_schedule(
     info: Info,
     name: Name,
     task: Task,
-    timing: Timing,
+    timing: TimingArgument,
     input: Annotated[
         JSON, strawberry.argument(description="The input of every run, camelCase keys.")
     ] = JSON({}),  # noqa: B008
     enabled: Annotated[
         bool, strawberry.argument(description="Start running it now (false: create it paused).")
     ] = True,
-    options: When = None,
+    options: RunOptions = None,
 ) -> Schedule:
     owner = await info.context.admitted()
     request = schedule_request(
@@ -80,7 +80,7 @@ async def update_schedule(
         ScheduleTiming | None,
         strawberry.argument(description="A new timing; it counts from now."),
     ] = None,
-    options: When = None,
+    options: RunOptions = None,
 ) -> Schedule:
     await info.context.admitted()
     request = schedule_request(name=name, task=task, input=input, timing=timing, options=options)
