@@ -31,7 +31,7 @@ from kombu.connection import Connection
 from kombu.transport import TRANSPORT_ALIASES, virtual
 from kombu.transport import redis as kombu_redis
 
-from tasks import broker, compat
+from tasks import broker, compat, redis_clients
 from tasks.messages import PRIORITY_SEP, PRIORITY_STEPS, queue_key, task_message
 from tasks.settings import Settings
 
@@ -71,7 +71,7 @@ def broker_transport(settings: Settings) -> str | None:
     """The Celery ``broker_transport``: ours on a Redis broker while its check passes (it is a
     fix, so ``JOBQL_FAST_PATHS`` does not turn it off), else Celery's pick."""
     scheme = urlparse(settings.broker).scheme
-    if scheme not in ("redis", "sentinel"):
+    if scheme not in ("redis", "rediss", "sentinel"):
         return None
     on = compat.enable(REDIS_TRANSPORT, check_redis_transport, allowed=settings.fast_paths)
     if not on:
@@ -87,7 +87,8 @@ def broker_transport(settings: Settings) -> str | None:
 
 def writes_messages(app: Celery, settings: Settings) -> bool:
     """Whether the API writes Celery's messages itself: the broker is the records' Redis."""
-    if settings.broker != settings.redis or urlparse(settings.broker).scheme != "redis":
+    # Any shape of Redis (plain, TLS, Sentinel): the message lands where the worker reads.
+    if settings.broker != settings.redis or not redis_clients.is_redis(settings.broker):
         return False
     check = functools.partial(check_message_writer, app)
     return compat.enable(MESSAGE_WRITER, check, allowed=settings.fast_paths)

@@ -105,7 +105,7 @@ class Reaper(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def start(self, worker: Any) -> None:
         settings = get_settings()
-        if urlparse(settings.broker).scheme not in ("redis", "rediss"):
+        if urlparse(settings.broker).scheme not in ("redis", "rediss", "sentinel"):
             return  # RabbitMQ redelivers a lost consumer's messages by itself
         if settings.broker != settings.redis:
             logger.info("lost workers' jobs wait for the visibility timeout: the broker is "

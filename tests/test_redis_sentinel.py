@@ -10,6 +10,7 @@ still reach the terminal state.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -60,6 +61,9 @@ def test_a_job_runs_through_sentinel(sentinel_api: GraphQL) -> None:
     done = sentinel_api.wait_done(job["processData"]["id"])
     assert done["state"] == "SUCCESS"
     assert done["result"]["processed"] == 7
+    # The one-call enqueue (record and Celery message in one script) works behind Sentinel.
+    writer = sentinel_api.http.get("/health/stats").json()["fast_paths"]["celery.message_writer"]
+    assert writer["active"] is (os.environ.get("JOBQL_FAST_PATHS", "true") != "false")
 
 
 async def _job_through_a_failover(

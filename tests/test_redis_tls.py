@@ -7,6 +7,7 @@ the CA, the client certificate and the password from the settings.
 
 from __future__ import annotations
 
+import os
 import secrets
 import subprocess
 import sys
@@ -122,6 +123,9 @@ def test_health_and_check_see_every_part_over_tls(
         "ok": True, "broker": {"ok": True}, "resultBackend": {"ok": True},
         "broadcast": {"ok": True},
     }  # fmt: skip
+    # The one-call enqueue (record and Celery message in one script) works over TLS too.
+    writer = tls_api.http.get("/health/stats").json()["fast_paths"]["celery.message_writer"]
+    assert writer["active"] is (os.environ.get("JOBQL_FAST_PATHS", "true") != "false")
     check = _jobql_check(service_env(_url(server, password), tls_dir / "check", **_tls_env(certs)))
     assert check.returncode == 0, check.stdout
     assert password not in check.stdout, "no credential is printed"
