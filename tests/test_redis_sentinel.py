@@ -20,7 +20,7 @@ import redis
 
 from tasks.settings import Settings
 from tests.clients import Stream, graphql_transport_ws
-from tests.conftest import GraphQL, running_api, running_worker, service_env
+from tests.conftest import AsyncGraphQL, GraphQL, running_api, running_worker, service_env
 from tests.ledger import Ledger
 from tests.redis_servers import SentinelGroup, Server, sentinel_group
 
@@ -94,6 +94,13 @@ async def _job_through_a_failover(
         await asyncio.sleep(0.5)
         primary.kill()
         killed_at.append(time.monotonic())
+        # Meanwhile a mutation is answered at once: accepted, or SERVICE_UNAVAILABLE.
+        async with AsyncGraphQL(api.base_url) as client:
+            started = time.monotonic()
+            body = await client.post("mutation { processData(input: {data: 1}) { id } }")
+        assert time.monotonic() - started < 5
+        codes = [error["extensions"]["code"] for error in body.get("errors") or []]
+        assert codes in ([], ["SERVICE_UNAVAILABLE"]), body
 
     stream, _ = await asyncio.gather(
         graphql_transport_ws(api.base_url, WATCH, {"id": job["id"]}, 120, seen),
