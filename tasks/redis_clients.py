@@ -31,7 +31,7 @@ from redis.sentinel import Sentinel
 from tasks.settings import Settings, get_settings
 
 SENTINEL_SCHEME = "sentinel"
-_TLS_SCHEMES = frozenset({"rediss", "valkeys"})
+_TLS_SCHEMES = frozenset({"rediss"})
 _CERT_REQS = {
     "required": ssl.CERT_REQUIRED,
     "optional": ssl.CERT_OPTIONAL,
@@ -49,7 +49,7 @@ def is_tls(url: str) -> bool:
 
 def is_redis(url: str) -> bool:
     """Whether a URL names Redis in any shape JobQL speaks (not RabbitMQ, not a database)."""
-    return urlsplit(url).scheme in {"redis", "unix", "valkey", SENTINEL_SCHEME, *_TLS_SCHEMES}
+    return urlsplit(url).scheme in {"redis", "unix", SENTINEL_SCHEME, *_TLS_SCHEMES}
 
 
 def tls_options(settings: Settings) -> dict[str, Any]:
