@@ -14,16 +14,21 @@ from urllib.parse import urlsplit
 import redis
 from pydantic import ValidationError
 
+from tasks import redis_clients
 from tasks.durability import durability_warnings
 from tasks.heartbeat import worker_key
+from tasks.settings import Settings
 
 
 def _safe(url: str) -> str:
-    """A URL without user and password, for messages."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
+    """A URL without user and password, for messages (each address of a Sentinel URL)."""
+    shown = []
+    for chunk in url.split(";"):
+        parts = urlsplit(chunk)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+        shown.append(f"{parts.scheme}://{host}{port}{parts.path}")
+    return ";".join(shown)
 
 
 def _say(ok: bool, what: str) -> None:
@@ -35,8 +40,6 @@ def _warn(what: str) -> None:
 
 
 def run_checks(*, worker: str | None = None) -> int:
-    from tasks.settings import Settings
-
     try:
         settings = Settings()
     except ValidationError as exc:
@@ -65,19 +68,18 @@ def run_checks(*, worker: str | None = None) -> int:
 
     def ping(url: str) -> Callable[[], object]:
         def probe() -> object:
-            client = redis.Redis.from_url(url, socket_connect_timeout=settings.connect_timeout,
-                                          socket_timeout=settings.socket_timeout)  # fmt: skip
+            client = redis_clients.sync_client(url, settings, decode=False)
             try:
                 return client.ping()
             finally:
-                client.close()
+                redis_clients.close(client)
 
         return probe
 
     check(f"Redis for job records at {_safe(settings.redis)} answers", ping(settings.redis),
           "Is it running and is JOBQL_REDIS_URL right?")  # fmt: skip
-    _durability(settings.redis, settings.connect_timeout)
-    check(f"broker at {_safe(settings.broker)} answers", lambda: _broker(settings.broker, settings),
+    _durability(settings.redis, settings)
+    check(f"broker at {_safe(settings.broker)} answers", lambda: _broker(settings),
           "Is it running and is JOBQL_BROKER_URL (or the Redis URL) right?")  # fmt: skip
     if settings.broadcast != settings.redis:
         check(f"broadcast Redis at {_safe(settings.broadcast)} answers", ping(settings.broadcast),
@@ -88,38 +90,44 @@ def run_checks(*, worker: str | None = None) -> int:
     if worker:
 
         def alive() -> None:
-            client = redis.Redis.from_url(settings.redis, socket_connect_timeout=1)
+            client = redis_clients.sync_client(settings.redis, settings, decode=False)
             try:
                 if not client.exists(worker_key(settings, worker)):
                     raise LookupError(f"no heartbeat from {worker} in the last "
                                       f"{settings.heartbeat_ttl:g} s")  # fmt: skip
             finally:
-                client.close()
+                redis_clients.close(client)
 
         check(f"worker {worker} beats", alive, "Is it running and consuming this broker?")
     sys.stdout.flush()
     return 1 if failures else 0
 
 
-def _durability(url: str, timeout: float) -> None:
+def _durability(url: str, settings: Settings) -> None:
     """A warning, not a failure: a Redis that loses jobs on a crash still answers."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    quick = settings.model_copy(update={"socket_timeout": settings.connect_timeout})
+    client = redis_clients.sync_client(url, quick, decode=False)
     try:
         for warning in durability_warnings(client):
             _warn(f"Redis at {_safe(url)}: {warning}")
     except redis.RedisError:
         pass  # the ping above reported it
     finally:
-        client.close()
+        redis_clients.close(client)
 
 
 def _importer(module: str) -> Callable[[], object]:
     return lambda: importlib.import_module(module)
 
 
-def _broker(url: str, settings: object) -> None:
-    from kombu.connection import Connection
+def _broker(settings: Settings) -> None:
+    """Connect as the producer does: Celery's configuration carries TLS and Sentinel options."""
+    from tasks.app import create_celery_app
 
-    timeout = getattr(settings, "connect_timeout", 1.0)
-    with Connection(url, connect_timeout=timeout) as connection:  # type: ignore[no-untyped-call]
-        connection.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
+    app = create_celery_app(settings, producer=True)
+    timeout = settings.connect_timeout
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
+    finally:
+        app.close()
