@@ -134,20 +134,37 @@ def celery_config(
 
 def beat_config(settings: Settings) -> dict[str, Any]:
     """Celery beat on RedBeat (tasks.beat): schedules read from the records' Redis under
-    JobQL's keys (tasks.schedules), at least every ``JOBQL_BEAT_INTERVAL`` seconds."""
-    return {
+    JobQL's keys (tasks.schedules), at least every ``JOBQL_BEAT_INTERVAL`` seconds; over TLS
+    and through Sentinel as the records are (RedBeat builds its own client from these)."""
+    url = settings.redis
+    options: dict[str, Any] = {
+        "socket_connect_timeout": settings.connect_timeout,
+        "socket_timeout": settings.socket_timeout,
+        # RedBeat's own: a Redis blip is retried this long before beat gives up.
+        "retry_period": settings.redis_outage_tolerance,
+    }
+    shape = redis_clients.celery_redis_options(url, settings)
+    if redis_clients.is_sentinel(url):
+        hosts, master = redis_clients.sentinel_hosts(url)
+        # RedBeat's Sentinel form: the URL only names the scheme; the rest are options.
+        url = "redis-sentinel://"
+        options |= {
+            "sentinels": hosts,
+            "service_name": settings.redis_sentinel_master,
+            "sentinel_kwargs": shape["transport"]["sentinel_kwargs"],
+            **master,
+        }
+    config = {
         "beat_scheduler": "tasks.beat:JobQLScheduler",
         "beat_max_loop_interval": settings.beat_interval,
-        "redbeat_redis_url": settings.redis,
+        "redbeat_redis_url": url,
         "redbeat_key_prefix": BEAT_PREFIX,
         "redbeat_lock_timeout": settings.beat_lock_timeout,
-        "redbeat_redis_options": {
-            "socket_connect_timeout": settings.connect_timeout,
-            "socket_timeout": settings.socket_timeout,
-            # RedBeat's own: a Redis blip is retried this long before beat gives up.
-            "retry_period": settings.redis_outage_tolerance,
-        },
+        "redbeat_redis_options": options,
     }
+    if "ssl" in shape:
+        config["redbeat_redis_use_ssl"] = shape["ssl"]
+    return config
 
 
 def create_celery_app(
