@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
@@ -18,7 +18,7 @@ from celery.schedules import schedule
 from devtools.valkey import EmbeddedValkey
 from gql.schedule_store import NameTaken, RedisScheduleStore, TooManySchedules
 from gql.store import connect
-from tasks import records
+from tasks import records, redis_clients
 from tasks.app import create_celery_app
 from tasks.beat import JobQLEntry, JobQLScheduler, RunStarter
 from tasks.schedules import (
@@ -31,7 +31,7 @@ from tasks.schedules import (
     ZonedCrontab,
     entry_key,
 )
-from tasks.settings import Settings
+from tasks.settings import Settings, get_settings
 
 
 @pytest.fixture
@@ -39,6 +39,17 @@ async def client(valkey: EmbeddedValkey, settings: Settings) -> AsyncIterator[ai
     redis = connect(valkey.url, settings)
     yield redis
     await redis.aclose()
+
+
+@pytest.fixture
+def beat_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process as a beat process is: JOBQL_REDIS_URL in its environment, read afresh
+    (an earlier test may have cached settings without it) and a worker client of its own."""
+    monkeypatch.setenv("JOBQL_REDIS_URL", settings.redis)
+    monkeypatch.setattr(redis_clients, "_worker_client", None)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 
 @pytest.fixture
@@ -174,9 +185,8 @@ async def test_a_disabled_schedule_is_never_loaded_by_beat(client: aioredis.Redi
 
 
 async def test_one_tick_starts_one_job_however_often_it_is_started(
-    client: aioredis.Redis, app: Celery, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    client: aioredis.Redis, app: Celery, settings: Settings, beat_env: None
 ) -> None:
-    monkeypatch.setenv("JOBQL_REDIS_URL", settings.redis)
     record = new_schedule()
     ours = {"owner": record.owner, "name": record.name, "input": record.input, "queue": "q-test"}
     starter = RunStarter(app)
@@ -199,9 +209,8 @@ async def test_one_tick_starts_one_job_however_often_it_is_started(
 
 
 async def test_beat_follows_a_change_or_a_deletion_made_while_it_ran(
-    client: aioredis.Redis, app: Celery, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    client: aioredis.Redis, app: Celery, settings: Settings, beat_env: None
 ) -> None:
-    monkeypatch.setenv("JOBQL_REDIS_URL", settings.redis)
     store = RedisScheduleStore(client)
     hourly, doomed = (
         ScheduleRecord(**{**_fields(new_schedule(Interval(3600))), "queue": "q-follow"})
