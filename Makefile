@@ -13,7 +13,7 @@ STOCK_TESTS := tests/test_schema.py tests/test_enqueue.py tests/test_errors.py \
 # The same contract with Celery's results in django-celery-results (PostgreSQL; skipped with
 # a reason when none answers at 127.0.0.1:5432), the Django example's settings on the workers.
 DJANGO_RESULT_TESTS := tests/test_result_backend.py tests/test_enqueue.py tests/test_errors.py \
-	tests/test_subscriptions.py tests/test_listing.py
+	tests/test_subscriptions.py tests/test_listing.py tests/test_workflows.py
 DJANGO_RESULTS := DJANGO_SETTINGS_MODULE=exampleproject.settings JOBQL_RESULT_BACKEND_URL=django-db \
 	PYTHONPATH=$(CURDIR)/examples/django
 # The libraries whose internals we use (gql/compat.py, tasks/compat.py), pinned in pyproject.toml.
