@@ -35,7 +35,7 @@ def throwaway_database() -> Iterator[str]:
             autocommit=True,
         )
     except psycopg.OperationalError as exc:
-        pytest.skip(f"results in django-celery-results need PostgreSQL at 127.0.0.1:5432: {exc}")
+        pytest.skip(f"results in django-celery-results need a PostgreSQL: {exc}")
     # Read by the Django settings of every worker this run starts; made for this run only.
     os.environ["DJANGO_DB_NAME"] = name
     os.environ.setdefault("DJANGO_SECRET_KEY", secrets.token_urlsafe(40))

@@ -63,7 +63,7 @@ def database() -> Iterator[str]:
     try:
         admin = _admin()
     except psycopg.OperationalError as exc:
-        pytest.skip(f"the Django example needs PostgreSQL at 127.0.0.1:5432: {exc}".strip())
+        pytest.skip(f"the Django example needs a PostgreSQL (DJANGO_DB_HOST/PORT): {exc}")
     name = os.environ["DJANGO_DB_NAME"]
     admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
