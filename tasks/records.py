@@ -141,6 +141,9 @@ class JobSnapshot:
     lost: int = 0
     redelivery: str | None = None
     worker: str | None = None
+    # A run of a periodic schedule: the schedule's id and name (see tasks.schedules).
+    schedule_id: str | None = None
+    schedule: str | None = None
     # Only on an event of a workflow's channel: the workflow's record after this change.
     workflow: dict[str, str] | None = None
 
@@ -173,6 +176,8 @@ class JobSnapshot:
             lost=int(fields.get("lost") or 0),
             redelivery=fields.get("redelivery") or None,
             worker=fields.get("worker") or None,
+            schedule_id=fields.get("schedule_id") or None,
+            schedule=fields.get("schedule") or None,
         )
 
     @classmethod
@@ -198,10 +203,12 @@ def new_record(
     idempotency: str | None = None,
     workflow_id: str | None = None,
     webhook: tuple[str, str] | None = None,
+    schedule: tuple[str, str] | None = None,
 ) -> dict[str, str]:
-    """A PENDING record; ``webhook`` is (url, events) with events comma-separated.
+    """A PENDING record; ``webhook`` is (url, events) with events comma-separated,
+    ``schedule`` the (id, name) of the schedule this job is a run of.
 
-    The workflow and webhook fields are written only when set: most jobs have neither.
+    The workflow, webhook and schedule fields are written only when set: most jobs have none.
     """
     fields = {
         "id": job_id,
@@ -219,6 +226,8 @@ def new_record(
         fields["workflow_id"] = workflow_id
     if webhook:
         fields["webhook_url"], fields["webhook_events"] = webhook
+    if schedule:
+        fields["schedule_id"], fields["schedule"] = schedule
     return fields
 
 

@@ -77,6 +77,15 @@ class Settings(BaseSettings):
     # Every use of a library's internals (see tasks.compat); false runs stock behaviour.
     fast_paths: bool = True
 
+    # Periodic jobs (tasks.beat): beat reads the schedules at least this often (seconds),
+    # so a created, changed or disabled schedule takes effect within it.
+    beat_interval: float = Field(default=1.0, gt=0, le=60)
+    # The beat that holds the lock runs the schedules; if it dies, a standby beat takes
+    # over once the lock expired, this many seconds after its last renewal.
+    beat_lock_timeout: int = Field(default=10, ge=2, le=3600)
+    # Schedules one owner may have.
+    max_schedules_per_owner: int = Field(default=100, ge=1, le=100_000)
+
     # Most tasks one runWorkflow may hold, counting every step of every branch.
     workflow_max_steps: int = Field(default=100, ge=1, le=10_000)
 
@@ -176,6 +185,8 @@ class Settings(BaseSettings):
                 "JOBQL_VISIBILITY_TIMEOUT must exceed JOBQL_TASK_TIME_LIMIT: a job still "
                 "running would be delivered to a second worker"
             )
+        if self.beat_lock_timeout <= self.beat_interval:
+            raise ValueError("JOBQL_BEAT_LOCK_TIMEOUT must exceed JOBQL_BEAT_INTERVAL")
         if self.webhook_secret is not None and not self.webhook_secret.startswith("whsec_"):
             raise ValueError("JOBQL_WEBHOOK_SECRET must be a Standard Webhooks secret (whsec_...)")
         return self
