@@ -1,8 +1,9 @@
 """`make run`: the example project and everything it needs; one Ctrl-C stops all of it.
 
 Valkey (embedded, unless ``REDIS_URL`` is set), the PostgreSQL database (created when
-missing) and its migrations, a Celery worker (``celery -A exampleproject worker``) and
-uvicorn serving ``exampleproject.asgi:application``: Django and JobQL on one port.
+missing) and its migrations, a Celery worker (``celery -A exampleproject worker``), beat
+for the periodic schedules (``celery -A exampleproject beat``) and uvicorn serving
+``exampleproject.asgi:application``: Django and JobQL on one port.
 """
 
 from __future__ import annotations
@@ -71,14 +72,18 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    worker_argv = [sys.executable, "-m", "celery", "-A", "exampleproject", "worker", "-l", "INFO"]
+    celery = [sys.executable, "-m", "celery", "-A", "exampleproject"]
     server_argv = [
         sys.executable, "-m", "uvicorn", "exampleproject.asgi:application",
         "--host", args.host, "--port", str(args.port),
     ]  # fmt: skip
-    children = [subprocess.Popen(worker_argv, env=env), subprocess.Popen(server_argv, env=env)]
+    children = [
+        subprocess.Popen([*celery, "worker", "-l", "INFO"], env=env),
+        subprocess.Popen([*celery, "beat", "-l", "INFO"], env=env),
+        subprocess.Popen(server_argv, env=env),
+    ]
     try:
-        wait_for_port(args.port, 60.0, children[1])
+        wait_for_port(args.port, 60.0, children[-1])
         logger.info(
             "up: http://%s:%d/ (create a user with `python manage.py createsuperuser`, sign in "
             "at /accounts/login/, then GraphiQL at /graphql)",

@@ -116,6 +116,18 @@ def worker(env: dict[str, str], data_dir: Path) -> Iterator[subprocess.Popen[byt
 
 
 @pytest.fixture(scope="session")
+def beat(env: dict[str, str], data_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``celery -A exampleproject beat``: JobQL's scheduler (RedBeat), ticking every 0.2 s."""
+    command = [sys.executable, "-m", "celery", "-A", "exampleproject", "beat", "--loglevel=INFO"]
+    with _log(data_dir, f"django-beat-{free_port()}") as log:
+        process = subprocess.Popen(
+            command, env={**env, "JOBQL_BEAT_INTERVAL": "0.2"}, cwd=EXAMPLE, stdout=log, stderr=log
+        )
+    yield process
+    stop_all([process], timeout=10)
+
+
+@pytest.fixture(scope="session")
 def server(
     env: dict[str, str],
     data_dir: Path,
