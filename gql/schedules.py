@@ -177,7 +177,7 @@ class ScheduleService:
     ) -> tuple[str, int | None]:
         """The queue and priority, checked as an enqueue's options are."""
         spec = self.jobs.spec(task)
-        delivery = self.jobs._delivery(spec, EnqueueRequest(queue=queue, priority=priority))
+        delivery = self.jobs.planner.delivery(spec, EnqueueRequest(queue=queue, priority=priority))
         return delivery.queue, delivery.priority
 
 

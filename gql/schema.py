@@ -1,6 +1,7 @@
 """The schema: the contract's queries and mutations, plus one typed mutation per task."""
 
 # Resolver annotations must stay real objects: typed mutations are built at run time.
+from collections.abc import Sequence
 from typing import Annotated, Any, TypeVar
 
 import strawberry
@@ -287,10 +288,15 @@ def operation_rules(settings: Settings | None) -> OperationRules:
     return OperationRules(settings.max_tokens, [*depth, *aliases])
 
 
-def build_schema(registry: TaskRegistry, settings: Settings | None = None) -> strawberry.Schema:
+def build_schema(
+    registry: TaskRegistry,
+    settings: Settings | None = None,
+    mutations: Sequence[StrawberryField] = (),
+) -> strawberry.Schema:
     """The schema for the typed tasks of ``registry`` (import the task modules first), with
     the abuse limits of ``settings`` when given, on JobQL's executor once
-    :func:`gql.compat.enable` turned it on, else on Strawberry's."""
+    :func:`gql.compat.enable` turned it on, else on Strawberry's. ``mutations``: a host
+    application's own (a Django app's, which may write models and start jobs at once)."""
     input_types = InputTypes()
     mutation_fields = [
         strawberry.mutation(enqueue, name="enqueue", description="Enqueue any task by name."),
@@ -313,6 +319,7 @@ def build_schema(registry: TaskRegistry, settings: Settings | None = None) -> st
         ),
         *workflow_mutations(),
         *schedule_mutations(),
+        *mutations,
     ]
     mutation = create_type(
         "Mutation",

@@ -126,10 +126,11 @@ class JobQLGraphQL(GraphQL[Context, None]):
         if not self.authenticator.enabled:
             return _ACK
         credential = credential_of(context.connection_params)
+        scope = context.request.scope if context.request is not None else {}
         if credential is None and context.request is not None:
             credential = context.request.headers.get("authorization")
         try:
-            context.principal = await self.authenticator.authenticate(credential)
+            context.principal = await self.authenticator.authenticate_scope(scope, credential)
         except Unauthenticated as exc:
             code = ErrorCode.UNAUTHENTICATED.value
             raise ConnectionRejectionError({"message": str(exc), "code": code}) from None

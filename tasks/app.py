@@ -32,11 +32,16 @@ def _queue(name: str) -> Queue:
 
 
 def _sender_backend(url: str) -> str | None:
-    """A sender's result backend: only a chord needs one, and it must not subscribe."""
+    """A sender's result backend: only a chord needs one, and it must not subscribe.
+
+    Redis's would (see ``ProducerRedisBackend``); a database's (``django-db``) never does.
+    """
     if url.startswith(("redis://", "rediss://", "unix://")):
         return f"tasks.canvas:ProducerRedisBackend+{url}"
     if redis_clients.is_sentinel(url):
         return f"tasks.canvas:ProducerSentinelBackend+{url}"
+    if url.startswith("django-"):
+        return url
     return None
 
 
@@ -53,6 +58,16 @@ def _redis_shapes(settings: Settings) -> dict[str, Any]:
     if "transport" in backend:
         config["result_backend_transport_options"] = backend["transport"]
     return config
+
+
+def ready_result_backend(settings: Settings) -> None:
+    """Load Django's apps where django-celery-results keeps results (``django-db``): the
+    worker's Django fixup does it there, a sender of chords (the API) does it here. It
+    imports the project's apps and opens no connection; under ``gql.django`` it is done."""
+    if settings.result_backend.startswith("django-"):
+        import django
+
+        django.setup()
 
 
 def celery_config(

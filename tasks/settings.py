@@ -114,7 +114,9 @@ class Settings(BaseSettings):
     # link-local (refused by default, so that a caller cannot probe the internal network).
     webhook_allowed_networks: tuple[str, ...] = ()
     # Security (README "Security"): who may call, and how much. `none` is for development.
-    auth_mode: str = "none"  # none, jwt, api_key, or jwt,api_key
+    # none, or any of jwt, api_key and external (the host application signs callers in:
+    # a Django project's users, see gql.django), comma-separated.
+    auth_mode: str = "none"
     jwt_secret: SecretStr | None = None  # HS256
     jwt_public_key: str | None = None  # PEM, for RS256 / ES256
     jwks_url: str | None = None  # RS256 / ES256 keys by `kid`, fetched off the event loop
@@ -259,7 +261,7 @@ def _check_redis_shapes(settings: Settings) -> None:
         raise ValueError("JOBQL_REDIS_TLS_CERT_REQS must be 'required' in production")
 
 
-_AUTH_METHODS = frozenset({"none", "jwt", "api_key"})
+_AUTH_METHODS = frozenset({"none", "jwt", "api_key", "external"})
 _SYMMETRIC = frozenset({"HS256", "HS384", "HS512"})
 _ASYMMETRIC = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA"})
 
@@ -268,7 +270,7 @@ def _check_auth(settings: Settings) -> None:
     """Refuse what would let anyone in: no auth in production, keys of the wrong kind."""
     methods = {m.strip() for m in settings.auth_mode.split(",")}
     if not methods <= _AUTH_METHODS or ("none" in methods and len(methods) > 1):
-        raise ValueError("JOBQL_AUTH_MODE is none, jwt, api_key or jwt,api_key")
+        raise ValueError("JOBQL_AUTH_MODE is none, or jwt, api_key, external comma-separated")
     if settings.env is Environment.PRODUCTION:
         if "none" in methods:
             raise ValueError("JOBQL_AUTH_MODE=none is refused in production")

@@ -47,6 +47,7 @@ class Transport(Protocol):
     def __call__(
         self, base_url: str, query: str, variables: dict[str, Any], within: float = 60,
         on_result: OnResult | None = None, authorization: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Awaitable[Stream]: ...  # fmt: skip
 
 
@@ -84,10 +85,12 @@ LEGACY_WS = WsProtocol("graphql-ws", start="start", data="data", keep_alive="ka"
 async def _websocket(
     protocol: WsProtocol, base_url: str, query: str, variables: dict[str, Any],
     within: float, on_result: OnResult | None, authorization: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Stream:  # fmt: skip
     stream = Stream()
     init = {"Authorization": authorization} if authorization else {}
-    async with asyncio.timeout(within), websocket(base_url, protocol.subprotocol) as ws:
+    upgrade = websocket(base_url, protocol.subprotocol, additional_headers=headers)
+    async with asyncio.timeout(within), upgrade as ws:
         await send(ws, {"type": "connection_init", "payload": init})
         assert (await receive(ws))["type"] == "connection_ack"
         payload = {"query": query, "variables": variables}
@@ -112,26 +115,30 @@ async def _websocket(
 async def graphql_transport_ws(
     base_url: str, query: str, variables: dict[str, Any], within: float = 60,
     on_result: OnResult | None = None, authorization: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Stream:  # fmt: skip
     """graphql-ws's protocol: Apollo's GraphQLWsLink and GraphiQL speak it."""
     return await _websocket(
-        TRANSPORT_WS, base_url, query, variables, within, on_result, authorization
+        TRANSPORT_WS, base_url, query, variables, within, on_result, authorization, headers
     )
 
 
 async def graphql_ws(
     base_url: str, query: str, variables: dict[str, Any], within: float = 60,
     on_result: OnResult | None = None, authorization: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Stream:  # fmt: skip
     """The legacy subscriptions-transport-ws protocol."""
-    return await _websocket(LEGACY_WS, base_url, query, variables, within, on_result, authorization)
+    return await _websocket(
+        LEGACY_WS, base_url, query, variables, within, on_result, authorization, headers
+    )
 
 
 async def _http_stream(
     base_url: str, accept: str, query: str, variables: dict[str, Any], within: float,
-    authorization: str | None = None,
+    authorization: str | None = None, extra_headers: dict[str, str] | None = None,
 ) -> AsyncIterator[str]:  # fmt: skip
-    headers = {"accept": accept}
+    headers = {"accept": accept, **(extra_headers or {})}
     if authorization:
         headers["authorization"] = authorization
     async with (
@@ -151,12 +158,13 @@ async def _http_stream(
 async def multipart(
     base_url: str, query: str, variables: dict[str, Any], within: float = 60,
     on_result: OnResult | None = None, authorization: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Stream:  # fmt: skip
     """Apollo Client's HTTP subscriptions: multipart/mixed with subscriptionSpec 1.0."""
     stream = Stream()
     accept = 'multipart/mixed;subscriptionSpec="1.0",application/json'
     buffer = ""
-    chunks = _http_stream(base_url, accept, query, variables, within, authorization)
+    chunks = _http_stream(base_url, accept, query, variables, within, authorization, headers)
     async with asyncio.timeout(within), aclosing(chunks):
         async for chunk in chunks:
             buffer += chunk
@@ -177,11 +185,14 @@ async def multipart(
 async def sse(
     base_url: str, query: str, variables: dict[str, Any], within: float = 60,
     on_result: OnResult | None = None, authorization: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Stream:  # fmt: skip
     """graphql-sse, distinct connections mode: one POST, a text/event-stream answer."""
     stream = Stream()
     buffer = ""
-    chunks = _http_stream(base_url, "text/event-stream", query, variables, within, authorization)
+    chunks = _http_stream(
+        base_url, "text/event-stream", query, variables, within, authorization, headers
+    )
     async with asyncio.timeout(within), aclosing(chunks):
         async for chunk in chunks:
             buffer += chunk.replace("\r\n", "\n")
