@@ -154,12 +154,30 @@ def test_after_the_fuzz_the_api_is_alive_and_logged_no_unhandled_error(
         assert "Traceback" not in log.read(), "the fuzz caused an unhandled exception"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by this fuzz, not fixed yet: a subscription sent as a plain JSON POST is "
-    "executed as a query; the executor completes the async generator as a Job, logs a "
-    "traceback and answers INTERNAL_SERVER_ERROR instead of a typed refusal",
-)
-def test_a_subscription_sent_as_a_plain_post_is_refused_with_a_typed_code(api: GraphQL) -> None:
-    error = api.error("subscription { jobs { id } }")
-    assert error["extensions"]["code"] != "INTERNAL_SERVER_ERROR", error
+@pytest.mark.parametrize("accept", ["application/json", "application/graphql-response+json"])
+def test_a_subscription_sent_as_a_plain_post_is_refused_with_a_typed_code(
+    api: GraphQL, data_dir: Path, accept: str
+) -> None:
+    """Found by this fuzz: it ran as a query, logged a traceback and answered
+    INTERNAL_SERVER_ERROR. It is the client's error: no ``data``, ``BAD_REQUEST``, and the
+    status each media type gives a request error (200 for application/json, else 400)."""
+    offset = _api_log(api, data_dir).stat().st_size
+    for method in ("POST", "GET"):
+        query = "subscription { jobs { id } }"
+        response = api.http.request(
+            method,
+            "/graphql",
+            # A GET needs the preflight header past the CSRF guard, as Apollo sends it.
+            headers={"accept": accept, "apollo-require-preflight": "1"},
+            **({"json": {"query": query}} if method == "POST" else {"params": {"query": query}}),
+        )
+        assert response.status_code == (200 if accept == "application/json" else 400), response
+        body = response.json()
+        assert "data" not in body, body
+        (error,) = body["errors"]
+        assert error["extensions"]["code"] == "BAD_REQUEST"
+        assert "multipart/mixed or text/event-stream" in error["message"]
+    assert api.data("{ __typename }") == {"__typename": "Query"}
+    with _api_log(api, data_dir).open() as log:
+        log.seek(offset)
+        assert "Traceback" not in log.read()
