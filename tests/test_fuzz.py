@@ -144,6 +144,56 @@ async def test_random_websocket_frames_close_only_with_protocol_codes(
     assert ws.close_code in PROTOCOL_CLOSE_CODES, ws.close_code
 
 
+# Bodies for the streaming transports, mostly well-formed so that most reach an operation:
+# subscriptions that run (on no job, or on every job), that do not parse or validate,
+# other operations, and anything else.
+STREAM_QUERIES = st.sampled_from(
+    [
+        "subscription($id: ID!) { job(id: $id) { id state progress { percent } } }",
+        "subscription { jobs { id state } }",
+        "subscription { job(id: 5) { nope } }",
+        "subscription A { jobs { id } } subscription B { jobs { id } }",
+        "{ __typename }",
+        'mutation { enqueue(task: "no.such.task") { id } }',
+    ]
+)
+STREAM_OPERATION = st.fixed_dictionaries(
+    {"query": st.one_of(STREAM_QUERIES, STREAM_QUERIES, st.text(max_size=60))},
+    optional={
+        "variables": st.one_of(JSON, st.fixed_dictionaries({"id": SCALARS})),
+        "operationName": st.one_of(JSON, st.sampled_from(["A", "B"])),
+        "extensions": JSON,
+    },
+)
+STREAM_REQUESTS = st.one_of(STREAM_OPERATION, STREAM_OPERATION, STREAM_OPERATION, JSON)
+
+
+@FUZZ
+@given(
+    body=STREAM_REQUESTS,
+    accept=st.sampled_from(STREAMS),
+    as_text=st.sampled_from([False, False, False, True]),
+)
+async def test_random_bodies_to_multipart_and_sse_never_get_a_5xx(
+    api: GraphQL, log_offset: int, body: Any, accept: str, as_text: bool
+) -> None:
+    """Whatever the body, the answer is a 4xx or a stream that ends or keeps going cleanly:
+    read for a moment (a subscription to every job never ends by itself), then leave."""
+    content = json.dumps(body)
+    if as_text:
+        content = content[:-1] or "{"
+    headers = {"accept": accept, "content-type": "application/json"}
+    async with (
+        httpx.AsyncClient(base_url=api.base_url, timeout=10) as http,
+        http.stream("POST", "/graphql", content=content, headers=headers) as response,
+    ):
+        assert response.status_code < 500, await response.aread()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.2):
+                async for _ in response.aiter_bytes():
+                    pass
+
+
 def test_after_the_fuzz_the_api_is_alive_and_logged_no_unhandled_error(
     api: GraphQL, data_dir: Path, log_offset: int
 ) -> None:
