@@ -144,6 +144,31 @@ async def test_random_websocket_frames_close_only_with_protocol_codes(
     assert ws.close_code in PROTOCOL_CLOSE_CODES, ws.close_code
 
 
+@pytest.mark.parametrize("accept", [*STREAMS, "application/json"])
+async def test_a_client_that_leaves_before_its_body_arrived_leaves_no_traceback(
+    api: GraphQL, data_dir: Path, log_offset: int, accept: str
+) -> None:
+    """Found by ``tests/test_load.py``: a multipart or SSE client that went away while
+    sending its body made Starlette raise ``ClientDisconnect`` out of the application."""
+    offset = _api_log(api, data_dir).stat().st_size
+    host, port = api.base_url.removeprefix("http://").split(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    head = (
+        f"POST /graphql HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Accept: {accept}\r\nContent-Length: 100\r\n\r\n"
+    )
+    writer.write(head.encode() + b'{"query": "subscription')
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.close()  # gone, 70 bytes short
+    await writer.wait_closed()
+    await asyncio.sleep(0.3)
+    assert api.data("{ __typename }") == {"__typename": "Query"}
+    with _api_log(api, data_dir).open() as log:
+        log.seek(offset)
+        assert "Traceback" not in log.read()
+
+
 # Bodies for the streaming transports, mostly well-formed so that most reach an operation:
 # subscriptions that run (on no job, or on every job), that do not parse or validate,
 # other operations, and anything else.

@@ -320,7 +320,8 @@ async def test_subscribing_after_completion_gets_the_final_snapshot_and_complete
 async def test_many_subscribers_on_one_job_all_see_every_state_change(
     services: Services, api: AsyncGraphQL, ledger: Ledger
 ) -> None:
-    job_id = await _report(api, steps=20, delay=0.05, countdown=3)
+    # It starts once all have subscribed: each must see every state change after PENDING.
+    job_id = await _report(api, steps=20, delay=0.05, countdown=scale(3, 8))
     urls = [services.a.base_url, services.b.base_url]
     watches, seen = _watchers(urls, [job_id], scale(50, 200))
     await _all_seen(seen)
