@@ -1,10 +1,11 @@
 """The schema: the contract's queries and mutations, plus one typed mutation per task."""
 
 # Resolver annotations must stay real objects: typed mutations are built at run time.
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, TypeVar
 
 import strawberry
+from graphql import GraphQLError
 from strawberry.extensions import (
     DisableIntrospection,
     MaxAliasesLimiter,
@@ -13,11 +14,14 @@ from strawberry.extensions import (
 )
 from strawberry.scalars import JSON
 from strawberry.schema.config import StrawberryConfig
+from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.tools import create_type
+from strawberry.types import ExecutionResult
 from strawberry.types.field import StrawberryField
+from strawberry.types.graphql import OperationType
 
 from gql.context import Info
-from gql.errors import BadUserInput, OperationRules, classify
+from gql.errors import BadUserInput, ErrorCode, OperationRules, classify
 from gql.execution import execution_context_class
 from gql.inputs import InputTypes, mutation_name, to_data
 from gql.jobs import EnqueueRequest
@@ -266,12 +270,58 @@ class RootSubscription(Subscription, WorkflowSubscription):
     pass
 
 
+def _needs_a_stream() -> GraphQLError:
+    return GraphQLError(
+        "A subscription needs a streaming transport: a WebSocket (graphql-transport-ws or "
+        "graphql-ws), or a POST accepting multipart/mixed or text/event-stream.",
+        extensions={"code": ErrorCode.BAD_REQUEST.value},
+    )
+
+
 class JobQLSchema(strawberry.Schema):
     """Every error gets its code here, once, before masking and before it is sent."""
 
     def process_errors(self, errors: list[Any], execution_context: Any = None) -> None:
         for error in errors:
             classify(error)
+
+    async def execute(
+        self,
+        query: str | None,
+        variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None,
+        root_value: Any | None = None,
+        operation_name: str | None = None,
+        allowed_operation_types: Iterable[OperationType] | None = None,
+        operation_extensions: dict[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """One result per request: a subscription is refused here, before it runs.
+
+        Strawberry 0.341.2 lets a subscription sent as a plain POST (or GET) through to
+        ``execute``, which completes the generator as if it were a job: a traceback in the
+        log and ``INTERNAL_SERVER_ERROR`` (found by ``tests/test_fuzz.py``). It is the
+        client's error, answered as a request error without ``data``, as the GraphQL-over-
+        HTTP reference server (graphql-http) answers it: 200 under ``application/json``,
+        400 under ``application/graphql-response+json`` (``gql.conventions``). Not 405:
+        POST is the right method, it is the response's media type that cannot stream.
+        """
+        given = allowed_operation_types
+        allowed = {OperationType.QUERY, OperationType.MUTATION} if given is None else set(given)
+        allowed.discard(OperationType.SUBSCRIPTION)
+        try:
+            return await super().execute(
+                query,
+                variable_values,
+                context_value,
+                root_value,
+                operation_name,
+                allowed,
+                operation_extensions,
+            )
+        except InvalidOperationTypeError as exc:
+            if exc.operation_type is not OperationType.SUBSCRIPTION:
+                raise
+            return ExecutionResult(data=None, errors=[_needs_a_stream()])
 
 
 def operation_rules(settings: Settings | None) -> OperationRules:
