@@ -10,6 +10,10 @@ PORT ?= 8000
 # The contract and live tests, run again with every fast path off (stock library behaviour).
 STOCK_TESTS := tests/test_schema.py tests/test_enqueue.py tests/test_errors.py \
 	tests/test_live.py tests/test_subscriptions.py tests/test_listing.py tests/test_fast_paths.py
+# The core and live-progress contract again with RabbitMQ as the broker, and with results
+# in PostgreSQL (each skipped, with the reason, where that server is missing).
+RABBITMQ_TESTS := tests/test_enqueue.py tests/test_subscriptions.py tests/test_live.py tests/test_errors.py
+POSTGRES_TESTS := tests/test_enqueue.py tests/test_subscriptions.py tests/test_workflows.py
 # The libraries whose internals we use (gql/compat.py, tasks/compat.py), pinned in pyproject.toml.
 COUPLED := strawberry-graphql graphql-core 'uvicorn[standard]' kombu 'celery[redis]'
 LATEST := .venv-latest
@@ -27,6 +31,8 @@ run: $(STAMP)  ## Valkey (unless REDIS_URL is set), a worker and the API on :$(P
 test: $(STAMP) lint  ## lint, type-check, then the tests against real services, fast paths on and off
 	$(BIN)/python -m pytest
 	JOBQL_FAST_PATHS=false $(BIN)/python -m pytest $(STOCK_TESTS)
+	JOBQL_TEST_BROKER=rabbitmq $(BIN)/python -m pytest $(RABBITMQ_TESTS)
+	JOBQL_TEST_RESULTS=postgres $(BIN)/python -m pytest $(POSTGRES_TESTS)
 
 test-latest:  ## the tests on the newest releases of the coupled libraries, ignoring the pins
 	$(PYTHON) -m venv $(LATEST)

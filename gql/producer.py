@@ -27,6 +27,7 @@ from celery.canvas import Signature
 from gql.errors import ServiceUnavailable
 from tasks.app import create_celery_app
 from tasks.fast_paths import writes_messages
+from tasks.rabbitmq import priority
 from tasks.settings import Settings
 
 T = TypeVar("T")
@@ -54,6 +55,7 @@ class Producer:
         self.direct = writes_messages(self.app, settings)
         # Workflows go through Celery's canvas, whose chords need the result backend.
         self.canvas_app = create_celery_app(settings, producer=True, canvas=True)
+        self._broker_url = settings.broker
         self._timeout = settings.connect_timeout
         self._publish_timeout = settings.publish_timeout
         self._down_until = 0.0  # monotonic time until which the broker counts as down
@@ -85,7 +87,7 @@ class Producer:
                     countdown=to.countdown,
                     eta=to.eta,
                     expires=to.expires,
-                    priority=to.priority,
+                    priority=priority(self._broker_url, to.priority),
                 )
             except Exception:
                 self._down_until = time.monotonic() + _BROKER_DOWN_FOR

@@ -38,6 +38,20 @@ class Settings(BaseSettings):
     result_backend_url: str | None = None
     broadcast_url: str | None = None
 
+    # RabbitMQ (tasks.rabbitmq): classic queues take the ten JobQL priorities; quorum queues
+    # replicate, and take two (RabbitMQ 3.13+) or none (before).
+    rabbitmq_queue_type: Literal["classic", "quorum"] = "classic"
+    # Celery's messages and results (never pickle); the job records stay JSON.
+    serializer: Literal["json", "msgpack"] = "json"
+    # Results larger than the threshold are compressed in Celery's result backend.
+    compression: Literal["none", "gzip", "zstd"] = "none"
+    compression_threshold_bytes: int = Field(default=64 * 1024, ge=0)
+    # A result larger than this (as JSON) fails its job as ResultTooLarge, unwritten.
+    max_result_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # How often a worker deletes expired results from a database result backend (which,
+    # unlike Redis, keeps them until something deletes them); 0 leaves it to celery beat.
+    result_cleanup_interval: float = Field(default=3600.0, ge=0)
+
     task_modules: tuple[str, ...] = ("tasks.examples",)
     default_queue: str = "jobql"
     extra_queues: tuple[str, ...] = ()
@@ -174,6 +188,10 @@ class Settings(BaseSettings):
                 "JOBQL_VISIBILITY_TIMEOUT must exceed JOBQL_TASK_TIME_LIMIT: a job still "
                 "running would be delivered to a second worker"
             )
+        if self.compression == "zstd":
+            _require_zstd()
+        if self.serializer == "msgpack":
+            _require("msgpack", "JOBQL_SERIALIZER=msgpack needs msgpack (jobql[msgpack])")
         if self.webhook_secret is not None and not self.webhook_secret.startswith("whsec_"):
             raise ValueError("JOBQL_WEBHOOK_SECRET must be a Standard Webhooks secret (whsec_...)")
         return self
@@ -223,6 +241,21 @@ class Settings(BaseSettings):
     @property
     def outbox(self) -> Path:
         return self.outbox_dir or self.data_dir / "outbox"
+
+
+def _require(module: str, message: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ValueError(message)
+
+
+def _require_zstd() -> None:
+    """kombu registers zstd from ``compression.zstd`` (3.14+) or ``backports.zstd``."""
+    from kombu import compression
+
+    if "application/zstd" not in compression.encoders():  # type: ignore[no-untyped-call]
+        raise ValueError("JOBQL_COMPRESSION=zstd needs backports.zstd (jobql[zstd]) or Python 3.14")
 
 
 _AUTH_METHODS = frozenset({"none", "jwt", "api_key"})

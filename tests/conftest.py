@@ -21,6 +21,12 @@ from devtools.valkey import EmbeddedValkey
 from tasks.app import create_celery_app
 from tasks.settings import Settings
 from tests.ledger import ledger, pytest_terminal_summary  # noqa: F401  (the fault ledger)
+from tests.servers import (
+    postgres_database,
+    postgres_unavailable,
+    rabbitmq_unavailable,
+    rabbitmq_vhost,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -150,6 +156,11 @@ WEBHOOK_SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
 # JOBQL_FAST_PATHS=false checks the stock paths end to end. Every other JOBQL_ is the test's.
 PASSED_THROUGH = ("JOBQL_FAST_PATHS",)
 
+# Another broker or result backend under the same tests (the Makefile's RABBITMQ_TESTS and
+# POSTGRES_TESTS passes): JOBQL_TEST_BROKER=rabbitmq, JOBQL_TEST_RESULTS=postgres. The
+# session fixture ``backing`` fills this in; every service the tests start gets it.
+BACKING: dict[str, str] = {}
+
 
 def service_env(redis_url: str, data_dir: Path, **overrides: str) -> dict[str, str]:
     env = {
@@ -171,6 +182,7 @@ def service_env(redis_url: str, data_dir: Path, **overrides: str) -> dict[str, s
     )
     # `JOBQL_FAST_PATHS=false make test` runs the services on the libraries' stock behaviour.
     env.update({k: v for k, v in os.environ.items() if k == "JOBQL_FAST_PATHS"})
+    env.update(BACKING)
     env.update(overrides)
     return env
 
@@ -218,6 +230,9 @@ def running_worker(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+    # The worker's broker is the one its environment names (a RabbitMQ pass sets it there).
+    if broker := env.get("JOBQL_BROKER_URL"):
+        settings = settings.model_copy(update={"broker_url": broker})
     control = create_celery_app(settings, producer=True)
     try:
         deadline = time.monotonic() + 60
@@ -237,6 +252,23 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("jobql")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def backing() -> Iterator[dict[str, str]]:
+    """The broker and result backend of this session: Valkey, unless the run asks otherwise."""
+    with contextlib.ExitStack() as stack:
+        if os.environ.get("JOBQL_TEST_BROKER") == "rabbitmq":
+            if reason := rabbitmq_unavailable():
+                pytest.skip(f"{reason}; the RabbitMQ pass is skipped")
+            BACKING["JOBQL_BROKER_URL"] = stack.enter_context(rabbitmq_vhost())
+        if os.environ.get("JOBQL_TEST_RESULTS") == "postgres":
+            if reason := postgres_unavailable():
+                pytest.skip(f"{reason}; the PostgreSQL results pass is skipped")
+            url = stack.enter_context(postgres_database())
+            BACKING["JOBQL_RESULT_BACKEND_URL"] = f"db+{url}"
+        yield BACKING
+        BACKING.clear()
+
+
 @pytest.fixture(scope="session")
 def valkey(data_dir: Path) -> Iterator[EmbeddedValkey]:
     server = EmbeddedValkey(data_dir / "valkey").start()
@@ -245,13 +277,20 @@ def valkey(data_dir: Path) -> Iterator[EmbeddedValkey]:
 
 
 @pytest.fixture(scope="session")
-def env(valkey: EmbeddedValkey, data_dir: Path) -> dict[str, str]:
+def env(valkey: EmbeddedValkey, data_dir: Path, backing: dict[str, str]) -> dict[str, str]:
     return service_env(valkey.url, data_dir)
 
 
 @pytest.fixture(scope="session")
-def settings(valkey: EmbeddedValkey, data_dir: Path) -> Settings:
-    return Settings(redis_url=valkey.url, data_dir=data_dir, extra_queues=("reports",), env="test")
+def settings(valkey: EmbeddedValkey, data_dir: Path, backing: dict[str, str]) -> Settings:
+    return Settings(
+        redis_url=valkey.url,
+        broker_url=backing.get("JOBQL_BROKER_URL"),
+        result_backend_url=backing.get("JOBQL_RESULT_BACKEND_URL"),
+        data_dir=data_dir,
+        extra_queues=("reports",),
+        env="test",
+    )
 
 
 @pytest.fixture(scope="session")
