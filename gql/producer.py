@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+from amqp.exceptions import MessageNacked
 from celery import Celery
 from celery.canvas import Signature
 
@@ -45,6 +46,15 @@ class Delivery:
 
 
 _BROKER_DOWN_FOR = 1.0  # seconds a failed publish makes the next ones fail without trying
+
+
+def _nacked(exc: BaseException | None) -> bool:
+    """A publish RabbitMQ's confirm refused (kombu re-raises it as ``OperationalError``)."""
+    while exc is not None:
+        if isinstance(exc, MessageNacked):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class Producer:
@@ -79,17 +89,12 @@ class Producer:
             if time.monotonic() < self._down_until:
                 raise ServiceUnavailable("the broker is unavailable")
             try:
-                self.app.send_task(
-                    task,
-                    kwargs=kwargs,
-                    task_id=job_id,
-                    queue=to.queue,
-                    countdown=to.countdown,
-                    eta=to.eta,
-                    expires=to.expires,
-                    priority=priority(self._broker_url, to.priority),
-                )
-            except Exception:
+                self._send(task, job_id, kwargs, to)
+            except Exception as exc:
+                if _nacked(exc):
+                    # RabbitMQ's confirm said no (a full queue, a node going away): the
+                    # message is not there, and the broker itself is up.
+                    raise ServiceUnavailable("the broker refused the message") from None
                 self._down_until = time.monotonic() + _BROKER_DOWN_FOR
                 raise
 
@@ -100,6 +105,18 @@ class Producer:
         except TimeoutError:
             self._down_until = time.monotonic() + _BROKER_DOWN_FOR
             raise ServiceUnavailable("the broker did not answer in time") from None
+
+    def _send(self, task: str, job_id: str, kwargs: dict[str, Any], to: Delivery) -> None:
+        self.app.send_task(
+            task,
+            kwargs=kwargs,
+            task_id=job_id,
+            queue=to.queue,
+            countdown=to.countdown,
+            eta=to.eta,
+            expires=to.expires,
+            priority=priority(self._broker_url, to.priority),
+        )
 
     async def send_canvas(self, build: Callable[[Celery], Signature]) -> None:
         """Apply a canvas: Celery builds every message (chain and chord headers) itself."""
