@@ -97,12 +97,21 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+def _version_text(server_properties: dict[str, Any]) -> str:
+    raw = server_properties.get("version", b"")
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def version_of(server_properties: dict[str, Any]) -> tuple[int, ...]:
+    """The server's version as numbers, from what it said when the connection opened."""
+    return _version(_version_text(server_properties))
+
+
 def server_warnings(settings: Settings, server_properties: dict[str, Any]) -> list[str]:
     """What this RabbitMQ server will not do of what JobQL declares, one sentence each."""
     found: list[str] = []
-    raw = server_properties.get("version", b"")
-    text = raw.decode() if isinstance(raw, bytes) else str(raw)
-    version = _version(text)
+    text = _version_text(server_properties)
+    version = version_of(server_properties)
     wanted = consumer_timeout_ms(settings)
     if version and version < PER_QUEUE_TIMEOUT_SINCE:
         found.append(

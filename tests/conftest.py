@@ -239,6 +239,9 @@ def running_worker(
         while not control.control.ping(destination=[f"{name}@{socket.gethostname()}"], timeout=0.5):
             assert process.poll() is None, (data_dir / f"{name}.log").read_text()
             assert time.monotonic() < deadline, "the worker did not start"
+    except BaseException:
+        stop_all([process], timeout=30)  # a worker that never answered is not left running
+        raise
     finally:
         control.close()
     try:

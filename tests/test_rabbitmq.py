@@ -7,6 +7,7 @@ meet no other run's messages or arguments.
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -16,8 +17,9 @@ import pytest
 from kombu import Connection
 
 from devtools.valkey import EmbeddedValkey
+from tasks.rabbitmq import PER_QUEUE_TIMEOUT_SINCE, version_of
 from tasks.settings import Settings
-from tests.conftest import GraphQL, running_api, running_worker, service_env
+from tests.conftest import ROOT, GraphQL, running_api, running_worker, service_env
 from tests.servers import rabbitmq_unavailable, rabbitmq_vhost
 
 pytestmark = [
@@ -197,3 +199,18 @@ def test_the_declared_queues_carry_the_consumer_timeout_and_priorities(
     line = next(row for row in listed.splitlines() if row.split("\t")[0] == QUEUE)
     assert "x-consumer-timeout" in line and "3600000" in line, line
     assert "x-max-priority" in line, line
+
+
+def test_jobql_check_sees_rabbitmq_and_says_what_the_server_ignores(
+    amqp_api: GraphQL, valkey: EmbeddedValkey, vhost: str, tmp_path: Path
+) -> None:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "JOBQL_ENV": "test",
+           "JOBQL_REDIS_URL": valkey.url, "JOBQL_BROKER_URL": vhost}  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "gql.cli", "check"], capture_output=True,
+                            text=True, cwd=tmp_path, env=env, timeout=60)  # fmt: skip
+    assert f"ok    broker at {vhost} answers" in result.stdout, result.stdout
+    with Connection(vhost) as connection:  # type: ignore[no-untyped-call]
+        connection.connect()
+        version = version_of(connection.connection.server_properties)
+    if version < PER_QUEUE_TIMEOUT_SINCE:
+        assert "warn  broker: RabbitMQ" in result.stdout and "consumer_timeout" in result.stdout

@@ -7,6 +7,8 @@ with ``result_extended`` metadata, deleted by the worker once expired (no beat n
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ import sqlalchemy
 from devtools.valkey import EmbeddedValkey
 from tasks.app import create_celery_app
 from tasks.settings import Settings
-from tests.conftest import GraphQL, running_api, running_worker, service_env
+from tests.conftest import ROOT, GraphQL, running_api, running_worker, service_env
 from tests.servers import postgres_database, postgres_unavailable
 
 pytestmark = [
@@ -162,3 +164,17 @@ def test_a_pickled_row_is_refused_not_unpickled(
             app.backend.get_task_meta("forged")
     finally:
         app.close()
+
+
+def test_jobql_check_reaches_the_database(
+    stack: tuple[GraphQL, Settings, sqlalchemy.Engine], tmp_path: Path
+) -> None:
+    _, settings, _ = stack
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "JOBQL_ENV": "test",
+           "JOBQL_REDIS_URL": settings.redis,
+           "JOBQL_RESULT_BACKEND_URL": settings.result_backend}  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "gql.cli", "check"], capture_output=True,
+                            text=True, cwd=tmp_path, env=env, timeout=60)  # fmt: skip
+    assert "ok    result backend at db+postgresql+psycopg://127.0.0.1:5432/" in result.stdout, (
+        result.stdout
+    )
