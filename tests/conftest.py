@@ -160,6 +160,19 @@ PASSED_THROUGH = ("JOBQL_FAST_PATHS",)
 # POSTGRES_TESTS passes): JOBQL_TEST_BROKER=rabbitmq, JOBQL_TEST_RESULTS=postgres. The
 # session fixture ``backing`` fills this in; every service the tests start gets it.
 BACKING: dict[str, str] = {}
+# On RabbitMQ, each Redis the tests start gets a virtual host of its own, as each has its
+# own queues on Redis: a module's stack must not take the session worker's messages.
+_VHOSTS: dict[str, str] = {}
+_SESSION = contextlib.ExitStack()
+
+
+def broker_for(redis_url: str) -> str | None:
+    """The broker of the services that keep their records in ``redis_url`` (None: Redis)."""
+    if os.environ.get("JOBQL_TEST_BROKER") != "rabbitmq":
+        return None
+    if redis_url not in _VHOSTS:
+        _VHOSTS[redis_url] = _SESSION.enter_context(rabbitmq_vhost())
+    return _VHOSTS[redis_url]
 
 
 def service_env(redis_url: str, data_dir: Path, **overrides: str) -> dict[str, str]:
@@ -183,6 +196,8 @@ def service_env(redis_url: str, data_dir: Path, **overrides: str) -> dict[str, s
     # `JOBQL_FAST_PATHS=false make test` runs the services on the libraries' stock behaviour.
     env.update({k: v for k, v in os.environ.items() if k == "JOBQL_FAST_PATHS"})
     env.update(BACKING)
+    if broker := broker_for(redis_url):
+        env["JOBQL_BROKER_URL"] = broker
     env.update(overrides)
     return env
 
@@ -258,11 +273,9 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session", autouse=True)
 def backing() -> Iterator[dict[str, str]]:
     """The broker and result backend of this session: Valkey, unless the run asks otherwise."""
-    with contextlib.ExitStack() as stack:
-        if os.environ.get("JOBQL_TEST_BROKER") == "rabbitmq":
-            if reason := rabbitmq_unavailable():
-                pytest.skip(f"{reason}; the RabbitMQ pass is skipped")
-            BACKING["JOBQL_BROKER_URL"] = stack.enter_context(rabbitmq_vhost())
+    with _SESSION as stack:
+        if os.environ.get("JOBQL_TEST_BROKER") == "rabbitmq" and (reason := rabbitmq_unavailable()):
+            pytest.skip(f"{reason}; the RabbitMQ pass is skipped")
         if os.environ.get("JOBQL_TEST_RESULTS") == "postgres":
             if reason := postgres_unavailable():
                 pytest.skip(f"{reason}; the PostgreSQL results pass is skipped")
@@ -270,6 +283,7 @@ def backing() -> Iterator[dict[str, str]]:
             BACKING["JOBQL_RESULT_BACKEND_URL"] = f"db+{url}"
         yield BACKING
         BACKING.clear()
+        _VHOSTS.clear()
 
 
 @pytest.fixture(scope="session")
@@ -288,7 +302,7 @@ def env(valkey: EmbeddedValkey, data_dir: Path, backing: dict[str, str]) -> dict
 def settings(valkey: EmbeddedValkey, data_dir: Path, backing: dict[str, str]) -> Settings:
     return Settings(
         redis_url=valkey.url,
-        broker_url=backing.get("JOBQL_BROKER_URL"),
+        broker_url=broker_for(valkey.url),
         result_backend_url=backing.get("JOBQL_RESULT_BACKEND_URL"),
         data_dir=data_dir,
         extra_queues=("reports",),
