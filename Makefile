@@ -12,8 +12,9 @@ STOCK_TESTS := tests/test_schema.py tests/test_enqueue.py tests/test_errors.py \
 	tests/test_live.py tests/test_subscriptions.py tests/test_listing.py tests/test_fast_paths.py
 # The core and live-progress contract again with RabbitMQ as the broker, and with results
 # in PostgreSQL (each skipped, with the reason, where that server is missing).
-RABBITMQ_TESTS := tests/test_enqueue.py tests/test_subscriptions.py tests/test_live.py tests/test_errors.py
-POSTGRES_TESTS := tests/test_enqueue.py tests/test_subscriptions.py tests/test_workflows.py
+RABBITMQ_TESTS := tests/test_enqueue.py tests/test_subscriptions.py tests/test_live.py \
+	tests/test_errors.py
+POSTGRES_TESTS := tests/test_enqueue.py tests/test_workflows.py
 # The libraries whose internals we use (gql/compat.py, tasks/compat.py), pinned in pyproject.toml.
 COUPLED := strawberry-graphql graphql-core 'uvicorn[standard]' kombu 'celery[redis]'
 LATEST := .venv-latest
