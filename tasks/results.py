@@ -20,6 +20,7 @@ itself instead, every ``JOBQL_RESULT_CLEANUP_INTERVAL`` (see :class:`ResultClean
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import threading
@@ -30,6 +31,7 @@ from celery.backends.base import compress_payload
 from celery.backends.database import DatabaseBackend as CeleryDatabaseBackend
 from celery.backends.redis import RedisBackend as CeleryRedisBackend
 
+from tasks import compat
 from tasks.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -56,22 +58,26 @@ def checked_json(result: Any, limit: int) -> str:
 
 
 class _ThresholdCompression:
-    """``encode`` compresses only payloads above the configured size."""
+    """``encode`` compresses only payloads above the configured size.
 
-    supports_result_compression = True
+    Celery's own compression (``self.compression``) stays off; its public ``encode`` and
+    ``compress_payload`` do the work, and its ``decode`` reads either form.
+    """
+
     app: Any
     compression: str | None
 
     def _setup_compression(self) -> None:
         conf = self.app.conf
         method = conf.get(COMPRESSION_KEY) or None
-        self.compression = method if method and method != "none" else None
+        self._method = method if method and method != "none" else None
         self._threshold = int(conf.get(THRESHOLD_KEY) or 0)
+        self.compression = None
 
     def encode(self, data: Any) -> Any:
-        _, _, payload = self._encode(data)  # type: ignore[attr-defined]
-        if self.compression and len(payload) > self._threshold:
-            payload = compress_payload(payload, self.compression)
+        payload = super().encode(data)  # type: ignore[misc]
+        if self._method and len(payload) > self._threshold:
+            payload = compress_payload(payload, self._method)
         return payload
 
 
@@ -87,8 +93,27 @@ class DatabaseBackend(_ThresholdCompression, CeleryDatabaseBackend):  # type: ig
         self._setup_compression()
 
     def _decode_stored_result(self, payload: Any) -> Any:
-        """Decoded with the configured serializer only: never unpickled."""
+        """Decoded with the configured serializer only: never unpickled.
+
+        Overrides a private method of Celery's (registered as a fix in ``tasks.compat``:
+        its start-up check warns if the method is gone, and the fix with it).
+        """
         return None if payload is None else self.decode(bytes(payload))
+
+
+NO_PICKLE = compat.FastPath(
+    name="celery.database_backend_no_pickle",
+    library="celery",
+    verified="celery 5.7.0",
+    fallback="Celery's own decoding of stored rows (which unpickles legacy-looking rows)",
+    fix=True,
+)
+
+
+def _check_no_pickle() -> None:
+    method = getattr(CeleryDatabaseBackend, "_decode_stored_result", None)
+    if method is None or list(inspect.signature(method).parameters) != ["self", "payload"]:
+        raise LookupError("DatabaseBackend._decode_stored_result(payload) is gone")
 
 
 def is_database(url: str) -> bool:
@@ -105,6 +130,7 @@ def worker_backend(settings: Settings) -> str:
     if is_redis(url):
         return f"{__name__}:RedisBackend+{url}"
     if is_database(url):
+        compat.enable(NO_PICKLE, _check_no_pickle, allowed=True)
         return f"{__name__}:DatabaseBackend+{url.removeprefix('db+')}"
     return url  # another Celery backend, as Celery knows it
 
