@@ -49,6 +49,20 @@ class Settings(BaseSettings):
     redis_sentinel_master: str | None = None
     redis_sentinel_password: SecretStr | None = None
 
+    # RabbitMQ (tasks.rabbitmq): classic queues take the ten JobQL priorities; quorum queues
+    # replicate, and take two (RabbitMQ 3.13+) or none (before).
+    rabbitmq_queue_type: Literal["classic", "quorum"] = "classic"
+    # Celery's messages and results (never pickle); the job records stay JSON.
+    serializer: Literal["json", "msgpack"] = "json"
+    # Results larger than the threshold are compressed in Celery's result backend.
+    compression: Literal["none", "gzip", "zstd"] = "none"
+    compression_threshold_bytes: int = Field(default=64 * 1024, ge=0)
+    # A result larger than this (as JSON) fails its job as ResultTooLarge, unwritten.
+    max_result_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # How often a worker deletes expired results from a database result backend (which,
+    # unlike Redis, keeps them until something deletes them); 0 leaves it to celery beat.
+    result_cleanup_interval: float = Field(default=3600.0, ge=0)
+
     task_modules: tuple[str, ...] = ("tasks.examples",)
     default_queue: str = "jobql"
     extra_queues: tuple[str, ...] = ()
@@ -199,6 +213,10 @@ class Settings(BaseSettings):
             )
         if self.beat_lock_timeout <= self.beat_interval:
             raise ValueError("JOBQL_BEAT_LOCK_TIMEOUT must exceed JOBQL_BEAT_INTERVAL")
+        if self.compression == "zstd":
+            _require_zstd()
+        if self.serializer == "msgpack":
+            _require("msgpack", "JOBQL_SERIALIZER=msgpack needs msgpack (jobql[msgpack])")
         if self.webhook_secret is not None and not self.webhook_secret.startswith("whsec_"):
             raise ValueError("JOBQL_WEBHOOK_SECRET must be a Standard Webhooks secret (whsec_...)")
         return self
@@ -259,6 +277,21 @@ def _check_redis_shapes(settings: Settings) -> None:
         raise ValueError("a sentinel:// URL needs JOBQL_REDIS_SENTINEL_MASTER (the master's name)")
     if settings.env is Environment.PRODUCTION and settings.redis_tls_cert_reqs != "required":
         raise ValueError("JOBQL_REDIS_TLS_CERT_REQS must be 'required' in production")
+
+
+def _require(module: str, message: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ValueError(message)
+
+
+def _require_zstd() -> None:
+    """kombu registers zstd from ``compression.zstd`` (3.14+) or ``backports.zstd``."""
+    from kombu import compression
+
+    if "application/zstd" not in compression.encoders():  # type: ignore[no-untyped-call]
+        raise ValueError("JOBQL_COMPRESSION=zstd needs backports.zstd (jobql[zstd]) or Python 3.14")
 
 
 _AUTH_METHODS = frozenset({"none", "jwt", "api_key", "external"})
