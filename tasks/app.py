@@ -82,7 +82,7 @@ def celery_config(
         # A worker started without ``--queues`` consumes every one of these.
         "task_queues": tuple(_queue(name) for name in settings.queues),
         "worker_prefetch_multiplier": 1,
-        "worker_send_task_events": True,
+        "worker_send_task_events": settings.task_events,
         "worker_hijack_root_logger": False,
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": settings.connect_timeout,

@@ -156,6 +156,10 @@ class Settings(BaseSettings):
     # How long a worker keeps trying to write a job's outcome (its record, Celery's result)
     # while Redis is unreachable, before it gives up and logs it.
     redis_outage_tolerance: float = Field(default=30.0, ge=0, le=3600)
+    # Celery's task events (task-received, -started, -succeeded...) on the broker's event
+    # exchange: what Flower and `celery events` watch. JobQL itself reads none of them (its
+    # records and heartbeats say it all), and each costs the worker a publish per change.
+    task_events: bool = False
     # SIGTERM: subscribers are told at once, in-flight operations get this long to finish.
     shutdown_grace_seconds: float = Field(default=30.0, gt=0)
     # Where `jobql api --workers N` keeps prometheus-client's per-process files
