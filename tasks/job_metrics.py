@@ -49,19 +49,26 @@ class JobFigures:
 
 
 def _observe(pipe: Any, kind: str, task: str, seconds: float) -> None:
+    """Three increments: the count, the sum, and the one bucket the value falls in.
+
+    Buckets are stored apart (``b``) and made cumulative when read: writing every bound a
+    value is under cost up to 13 increments per observation, per job.
+    """
     base = f"{kind}{_SEP}{task}{_SEP}"
     pipe.hincrby(METRICS_KEY, base + "count", 1)
     pipe.hincrbyfloat(METRICS_KEY, base + "sum", seconds)
-    for bound in SECONDS_BUCKETS:
-        if seconds <= bound:
-            pipe.hincrby(METRICS_KEY, f"{base}le{_SEP}{bound}", 1)
+    bound = next((bound for bound in SECONDS_BUCKETS if seconds <= bound), None)
+    if bound is not None:  # above the last bound: only in the count (+Inf)
+        pipe.hincrby(METRICS_KEY, f"{base}b{_SEP}{bound}", 1)
 
 
 def parse(fields: dict[str, str]) -> JobFigures:
     """The hash as figures; every bucket bound is present, a missing one counts zero.
 
     Fields are ``finished|<task>|<state>``, ``run|<task>|count``, ``run|<task>|sum`` and
-    ``run|<task>|le|<bound>`` (``wait`` likewise); a task name may hold the separator.
+    ``run|<task>|b|<bound>``, one value per bucket, not cumulative (``wait`` likewise); a
+    task name may hold the separator. ``run|<task>|le|<bound>``, cumulative, is how
+    earlier workers wrote them: both add up.
     """
     figures = JobFigures()
     for name, value in fields.items():
@@ -78,8 +85,15 @@ def parse(fields: dict[str, str]) -> JobFigures:
         elif last == "sum":
             target[head].sum = float(value)
         else:
-            task, _, _ = head.rpartition(_SEP)
-            target[task].buckets[float(last)] = int(value)
+            task, _, marker = head.rpartition(_SEP)
+            buckets = target[task].buckets
+            bound = float(last)
+            if marker == "b":  # counts every bound from this one up
+                for upper in SECONDS_BUCKETS:
+                    if upper >= bound:
+                        buckets[upper] = buckets.get(upper, 0) + int(value)
+            else:
+                buckets[bound] = buckets.get(bound, 0) + int(value)
     for histograms in (figures.run_seconds, figures.queue_wait_seconds):
         for histogram in histograms.values():
             for bound in SECONDS_BUCKETS:
