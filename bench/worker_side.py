@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -111,12 +112,14 @@ def jobql_side(stack: Stack, client: aioredis.Redis) -> Side:
     )
 
 
-def plain_side(client: aioredis.Redis) -> Side:
+def plain_side(stack: Stack, client: aioredis.Redis) -> Side:
     from bench.baselines import plain_worker
+
+    producer = plain_worker.create_app(stack.valkey.url)
 
     async def send(name: str, kwargs: Callable[[int], dict[str, Any]], count: int) -> list[str]:
         def loop() -> list[str]:
-            return [plain_worker.celery.send_task(name, kwargs=kwargs(n)).id for n in range(count)]
+            return [producer.send_task(name, kwargs=kwargs(n)).id for n in range(count)]
 
         return await asyncio.to_thread(loop)
 
@@ -169,6 +172,29 @@ async def _wait(side: Side, ids: list[str], limit: float) -> list[float]:
         await asyncio.sleep(1.0)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its live children (the pool), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(child) for child in children.read_text().split()]
+    for one in pids:
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rpartition(")")[2].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+async def redis_calls(client: aioredis.Redis) -> int:
+    """Commands Valkey has run so far (scripts count once, as do their inner calls)."""
+    stats = await client.info("commandstats")
+    return sum(int(entry["calls"]) for entry in stats.values())
+
+
 async def run_side(
     stack: Stack, client: aioredis.Redis, side: Side, jobs: int, reports: int
 ) -> dict[str, float]:
@@ -177,7 +203,12 @@ async def run_side(
     ids = await side.queue_trivial(jobs)
     worker = start_worker(stack, side.worker, log_name=f"{side.log}-worker.log")
     try:
+        # Idle CPU and calls first (start-up, heartbeats) so the drain's own can be told.
+        await asyncio.sleep(0)
+        cpu_before, calls_before = cpu_seconds(worker.pid), await redis_calls(client)
         times = await _wait(side, ids, limit=jobs / 20 + 120)
+        cpu = cpu_seconds(worker.pid) - cpu_before
+        calls = await redis_calls(client) - calls_before
         used = (await client.info("memory"))["used_memory"] - used_before
         skip = int(len(times) * WARM_UP)
         rate = (len(times) - 1 - skip) / (times[-1] - times[skip])
@@ -193,6 +224,8 @@ async def run_side(
         stop_all([worker])
     return {
         "jobs_per_second": rate,
+        "cpu_ms_per_job": cpu * 1000 / jobs,
+        "redis_calls_per_job": calls / jobs,
         "progress_us": per_report * 1e6,
         "used_memory_per_job": used / jobs,
         "key_bytes": key_bytes,
@@ -204,12 +237,12 @@ async def measure(
 ) -> list[dict[str, float]]:
     """Per repetition, the baseline then JobQL: P10 (jobs/s), P10b (µs per progress
     report), and each side's memory per job."""
-    # The baseline's app reads its Redis from the environment, here and in its worker.
-    os.environ["BENCH_REDIS_URL"] = stack.env["BENCH_REDIS_URL"] = stack.valkey.url
+    # The baseline's worker reads its Redis from the environment.
+    stack.env["BENCH_REDIS_URL"] = stack.valkey.url
     client = aioredis.Redis.from_url(stack.valkey.url, decode_responses=True)
     runs: list[dict[str, float]] = []
     try:
-        plain, ours = plain_side(client), jobql_side(stack, client)
+        plain, ours = plain_side(stack, client), jobql_side(stack, client)
         for _ in range(repetitions):
             base = await run_side(stack, client, plain, jobs, reports)
             jobql = await run_side(stack, client, ours, jobs, reports)
@@ -218,6 +251,10 @@ async def measure(
                 "P10.jobql": jobql["jobs_per_second"],
                 "P10b.baseline": base["progress_us"],
                 "P10b.jobql": jobql["progress_us"],
+                "cpu.baseline": base["cpu_ms_per_job"],
+                "cpu.jobql": jobql["cpu_ms_per_job"],
+                "calls.baseline": base["redis_calls_per_job"],
+                "calls.jobql": jobql["redis_calls_per_job"],
                 "memory.baseline.used": base["used_memory_per_job"],
                 "memory.jobql.used": jobql["used_memory_per_job"],
                 "memory.baseline.keys": base["key_bytes"],

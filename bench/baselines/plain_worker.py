@@ -17,20 +17,29 @@ from celery import Celery, Task
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 QUEUE = "plain"
 
-celery = Celery("plain_baseline", broker=REDIS_URL, backend=REDIS_URL)
-celery.conf.update(
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    timezone="UTC",
-    enable_utc=True,
-    task_track_started=True,
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    result_extended=True,
-    worker_prefetch_multiplier=1,
-    task_default_queue=QUEUE,
-)
+CONFIG: dict[str, Any] = {
+    "task_serializer": "json",
+    "result_serializer": "json",
+    "accept_content": ["json"],
+    "timezone": "UTC",
+    "enable_utc": True,
+    "task_track_started": True,
+    "task_acks_late": True,
+    "task_reject_on_worker_lost": True,
+    "result_extended": True,
+    "worker_prefetch_multiplier": 1,
+    "task_default_queue": QUEUE,
+}
+
+
+def create_app(url: str) -> Celery:
+    """The baseline's app on ``url``: the worker's, or a producer's in the bench process."""
+    app = Celery("plain_baseline", broker=url, backend=url)
+    app.conf.update(CONFIG)
+    return app
+
+
+celery = create_app(REDIS_URL)
 
 
 @celery.task(name="plain.trivial")
