@@ -71,6 +71,10 @@ def celery_config(
         "event_serializer": "json",
         "timezone": "UTC",
         "enable_utc": True,
+        # JobQL's records hold every state and result; Celery's backend gets its copy only
+        # when asked (Settings.celery_results). A chord still completes: Celery counts its
+        # parts in the backend whether or not their results are stored.
+        "task_ignore_result": not settings.stores_celery_results,
         "task_track_started": True,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,

@@ -90,6 +90,8 @@ class JobTask(Task):  # type: ignore[misc]
             super().update_state(task_id=job_id, state=state, meta=meta, **kwargs)
             return
         events.progressed(job_id, self.name, meta)
+        if self.ignore_result:  # no copy in Celery's result backend (Settings.celery_results)
+            return
         try:
             # Not retried (max_retries=0): a progress report is best-effort, and the backend
             # otherwise retries for the whole outage tolerance inside the task body.

@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     result_backend_url: str | None = None
     broadcast_url: str | None = None
+    # Also store every job's state, progress and result in Celery's result backend (for
+    # AsyncResult, Flower, django-celery-results). JobQL reads its own records, so the copy
+    # costs the worker three Redis round trips per job for nobody; unset, it is kept only
+    # where JOBQL_RESULT_BACKEND_URL names a backend of its own.
+    celery_results: bool | None = None
 
     task_modules: tuple[str, ...] = ("tasks.examples",)
     default_queue: str = "jobql"
@@ -178,6 +183,13 @@ class Settings(BaseSettings):
                 "JOBQL_VISIBILITY_TIMEOUT must exceed JOBQL_TASK_TIME_LIMIT: a job still "
                 "running would be delivered to a second worker"
             )
+        backend = self.result_backend_url or "redis://"
+        if self.celery_results is False and not backend.startswith(("redis", "unix://")):
+            # Celery completes a chord over such a backend by polling its parts' results.
+            raise ValueError(
+                "JOBQL_CELERY_RESULTS=false needs a Redis result backend: workflows' chords "
+                "wait on the stored results of their parts in any other"
+            )
         if self.webhook_secret is not None and not self.webhook_secret.startswith("whsec_"):
             raise ValueError("JOBQL_WEBHOOK_SECRET must be a Standard Webhooks secret (whsec_...)")
         return self
@@ -201,6 +213,13 @@ class Settings(BaseSettings):
     @property
     def result_backend(self) -> str:
         return self.result_backend_url or self.redis
+
+    @property
+    def stores_celery_results(self) -> bool:
+        """Whether Celery's result backend gets a copy of each job (see ``celery_results``)."""
+        if self.celery_results is not None:
+            return self.celery_results
+        return self.result_backend_url is not None
 
     @property
     def broadcast(self) -> str:
