@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8000
 
-.PHONY: run test test-fast test-latest lint format schema bench reliability worker beat api clean
+.PHONY: run test test-fast test-latest lint format schema bench bench-dev reliability worker beat api clean
 
 # The contract and live tests, run again with every fast path off (stock library behaviour).
 STOCK_TESTS := tests/test_schema.py tests/test_enqueue.py tests/test_errors.py \
@@ -77,8 +77,11 @@ reliability: $(STAMP)  ## every fault scenario at full size; writes bench/result
 	JOBQL_RELIABILITY=full JOBQL_LEDGER_OUT=bench/results/reliability.md \
 		$(BIN)/python -m pytest $(RELIABILITY_TESTS)
 
-bench: $(STAMP)  ## every figure against its baseline; writes bench/results/latest.{json,md}
+bench: $(STAMP)  ## every figure against its baseline, production profile; bench/results/latest.*
 	$(BIN)/python -m bench.run
+
+bench-dev: $(STAMP)  ## the same in the development profile (no auth, text logs); latest-development.*
+	$(BIN)/python -m bench.run --profile development
 
 worker: $(STAMP)  ## production worker on the configured queues (needs REDIS_URL)
 	$(BIN)/jobql worker

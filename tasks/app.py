@@ -115,7 +115,11 @@ def celery_config(
         "event_serializer": "json",
         "timezone": "UTC",
         "enable_utc": True,
-        "task_track_started": True,
+        # JobQL's records hold every state and result; Celery's backend gets the copy
+        # Settings.celery_results asks for. A chord over Redis completes either way (Celery
+        # counts its parts whether or not their results are stored).
+        "task_ignore_result": settings.celery_results == "none",
+        "task_track_started": settings.celery_results == "all",
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_soft_time_limit": settings.task_soft_time_limit,
@@ -126,7 +130,7 @@ def celery_config(
         # A worker started without ``--queues`` consumes every one of these.
         "task_queues": tuple(_queue(settings, name) for name in settings.queues),
         "worker_prefetch_multiplier": 1,
-        "worker_send_task_events": True,
+        "worker_send_task_events": settings.task_events,
         "worker_hijack_root_logger": False,
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": settings.connect_timeout,

@@ -114,6 +114,8 @@ class JobTask(Task):  # type: ignore[misc]
             super().update_state(task_id=job_id, state=state, meta=meta, **kwargs)
             return
         events.progressed(job_id, self.name, meta)
+        if get_settings().celery_results != "all":  # Celery's backend gets no progress copy
+            return
         try:
             # Not retried (max_retries=0): a progress report is best-effort, and the backend
             # otherwise retries for the whole outage tolerance inside the task body.

@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     # How often a worker deletes expired results from a database result backend (which,
     # unlike Redis, keeps them until something deletes them); 0 leaves it to celery beat.
     result_cleanup_interval: float = Field(default=3600.0, ge=0)
+    # What Celery's result backend gets of each job, for AsyncResult / Flower /
+    # django-celery-results users: JobQL reads its own records, and each copy costs the
+    # worker two round trips. ``final``: the outcome only (stock Celery's default: no
+    # STARTED); ``all``: STARTED and every progress report too; ``none``: nothing.
+    celery_results: Literal["all", "final", "none"] = "final"
 
     task_modules: tuple[str, ...] = ("tasks.examples",)
     default_queue: str = "jobql"
@@ -192,6 +197,10 @@ class Settings(BaseSettings):
     # How long a worker keeps trying to write a job's outcome (its record, Celery's result)
     # while Redis is unreachable, before it gives up and logs it.
     redis_outage_tolerance: float = Field(default=30.0, ge=0, le=3600)
+    # Celery's task events (task-received, -started, -succeeded...) on the broker's event
+    # exchange: what Flower and `celery events` watch. JobQL itself reads none of them (its
+    # records and heartbeats say it all), and each costs the worker a publish per change.
+    task_events: bool = False
     # SIGTERM: subscribers are told at once, in-flight operations get this long to finish.
     shutdown_grace_seconds: float = Field(default=30.0, gt=0)
     # Where `jobql api --workers N` keeps prometheus-client's per-process files
@@ -217,6 +226,13 @@ class Settings(BaseSettings):
             _require_zstd()
         if self.serializer == "msgpack":
             _require("msgpack", "JOBQL_SERIALIZER=msgpack needs msgpack (jobql[msgpack])")
+        backend = self.result_backend_url or "redis://"
+        if self.celery_results == "none" and not backend.startswith(("redis", "unix://")):
+            # Celery completes a chord over such a backend by polling its parts' results.
+            raise ValueError(
+                "JOBQL_CELERY_RESULTS=none needs a Redis result backend: workflows' chords "
+                "wait on the stored results of their parts in any other"
+            )
         if self.webhook_secret is not None and not self.webhook_secret.startswith("whsec_"):
             raise ValueError("JOBQL_WEBHOOK_SECRET must be a Standard Webhooks secret (whsec_...)")
         return self
