@@ -85,9 +85,9 @@ def envelope(raw: bytes | str) -> tuple[dict[str, Any] | None, str]:
     return message, ""
 
 
-def spare(client: Connection) -> Connection:
-    """An unconnected copy of a broker connection's settings (a pooled one cannot clone)."""
-    return Connection(**client.info())  # type: ignore[no-untyped-call]
+def settings_of(client: Connection) -> dict[str, Any]:
+    """A broker connection's settings, to open another like it (a pooled one cannot clone)."""
+    return dict(client.info())  # type: ignore[no-untyped-call]
 
 
 def running_tags() -> set[Any]:
@@ -119,10 +119,10 @@ class QoS(kombu_redis.QoS):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self._held: set[Any] = set()
-        # A copy of the channel's connection settings, taken while it lives (no I/O): the
-        # held messages are acknowledged through it once this channel is closed.
+        # The channel's connection settings, read while it lives (no I/O): held messages
+        # are acknowledged through a connection opened from them once this one is closed.
         client = getattr(getattr(self.channel, "connection", None), "client", None)
-        self._spare: Connection | None = spare(client) if client is not None else None
+        self._spare: dict[str, Any] | None = settings_of(client) if client is not None else None
 
     def _connection_gone(self, what: str, count: int) -> bool:
         if self.channel.connection is not None and self.channel.connection.client is not None:
@@ -192,7 +192,7 @@ class QoS(kombu_redis.QoS):
         ).start()
 
 
-def settle(spare: Connection, tag: Any, *, requeue: bool, within: float) -> bool:
+def settle(spare: dict[str, Any], tag: Any, *, requeue: bool, within: float) -> bool:
     """Ack (or requeue) one message on a connection of its own, trying for ``within`` seconds.
 
     Redis acks are removals from the shared unacked hash and index, valid from any channel;
@@ -203,7 +203,7 @@ def settle(spare: Connection, tag: Any, *, requeue: bool, within: float) -> bool
     pause = 0.1
     while True:
         try:
-            with spare.clone() as connection:  # type: ignore[no-untyped-call]
+            with Connection(**spare) as connection:  # type: ignore[no-untyped-call]
                 connection.connect()
                 channel = connection.channel()
                 try:
