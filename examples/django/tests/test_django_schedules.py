@@ -7,6 +7,8 @@ import subprocess
 import time
 from typing import Any
 
+import pytest
+
 from tests.conftest import GraphQL
 
 FIELDS = "id name task input interval crontab { minute hour } timezone enabled runs lastJobId"
@@ -124,3 +126,23 @@ def test_names_cap_timings_and_admin_edits_live_in_the_periodic_task(
     assert shown["schedule"] == {"enabled": False, "nextRunAt": None}
     listed = alice.data(f"{{ schedules {{ {FIELDS} }} }}")["schedules"]
     assert [s["interval"] for s in listed if s["name"] == "three"] == [1.5], "kept in µs"
+
+
+async def test_a_database_that_does_not_answer_is_service_unavailable(database: str) -> None:
+    """The store's queries run off the event loop; a refused connection is an answer the
+    client can act on, not a masked internal error."""
+    from django.db import connections
+
+    from devtools.processes import free_port
+    from gql.django_schedule_store import DjangoScheduleStore
+    from gql.errors import ErrorCode, ServiceUnavailable
+
+    settings = connections.settings["default"]
+    port = settings["PORT"]
+    settings["PORT"] = str(free_port())  # nothing listens there: connections are refused
+    try:
+        with pytest.raises(ServiceUnavailable) as refused:
+            await DjangoScheduleStore().list("alice")
+    finally:
+        settings["PORT"] = port
+    assert refused.value.extensions["code"] == ErrorCode.SERVICE_UNAVAILABLE
