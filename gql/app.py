@@ -28,13 +28,14 @@ from gql.jobs import JobService
 from gql.limits import Limits
 from gql.producer import Producer
 from gql.schema import build_schema
-from gql.store import JobStore, connect, sweep_forever
+from gql.store import JobStore, connect, connect_records, sweep_forever
 from gql.transports import SUBSCRIPTION_PROTOCOLS, JobQLGraphQL
 from gql.web import GraphQLDoor
 from gql.workers import Broker, WorkerDirectory
 from gql.workflow_store import WorkflowStore
 from gql.workflows import WorkflowService
 from tasks import compat as fast_paths
+from tasks import slots
 from tasks.app import registry
 from tasks.logs import configure_logging
 from tasks.settings import Settings, get_settings
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings)
     load_task_modules(settings)
     compat.enable(settings.fast_paths)
+    slots.configure(settings.layout)
     if not settings.auth_methods:
         logger.warning(
             "JOBQL_AUTH_MODE=none: NO AUTHENTICATION, every caller is 'anonymous' and sees "
@@ -76,7 +78,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        records = connect(settings.redis, settings)
+        records = connect_records(settings)
+        # Heartbeats, queues, rate limits: the single Redis, when records are elsewhere.
+        redis = records if settings.records == settings.redis else connect(settings.redis, settings)
         backend = RedisPubSubBackend(settings.broadcast, connect_timeout=settings.connect_timeout)
         broadcast = JobBroadcast(backend, queue_limit=settings.subscriber_queue_limit)
         await broadcast.connect()
@@ -85,8 +89,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.jobs = JobService(settings, store, producer, registry)
         workflow_store = WorkflowStore(store, settings.job_retention_seconds)
         app.state.workflows = WorkflowService(app.state.jobs, workflow_store)
-        app.state.limits = Limits(settings, records)
-        broker = Broker(settings, records)
+        app.state.limits = Limits(settings, redis)
+        broker = Broker(settings, redis)
         queues = frozenset({*settings.queues, *(s.queue for s in registry.typed if s.queue)})
         app.state.health = HealthCheck(
             records,
@@ -94,7 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             producer,
             settings.connect_timeout,
             broker=broker,
-            directory=WorkerDirectory(settings, records, broker, queues),
+            directory=WorkerDirectory(settings, redis, broker, queues),
             cache_seconds=settings.health_cache_seconds,
         )
         app.state.broadcast = broadcast
@@ -115,6 +119,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await broker.close()
             await broadcast.disconnect()
             await records.aclose()
+            if redis is not records:
+                await redis.aclose()
 
     telemetry = settings.opentelemetry
     app = FastAPI(

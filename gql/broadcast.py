@@ -154,18 +154,22 @@ class JobBroadcast:
                 queue.put(RESYNC)
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, channel: str) -> AsyncIterator[EventQueue]:
-        """Events of ``channel`` from the moment Redis confirmed the subscription."""
+    async def subscribe(self, *channels: str) -> AsyncIterator[EventQueue]:
+        """Events of ``channels`` (one queue) from the moment Redis confirmed each of them."""
         queue = EventQueue(self._queue_limit, self.tally)
-        async with self._locked(channel):
-            if channel not in self._queues:
-                await self.backend.subscribe(channel)
-                self._queues[channel] = set()
-            self._queues[channel].add(queue)
+        joined: list[str] = []
         try:
+            for channel in channels:
+                async with self._locked(channel):
+                    if channel not in self._queues:
+                        await self.backend.subscribe(channel)
+                        self._queues[channel] = set()
+                    self._queues[channel].add(queue)
+                joined.append(channel)
             yield queue
         finally:
-            await asyncio.shield(self._leave(channel, queue))
+            for channel in joined:
+                await asyncio.shield(self._leave(channel, queue))
 
     async def _leave(self, channel: str, queue: EventQueue) -> None:
         async with self._locked(channel):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,7 +17,7 @@ from gql.operations import job_enqueued
 from gql.producer import Delivery, Producer
 from gql.store import JobStore
 from gql.webhooks import Webhook
-from tasks import records
+from tasks import records, slots
 from tasks.messages import PRIORITY_STEPS, queue_key, task_message
 from tasks.records import CANCELLABLE_STATES, JobSnapshot, JobState
 from tasks.registry import TaskRegistry, TaskSpec
@@ -67,6 +66,16 @@ def _under(error: BadUserInput, path: str | None, index: int) -> list[dict[str, 
     if path == "inputs":
         return [{**f, "path": re.sub(r"^input\b", f"inputs.{index}", f["path"])} for f in fields]
     return [{**f, "path": f"{path}.{index}.{f['path']}"} for f in fields]
+
+
+def _batch_tag(items: Sequence[tuple[TaskSpec | str, Any, EnqueueRequest]], owner: str) -> str:
+    """One tag for a whole batch, so that it stays one atomic call on a Redis Cluster: the
+    first idempotency key's, or any. Only a batch whose keys fall on several tags is split
+    (see :meth:`gql.store.JobStore.create_many`)."""
+    for _, _, options in items:
+        if options.idempotency_key is not None:
+            return records.idempotency_tag(owner, options.idempotency_key)
+    return slots.tag_of(slots.new_id())
 
 
 def _refuse_repeated_keys(batch: list[Prepared], path: str) -> None:
@@ -128,7 +137,8 @@ class JobService:
             if options.webhook is not None:
                 where = "options.webhook" if path is None else f"{path}.{index}.options.webhook"
                 await webhooks.check(options.webhook, self.settings, where)
-        batch = [self._prepare(item, owner) for item in items]
+        tag = _batch_tag(items, owner)
+        batch = [self._prepare(item, owner, tag) for item in items]
         errors: list[dict[str, str]] = []
         for index, item in enumerate(batch):
             if isinstance(item, BadUserInput):
@@ -154,7 +164,7 @@ class JobService:
         ]
 
     def _prepare(
-        self, item: tuple[TaskSpec | str, Any, EnqueueRequest], owner: str
+        self, item: tuple[TaskSpec | str, Any, EnqueueRequest], owner: str, tag: str
     ) -> Prepared | BadUserInput:
         """One item checked and turned into its record and message; errors are returned."""
         task, data, options = item
@@ -170,8 +180,10 @@ class JobService:
         except BadUserInput as exc:
             return exc
         created = records.now()
+        if options.idempotency_key is not None:
+            tag = records.idempotency_tag(owner, options.idempotency_key)
         fields = records.new_record(
-            job_id=str(uuid.uuid4()),
+            job_id=slots.new_id(tag),
             task=spec.name,
             owner=owner,
             queue=delivery.queue,

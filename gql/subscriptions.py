@@ -18,7 +18,7 @@ from gql.context import Context, Info
 from gql.errors import NotFound
 from gql.jobs import JobService
 from gql.types import Job, JobFilter, JobId
-from tasks import records
+from tasks import records, slots
 from tasks.records import JobSnapshot, job_channel, owner_channel
 from tasks.scripts import PageQuery
 
@@ -99,7 +99,9 @@ class Subscription:
     ) -> AsyncGenerator[Job, None]:
         context = info.context
         with context.limits.subscription(context):
-            events_of = context.broadcast.subscribe(owner_channel(context.owner))
+            owner = context.owner
+            channels = [owner_channel(owner, tag) for tag in slots.tags()]
+            events_of = context.broadcast.subscribe(*channels)
             async with events_of as events, _expiring(context.principal, events):
                 async for job in _firehose(context, events, filter):
                     yield job

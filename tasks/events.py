@@ -21,7 +21,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from tasks import records, scripts
+from tasks import cluster, records, scripts, slots
 from tasks.records import CANCELLABLE_STATES, RUNNING_STATES, JobState
 from tasks.settings import get_settings
 from tasks.workflow_records import WorkflowSnapshot, workflow_key
@@ -38,12 +38,17 @@ def _scripts() -> tuple[redis.Redis, Any, Any]:
     with _client_lock:
         if _client is None or _client[0] != os.getpid():
             settings = get_settings()
-            client = redis.Redis.from_url(
-                settings.redis,
-                decode_responses=True,
-                socket_connect_timeout=settings.connect_timeout,
-                socket_timeout=settings.socket_timeout,
-                retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=5),
+            slots.configure(settings.layout)
+            client: redis.Redis = (
+                cluster.sync_records(settings)  # type: ignore[assignment]
+                if settings.records_cluster
+                else redis.Redis.from_url(
+                    settings.records,
+                    decode_responses=True,
+                    socket_connect_timeout=settings.connect_timeout,
+                    socket_timeout=settings.socket_timeout,
+                    retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=5),
+                )
             )
             _client = (
                 os.getpid(),
