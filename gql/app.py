@@ -19,7 +19,7 @@ from strawberry.subscriptions import GRAPHQL_WS_PROTOCOL
 
 from gql import compat, graphiql, metrics
 from gql.auth import Authenticator
-from gql.broadcast import JobBroadcast, RedisPubSubBackend
+from gql.broadcast import JobBroadcast, PubSubBackend, RedisPubSubBackend
 from gql.conventions import HTTPConventions
 from gql.drain import Drain
 from gql.endpoint import ObservedEndpoint
@@ -28,6 +28,7 @@ from gql.jobs import JobService
 from gql.limits import Limits
 from gql.producer import Producer
 from gql.schema import build_schema
+from gql.shards import ShardedPubSubBackend
 from gql.store import JobStore, connect, connect_records, sweep_forever
 from gql.transports import SUBSCRIPTION_PROTOCOLS, JobQLGraphQL
 from gql.web import GraphQLDoor
@@ -81,7 +82,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         records = connect_records(settings)
         # Heartbeats, queues, rate limits: the single Redis, when records are elsewhere.
         redis = records if settings.records == settings.redis else connect(settings.redis, settings)
-        backend = RedisPubSubBackend(settings.broadcast, connect_timeout=settings.connect_timeout)
+        backend: PubSubBackend = (
+            ShardedPubSubBackend(settings.broadcast, connect_timeout=settings.connect_timeout)
+            if settings.records_cluster
+            else RedisPubSubBackend(settings.broadcast, connect_timeout=settings.connect_timeout)
+        )
         broadcast = JobBroadcast(backend, queue_limit=settings.subscriber_queue_limit)
         await broadcast.connect()
         producer = Producer(settings)

@@ -26,10 +26,18 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator
 
-from gql.pubsub import RedisPubSubBackend
+from gql.pubsub import PubSubBackend, RedisPubSubBackend
 from tasks.records import JobSnapshot, JobState
 
-__all__ = ["RESYNC", "EventQueue", "EventTally", "JobBroadcast", "RedisPubSubBackend", "Resync"]
+__all__ = [
+    "RESYNC",
+    "EventQueue",
+    "EventTally",
+    "JobBroadcast",
+    "PubSubBackend",
+    "RedisPubSubBackend",
+    "Resync",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +128,7 @@ class _ChannelLock:
 class JobBroadcast:
     """The fan-out: counted, locked subscriptions and a bounded queue per subscriber."""
 
-    def __init__(self, backend: RedisPubSubBackend, *, queue_limit: int = 256) -> None:
+    def __init__(self, backend: PubSubBackend, *, queue_limit: int = 256) -> None:
         self.backend = backend
         self._queue_limit = queue_limit
         self._queues: dict[str, set[EventQueue]] = {}

@@ -77,7 +77,7 @@ def broker_transport(settings: Settings) -> str | None:
 
 def writes_messages(app: Celery, settings: Settings) -> bool:
     """Whether the API writes Celery's messages itself: the broker is the records' Redis."""
-    if settings.broker != settings.redis or urlparse(settings.broker).scheme != "redis":
+    if settings.broker != settings.records or urlparse(settings.broker).scheme != "redis":
         return False
     check = functools.partial(check_message_writer, app)
     return compat.enable(MESSAGE_WRITER, check, allowed=settings.fast_paths)
