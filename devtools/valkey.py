@@ -163,6 +163,35 @@ class EmbeddedValkeyCluster:
         node.start()
         self.wait_ok()
 
+    def move_slot(self, slot: int, to: int) -> None:
+        """Migrate one slot and its keys to node ``to``, as ``valkey-cli --cluster reshard``
+        does: IMPORTING/MIGRATING, MIGRATE the keys, then SETSLOT NODE on every node."""
+        import redis
+
+        clients: list[Any] = [redis.Redis(port=n.port, decode_responses=True) for n in self.nodes]
+        try:
+            ids = [client.execute_command("CLUSTER", "MYID") for client in clients]
+            topology = redis.RedisCluster.from_url(self.url)
+            try:
+                port = topology.nodes_manager.slots_cache[slot][0].port
+            finally:
+                topology.close()
+            owner = next(index for index, node in enumerate(self.nodes) if node.port == port)
+            source, target = clients[owner], clients[to]
+            target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[owner])
+            source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[to])
+            while keys := source.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                source.execute_command(
+                    "MIGRATE", "127.0.0.1", self.nodes[to].port, "", 0, 5000, "KEYS", *keys
+                )
+            others = [c for i, c in enumerate(clients) if i not in (owner, to)]
+            for client in (target, source, *others):
+                client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[to])
+        finally:
+            for client in clients:
+                client.close()
+        self.wait_ok()
+
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()

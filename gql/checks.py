@@ -9,13 +9,18 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import redis
 from pydantic import ValidationError
 
+from tasks import cluster, records
 from tasks.durability import durability_warnings
 from tasks.heartbeat import worker_key
+
+if TYPE_CHECKING:
+    from tasks.settings import Settings
 
 
 def _safe(url: str) -> str:
@@ -77,6 +82,10 @@ def run_checks(*, worker: str | None = None) -> int:
     check(f"Redis for job records at {_safe(settings.redis)} answers", ping(settings.redis),
           "Is it running and is JOBQL_REDIS_URL right?")  # fmt: skip
     _durability(settings.redis, settings.connect_timeout)
+    if settings.records != settings.redis or settings.records_cluster:
+        check(f"job records at {_safe(settings.records)} answer", lambda: _records(settings).ping(),
+              "Is JOBQL_RECORDS_URL right (and JOBQL_RECORDS_CLUSTER for a cluster)?")  # fmt: skip
+    _old_layout(settings)
     check(f"broker at {_safe(settings.broker)} answers", lambda: _broker(settings.broker, settings),
           "Is it running and is JOBQL_BROKER_URL (or the Redis URL) right?")  # fmt: skip
     if settings.broadcast != settings.redis:
@@ -111,6 +120,30 @@ def _durability(url: str, timeout: float) -> None:
         pass  # the ping above reported it
     finally:
         client.close()
+
+
+def _records(settings: Settings) -> redis.Redis:
+    if settings.records_cluster:
+        return cluster.sync_records(settings)  # type: ignore[return-value]
+    return redis.Redis.from_url(settings.records, socket_connect_timeout=settings.connect_timeout)
+
+
+def _old_layout(settings: Settings) -> None:
+    """A warning: job records written before keys carried a hash tag are no longer read."""
+    client = _records(settings)
+    try:
+        old = sum(
+            1
+            for key in client.scan_iter(match=f"{records.JOB_KEY_PREFIX}*", count=1000)
+            if "{" not in (key.decode() if isinstance(key, bytes) else key)
+        )
+    except redis.RedisError:
+        return  # the pings report it
+    finally:
+        client.close()
+    if old:
+        _warn(f"{old} job records of the layout before hash tags are no longer read "
+              "(README, Deploying: Upgrading); they expire on their own")  # fmt: skip
 
 
 def _importer(module: str) -> Callable[[], object]:

@@ -158,20 +158,22 @@ class RedisPubSubBackend:
                 else:
                     await pubsub.unsubscribe(channel)
 
-    def forget(self, channel: str) -> None:
-        """Stop resubscribing a channel whose slot moved to another node."""
-        self._channels.discard(channel)
+    def holds(self, channel: str) -> bool:
+        """Whether the channel is still wanted here (the server drops a moved slot's)."""
+        return channel in self._channels
 
     async def _subscribe(self, pubsub: PubSub, *channels: str) -> None:
         if not self._sharded:
             await pubsub.subscribe(*channels)
             return
-        # One SSUBSCRIBE may only name channels of one slot.
+        # One SSUBSCRIBE may only name channels of one slot; the last channel goes last.
+        *rest, last = channels
         by_slot: defaultdict[int, list[str]] = defaultdict(list)
-        for channel in channels:
+        for channel in rest:
             by_slot[key_slot(channel.encode())].append(channel)
         for group in by_slot.values():
             await pubsub.ssubscribe(*group)
+        await pubsub.ssubscribe(last)
 
     async def ping(self) -> None:
         await self._client.ping()
@@ -182,8 +184,8 @@ class RedisPubSubBackend:
         while True:
             pubsub = self._client.pubsub()
             try:
-                await self._subscribe(pubsub, *self._channels)
-                await self._subscribe(pubsub, self._own_channel)
+                # Our own channel last: its confirmation confirms every one before it.
+                await self._subscribe(pubsub, *self._channels, self._own_channel)
                 self._pubsub = pubsub
                 await self._read(pubsub, resync=not first)
             except Exception as exc:

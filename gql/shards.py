@@ -32,6 +32,9 @@ from gql.pubsub import RedisPubSubBackend, SlotMoved
 
 logger = logging.getLogger(__name__)
 
+# Between tries to follow a moving slot (about 3 s in all).
+_MOVE_PAUSES = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+
 
 def _silent(*_: object) -> None:
     """Where events and resyncs go until the fan-out attaches."""
@@ -76,6 +79,7 @@ class ShardedPubSubBackend:
         self._on_message: Callable[[str, str], None] = _silent
         self._on_resync: Callable[[], None] = _silent
         self._rehoming: asyncio.Task[None] | None = None
+        self._again = False
         self._last_refresh = 0.0
         self._moves = 0
         self.connected = _AllConnected(self)
@@ -122,14 +126,18 @@ class ShardedPubSubBackend:
 
     async def subscribe(self, channel: str) -> None:
         """SSUBSCRIBE on the primary of the channel's slot, confirmed, following moves."""
-        for _ in range(3):
+        for pause in _MOVE_PAUSES:
             node = await self._primary_of(channel)
             try:
                 await node.subscribe(channel)
             except SlotMoved:
+                # The node we asked knew better than our map, which the node we refresh
+                # from may not know yet either: wait a little for the news to spread.
+                await asyncio.sleep(pause)
                 await self._refresh(force=True)
                 continue
             self._home[channel] = self._name_of(node)
+            logger.debug("%s subscribed on %s", channel, self._home[channel])
             return
         raise ConnectionError(f"the slot of {channel} kept moving")
 
@@ -140,9 +148,10 @@ class ShardedPubSubBackend:
             await node.unsubscribe(channel)
 
     async def ping(self) -> None:
-        """Every primary answers (a PING on the cluster client goes to each)."""
-        if not self.nodes:
-            raise ConnectionError("no primary of the cluster is known yet")
+        """Every primary answers."""
+        if not self.nodes:  # the cluster was down when the API started
+            await self._topology.initialize()
+            await self._sync_nodes()
         for node in list(self.nodes.values()):
             await node.ping()
 
@@ -204,6 +213,9 @@ class ShardedPubSubBackend:
 
     def _moved(self, channel: str | None) -> None:
         """A node said a slot left it, or its connection was lost: re-home in the background."""
+        # A move told while a pass runs gets a pass of its own: that one may have read
+        # the channel as still held, or subscribed it where it has just been dropped.
+        self._again = True
         if self._rehoming is None or self._rehoming.done():
             self._rehoming = asyncio.create_task(self._rehome(), name="jobql-broadcast-rehome")
 
@@ -215,6 +227,11 @@ class ShardedPubSubBackend:
         await self._sync_nodes()
 
     async def _rehome(self) -> None:
+        while self._again:
+            self._again = False
+            await self._rehome_once()
+
+    async def _rehome_once(self) -> None:
         """Subscribe every channel whose slot changed primary there, then resync everyone."""
         try:
             await self._refresh()
@@ -224,11 +241,14 @@ class ShardedPubSubBackend:
         moved = []
         for channel, name in list(self._home.items()):
             primary = self._topology.get_node_from_key(channel)
-            if primary is None or primary.name == name:
-                continue
             old = self.nodes.get(name)
-            if old is not None:
-                old.forget(channel)
+            # A channel the server dropped is followed even where our map (read from a node
+            # that may not know of the move yet) still says it is home: SSUBSCRIBE answers
+            # -MOVED there, and :meth:`subscribe` refreshes the map until it agrees.
+            held = old is not None and old.holds(channel)
+            if held and primary is not None and primary.name == name:
+                continue
+            if old is not None and held:  # moved in the map first (a failover): leave it
                 with contextlib.suppress(aioredis.RedisError, OSError):
                     await old.unsubscribe(channel)
             moved.append(channel)

@@ -112,7 +112,7 @@ class Reaper(bootsteps.StartStopStep):  # type: ignore[misc]
             logger.info("lost workers' jobs wait for the visibility timeout: the broker is "
                         "not the Redis that holds job records and heartbeats")  # fmt: skip
             return
-        if len(slots.tags()) != 1:
+        if settings.shards != 1:
             logger.info("lost workers' jobs wait for the visibility timeout: job records "
                         "are spread over several hash tags")  # fmt: skip
             return
@@ -170,7 +170,7 @@ class Reaper(bootsteps.StartStopStep):  # type: ignore[misc]
             2,
             channel.unacked_key,
             missing_key(settings),
-            job_prefix(slots.tags()[0]),
+            job_prefix(slots.tags_for(1)[0]),
             worker_prefix(settings),
             settings.requeue_lost_after,
             24 * 3600,

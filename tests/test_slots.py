@@ -3,11 +3,16 @@ and a listing merged from several tags is the same exact listing."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
+import redis
 import redis.asyncio as aioredis
+from pydantic import ValidationError
 from redis.crc import key_slot
 
 from devtools.valkey import EmbeddedValkey
@@ -16,6 +21,7 @@ from tasks import records, scripts, slots
 from tasks.records import JobState
 from tasks.scripts import PageQuery, ScriptCall
 from tasks.settings import Settings
+from tests.conftest import ROOT
 from tests.test_records import store_with_ttl, write_job
 
 
@@ -110,3 +116,36 @@ async def test_a_listing_over_four_tags_is_every_match_once_newest_first(
     assert seen == failed
     everything = await store.page(PageQuery(owner=owner, limit=100))
     assert [job.id for job in everything] == [job.id for job, _ in reversed(made)]
+
+
+def test_a_cluster_holds_records_and_events_but_never_celerys_broker() -> None:
+    one, nodes = "redis://broker:6379/0", "redis://node-1:7000"
+    settings = Settings(redis_url=one, records_url=nodes, records_cluster=True)
+    assert (settings.records, settings.broadcast, settings.broker) == (nodes, nodes, one)
+    assert settings.layout == slots.Layout(shards=16, sharded_pubsub=True)
+    assert Settings(redis_url=one).layout == slots.Layout(shards=1, sharded_pubsub=False)
+
+    with pytest.raises(ValidationError, match="Celery has no cluster support"):
+        Settings(redis_url=one, records_url=nodes, records_cluster=True, broker_url=nodes)
+    with pytest.raises(ValidationError, match="JOBQL_BROADCAST_URL must be the records"):
+        Settings(redis_url=one, records_url=nodes, records_cluster=True, broadcast_url=one)
+    with pytest.raises(ValidationError, match="needs JOBQL_RECORDS_URL"):
+        Settings(redis_url=one, records_cluster=True)
+
+
+def test_jobql_check_counts_records_of_the_layout_before_hash_tags(
+    valkey: EmbeddedValkey, tmp_path: Path
+) -> None:
+    client = redis.Redis.from_url(valkey.url)
+    old = f"{records.JOB_KEY_PREFIX}{uuid.uuid4()}"
+    client.hset(old, mapping={"state": "SUCCESS"})
+    try:
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "JOBQL_ENV": "test",
+               "JOBQL_REDIS_URL": valkey.url}  # fmt: skip
+        result = subprocess.run([sys.executable, "-m", "gql.cli", "check"], capture_output=True,
+                                text=True, cwd=tmp_path, env=env, timeout=60)  # fmt: skip
+    finally:
+        client.delete(old)
+        client.close()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "job records of the layout before hash tags are no longer read" in result.stdout
