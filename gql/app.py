@@ -83,9 +83,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Heartbeats, queues, rate limits: the single Redis, when records are elsewhere.
         redis = records if settings.records == settings.redis else connect(settings.redis, settings)
         backend: PubSubBackend = (
-            ShardedPubSubBackend(settings.broadcast, connect_timeout=settings.connect_timeout)
+            ShardedPubSubBackend(settings.broadcast, settings=settings)
             if settings.records_cluster
-            else RedisPubSubBackend(settings.broadcast, connect_timeout=settings.connect_timeout)
+            else RedisPubSubBackend(settings.broadcast, settings=settings)
         )
         broadcast = JobBroadcast(backend, queue_limit=settings.subscriber_queue_limit)
         await broadcast.connect()

@@ -9,26 +9,26 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import redis
 from pydantic import ValidationError
 
-from tasks import cluster, records
+from tasks import records, redis_clients
 from tasks.durability import durability_warnings
 from tasks.heartbeat import worker_key
-
-if TYPE_CHECKING:
-    from tasks.settings import Settings
+from tasks.settings import Settings
 
 
 def _safe(url: str) -> str:
-    """A URL without user and password, for messages."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
+    """A URL without user and password, for messages (each address of a Sentinel URL)."""
+    shown = []
+    for chunk in url.split(";"):
+        parts = urlsplit(chunk)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+        shown.append(f"{parts.scheme}://{host}{port}{parts.path}")
+    return ";".join(shown)
 
 
 def _say(ok: bool, what: str) -> None:
@@ -40,8 +40,6 @@ def _warn(what: str) -> None:
 
 
 def run_checks(*, worker: str | None = None) -> int:
-    from tasks.settings import Settings
-
     try:
         settings = Settings()
     except ValidationError as exc:
@@ -70,23 +68,22 @@ def run_checks(*, worker: str | None = None) -> int:
 
     def ping(url: str) -> Callable[[], object]:
         def probe() -> object:
-            client = redis.Redis.from_url(url, socket_connect_timeout=settings.connect_timeout,
-                                          socket_timeout=settings.socket_timeout)  # fmt: skip
+            client = redis_clients.sync_client(url, settings, decode=False)
             try:
                 return client.ping()
             finally:
-                client.close()
+                redis_clients.close(client)
 
         return probe
 
     check(f"Redis for job records at {_safe(settings.redis)} answers", ping(settings.redis),
           "Is it running and is JOBQL_REDIS_URL right?")  # fmt: skip
-    _durability(settings.redis, settings.connect_timeout)
+    _durability(settings.redis, settings)
     if settings.records != settings.redis or settings.records_cluster:
         check(f"job records at {_safe(settings.records)} answer", lambda: _records(settings).ping(),
               "Is JOBQL_RECORDS_URL right (and JOBQL_RECORDS_CLUSTER for a cluster)?")  # fmt: skip
     _old_layout(settings)
-    check(f"broker at {_safe(settings.broker)} answers", lambda: _broker(settings.broker, settings),
+    check(f"broker at {_safe(settings.broker)} answers", lambda: _broker(settings),
           "Is it running and is JOBQL_BROKER_URL (or the Redis URL) right?")  # fmt: skip
     if settings.broadcast != settings.redis:
         check(f"broadcast Redis at {_safe(settings.broadcast)} answers", ping(settings.broadcast),
@@ -97,35 +94,36 @@ def run_checks(*, worker: str | None = None) -> int:
     if worker:
 
         def alive() -> None:
-            client = redis.Redis.from_url(settings.redis, socket_connect_timeout=1)
+            client = redis_clients.sync_client(settings.redis, settings, decode=False)
             try:
                 if not client.exists(worker_key(settings, worker)):
                     raise LookupError(f"no heartbeat from {worker} in the last "
                                       f"{settings.heartbeat_ttl:g} s")  # fmt: skip
             finally:
-                client.close()
+                redis_clients.close(client)
 
         check(f"worker {worker} beats", alive, "Is it running and consuming this broker?")
     sys.stdout.flush()
     return 1 if failures else 0
 
 
-def _durability(url: str, timeout: float) -> None:
+def _durability(url: str, settings: Settings) -> None:
     """A warning, not a failure: a Redis that loses jobs on a crash still answers."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    quick = settings.model_copy(update={"socket_timeout": settings.connect_timeout})
+    client = redis_clients.sync_client(url, quick, decode=False)
     try:
         for warning in durability_warnings(client):
             _warn(f"Redis at {_safe(url)}: {warning}")
     except redis.RedisError:
         pass  # the ping above reported it
     finally:
-        client.close()
+        redis_clients.close(client)
 
 
 def _records(settings: Settings) -> redis.Redis:
     if settings.records_cluster:
-        return cluster.sync_records(settings)  # type: ignore[return-value]
-    return redis.Redis.from_url(settings.records, socket_connect_timeout=settings.connect_timeout)
+        return redis_clients.sync_cluster(settings.records, settings)  # type: ignore[return-value]
+    return redis_clients.sync_client(settings.records, settings)
 
 
 def _old_layout(settings: Settings) -> None:
@@ -140,19 +138,24 @@ def _old_layout(settings: Settings) -> None:
     except redis.RedisError:
         return  # the pings report it
     finally:
-        client.close()
+        redis_clients.close(client)
     if old:
-        _warn(f"{old} job records of the layout before hash tags are no longer read "
-              "(README, Deploying: Upgrading); they expire on their own")  # fmt: skip
+        _warn(f"{old} job records of the layout before hash tags are no longer read (README, "
+              "Deploying on a Redis Cluster: Upgrading); they expire on their own")  # fmt: skip
 
 
 def _importer(module: str) -> Callable[[], object]:
     return lambda: importlib.import_module(module)
 
 
-def _broker(url: str, settings: object) -> None:
-    from kombu.connection import Connection
+def _broker(settings: Settings) -> None:
+    """Connect as the producer does: Celery's configuration carries TLS and Sentinel options."""
+    from tasks.app import create_celery_app
 
-    timeout = getattr(settings, "connect_timeout", 1.0)
-    with Connection(url, connect_timeout=timeout) as connection:  # type: ignore[no-untyped-call]
-        connection.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
+    app = create_celery_app(settings, producer=True)
+    timeout = settings.connect_timeout
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
+    finally:
+        app.close()

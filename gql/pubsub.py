@@ -25,6 +25,9 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import MovedError
 
+from tasks import redis_clients
+from tasks.settings import Settings, get_settings
+
 logger = logging.getLogger(__name__)
 
 
@@ -83,17 +86,21 @@ class RedisPubSubBackend:
         self,
         url: str,
         *,
-        connect_timeout: float = 1.0,
+        settings: Settings | None = None,
+        connect_timeout: float | None = None,
         idle_ping: float = 5.0,
         max_backoff: float = 2.0,
         sharded: bool = False,
         own_channel: str | None = None,
     ) -> None:
-        self._client = aioredis.Redis.from_url(
-            url,
-            socket_connect_timeout=connect_timeout,
-            retry=Retry(NoBackoff(), retries=0),
-            decode_responses=True,
+        settings = settings or get_settings()
+        if connect_timeout is not None:
+            settings = settings.model_copy(update={"connect_timeout": connect_timeout})
+        connect_timeout = settings.connect_timeout
+        # No read timeout: the reader waits for events and PINGs when idle. No retry: the
+        # reader's own loop reconnects (and, behind Sentinel, finds the new master).
+        self._client = redis_clients.async_client(
+            url, settings, read_timeout=False, retry=Retry(NoBackoff(), retries=0)
         )
         self._timeout = connect_timeout
         self._confirm_timeout = max(10.0, connect_timeout * 4)
@@ -124,7 +131,7 @@ class RedisPubSubBackend:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
-        await self._client.aclose()
+        await redis_clients.aclose(self._client)
 
     async def subscribe(self, channel: str) -> None:
         """Subscribe and wait for Redis to confirm: from then on no event is missed."""

@@ -29,6 +29,8 @@ from urllib.parse import urlsplit, urlunsplit
 import redis.asyncio as aioredis
 
 from gql.pubsub import RedisPubSubBackend, SlotMoved
+from tasks import redis_clients
+from tasks.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -58,21 +60,17 @@ class ShardedPubSubBackend:
         self,
         url: str,
         *,
-        connect_timeout: float = 1.0,
+        settings: Settings | None = None,
         idle_ping: float = 5.0,
         max_backoff: float = 2.0,
         refresh_every: float = 0.5,
     ) -> None:
         self._url = url
-        self._topology = aioredis.RedisCluster.from_url(
-            url, decode_responses=True, socket_connect_timeout=connect_timeout
-        )
-        self._options = {
-            "connect_timeout": connect_timeout,
-            "idle_ping": idle_ping,
-            "max_backoff": max_backoff,
-        }
-        self._timeout = connect_timeout
+        self._settings = settings or get_settings()
+        # Only its slot map is used: which primary serves a channel's slot.
+        self._topology = redis_clients.async_cluster(url, self._settings)
+        self._idle_ping = idle_ping
+        self._max_backoff = max_backoff
         self._refresh_every = refresh_every
         self.nodes: dict[str, RedisPubSubBackend] = {}
         self._home: dict[str, str] = {}
@@ -182,9 +180,11 @@ class ShardedPubSubBackend:
             if name not in self.nodes:
                 backend = RedisPubSubBackend(
                     self._node_url(primary.host, primary.port),
+                    settings=self._settings,
+                    idle_ping=self._idle_ping,
+                    max_backoff=self._max_backoff,
                     sharded=True,
                     own_channel=self._own_channel(name),
-                    **self._options,
                 )
                 backend.on_message = self._on_message
                 backend.on_resync = self._on_resync

@@ -15,7 +15,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from strawberry.dataloader import DataLoader
 
-from tasks import cluster, records, scripts, slots
+from tasks import records, redis_clients, scripts, slots
 from tasks.records import JobSnapshot, JobState
 from tasks.scripts import Hooks, PageQuery
 from tasks.settings import Settings
@@ -29,27 +29,31 @@ def connect(url: str, settings: Settings) -> aioredis.Redis:
     Its pool is bounded and makes a burst wait for a free connection (redis-py's default
     async pool refuses the 101st concurrent command with MaxConnectionsError instead).
     """
-    pool = aioredis.BlockingConnectionPool.from_url(
+    return redis_clients.async_client(
         url,
+        settings,
         max_connections=settings.redis_max_connections,
         # Waiting for a free connection is queueing, not a failure; a Redis that is down
         # still fails at once, since connecting is refused or times out on its own.
-        timeout=settings.socket_timeout * 4,
-        decode_responses=True,
-        socket_connect_timeout=settings.connect_timeout,
-        socket_timeout=settings.socket_timeout,
+        wait_for_connection=settings.socket_timeout * 4,
         health_check_interval=30,
-        # One immediate retry heals a pooled connection that a Redis restart closed; more
-        # (redis-py's default backs off for seconds) would turn "down" into a hang.
+        # One immediate retry heals a pooled connection that a Redis restart (or a Sentinel
+        # failover) closed; more (redis-py's default backs off for seconds) would turn
+        # "down" into a hang.
         retry=Retry(NoBackoff(), retries=1),
     )
-    return aioredis.Redis(connection_pool=pool)
 
 
 def connect_records(settings: Settings) -> aioredis.Redis:
-    """The client of the job records: a cluster's (tasks.cluster) or :func:`connect`'s."""
+    """The client of the job records: a cluster's, or :func:`connect`'s."""
     if settings.records_cluster:
-        return cluster.async_records(settings)  # type: ignore[return-value]
+        cluster = redis_clients.async_cluster(
+            settings.records,
+            settings,
+            max_connections=settings.redis_max_connections,
+            retry=Retry(NoBackoff(), retries=1),
+        )
+        return cluster  # type: ignore[return-value]
     return connect(settings.records, settings)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from gql.cache import Cached
+from tasks import redis_clients
 from tasks.heartbeat import READ_SCRIPT, WorkerBeat, worker_prefix, workers_key
 from tasks.messages import PRIORITY_STEPS, queue_key
 from tasks.settings import Settings
@@ -28,10 +29,6 @@ class QueueState:
     workers: tuple[str, ...]  # live workers consuming it
 
 
-def _is_redis(url: str) -> bool:
-    return url.split(":", 1)[0] in ("redis", "rediss", "valkey", "valkeys", "unix")
-
-
 class Broker:
     """The broker's queue lengths and its reachability, without a thread on Redis."""
 
@@ -39,15 +36,11 @@ class Broker:
         self._settings = settings
         self._client: aioredis.Redis | None = None
         self._own_client = False
-        if _is_redis(settings.broker):
+        if redis_clients.is_redis(settings.broker):
             if settings.broker == settings.redis:
                 self._client = records
             else:
-                self._client = aioredis.Redis.from_url(
-                    settings.broker,
-                    socket_connect_timeout=settings.connect_timeout,
-                    socket_timeout=settings.socket_timeout,
-                )
+                self._client = redis_clients.async_client(settings.broker, settings, decode=False)
                 self._own_client = True
 
     async def ping(self, fallback: Any) -> None:
@@ -86,7 +79,7 @@ class Broker:
 
     async def close(self) -> None:
         if self._own_client and self._client is not None:
-            await self._client.aclose()
+            await redis_clients.aclose(self._client)
 
 
 class WorkerDirectory:

@@ -15,7 +15,7 @@ from kombu.entity import Exchange, Queue
 
 # Imported for their receivers: revocations and tasks not built on JobTask are recorded in
 # signals; per-job log lines and counters in job_metrics; the worker's logging in logs.
-from tasks import job_metrics, logs, signals  # noqa: F401
+from tasks import job_metrics, logs, redis_clients, signals  # noqa: F401
 from tasks.base import JobTask
 from tasks.fast_paths import broker_transport
 from tasks.heartbeat import Heartbeat
@@ -34,7 +34,24 @@ def _sender_backend(url: str) -> str | None:
     """A sender's result backend: only a chord needs one, and it must not subscribe."""
     if url.startswith(("redis://", "rediss://", "unix://")):
         return f"tasks.canvas:ProducerRedisBackend+{url}"
+    if redis_clients.is_sentinel(url):
+        return f"tasks.canvas:ProducerSentinelBackend+{url}"
     return None
+
+
+def _redis_shapes(settings: Settings) -> dict[str, Any]:
+    """TLS and Sentinel options for Celery's Redis broker and result backend, from the same
+    settings every other Redis client of JobQL is made from (``tasks.redis_clients``)."""
+    broker = redis_clients.celery_redis_options(settings.broker, settings)
+    backend = redis_clients.celery_redis_options(settings.result_backend, settings)
+    config: dict[str, Any] = {}
+    if "ssl" in broker:
+        config["broker_use_ssl"] = broker["ssl"]
+    if "ssl" in backend:
+        config["redis_backend_use_ssl"] = backend["ssl"]
+    if "transport" in backend:
+        config["result_backend_transport_options"] = backend["transport"]
+    return config
 
 
 def celery_config(
@@ -56,6 +73,8 @@ def celery_config(
         "queue_order_strategy": "priority",
         # A message unacknowledged this long is redelivered (README "Guarantees").
         "visibility_timeout": settings.redelivery_after,
+        # Sentinel: the master's name and how to talk to the sentinels.
+        **redis_clients.celery_redis_options(settings.broker, settings).get("transport", {}),
     }
     config: dict[str, Any] = {
         "broker_url": settings.broker,
@@ -96,6 +115,7 @@ def celery_config(
             "interval_step": 0.2,
             "interval_max": 0.2,
         },
+        **_redis_shapes(settings),
     }
     if not producer:
         # The tracer stores each outcome in the result backend before JobQL's hooks run; a

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery, chain, chord, group
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.canvas import Signature
 
 WORKFLOW_KWARG = "_jobql_workflow"
@@ -101,7 +101,7 @@ def receive(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-class ProducerRedisBackend(RedisBackend):  # type: ignore[misc]
+class _SendOnly:
     """Celery's Redis result backend for an app that only sends: a chord needs the result
     backend when it is applied, but a sender never waits for results, so it does not
     subscribe to each task's result channel (celery#3808: nothing would ever read them),
@@ -118,3 +118,11 @@ class ProducerRedisBackend(RedisBackend):  # type: ignore[misc]
 
     def remove_pending_result(self, result: Any) -> Any:
         return result
+
+
+class ProducerRedisBackend(_SendOnly, RedisBackend):  # type: ignore[misc]
+    """The send-only backend on a plain or TLS Redis."""
+
+
+class ProducerSentinelBackend(_SendOnly, SentinelBackend):  # type: ignore[misc]
+    """The send-only backend on a Redis behind Sentinel."""

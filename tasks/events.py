@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -18,45 +17,31 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
-from tasks import cluster, records, scripts, slots
+from tasks import records, redis_clients, scripts, slots
 from tasks.records import CANCELLABLE_STATES, RUNNING_STATES, JobState
 from tasks.settings import get_settings
 from tasks.workflow_records import WorkflowSnapshot, workflow_key
 
 logger = logging.getLogger(__name__)
 
-_client_lock = threading.Lock()
-_client: tuple[int, redis.Redis, Any, Any] | None = None
+_scripts_lock = threading.Lock()
+_registered: tuple[redis.Redis, Any, Any] | None = None
 
 
 def _scripts() -> tuple[redis.Redis, Any, Any]:
-    """One client per process: a forked pool child must not share its parent's sockets."""
-    global _client
-    with _client_lock:
-        if _client is None or _client[0] != os.getpid():
-            settings = get_settings()
-            slots.configure(settings.layout)
-            client: redis.Redis = (
-                cluster.sync_records(settings)  # type: ignore[assignment]
-                if settings.records_cluster
-                else redis.Redis.from_url(
-                    settings.records,
-                    decode_responses=True,
-                    socket_connect_timeout=settings.connect_timeout,
-                    socket_timeout=settings.socket_timeout,
-                    retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=5),
-                )
+    """The process's client (see :func:`tasks.redis_clients.records_client`) and its scripts."""
+    global _registered
+    current = redis_clients.records_client()
+    with _scripts_lock:
+        if _registered is None or _registered[0] is not current:
+            slots.configure(get_settings().layout)
+            _registered = (
+                current,
+                current.register_script(scripts.CREATE_SCRIPT),
+                current.register_script(scripts.UPDATE_SCRIPT),
             )
-            _client = (
-                os.getpid(),
-                client,
-                client.register_script(scripts.CREATE_SCRIPT),
-                client.register_script(scripts.UPDATE_SCRIPT),
-            )
-        return _client[1], _client[2], _client[3]
+        return _registered
 
 
 def client() -> redis.Redis:

@@ -2,10 +2,11 @@
 
 Two places lean on Celery's and kombu's internals (see ``tasks.compat`` for the register):
 
-- ``kombu.redis_transport``: ``tasks.broker`` subclasses kombu's Redis transport so a worker
-  survives a Redis restart. It is a fix, not a shortcut: ``JOBQL_FAST_PATHS=false`` leaves
-  it on (stock kombu 5.7.0 lets the worker die on a Redis restart, measured); only a failed
-  check turns it off, and Celery then uses kombu's stock ``redis`` transport.
+- ``kombu.redis_transport``: ``tasks.broker`` subclasses kombu's Redis transport (and its
+  Sentinel transport) so a worker survives a Redis restart or a Sentinel failover. It is a
+  fix, not a shortcut: ``JOBQL_FAST_PATHS=false`` leaves it on (stock kombu 5.7.0 lets the
+  worker die on a Redis restart and on a failover, measured); only a failed check turns it
+  off, and Celery then uses kombu's stock ``redis`` (``sentinel``) transport.
 - ``celery.message_writer``: ``tasks.messages`` writes Celery's protocol-2 message as kombu's
   Redis transport stores it, so the API pushes it in the same atomic call as the job record.
   Off, the API publishes through Celery's own producer on a thread.
@@ -27,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from kombu.connection import Connection
+from kombu.transport import TRANSPORT_ALIASES, virtual
 from kombu.transport import redis as kombu_redis
-from kombu.transport import virtual
 
-from tasks import broker, compat
+from tasks import broker, compat, redis_clients
 from tasks.messages import PRIORITY_SEP, PRIORITY_STEPS, queue_key, task_message
 from tasks.settings import Settings
 
@@ -69,15 +70,25 @@ def _require(condition: bool, what: str) -> None:
 def broker_transport(settings: Settings) -> str | None:
     """The Celery ``broker_transport``: ours on a Redis broker while its check passes (it is a
     fix, so ``JOBQL_FAST_PATHS`` does not turn it off), else Celery's pick."""
-    if urlparse(settings.broker).scheme != "redis":
+    scheme = urlparse(settings.broker).scheme
+    if scheme not in ("redis", "rediss", "sentinel"):
         return None
     on = compat.enable(REDIS_TRANSPORT, check_redis_transport, allowed=settings.fast_paths)
-    return broker.TRANSPORT if on else None
+    if not on:
+        return None
+    if scheme == "sentinel":
+        # kombu re-reads the transport from the URL's scheme whenever it moves to the next
+        # sentinel of the list (``Connection.switch``), which a failover makes it do: the
+        # scheme must name ours too, or the second failover would meet the stock transport.
+        TRANSPORT_ALIASES["sentinel"] = broker.SENTINEL_TRANSPORT
+        return broker.SENTINEL_TRANSPORT
+    return broker.TRANSPORT
 
 
 def writes_messages(app: Celery, settings: Settings) -> bool:
     """Whether the API writes Celery's messages itself: the broker is the records' Redis."""
-    if settings.broker != settings.records or urlparse(settings.broker).scheme != "redis":
+    # Any shape of Redis (plain, TLS, Sentinel): the message lands where the worker reads.
+    if settings.broker != settings.records or not redis_clients.is_redis(settings.broker):
         return False
     check = functools.partial(check_message_writer, app)
     return compat.enable(MESSAGE_WRITER, check, allowed=settings.fast_paths)
@@ -113,6 +124,11 @@ class _NoRestore:
 
 def check_redis_transport() -> None:
     """What ``tasks.broker`` overrides, calls and reads still exists with the same shape."""
+    _require(
+        issubclass(kombu_redis.SentinelChannel, kombu_redis.Channel)
+        and issubclass(kombu_redis.SentinelTransport, kombu_redis.Transport),
+        "kombu's Sentinel channel and transport extend the Redis ones",
+    )
     overridden = {
         "restore_unacked": ["self", "client"],
         "ack": ["self", "delivery_tag"],

@@ -26,6 +26,7 @@ from celery import bootsteps
 from celery.signals import worker_shutting_down
 from celery.worker import state
 
+from tasks import redis_clients
 from tasks.durability import warn_if_not_durable
 from tasks.records import PREFIX
 from tasks.settings import Settings, get_settings
@@ -108,11 +109,8 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def start(self, worker: Any) -> None:
         settings = get_settings()
-        self._client = redis.Redis.from_url(
-            settings.redis,
-            socket_connect_timeout=settings.connect_timeout,
-            socket_timeout=settings.socket_timeout,
-        )
+        # The process's one client, shared with the job events and the reaper.
+        self._client = redis_clients.worker_client()
         warn_if_not_durable(self._client, "the Redis holding jobs")
         self._thread = threading.Thread(
             target=self._beat_forever, args=(worker, settings), name="jobql-heartbeat", daemon=True
@@ -133,7 +131,6 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
             except redis.RedisError:
                 logger.warning("could not remove the heartbeat of %s; it expires by itself",
                                worker.hostname)  # fmt: skip
-            self._client.close()
 
     shutdown = stop
 

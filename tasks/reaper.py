@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 import redis
 from celery import bootsteps
 
-from tasks import events, slots
+from tasks import events, redis_clients, slots
 from tasks.heartbeat import broker_scope, worker_prefix
 from tasks.records import PREFIX, RUNNING_STATES, JobState, job_prefix
 from tasks.settings import Settings, get_settings
@@ -106,7 +106,7 @@ class Reaper(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def start(self, worker: Any) -> None:
         settings = get_settings()
-        if urlparse(settings.broker).scheme not in ("redis", "rediss"):
+        if urlparse(settings.broker).scheme not in ("redis", "rediss", "sentinel"):
             return  # RabbitMQ redelivers a lost consumer's messages by itself
         if settings.broker != settings.redis or settings.records != settings.redis:
             logger.info("lost workers' jobs wait for the visibility timeout: the broker is "
@@ -117,12 +117,7 @@ class Reaper(bootsteps.StartStopStep):  # type: ignore[misc]
                         "are spread over several hash tags")  # fmt: skip
             return
         self._connection = worker.app.connection_for_write()
-        self._client = redis.Redis.from_url(
-            settings.redis,
-            decode_responses=True,
-            socket_connect_timeout=settings.connect_timeout,
-            socket_timeout=settings.socket_timeout,
-        )
+        self._client = redis_clients.worker_client()
         self._thread = threading.Thread(
             target=self._reap_forever, args=(worker, settings), name="jobql-reaper", daemon=True
         )
@@ -132,8 +127,6 @@ class Reaper(bootsteps.StartStopStep):  # type: ignore[misc]
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        if self._client is not None:
-            self._client.close()
         if self._connection is not None:
             self._connection.release()
 

@@ -39,7 +39,8 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     result_backend_url: str | None = None
     broadcast_url: str | None = None
-    # Job records and their events (README "Redis Cluster"); by default the Redis above.
+    # Job records and their events (README "Deploying on a Redis Cluster"); by default the
+    # Redis above.
     records_url: str | None = None
     # JOBQL_RECORDS_URL names a node of a Redis/Valkey Cluster (the others are discovered);
     # events then go out on sharded pub/sub. Celery's broker cannot be that cluster.
@@ -47,6 +48,17 @@ class Settings(BaseSettings):
     # How many hash tags job records are spread over (tasks.slots): 1 on one Redis, 16 on a
     # cluster unless set. Fixed for the life of the records: changing it loses old jobs.
     record_shards: int | None = Field(default=None, ge=1, le=1024)
+    # Redis over TLS (``rediss://`` URLs; README "Deploying"): the CA that signed the server's
+    # certificate and, for mutual TLS, this client's certificate and key. They apply to every
+    # rediss:// URL: job records, broadcast, and Celery's broker and result backend.
+    redis_tls_ca_certs: Path | None = None
+    redis_tls_certfile: Path | None = None
+    redis_tls_keyfile: Path | None = None
+    redis_tls_cert_reqs: Literal["required", "optional", "none"] = "required"
+    # Sentinel (``sentinel://host:port;sentinel://host:port/db`` URLs, Celery's form): the
+    # name of the master the sentinels watch, and the sentinels' own password if they ask one.
+    redis_sentinel_master: str | None = None
+    redis_sentinel_password: SecretStr | None = None
 
     task_modules: tuple[str, ...] = ("tasks.examples",)
     default_queue: str = "jobql"
@@ -177,6 +189,7 @@ class Settings(BaseSettings):
         if self.env is Environment.PRODUCTION and not self.redis_url:
             raise ValueError("JOBQL_REDIS_URL (or REDIS_URL) must be set in production")
         _check_auth(self)
+        _check_redis_shapes(self)
         if self.task_soft_time_limit >= self.task_time_limit:
             raise ValueError("JOBQL_TASK_SOFT_TIME_LIMIT must be below JOBQL_TASK_TIME_LIMIT")
         if self.visibility_timeout is not None and self.visibility_timeout <= self.task_time_limit:
@@ -268,6 +281,17 @@ def _check_records(settings: Settings) -> None:
         if url == settings.records_url:
             raise ValueError(f"JOBQL_{name}_URL cannot be the Redis Cluster: Celery has no "
                              "cluster support; use a single Redis or RabbitMQ")  # fmt: skip
+
+
+def _check_redis_shapes(settings: Settings) -> None:
+    """Refuse a Sentinel URL without its master's name, and unverified TLS in production."""
+    urls = [settings.redis_url, settings.broker_url, settings.result_backend_url,
+            settings.broadcast_url, settings.records_url]  # fmt: skip
+    schemes = {url.split(":", 1)[0] for url in urls if url}
+    if "sentinel" in schemes and not settings.redis_sentinel_master:
+        raise ValueError("a sentinel:// URL needs JOBQL_REDIS_SENTINEL_MASTER (the master's name)")
+    if settings.env is Environment.PRODUCTION and settings.redis_tls_cert_reqs != "required":
+        raise ValueError("JOBQL_REDIS_TLS_CERT_REQS must be 'required' in production")
 
 
 _AUTH_METHODS = frozenset({"none", "jwt", "api_key"})

@@ -1,0 +1,72 @@
+"""One place turns the Redis settings into clients and Celery options: what it derives.
+
+In-process, no server: the end-to-end proofs are ``test_redis_tls`` and ``test_redis_sentinel``.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from gql.checks import _safe
+from tasks import broker, redis_clients
+from tasks.app import celery_config
+from tasks.settings import Settings
+
+SENTINELS = "sentinel://:s3cret@10.0.0.1:26379/2;sentinel://10.0.0.2:26380/2"
+
+
+def test_rediss_urls_give_celery_the_same_tls_files_as_redis_py(tmp_path: Path) -> None:
+    settings = Settings(
+        redis_url="rediss://:pw@redis.internal:6380/0",
+        redis_tls_ca_certs=tmp_path / "ca.pem",
+        redis_tls_certfile=tmp_path / "client.pem",
+        redis_tls_keyfile=tmp_path / "client-key.pem",
+    )
+    config = celery_config(settings)
+    expected = {
+        "ssl_cert_reqs": ssl.CERT_REQUIRED,
+        "ssl_ca_certs": str(tmp_path / "ca.pem"),
+        "ssl_certfile": str(tmp_path / "client.pem"),
+        "ssl_keyfile": str(tmp_path / "client-key.pem"),
+    }
+    assert config["broker_use_ssl"] == expected
+    assert config["redis_backend_use_ssl"] == expected
+    assert redis_clients.tls_options(settings) == {**expected, "ssl_check_hostname": True}
+
+
+def test_a_plain_redis_url_gets_no_tls_options() -> None:
+    config = celery_config(Settings(redis_url="redis://127.0.0.1:6379/0"))
+    assert "broker_use_ssl" not in config and "redis_backend_use_ssl" not in config
+
+
+def test_sentinel_urls_name_the_master_for_celery_and_use_the_fixed_transport() -> None:
+    settings = Settings(redis_url=SENTINELS, redis_sentinel_master="jobs")
+    config = celery_config(settings)
+
+    assert config["broker_transport_options"]["master_name"] == "jobs"
+    assert config["result_backend_transport_options"]["master_name"] == "jobs"
+    assert config["broker_transport"] == broker.SENTINEL_TRANSPORT
+    hosts, master = redis_clients.sentinel_hosts(SENTINELS)
+    assert hosts == [("10.0.0.1", 26379), ("10.0.0.2", 26380)]
+    assert master == {"password": "s3cret", "db": 2}
+
+
+def test_a_sentinel_url_without_the_master_name_is_refused_at_start_up() -> None:
+    with pytest.raises(ValidationError, match="JOBQL_REDIS_SENTINEL_MASTER"):
+        Settings(redis_url=SENTINELS)
+
+
+def test_production_refuses_an_unverified_tls_certificate() -> None:
+    with pytest.raises(ValidationError, match="JOBQL_REDIS_TLS_CERT_REQS"):
+        Settings(
+            env="production", redis_url="rediss://redis.internal:6380/0",
+            redis_tls_cert_reqs="none", auth_mode="api_key", api_keys={"a" * 64: "svc"},
+        )  # fmt: skip
+
+
+def test_messages_show_sentinel_urls_without_the_password() -> None:
+    assert _safe(SENTINELS) == "sentinel://10.0.0.1:26379/2;sentinel://10.0.0.2:26380/2"
