@@ -6,8 +6,10 @@ The scripts' KEYS and ARGV come from the builders in :mod:`tasks.scripts`, share
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import replace
+from datetime import datetime
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -260,11 +262,18 @@ class JobStore:
 
 
 def _merged(pages: list[list[str]], limit: int) -> list[JobSnapshot]:
-    """The newest ``limit`` of several exact pages, by (creation score, id) like the indexes."""
-    jobs = [JobSnapshot.from_event(row) for page in pages for row in page]
-    if len(pages) > 1:
-        jobs.sort(key=lambda job: (records.to_score(job.created_at), job.id), reverse=True)
-    return jobs[:limit]
+    """The newest ``limit`` of several exact pages, by (creation score, id) like the indexes;
+    only the rows kept are decoded whole."""
+    if len(pages) == 1:
+        return [JobSnapshot.from_event(row) for row in pages[0]]
+    keyed = []
+    for page in pages:
+        for row in page:
+            fields = json.loads(row)
+            moment = datetime.fromisoformat(fields["created_at"])
+            keyed.append((records.to_score(moment), fields["id"], row))
+    keyed.sort(reverse=True)
+    return [JobSnapshot.from_event(row) for _, _, row in keyed[:limit]]
 
 
 async def sweep_forever(store: JobStore, interval: float) -> None:
