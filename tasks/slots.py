@@ -74,7 +74,11 @@ def tags() -> tuple[str, ...]:
 
 def tag_of(text: str) -> str:
     """The tag of a job or workflow id (or of any other name a key is found by)."""
-    shards = _layout.shards
+    return tag_for(text, _layout.shards)
+
+
+def tag_for(text: str, shards: int) -> str:
+    """:func:`tag_of` in a layout of ``shards`` tags."""
     if shards == 1:
         return tags_for(1)[0]
     return tags_for(shards)[zlib.crc32(text.encode()) % shards]

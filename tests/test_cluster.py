@@ -66,6 +66,11 @@ async def api(services: Services) -> AsyncIterator[AsyncGraphQL]:
         yield client
 
 
+def _job_key(job_id: str) -> str:
+    """A job's key as the services name it (16 tags on a cluster)."""
+    return records.job_prefix(slots.tag_for(job_id, 16)) + job_id
+
+
 def _node_of(cluster: EmbeddedValkeyCluster, key: str) -> int:
     """Which of the cluster's nodes serves ``key``'s slot."""
     client = redis.RedisCluster.from_url(cluster.url)
@@ -96,11 +101,7 @@ async def test_jobs_run_listed_and_watched_through_the_cluster(
     ids = [(await api.data(ENQUEUE))["enqueue"]["id"] for _ in range(12)]
     for each in ids:
         assert (await api.wait_done(each))["state"] == "SUCCESS"
-    slots.configure(slots.Layout(shards=16))
-    try:
-        keys = [records.job_key(each) for each in [job_id, *ids]]
-    finally:
-        slots.configure(slots.Layout())
+    keys = [_job_key(each) for each in [job_id, *ids]]
     assert len({_node_of(services.cluster, key) for key in keys}) > 1, "spread over the nodes"
     listed = await api.data("{ jobs(first: 100) { edges { node { id state } } } }")
     newest_first = [edge["node"]["id"] for edge in listed["jobs"]["edges"]]
@@ -128,11 +129,7 @@ async def test_a_job_and_its_watchers_reach_the_end_across_a_primary_restart(
     job_id = await _report(api, steps=60, delay=0.05)
     watch_ws = await _watch_until_progress(graphql_transport_ws, services.url, job_id)
     watch_sse = await _watch_until_progress(sse, services.url, job_id)
-    slots.configure(slots.Layout(shards=16))
-    try:
-        node = _node_of(services.cluster, records.job_key(job_id))
-    finally:
-        slots.configure(slots.Layout())
+    node = _node_of(services.cluster, _job_key(job_id))
 
     await asyncio.to_thread(services.cluster.restart, node, 0.5)
 
@@ -151,11 +148,7 @@ async def test_watchers_follow_a_job_whose_slot_moves_to_another_primary(
 ) -> None:
     job_id = await _report(api, steps=60, delay=0.05)
     watch = await _watch_until_progress(graphql_transport_ws, services.url, job_id)
-    slots.configure(slots.Layout(shards=16))
-    try:
-        key = records.job_key(job_id)
-    finally:
-        slots.configure(slots.Layout())
+    key = _job_key(job_id)
     before = (await api.http.get("/health/stats")).json()["reconnects"]
     source = _node_of(services.cluster, key)
 
