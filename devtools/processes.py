@@ -41,6 +41,11 @@ def worker_command(queues: tuple[str, ...] = (), concurrency: int | None = None)
     return command
 
 
+def beat_command() -> list[str]:
+    """`jobql beat`: Celery beat running the periodic schedules stored in Redis."""
+    return [sys.executable, "-m", "gql.cli", "beat"]
+
+
 def api_command(host: str, port: int, workers: int = 1) -> list[str]:
     """`jobql api`: uvicorn with JobQL's protocol, grace period and metrics directory."""
     return [

@@ -1,9 +1,9 @@
-"""``make run``: Valkey (when no Redis is configured), a Celery worker and the API, together.
+"""``make run``: Valkey (when no Redis is configured), a Celery worker, beat and the API.
 
 One Ctrl-C, or SIGTERM to the process group, stops all of it: the API and the worker first
 (the worker finishes or requeues its jobs), the embedded Valkey last, so nothing is cut off.
-A worker that exits by itself (a crash, an out-of-memory kill) is started again after a
-back-off that doubles while it keeps failing; the API and Valkey stay up meanwhile.
+A worker or beat that exits by itself (a crash, an out-of-memory kill) is started again
+after a back-off that doubles while it keeps failing; the API and Valkey stay up meanwhile.
 """
 
 from __future__ import annotations
@@ -16,25 +16,31 @@ import subprocess
 import time
 from types import FrameType
 
-from devtools.processes import api_command, stop_all, wait_for_port, worker_command
+from devtools.processes import api_command, beat_command, stop_all, wait_for_port, worker_command
 from devtools.valkey import EmbeddedValkey
 from tasks.settings import get_settings
 
 logger = logging.getLogger("jobql.run")
 
 
-class WorkerKeeper:
-    """The development worker, started again whenever it exits by itself.
+class Keeper:
+    """A development process (the worker, beat), started again whenever it exits by itself.
 
-    The back-off starts at ``first`` seconds and doubles up to ``longest`` while the worker
-    keeps dying within ``steady`` seconds of its start; a worker that ran longer than that
+    The back-off starts at ``first`` seconds and doubles up to ``longest`` while the process
+    keeps dying within ``steady`` seconds of its start; one that ran longer than that
     starts again at once.
     """
 
     def __init__(
-        self, env: dict[str, str], first: float = 1.0, longest: float = 30.0, steady: float = 60.0
+        self,
+        name: str,
+        command: list[str],
+        env: dict[str, str],
+        first: float = 1.0,
+        longest: float = 30.0,
+        steady: float = 60.0,
     ) -> None:
-        self.env = env
+        self.name, self.command, self.env = name, command, env
         self.first, self.longest, self.steady = first, longest, steady
         self.backoff = 0.0
         self.restart_at: float | None = None
@@ -42,7 +48,7 @@ class WorkerKeeper:
 
     def _start(self) -> subprocess.Popen[bytes]:
         self.started = time.monotonic()
-        return subprocess.Popen(worker_command(), env=self.env)
+        return subprocess.Popen(self.command, env=self.env)
 
     def keep_alive(self) -> None:
         """Called often: notice an exit, wait out the back-off, start it again."""
@@ -57,7 +63,8 @@ class WorkerKeeper:
             )
             self.restart_at = now + self.backoff
             logger.warning(
-                "the worker exited with %s after %.1f s; restarting it in %.1f s",
+                "the %s exited with %s after %.1f s; restarting it in %.1f s",
+                self.name,
                 code,
                 ran,
                 self.backoff,
@@ -65,7 +72,7 @@ class WorkerKeeper:
         if now >= self.restart_at:
             self.restart_at = None
             self.process = self._start()
-            logger.info("worker restarted (pid %d)", self.process.pid)
+            logger.info("%s restarted (pid %d)", self.name, self.process.pid)
 
 
 def main() -> int:
@@ -91,17 +98,18 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    worker = WorkerKeeper(env)
+    kept = [Keeper("worker", worker_command(), env), Keeper("beat", beat_command(), env)]
     api = subprocess.Popen(api_command(args.host, args.port), env=env)
-    children = [worker.process, api]
+    children = [*(keeper.process for keeper in kept), api]
     try:
         wait_for_port(args.port, 30.0, api)
         logger.info("JobQL is up: GraphiQL at http://%s:%d/graphql", args.host, args.port)
         while not stopping and api.poll() is None:
             time.sleep(0.2)
             if not stopping:  # a Ctrl-C reaches the worker too: that exit is no crash
-                worker.keep_alive()
-                children[0] = worker.process
+                for index, keeper in enumerate(kept):
+                    keeper.keep_alive()
+                    children[index] = keeper.process
     finally:
         logger.info("stopping JobQL")
         stop_all(children)

@@ -6,7 +6,7 @@ import asyncio
 import gc
 import importlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
@@ -16,9 +16,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 from strawberry.subscriptions import GRAPHQL_WS_PROTOCOL
+from strawberry.types.field import StrawberryField
 
 from gql import compat, graphiql, metrics
-from gql.auth import Authenticator
+from gql.auth import Authenticator, SignIn
 from gql.broadcast import JobBroadcast, PubSubBackend, RedisPubSubBackend
 from gql.conventions import HTTPConventions
 from gql.drain import Drain
@@ -27,6 +28,8 @@ from gql.health import HealthCheck
 from gql.jobs import JobService
 from gql.limits import Limits
 from gql.producer import Producer
+from gql.schedule_store import RedisScheduleStore
+from gql.schedules import ScheduleService
 from gql.schema import build_schema
 from gql.shards import ShardedPubSubBackend
 from gql.store import JobStore, connect, connect_records, sweep_forever
@@ -64,7 +67,14 @@ def tune_gc(gen0_threshold: int) -> None:
         gc.set_threshold(gen0_threshold, gen1, gen2)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    sign_in: SignIn | None = None,
+    mutations: Sequence[StrawberryField] = (),
+) -> FastAPI:
+    """The API. A host application (``gql.django``) adds its ``sign_in`` (with
+    ``JOBQL_AUTH_MODE=external``) and ``mutations`` of its own to the schema."""
     settings = settings or get_settings()
     configure_logging(settings)
     load_task_modules(settings)
@@ -94,6 +104,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.jobs = JobService(settings, store, producer, registry)
         workflow_store = WorkflowStore(store, settings.job_retention_seconds)
         app.state.workflows = WorkflowService(app.state.jobs, workflow_store)
+        # Schedules live where RedBeat reads them: JOBQL_REDIS_URL, never a cluster.
+        app.state.schedules = ScheduleService(app.state.jobs, RedisScheduleStore(redis))
         app.state.limits = Limits(settings, redis)
         broker = Broker(settings, redis)
         queues = frozenset({*settings.queues, *(s.queue for s in registry.typed if s.queue)})
@@ -136,9 +148,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     protocols = tuple(
         p for p in SUBSCRIPTION_PROTOCOLS if settings.graphql_ws_legacy or p != GRAPHQL_WS_PROTOCOL
     )
-    authenticator = Authenticator(settings)
+    authenticator = Authenticator(settings, sign_in)
     graphql = JobQLGraphQL(
-        build_schema(registry, settings),
+        build_schema(registry, settings, mutations),
         authenticator=authenticator,
         graphql_ide="graphiql" if settings.graphiql else None,
         subscription_protocols=protocols,

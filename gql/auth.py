@@ -13,7 +13,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +60,11 @@ class Principal:
 
 ANONYMOUS_PRINCIPAL = Principal(ANONYMOUS)
 
+SignIn = Callable[[Mapping[str, Any]], Awaitable[Principal | None]]
+"""The host application's sign-in (``JOBQL_AUTH_MODE=external``): the caller of an ASGI
+scope (an HTTP request or a WebSocket upgrade), from its session cookie for example, or None.
+It may do blocking I/O only off the event loop (``gql.django`` uses ``sync_to_async``)."""
+
 
 def credential_of(params: Mapping[str, Any] | None) -> str | None:
     """The credential in a WebSocket ``connection_init`` payload, as clients send it:
@@ -78,8 +83,14 @@ def credential_of(params: Mapping[str, Any] | None) -> str | None:
 class Authenticator:
     """Turns a credential (an ``Authorization`` value) into a :class:`Principal`."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, sign_in: SignIn | None = None) -> None:
         self.methods = settings.auth_methods
+        if ("external" in self.methods) != (sign_in is not None):
+            raise ValueError(
+                "JOBQL_AUTH_MODE=external needs the host application's sign-in (gql.django), "
+                "and a sign-in needs JOBQL_AUTH_MODE=external"
+            )
+        self._sign_in = sign_in
         self._admins = frozenset(settings.admin_owners)
         self._api_keys = dict(settings.api_keys)
         self._issuer = settings.jwt_issuer
@@ -106,6 +117,18 @@ class Authenticator:
     @property
     def enabled(self) -> bool:
         return bool(self.methods)
+
+    async def authenticate_scope(
+        self, scope: Mapping[str, Any], credential: str | None
+    ) -> Principal:
+        """The caller of a request or WebSocket: its credential when it sends one, else
+        whoever the host application signed in (``external``)."""
+        if credential is None and self._sign_in is not None:
+            principal = await self._sign_in(scope)
+            if principal is not None:
+                return self._principal(principal.owner, principal.admin, principal.expires_at)
+            raise Unauthenticated("sign in first, or send an Authorization header")
+        return await self.authenticate(credential)
 
     async def authenticate(self, credential: str | None) -> Principal:
         """The caller of ``credential``; raises :class:`Unauthenticated` when it is not good."""

@@ -2,11 +2,12 @@
 
     jobql api [--host H] [--port P] [--workers N] [uvicorn options...]
     jobql worker [celery worker options...]
+    jobql beat [celery beat options...]
     jobql dev [--host H] [--port P]     (a checkout with the `embedded` extra: make run)
     jobql export-schema
     jobql check [--worker NAME]
 
-``api`` and ``worker`` replace this process with uvicorn or Celery (signals reach them
+``api``, ``worker`` and ``beat`` replace this process with uvicorn or Celery (signals reach them
 directly); ``check`` tells, one line per problem, what the configuration cannot reach.
 """
 
@@ -18,7 +19,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 
-SUBCOMMANDS = ("api", "worker", "dev", "export-schema", "check")
+SUBCOMMANDS = ("api", "worker", "beat", "dev", "export-schema", "check")
 
 
 def api_argv(host: str, port: int, workers: int, grace: float, extra: Sequence[str]) -> list[str]:
@@ -35,6 +36,14 @@ def api_argv(host: str, port: int, workers: int, grace: float, extra: Sequence[s
 
 def worker_argv(extra: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "tasks.app", "worker", "--loglevel=INFO", *extra]
+
+
+def beat_argv(extra: Sequence[str]) -> list[str]:
+    """Celery beat on JobQL's scheduler (RedBeat: schedules in Redis, one beat at a time)."""
+    return [
+        sys.executable, "-m", "celery", "-A", "tasks.app", "beat", "--loglevel=INFO",
+        "--scheduler", "tasks.beat:JobQLScheduler", *extra,
+    ]  # fmt: skip
 
 
 def _api(args: argparse.Namespace, extra: list[str]) -> int:
@@ -55,6 +64,11 @@ def _api(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _worker(extra: list[str]) -> int:
     os.execv(sys.executable, worker_argv(extra))  # noqa: S606
+    return 0  # not reached
+
+
+def _beat(extra: list[str]) -> int:
+    os.execv(sys.executable, beat_argv(extra))  # noqa: S606
     return 0  # not reached
 
 
@@ -87,7 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=8000)
     api.add_argument("--workers", type=int, default=1, help="uvicorn processes")
     commands.add_parser("worker", help="a Celery worker; options go to `celery worker`")
-    dev = commands.add_parser("dev", help="Valkey, a worker and the API (make run)")
+    commands.add_parser(
+        "beat", help="Celery beat running the periodic schedules; options go to `celery beat`"
+    )
+    dev = commands.add_parser("dev", help="Valkey, a worker, beat and the API (make run)")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000)
     commands.add_parser("export-schema", help="print the SDL that schema.graphql must equal")
@@ -99,12 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command not in ("api", "worker"):
+    if extra and args.command not in ("api", "worker", "beat"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "api":
         return _api(args, extra)
     if args.command == "worker":
         return _worker(extra)
+    if args.command == "beat":
+        return _beat(extra)
     if args.command == "dev":
         return _dev(args)
     if args.command == "export-schema":

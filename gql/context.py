@@ -12,6 +12,7 @@ from gql.broadcast import JobBroadcast
 from gql.health import HealthCheck
 from gql.jobs import JobService
 from gql.limits import Limits
+from gql.schedules import ScheduleService
 from gql.workflows import WorkflowService
 
 __all__ = ["ANONYMOUS", "Context", "Info"]
@@ -28,6 +29,7 @@ class Context(BaseContext):
     # Subscriptions running on this connection (a WebSocket's context serves them all).
     live_subscriptions: int = 0
     workflows: WorkflowService | None = None
+    schedules: ScheduleService | None = None
 
     def __post_init__(self) -> None:
         super().__init__()

@@ -48,6 +48,7 @@ class ErrorCode(StrEnum):
     INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
     GRAPHQL_PARSE_FAILED = "GRAPHQL_PARSE_FAILED"
     GRAPHQL_VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
+    BAD_REQUEST = "BAD_REQUEST"  # a request this transport cannot carry out, refused whole
 
 
 class JobQLError(Exception):

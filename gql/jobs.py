@@ -5,55 +5,23 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
-
-from pydantic import ValidationError
 
 from gql import webhooks
 from gql.errors import BadUserInput, NotFound
 from gql.operations import job_enqueued
-from gql.producer import Delivery, Producer
+from gql.plans import EnqueueRequest, JobPlanner, Prepared
+from gql.producer import Producer
 from gql.store import JobStore
-from gql.webhooks import Webhook
 from tasks import records, slots
-from tasks.messages import PRIORITY_STEPS, queue_key, task_message
 from tasks.records import CANCELLABLE_STATES, JobSnapshot, JobState
 from tasks.registry import TaskRegistry, TaskSpec
 from tasks.scripts import PageQuery
 from tasks.settings import Settings
 
+__all__ = ["EnqueueRequest", "JobService"]
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class EnqueueRequest:
-    """``EnqueueOptions`` as the service reads them; every field optional."""
-
-    countdown: float | None = None
-    eta: datetime | None = None
-    expires: datetime | None = None
-    priority: int | None = None
-    queue: str | None = None
-    idempotency_key: str | None = None
-    webhook: Webhook | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """One validated item of a batch: what to record and what to send."""
-
-    spec: TaskSpec
-    kwargs: dict[str, Any]
-    shown_input: Any
-    delivery: Delivery
-    fields: dict[str, str]
-    message: tuple[str, str] | None  # (queue key, Celery message) when the broker is Redis
-
-    @property
-    def idempotency(self) -> str | None:
-        return self.fields["idempotency_key"] or None
 
 
 def _under(error: BadUserInput, path: str | None, index: int) -> list[dict[str, str]]:
@@ -101,14 +69,10 @@ class JobService:
         self.store = store
         self.producer = producer
         self.registry = registry
-        # Task modules are imported before the service starts: the set is fixed from here.
-        self._queues = frozenset({*settings.queues, *(s.queue for s in registry.typed if s.queue)})
+        self.planner = JobPlanner(settings, registry, direct=producer.direct)
 
     def spec(self, task: str) -> TaskSpec:
-        spec = self.registry.get(task)
-        if spec is None:
-            raise BadUserInput.field("task", f"unknown task {task!r}; the `tasks` query lists them")
-        return spec
+        return self.planner.spec(task)
 
     async def enqueue(
         self, spec: TaskSpec, data: Any, options: EnqueueRequest, owner: str
@@ -138,7 +102,7 @@ class JobService:
                 where = "options.webhook" if path is None else f"{path}.{index}.options.webhook"
                 await webhooks.check(options.webhook, self.settings, where)
         tag = _batch_tag(items, owner)
-        batch = [self._prepare(item, owner, tag) for item in items]
+        batch = [self.planner.prepare(item, owner, tag=tag) for item in items]
         errors: list[dict[str, str]] = []
         for index, item in enumerate(batch):
             if isinstance(item, BadUserInput):
@@ -162,54 +126,6 @@ class JobService:
             else await self._replay(found, item.spec, item.shown_input, owner)
             for item, found in zip(prepared, existing, strict=True)
         ]
-
-    def _prepare(
-        self, item: tuple[TaskSpec | str, Any, EnqueueRequest], owner: str, tag: str
-    ) -> Prepared | BadUserInput:
-        """One item checked and turned into its record and message; errors are returned."""
-        task, data, options = item
-        try:
-            spec = self.spec(task) if isinstance(task, str) else task
-            if not isinstance(data, dict):
-                raise BadUserInput.field("input", "must be a JSON object")
-            try:
-                kwargs, shown_input = spec.prepare(data)
-            except ValidationError as exc:
-                raise BadUserInput.from_validation(exc, "input") from None
-            delivery = self._delivery(spec, options)
-        except BadUserInput as exc:
-            return exc
-        created = records.now()
-        if options.idempotency_key is not None:
-            tag = records.idempotency_tag(owner, options.idempotency_key)
-        fields = records.new_record(
-            job_id=slots.new_id(tag),
-            task=spec.name,
-            owner=owner,
-            queue=delivery.queue,
-            input_json=shown_input,
-            created_at=created,
-            idempotency=options.idempotency_key,
-            webhook=options.webhook.as_fields() if options.webhook else None,
-        )
-        if len(fields["input"]) > self.settings.max_input_bytes:
-            limit = self.settings.max_input_bytes
-            return BadUserInput.field("input", f"longer than {limit} characters of JSON")
-        message = None
-        if self.producer.direct:
-            body = task_message(
-                task=spec.name,
-                job_id=fields["id"],
-                kwargs=kwargs,
-                queue=delivery.queue,
-                now=created,
-                countdown=delivery.countdown,
-                eta=delivery.eta,
-                expires=delivery.expires,
-                priority=delivery.priority,
-            )
-            message = (queue_key(delivery.queue, delivery.priority), body)
-        return Prepared(spec, kwargs, shown_input, delivery, fields, message)
 
     async def _publish_elsewhere(self, batch: list[Prepared]) -> None:
         """A broker other than the records' Redis (RabbitMQ): Celery's own producer.
@@ -246,34 +162,6 @@ class JobService:
             await self.store.discard(snapshot)
         except Exception:
             logger.exception("could not remove the record of unsent job %s", snapshot.id)
-
-    def _delivery(self, spec: TaskSpec, options: EnqueueRequest) -> Delivery:
-        queue = options.queue or spec.queue or self.settings.default_queue
-        if queue not in self._queues:
-            known = ", ".join(sorted(self._queues))
-            raise BadUserInput.field("options.queue", f"unknown queue {queue!r}; known: {known}")
-        if options.countdown is not None and options.eta is not None:
-            raise BadUserInput.field("options.eta", "give either countdown or eta, not both")
-        if options.countdown is not None and not 0 <= options.countdown <= 365 * 24 * 3600:
-            raise BadUserInput.field("options.countdown", "must be between 0 and one year")
-        for name, moment in (("eta", options.eta), ("expires", options.expires)):
-            if moment is not None and moment.tzinfo is None:
-                raise BadUserInput.field(f"options.{name}", "must carry a UTC offset")
-        if options.expires is not None and options.expires <= datetime.now(UTC):
-            raise BadUserInput.field("options.expires", "must be in the future")
-        if options.priority is not None and options.priority not in PRIORITY_STEPS:
-            raise BadUserInput.field(
-                "options.priority", f"must be {PRIORITY_STEPS[0]}..{PRIORITY_STEPS[-1]}"
-            )
-        if options.idempotency_key is not None and not 1 <= len(options.idempotency_key) <= 200:
-            raise BadUserInput.field("options.idempotencyKey", "must be 1 to 200 characters")
-        return Delivery(
-            queue=queue,
-            countdown=options.countdown,
-            eta=options.eta,
-            expires=options.expires,
-            priority=options.priority,
-        )
 
     # ``owner`` below is whose jobs the caller may see: its own, or None for an admin (all).
     # Another owner's job and an unknown one are not told apart: both cost one read and

@@ -25,7 +25,7 @@ from celery import Celery
 from celery.canvas import Signature
 
 from gql.errors import ServiceUnavailable
-from tasks.app import create_celery_app
+from tasks.app import create_celery_app, ready_result_backend
 from tasks.fast_paths import writes_messages
 from tasks.settings import Settings
 
@@ -53,6 +53,7 @@ class Producer:
         # the same atomic call as the record (see tasks.messages). Otherwise Celery does.
         self.direct = writes_messages(self.app, settings)
         # Workflows go through Celery's canvas, whose chords need the result backend.
+        ready_result_backend(settings)
         self.canvas_app = create_celery_app(settings, producer=True, canvas=True)
         self._timeout = settings.connect_timeout
         self._publish_timeout = settings.publish_timeout

@@ -1,9 +1,11 @@
 """The schema: the contract's queries and mutations, plus one typed mutation per task."""
 
 # Resolver annotations must stay real objects: typed mutations are built at run time.
+from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, TypeVar
 
 import strawberry
+from graphql import GraphQLError
 from strawberry.extensions import (
     DisableIntrospection,
     MaxAliasesLimiter,
@@ -12,16 +14,20 @@ from strawberry.extensions import (
 )
 from strawberry.scalars import JSON
 from strawberry.schema.config import StrawberryConfig
+from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.tools import create_type
+from strawberry.types import ExecutionResult
 from strawberry.types.field import StrawberryField
+from strawberry.types.graphql import OperationType
 
 from gql.context import Info
-from gql.errors import BadUserInput, OperationRules, classify
+from gql.errors import BadUserInput, ErrorCode, OperationRules, classify
 from gql.execution import execution_context_class
 from gql.inputs import InputTypes, mutation_name, to_data
 from gql.jobs import EnqueueRequest
 from gql.operations import OperationObserver
 from gql.parser_cache import ReportingParserCache
+from gql.schedule_schema import ScheduleQuery, schedule_mutations
 from gql.subscriptions import Subscription
 from gql.types import (
     EnqueueItem,
@@ -74,8 +80,8 @@ def _first(mine: T | None, shared: T | None) -> T | None:
     return mine if mine is not None else shared
 
 
-@strawberry.type(description="Read jobs, tasks, workers and health.")
-class Query(WorkflowQuery):
+@strawberry.type(description="Read jobs, workflows, schedules, tasks, workers and health.")
+class Query(WorkflowQuery, ScheduleQuery):
     @strawberry.field(description="A job by id; null when unknown or not yours.")
     async def job(self, info: Info, id: JobId) -> Job | None:
         snapshot = await info.context.jobs.get(str(id), info.context.scope)
@@ -264,12 +270,58 @@ class RootSubscription(Subscription, WorkflowSubscription):
     pass
 
 
+def _needs_a_stream() -> GraphQLError:
+    return GraphQLError(
+        "A subscription needs a streaming transport: a WebSocket (graphql-transport-ws or "
+        "graphql-ws), or a POST accepting multipart/mixed or text/event-stream.",
+        extensions={"code": ErrorCode.BAD_REQUEST.value},
+    )
+
+
 class JobQLSchema(strawberry.Schema):
     """Every error gets its code here, once, before masking and before it is sent."""
 
     def process_errors(self, errors: list[Any], execution_context: Any = None) -> None:
         for error in errors:
             classify(error)
+
+    async def execute(
+        self,
+        query: str | None,
+        variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None,
+        root_value: Any | None = None,
+        operation_name: str | None = None,
+        allowed_operation_types: Iterable[OperationType] | None = None,
+        operation_extensions: dict[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """One result per request: a subscription is refused here, before it runs.
+
+        Strawberry 0.341.2 lets a subscription sent as a plain POST (or GET) through to
+        ``execute``, which completes the generator as if it were a job: a traceback in the
+        log and ``INTERNAL_SERVER_ERROR`` (found by ``tests/test_fuzz.py``). It is the
+        client's error, answered as a request error without ``data``, as the GraphQL-over-
+        HTTP reference server (graphql-http) answers it: 200 under ``application/json``,
+        400 under ``application/graphql-response+json`` (``gql.conventions``). Not 405:
+        POST is the right method, it is the response's media type that cannot stream.
+        """
+        given = allowed_operation_types
+        allowed = {OperationType.QUERY, OperationType.MUTATION} if given is None else set(given)
+        allowed.discard(OperationType.SUBSCRIPTION)
+        try:
+            return await super().execute(
+                query,
+                variable_values,
+                context_value,
+                root_value,
+                operation_name,
+                allowed,
+                operation_extensions,
+            )
+        except InvalidOperationTypeError as exc:
+            if exc.operation_type is not OperationType.SUBSCRIPTION:
+                raise
+            return ExecutionResult(data=None, errors=[_needs_a_stream()])
 
 
 def operation_rules(settings: Settings | None) -> OperationRules:
@@ -286,10 +338,15 @@ def operation_rules(settings: Settings | None) -> OperationRules:
     return OperationRules(settings.max_tokens, [*depth, *aliases])
 
 
-def build_schema(registry: TaskRegistry, settings: Settings | None = None) -> strawberry.Schema:
+def build_schema(
+    registry: TaskRegistry,
+    settings: Settings | None = None,
+    mutations: Sequence[StrawberryField] = (),
+) -> strawberry.Schema:
     """The schema for the typed tasks of ``registry`` (import the task modules first), with
     the abuse limits of ``settings`` when given, on JobQL's executor once
-    :func:`gql.compat.enable` turned it on, else on Strawberry's."""
+    :func:`gql.compat.enable` turned it on, else on Strawberry's. ``mutations``: a host
+    application's own (a Django app's, which may write models and start jobs at once)."""
     input_types = InputTypes()
     mutation_fields = [
         strawberry.mutation(enqueue, name="enqueue", description="Enqueue any task by name."),
@@ -311,9 +368,13 @@ def build_schema(registry: TaskRegistry, settings: Settings | None = None) -> st
             retry_job, name="retryJob", description="A new job with the same task and input."
         ),
         *workflow_mutations(),
+        *schedule_mutations(),
+        *mutations,
     ]
     mutation = create_type(
-        "Mutation", mutation_fields, description="Start, cancel and retry jobs and workflows."
+        "Mutation",
+        mutation_fields,
+        description="Start, cancel and retry jobs and workflows; schedule periodic jobs.",
     )
     return JobQLSchema(
         query=Query,

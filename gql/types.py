@@ -105,6 +105,12 @@ class Job:
     worker: str | None = strawberry.field(
         default=None, description="The worker that started the job last."
     )
+    schedule: str | None = strawberry.field(
+        default=None, description="The name of the periodic schedule this job is a run of."
+    )
+    schedule_id: strawberry.ID | None = strawberry.field(
+        default=None, description="That schedule's id (`schedule(id)`)."
+    )
 
     @strawberry.field(description="Every attempt to deliver this job's webhook, oldest first.")
     async def webhook_deliveries(self, info: strawberry.Info) -> list[WebhookDelivery]:
@@ -133,6 +139,8 @@ class Job:
             attempts=snapshot.attempts,
             redelivery=snapshot.redelivery,
             worker=snapshot.worker,
+            schedule=snapshot.schedule,
+            schedule_id=strawberry.ID(snapshot.schedule_id) if snapshot.schedule_id else None,
         )
 
 

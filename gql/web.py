@@ -75,7 +75,7 @@ class GraphQLDoor:
             return
         if self.auth.enabled and not ide:
             try:
-                scope[PRINCIPAL] = await self.auth.authenticate(credential)
+                scope[PRINCIPAL] = await self.auth.authenticate_scope(scope, credential)
             except Unauthenticated as exc:
                 await _reject(send, 401, "UNAUTHENTICATED", str(exc), www_authenticate=True)
                 return

@@ -40,7 +40,7 @@ class WorkflowService:
         planned = Planner(
             workflow_id=workflow_id,
             spec=self.jobs.registry.get,
-            delivery=lambda spec: self.jobs._delivery(spec, shared),
+            delivery=lambda spec: self.jobs.planner.delivery(spec, shared),
             max_steps=settings.workflow_max_steps,
         ).plan(tree, "input.root")
         steps = steps_of(planned.root)

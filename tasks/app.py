@@ -22,6 +22,7 @@ from tasks.heartbeat import Heartbeat
 from tasks.messages import PRIORITY_SEP, PRIORITY_STEPS
 from tasks.reaper import Reaper
 from tasks.registry import TaskRegistry
+from tasks.schedules import BEAT_PREFIX
 from tasks.settings import Settings, get_settings
 
 
@@ -31,11 +32,16 @@ def _queue(name: str) -> Queue:
 
 
 def _sender_backend(url: str) -> str | None:
-    """A sender's result backend: only a chord needs one, and it must not subscribe."""
+    """A sender's result backend: only a chord needs one, and it must not subscribe.
+
+    Redis's would (see ``ProducerRedisBackend``); a database's (``django-db``) never does.
+    """
     if url.startswith(("redis://", "rediss://", "unix://")):
         return f"tasks.canvas:ProducerRedisBackend+{url}"
     if redis_clients.is_sentinel(url):
         return f"tasks.canvas:ProducerSentinelBackend+{url}"
+    if url.startswith("django-"):
+        return url
     return None
 
 
@@ -52,6 +58,16 @@ def _redis_shapes(settings: Settings) -> dict[str, Any]:
     if "transport" in backend:
         config["result_backend_transport_options"] = backend["transport"]
     return config
+
+
+def ready_result_backend(settings: Settings) -> None:
+    """Load Django's apps where django-celery-results keeps results (``django-db``): the
+    worker's Django fixup does it there, a sender of chords (the API) does it here. It
+    imports the project's apps and opens no connection; under ``gql.django`` it is done."""
+    if settings.result_backend.startswith("django-"):
+        import django
+
+        django.setup()
 
 
 def celery_config(
@@ -117,6 +133,7 @@ def celery_config(
         },
         **_redis_shapes(settings),
     }
+    config |= beat_config(settings)
     if not producer:
         # The tracer stores each outcome in the result backend before JobQL's hooks run; a
         # Redis restart there failed the job. Retried (jittered backoff up to 1 s) for about
@@ -127,6 +144,41 @@ def celery_config(
             "result_backend_max_sleep_between_retries_ms": 1000,
             "result_backend_max_retries": int(settings.redis_outage_tolerance * 2) + 5,
         }
+    return config
+
+
+def beat_config(settings: Settings) -> dict[str, Any]:
+    """Celery beat on RedBeat (tasks.beat): schedules read from the records' Redis under
+    JobQL's keys (tasks.schedules), at least every ``JOBQL_BEAT_INTERVAL`` seconds; over TLS
+    and through Sentinel as the records are (RedBeat builds its own client from these)."""
+    url = settings.redis
+    options: dict[str, Any] = {
+        "socket_connect_timeout": settings.connect_timeout,
+        "socket_timeout": settings.socket_timeout,
+        # RedBeat's own: a Redis blip is retried this long before beat gives up.
+        "retry_period": settings.redis_outage_tolerance,
+    }
+    shape = redis_clients.celery_redis_options(url, settings)
+    if redis_clients.is_sentinel(url):
+        hosts, master = redis_clients.sentinel_hosts(url)
+        # RedBeat's Sentinel form: the URL only names the scheme; the rest are options.
+        url = "redis-sentinel://"
+        options |= {
+            "sentinels": hosts,
+            "service_name": settings.redis_sentinel_master,
+            "sentinel_kwargs": shape["transport"]["sentinel_kwargs"],
+            **master,
+        }
+    config = {
+        "beat_scheduler": "tasks.beat:JobQLScheduler",
+        "beat_max_loop_interval": settings.beat_interval,
+        "redbeat_redis_url": url,
+        "redbeat_key_prefix": BEAT_PREFIX,
+        "redbeat_lock_timeout": settings.beat_lock_timeout,
+        "redbeat_redis_options": options,
+    }
+    if "ssl" in shape:
+        config["redbeat_redis_use_ssl"] = shape["ssl"]
     return config
 
 

@@ -167,6 +167,55 @@ def adopt(job_id: str, task: str, queue: str, kwargs: dict[str, Any]) -> None:
     create(keys=call.keys, args=call.args)
 
 
+def create(
+    fields: dict[str, str],
+    *,
+    idempotency: str | None = None,
+    message: tuple[str, str] | None = None,
+) -> str | None:
+    """Write a new PENDING record for a producer that is not the API (beat), as the API does:
+    with ``message`` (queue key, Celery message) pushed and announced in the same call.
+
+    Returns None when created, or the id of the job ``idempotency`` already points to.
+    """
+    _, create_script, _ = _scripts()
+    call = scripts.create_call(
+        fields, ttl=get_settings().job_retention_seconds, idempotency=idempotency, message=message
+    )
+    reply = create_script(keys=call.keys, args=call.args)
+    return str(reply) if reply else None
+
+
+def announce(fields: dict[str, str], on: redis.Redis | None = None) -> None:
+    """Publish a new job's PENDING snapshot once another broker took its message (on this
+    process's records client, or ``on`` another's)."""
+    target = on or client()
+    payload = records.dumps(fields)
+    channels = records.channels_of(fields["id"], fields["owner"])
+    if slots.current().sharded_pubsub:
+        for channel in channels:
+            target.spublish(channel, payload)
+        return
+    with target.pipeline(transaction=False) as pipe:
+        for channel in channels:
+            pipe.publish(channel, payload)
+        pipe.execute()
+
+
+def discard(fields: dict[str, str]) -> None:
+    """Take back a record whose message could not be sent: no job is left half-written."""
+    job_id, owner, task = fields["id"], fields["owner"], fields["task"]
+    tag = slots.tag_of(job_id)
+    with client().pipeline(transaction=True) as pipe:
+        pipe.delete(records.job_key(job_id))
+        for index in records.indexes_of(owner, task, tag):
+            pipe.zrem(index, job_id)
+        pipe.zrem(records.expiry_key(owner, tag), records.expiry_member(job_id, task))
+        if fields.get("idempotency_key"):
+            pipe.delete(records.idempotency_key(owner, fields["idempotency_key"]))
+        pipe.execute()
+
+
 def started(
     job_id: str, task: str, retries: int, kwargs: dict[str, Any], queue: str, worker: str = ""
 ) -> str:

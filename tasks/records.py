@@ -110,6 +110,11 @@ def job_channel(job_id: str) -> str:
     return f"{JOB_CHANNEL_PREFIX}{{{slots.tag_of(job_id)}}}:{job_id}"
 
 
+def channels_of(job_id: str, owner: str) -> tuple[str, str]:
+    """Where a job's events go out: its own channel, and its owner's on its tag."""
+    return job_channel(job_id), owner_channel(owner, slots.tag_of(job_id))
+
+
 def owner_channel(owner: str, tag: str) -> str:
     """An owner's events of the jobs on ``tag``: a watcher of every job listens on each tag."""
     return f"{OWNER_CHANNEL_PREFIX}{{{tag}}}:{owner}"
@@ -163,6 +168,9 @@ class JobSnapshot:
     lost: int = 0
     redelivery: str | None = None
     worker: str | None = None
+    # A run of a periodic schedule: the schedule's id and name (see tasks.schedules).
+    schedule_id: str | None = None
+    schedule: str | None = None
     # Only on an event of a workflow's channel: the workflow's record after this change.
     workflow: dict[str, str] | None = None
 
@@ -195,6 +203,8 @@ class JobSnapshot:
             lost=int(fields.get("lost") or 0),
             redelivery=fields.get("redelivery") or None,
             worker=fields.get("worker") or None,
+            schedule_id=fields.get("schedule_id") or None,
+            schedule=fields.get("schedule") or None,
         )
 
     @classmethod
@@ -220,10 +230,12 @@ def new_record(
     idempotency: str | None = None,
     workflow_id: str | None = None,
     webhook: tuple[str, str] | None = None,
+    schedule: tuple[str, str] | None = None,
 ) -> dict[str, str]:
-    """A PENDING record; ``webhook`` is (url, events) with events comma-separated.
+    """A PENDING record; ``webhook`` is (url, events) with events comma-separated,
+    ``schedule`` the (id, name) of the schedule this job is a run of.
 
-    The workflow and webhook fields are written only when set: most jobs have neither.
+    The workflow, webhook and schedule fields are written only when set: most jobs have none.
     """
     fields = {
         "id": job_id,
@@ -241,6 +253,8 @@ def new_record(
         fields["workflow_id"] = workflow_id
     if webhook:
         fields["webhook_url"], fields["webhook_events"] = webhook
+    if schedule:
+        fields["schedule_id"], fields["schedule"] = schedule
     return fields
 
 

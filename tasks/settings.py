@@ -99,6 +99,15 @@ class Settings(BaseSettings):
     # Every use of a library's internals (see tasks.compat); false runs stock behaviour.
     fast_paths: bool = True
 
+    # Periodic jobs (tasks.beat): beat reads the schedules at least this often (seconds),
+    # so a created, changed or disabled schedule takes effect within it.
+    beat_interval: float = Field(default=1.0, gt=0, le=60)
+    # The beat that holds the lock runs the schedules; if it dies, a standby beat takes
+    # over once the lock expired, this many seconds after its last renewal.
+    beat_lock_timeout: int = Field(default=10, ge=2, le=3600)
+    # Schedules one owner may have.
+    max_schedules_per_owner: int = Field(default=100, ge=1, le=100_000)
+
     # Most tasks one runWorkflow may hold, counting every step of every branch.
     workflow_max_steps: int = Field(default=100, ge=1, le=10_000)
 
@@ -116,7 +125,9 @@ class Settings(BaseSettings):
     # link-local (refused by default, so that a caller cannot probe the internal network).
     webhook_allowed_networks: tuple[str, ...] = ()
     # Security (README "Security"): who may call, and how much. `none` is for development.
-    auth_mode: str = "none"  # none, jwt, api_key, or jwt,api_key
+    # none, or any of jwt, api_key and external (the host application signs callers in:
+    # a Django project's users, see gql.django), comma-separated.
+    auth_mode: str = "none"
     jwt_secret: SecretStr | None = None  # HS256
     jwt_public_key: str | None = None  # PEM, for RS256 / ES256
     jwks_url: str | None = None  # RS256 / ES256 keys by `kid`, fetched off the event loop
@@ -198,6 +209,8 @@ class Settings(BaseSettings):
                 "running would be delivered to a second worker"
             )
         _check_records(self)
+        if self.beat_lock_timeout <= self.beat_interval:
+            raise ValueError("JOBQL_BEAT_LOCK_TIMEOUT must exceed JOBQL_BEAT_INTERVAL")
         if self.webhook_secret is not None and not self.webhook_secret.startswith("whsec_"):
             raise ValueError("JOBQL_WEBHOOK_SECRET must be a Standard Webhooks secret (whsec_...)")
         return self
@@ -294,7 +307,7 @@ def _check_redis_shapes(settings: Settings) -> None:
         raise ValueError("JOBQL_REDIS_TLS_CERT_REQS must be 'required' in production")
 
 
-_AUTH_METHODS = frozenset({"none", "jwt", "api_key"})
+_AUTH_METHODS = frozenset({"none", "jwt", "api_key", "external"})
 _SYMMETRIC = frozenset({"HS256", "HS384", "HS512"})
 _ASYMMETRIC = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA"})
 
@@ -303,7 +316,7 @@ def _check_auth(settings: Settings) -> None:
     """Refuse what would let anyone in: no auth in production, keys of the wrong kind."""
     methods = {m.strip() for m in settings.auth_mode.split(",")}
     if not methods <= _AUTH_METHODS or ("none" in methods and len(methods) > 1):
-        raise ValueError("JOBQL_AUTH_MODE is none, jwt, api_key or jwt,api_key")
+        raise ValueError("JOBQL_AUTH_MODE is none, or jwt, api_key, external comma-separated")
     if settings.env is Environment.PRODUCTION:
         if "none" in methods:
             raise ValueError("JOBQL_AUTH_MODE=none is refused in production")

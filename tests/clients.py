@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 
@@ -25,6 +27,8 @@ class Stream:
     results: list[dict[str, Any]] = field(default_factory=list)
     completed: bool = False
     pings: int = 0
+    # Where each connection's results begin (a resubscribing client has more than one).
+    starts: list[int] = field(default_factory=list)
 
     @property
     def jobs(self) -> list[dict[str, Any]]:
@@ -47,6 +51,7 @@ class Transport(Protocol):
     def __call__(
         self, base_url: str, query: str, variables: dict[str, Any], within: float = 60,
         on_result: OnResult | None = None, authorization: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Awaitable[Stream]: ...  # fmt: skip
 
 
@@ -84,58 +89,101 @@ LEGACY_WS = WsProtocol("graphql-ws", start="start", data="data", keep_alive="ka"
 async def _websocket(
     protocol: WsProtocol, base_url: str, query: str, variables: dict[str, Any],
     within: float, on_result: OnResult | None, authorization: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Stream:  # fmt: skip
     stream = Stream()
-    init = {"Authorization": authorization} if authorization else {}
-    async with asyncio.timeout(within), websocket(base_url, protocol.subprotocol) as ws:
-        await send(ws, {"type": "connection_init", "payload": init})
-        assert (await receive(ws))["type"] == "connection_ack"
-        payload = {"query": query, "variables": variables}
-        await send(ws, {"id": "1", "type": protocol.start, "payload": payload})
-        while not stream.completed:
-            message = await receive(ws)
-            if message["type"] == protocol.data:
-                stream.add(message["payload"], on_result)
-            elif message["type"] == "error":
-                errors = message["payload"]
-                stream.results.append({"errors": errors if isinstance(errors, list) else [errors]})
-                break
-            elif message["type"] == "complete":
-                stream.completed = True
-            elif message["type"] == protocol.keep_alive:
-                stream.pings += 1
-                if protocol is TRANSPORT_WS:
-                    await send(ws, {"type": "pong"})
+    upgrade = websocket(base_url, protocol.subprotocol, additional_headers=headers)
+    async with asyncio.timeout(within), upgrade as ws:
+        await _operation(ws, protocol, stream, query, variables, on_result, authorization)
     return stream
+
+
+async def _operation(
+    ws: ClientConnection, protocol: WsProtocol, stream: Stream, query: str,
+    variables: dict[str, Any], on_result: OnResult | None, authorization: str | None = None,
+) -> None:  # fmt: skip
+    """Initialise ``ws``, subscribe as operation "1" and read until the server completes it."""
+    init = {"Authorization": authorization} if authorization else {}
+    await send(ws, {"type": "connection_init", "payload": init})
+    assert (await receive(ws))["type"] == "connection_ack"
+    payload = {"query": query, "variables": variables}
+    await send(ws, {"id": "1", "type": protocol.start, "payload": payload})
+    stream.starts.append(len(stream.results))
+    while not stream.completed:
+        message = await receive(ws)
+        if message["type"] == protocol.data:
+            stream.add(message["payload"], on_result)
+        elif message["type"] == "error":
+            errors = message["payload"]
+            stream.results.append({"errors": errors if isinstance(errors, list) else [errors]})
+            break
+        elif message["type"] == "complete":
+            stream.completed = True
+        elif message["type"] == protocol.keep_alive:
+            stream.pings += 1
+            if protocol is TRANSPORT_WS:
+                await send(ws, {"type": "pong"})
+
+
+async def resubscribing(
+    base_urls: Sequence[str], query: str, variables: dict[str, Any], within: float = 90,
+    on_result: OnResult | None = None, protocol: WsProtocol = TRANSPORT_WS,
+) -> Stream:  # fmt: skip
+    """A client that outlives its connection, as graphql-ws's ``retryAttempts`` does: when
+    the socket drops it connects again (to the next of ``base_urls`` in turn) and sends the
+    same subscribe; the server answers with the snapshot and goes on to the end."""
+    stream = Stream()
+    attempt = 0
+    async with asyncio.timeout(within):
+        while True:
+            url = base_urls[attempt % len(base_urls)]
+            try:
+                async with websocket(url, protocol.subprotocol) as ws:
+                    await _operation(ws, protocol, stream, query, variables, on_result)
+                return stream
+            except (ConnectionClosed, OSError):
+                if stream.completed:
+                    return stream
+                attempt += 1
+                await asyncio.sleep(0.1 * min(attempt, 5))
 
 
 async def graphql_transport_ws(
     base_url: str, query: str, variables: dict[str, Any], within: float = 60,
     on_result: OnResult | None = None, authorization: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Stream:  # fmt: skip
     """graphql-ws's protocol: Apollo's GraphQLWsLink and GraphiQL speak it."""
     return await _websocket(
-        TRANSPORT_WS, base_url, query, variables, within, on_result, authorization
+        TRANSPORT_WS, base_url, query, variables, within, on_result, authorization, headers
     )
 
 
 async def graphql_ws(
     base_url: str, query: str, variables: dict[str, Any], within: float = 60,
     on_result: OnResult | None = None, authorization: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Stream:  # fmt: skip
     """The legacy subscriptions-transport-ws protocol."""
-    return await _websocket(LEGACY_WS, base_url, query, variables, within, on_result, authorization)
+    return await _websocket(
+        LEGACY_WS, base_url, query, variables, within, on_result, authorization, headers
+    )
+
+
+# One TLS context for every HTTP client: httpx builds one per client otherwise (about 18 ms
+# of CPU each), which made a load test's own client its bottleneck.
+_TLS = ssl.create_default_context()
 
 
 async def _http_stream(
     base_url: str, accept: str, query: str, variables: dict[str, Any], within: float,
-    authorization: str | None = None,
+    authorization: str | None = None, extra_headers: dict[str, str] | None = None,
 ) -> AsyncIterator[str]:  # fmt: skip
-    headers = {"accept": accept}
+    headers = {"accept": accept, **(extra_headers or {})}
     if authorization:
         headers["authorization"] = authorization
     async with (
-        httpx.AsyncClient(base_url=base_url, timeout=within) as client,
+        httpx.AsyncClient(base_url=base_url, timeout=within, verify=_TLS) as client,
         client.stream(
             "POST",
             "/graphql",
@@ -151,12 +199,13 @@ async def _http_stream(
 async def multipart(
     base_url: str, query: str, variables: dict[str, Any], within: float = 60,
     on_result: OnResult | None = None, authorization: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Stream:  # fmt: skip
     """Apollo Client's HTTP subscriptions: multipart/mixed with subscriptionSpec 1.0."""
     stream = Stream()
     accept = 'multipart/mixed;subscriptionSpec="1.0",application/json'
     buffer = ""
-    chunks = _http_stream(base_url, accept, query, variables, within, authorization)
+    chunks = _http_stream(base_url, accept, query, variables, within, authorization, headers)
     async with asyncio.timeout(within), aclosing(chunks):
         async for chunk in chunks:
             buffer += chunk
@@ -177,11 +226,14 @@ async def multipart(
 async def sse(
     base_url: str, query: str, variables: dict[str, Any], within: float = 60,
     on_result: OnResult | None = None, authorization: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Stream:  # fmt: skip
     """graphql-sse, distinct connections mode: one POST, a text/event-stream answer."""
     stream = Stream()
     buffer = ""
-    chunks = _http_stream(base_url, "text/event-stream", query, variables, within, authorization)
+    chunks = _http_stream(
+        base_url, "text/event-stream", query, variables, within, authorization, headers
+    )
     async with asyncio.timeout(within), aclosing(chunks):
         async for chunk in chunks:
             buffer += chunk.replace("\r\n", "\n")

@@ -147,8 +147,10 @@ class AsyncGraphQL:
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
 
 # Settings from the developer's environment that reach the test services: a run with
-# JOBQL_FAST_PATHS=false checks the stock paths end to end. Every other JOBQL_ is the test's.
-PASSED_THROUGH = ("JOBQL_FAST_PATHS",)
+# JOBQL_FAST_PATHS=false checks the stock paths end to end, one with
+# JOBQL_RESULT_BACKEND_URL=django-db the contract with Celery's results in
+# django-celery-results (`make test` runs both). Every other JOBQL_ is the test's.
+PASSED_THROUGH = ("JOBQL_FAST_PATHS", "JOBQL_RESULT_BACKEND_URL")
 
 
 def service_env(redis_url: str, data_dir: Path, **overrides: str) -> dict[str, str]:
@@ -158,7 +160,8 @@ def service_env(redis_url: str, data_dir: Path, **overrides: str) -> dict[str, s
         if (not k.startswith("JOBQL_") or k in PASSED_THROUGH) and k != "REDIS_URL"
     }
     env.update(
-        PYTHONPATH=str(ROOT),
+        # The project first; then what the run adds (the Django example's project).
+        PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
         JOBQL_ENV="test",
         JOBQL_REDIS_URL=redis_url,
         JOBQL_TASK_MODULES='["tasks.examples", "tests.native_tasks"]',
@@ -170,7 +173,7 @@ def service_env(redis_url: str, data_dir: Path, **overrides: str) -> dict[str, s
         JOBQL_WEBHOOK_BACKOFF="0.2",
     )
     # `JOBQL_FAST_PATHS=false make test` runs the services on the libraries' stock behaviour.
-    env.update({k: v for k, v in os.environ.items() if k == "JOBQL_FAST_PATHS"})
+    env.update({k: v for k, v in os.environ.items() if k in PASSED_THROUGH})
     env.update(overrides)
     return env
 
@@ -230,6 +233,19 @@ def running_worker(
         yield process
     finally:
         stop_all([process], timeout=30)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def django_results() -> Iterator[None]:
+    """With ``JOBQL_RESULT_BACKEND_URL=django-db``: a throwaway PostgreSQL database with
+    django-celery-results' tables, which the workers' Django settings point at."""
+    if os.environ.get("JOBQL_RESULT_BACKEND_URL") != "django-db":
+        yield
+        return
+    from tests.django_results import throwaway_database
+
+    with throwaway_database():
+        yield
 
 
 @pytest.fixture(scope="session")

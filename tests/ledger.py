@@ -40,6 +40,7 @@ class Ledger:
     subscribers_closed: int = 0  # closed by the server with an explicit code
     seconds: float = 0.0
     settled: bool = False
+    notes: list[str] = field(default_factory=list)  # what else the scenario measured
 
     @property
     def lost(self) -> int:
@@ -64,14 +65,14 @@ class Ledger:
             f"| {self.scenario} | {self.submitted} | {spread(self.terminal)} | "
             f"{spread(self.rejected)} | {self.lost} | {self.reruns} | {self.duplicate_effects} | "
             f"{self.subscribers} | {self.subscribers_ended} | {self.subscribers_closed} | "
-            f"{self.stalled} | {self.seconds:.1f} |"
+            f"{self.stalled} | {self.seconds:.1f} | {'; '.join(self.notes)} |"
         )
 
 
 HEADER = (
     "| scenario | submitted | terminal | rejected | lost | re-runs | duplicate effects | "
-    "subscribers | got the end | closed with a code | stalled | s |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "subscribers | got the end | closed with a code | stalled | s | measured |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 _settled: list[Ledger] = []

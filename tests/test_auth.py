@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import ValidationError
 
-from gql.auth import ANONYMOUS, Authenticator, credential_of
+from gql.auth import ANONYMOUS, Authenticator, Principal, credential_of
 from gql.errors import Unauthenticated
 from tasks.settings import Settings
 
@@ -222,3 +222,39 @@ async def test_a_jwks_is_fetched_once_off_the_loop_and_unknown_kids_do_not_refet
         for _ in range(3):
             assert "unknown key id" in await refused(auth, f"Bearer {stranger}")
         assert len(fetched) == 1
+
+
+# A host application's sign-in (JOBQL_AUTH_MODE=external: a Django project's session).
+async def _session_sign_in(scope: Any) -> Principal | None:
+    cookies = dict(scope.get("headers") or ()).get(b"cookie", b"")
+    return Principal("django-user", admin=False) if cookies == b"sessionid=good" else None
+
+
+def _scope(cookie: bytes | None = None) -> dict[str, Any]:
+    return {"type": "http", "headers": [(b"cookie", cookie)] if cookie else []}
+
+
+def test_external_mode_and_a_sign_in_come_together() -> None:
+    with pytest.raises(ValueError, match="external"):
+        Authenticator(settings(auth_mode="external"))
+    with pytest.raises(ValueError, match="external"):
+        Authenticator(settings(auth_mode="jwt"), _session_sign_in)
+
+
+async def test_the_host_signs_callers_in_and_a_sent_token_still_counts() -> None:
+    auth = Authenticator(settings(auth_mode="external,jwt"), _session_sign_in)
+
+    assert (await auth.authenticate_scope(_scope(b"sessionid=good"), None)).owner == "django-user"
+    with pytest.raises(Unauthenticated, match="sign in"):
+        await auth.authenticate_scope(_scope(b"sessionid=forged"), None)
+    with pytest.raises(Unauthenticated):
+        await auth.authenticate_scope(_scope(), None)
+    bearer = f"Bearer {token()}"
+    assert (await auth.authenticate_scope(_scope(b"sessionid=good"), bearer)).owner == "alice"
+    with pytest.raises(Unauthenticated):
+        await auth.authenticate_scope(_scope(b"sessionid=good"), "Bearer not-a-token")
+
+
+def test_external_mode_is_accepted_in_production() -> None:
+    live = settings(env="production", auth_mode="external", redis_url="redis://redis:6379/0")
+    assert live.auth_methods == {"external"}

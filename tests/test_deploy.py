@@ -38,21 +38,22 @@ def _assert_runs_jobql_or_celery(command: list[str]) -> None:
     program, *args = command
     if program == "jobql":
         parsed, extra = build_parser().parse_known_args(args)
-        assert parsed.command in ("api", "worker") or not extra, command
+        assert parsed.command in ("api", "worker", "beat") or not extra, command
     else:
         assert program == "celery" and args[:2] == ["-A", "tasks.app"], command
 
 
-def test_compose_runs_redis_api_worker_and_flower_with_health_checks() -> None:
+def test_compose_runs_redis_api_worker_beat_and_flower_with_health_checks() -> None:
     services = _compose()["services"]
-    assert set(services) == {"redis", "api", "worker", "flower"}
+    assert set(services) == {"redis", "api", "worker", "beat", "flower"}
     assert "--appendonly" in services["redis"]["command"], "Redis persistence is on"
-    for name in ("api", "worker", "flower"):
+    for name in ("api", "worker", "beat", "flower"):
         _assert_runs_jobql_or_celery(services[name]["command"])
         assert services[name]["healthcheck"]["test"], name
     assert services["flower"]["ports"] == ["5555:5555"]
     assert services["api"]["command"][:2] == ["jobql", "api"]
     assert services["worker"]["command"][:2] == ["jobql", "worker"]
+    assert services["beat"]["command"] == ["jobql", "beat"]
 
 
 def test_compose_health_checks_point_at_real_endpoints() -> None:
@@ -82,7 +83,7 @@ def test_jobql_is_an_installed_command_with_every_subcommand() -> None:
     jobql = ROOT / ".venv" / "bin" / "jobql"
     executable = str(jobql) if jobql.exists() else "jobql"
     out = subprocess.run([executable, "--help"], capture_output=True, text=True, check=True)
-    for command in ("api", "worker", "dev", "export-schema", "check"):
+    for command in ("api", "worker", "beat", "dev", "export-schema", "check"):
         assert command in out.stdout
     sdl = subprocess.run(
         [sys.executable, "-m", "gql.cli", "export-schema"], capture_output=True, text=True,

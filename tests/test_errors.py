@@ -183,5 +183,12 @@ def test_redis_down_is_service_unavailable(data_dir: Path) -> None:
         _assert_fast_unavailable(no_redis)
         error = no_redis.error('{ job(id: "x") { id } }')
         assert error["extensions"]["code"] == "SERVICE_UNAVAILABLE"
+        for schedules in (
+            "{ schedules { id } }",
+            'mutation { createSchedule(name: "n", task: "process_data", input: {data: 1}, '
+            "timing: {interval: 60}) { id } }",
+        ):
+            error = no_redis.error(schedules)
+            assert error["extensions"]["code"] == "SERVICE_UNAVAILABLE", error
         health = no_redis.data("{ health { ok resultBackend { ok error } } }")["health"]
         assert health["ok"] is False and health["resultBackend"]["ok"] is False

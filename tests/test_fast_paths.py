@@ -55,6 +55,7 @@ class Client:
             broadcast=state.broadcast,
             limits=state.limits,
             workflows=state.workflows,
+            schedules=state.schedules,
         )
 
     async def data(self, query: str, variables: dict[str, Any] | None = None) -> Any:
@@ -84,7 +85,7 @@ class Client:
 
 
 def test_the_readme_shows_the_tour() -> None:
-    assert len(README_OPERATIONS) == 8, "update this test with the README's tour"
+    assert len(README_OPERATIONS) == 10, "update this test with the README's tour"
 
 
 async def test_the_readme_tour_and_the_bench_run_on_the_fast_path(app: FastAPI) -> None:
@@ -92,7 +93,9 @@ async def test_the_readme_tour_and_the_bench_run_on_the_fast_path(app: FastAPI) 
     assert register.report()["executor"]["active"] is True
     before = compat.EXECUTOR.fallbacks
 
-    report, job, listing, emails, watch, many, workflows, watch_workflow = README_OPERATIONS
+    report, job, listing, emails, watch, many, workflows, watch_workflow, *periodic = (
+        README_OPERATIONS
+    )
     job_id = (await client.data(report))["generateReport"]["id"]
     tour = [op.replace('"…"', f'"{job_id}"') for op in (job, listing, emails, watch)]
     assert (await client.data(tour[0]))["job"]["state"] == "PENDING"
@@ -107,6 +110,12 @@ async def test_the_readme_tour_and_the_bench_run_on_the_fast_path(app: FastAPI) 
     chain_id = (await client.data(workflows))["report"]["id"]
     watched = await client.first_event(watch_workflow.replace('"…"', f'"{chain_id}"'))
     assert watched["workflow"]["state"] == "PENDING"
+    create_schedules, read_schedules = periodic
+    created_schedules = await client.data(create_schedules)
+    listed = (await client.data(read_schedules))["schedules"]
+    assert {s["id"] for s in listed} >= {s["id"] for s in created_schedules.values()}
+    for schedule in created_schedules.values():
+        await client.data(f'mutation {{ deleteSchedule(id: "{schedule["id"]}") {{ id }} }}')
 
     created = await client.data(run.MUTATION, {"i": {"userId": 7, "stepDelay": 0}})
     bench_id = created["generateReport"]["id"]

@@ -70,3 +70,34 @@ def test_production_refuses_an_unverified_tls_certificate() -> None:
 
 def test_messages_show_sentinel_urls_without_the_password() -> None:
     assert _safe(SENTINELS) == "sentinel://10.0.0.1:26379/2;sentinel://10.0.0.2:26380/2"
+
+
+def test_beat_reads_its_schedules_over_tls_and_through_sentinel_like_the_records(
+    tmp_path: Path,
+) -> None:
+    """RedBeat makes its own client from Celery's config: it must get the records' shape."""
+    from celery import Celery
+    from redbeat.schedulers import get_redis
+
+    from tasks.app import beat_config
+
+    tls = Settings(redis_url="rediss://:pw@redis.internal:6380/0",
+                   redis_tls_ca_certs=tmp_path / "ca.pem")  # fmt: skip
+    app = Celery("beat-tls", set_as_current=False)
+    app.conf.update(beat_config(tls))
+    kwargs = get_redis(app).connection_pool.connection_kwargs
+    assert kwargs["ssl_ca_certs"] == str(tmp_path / "ca.pem")
+    assert kwargs["password"] == "pw" and kwargs["port"] == 6380
+
+    sentinel = Settings(redis_url=SENTINELS, redis_sentinel_master="jobql-primary")
+    app = Celery("beat-sentinel", set_as_current=False)
+    app.conf.update(beat_config(sentinel))
+    client = get_redis(app)  # lazy: no server is asked until a command is sent
+    pool = client.connection_pool
+    assert pool.service_name == "jobql-primary"
+    asked = [s.connection_pool.connection_kwargs for s in pool.sentinel_manager.sentinels]
+    assert [(one["host"], one["port"]) for one in asked] == [
+        ("10.0.0.1", 26379),
+        ("10.0.0.2", 26380),
+    ]
+    assert pool.connection_kwargs["password"] == "s3cret" and pool.connection_kwargs["db"] == 2

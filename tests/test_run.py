@@ -1,4 +1,5 @@
-"""`make run` as a new user meets it: everything starts, a job runs, one Ctrl-C stops all."""
+"""`make run` as a new user meets it: everything starts (API, worker, beat, Valkey), a job
+runs, one Ctrl-C stops all, and a crashed worker or beat is started again."""
 
 from __future__ import annotations
 
@@ -82,7 +83,8 @@ def test_run_starts_everything_and_one_ctrl_c_stops_it(tmp_path: Path) -> None:
         assert (tmp_path / "valkey").is_dir(), "the embedded Valkey keeps its data in the data dir"
         api.http.close()
         members = _group_members(run.pid)
-        assert len(members) >= 3, "the runner, a worker and the API share the process group"
+        assert len(members) >= 4, "the runner, a worker, beat and the API share the group"
+        assert _child_pid(run.pid, "beat") is not None, "make run starts beat too"
 
         os.killpg(run.pid, signal.SIGINT)  # what one Ctrl-C in the terminal sends
 
@@ -97,33 +99,37 @@ def test_run_starts_everything_and_one_ctrl_c_stops_it(tmp_path: Path) -> None:
             os.killpg(run.pid, signal.SIGKILL)
 
 
-def _worker_pid(run_pid: int) -> int | None:
+def _child_pid(run_pid: int, command: str) -> int | None:
+    """The runner's child running ``celery ... <command>`` (worker or beat)."""
     out = subprocess.run(["ps", "-e", "-o", "pid=,ppid=,args="], capture_output=True,
                          text=True).stdout  # fmt: skip
     for line in out.splitlines():
         pid, ppid, args = line.split(None, 2)
-        if int(ppid) == run_pid and "celery" in args and "worker" in args:
+        if int(ppid) == run_pid and "celery" in args and command in args.split():
             return int(pid)
     return None
 
 
-def test_a_crashed_worker_is_restarted_and_the_rest_stays_up(tmp_path: Path) -> None:
+def test_a_crashed_worker_or_beat_is_restarted_and_the_rest_stays_up(tmp_path: Path) -> None:
     env = _clean_env(tmp_path)
     run, port = _start(env, tmp_path)
     try:
         wait_for_port(port, 60, run)
-        first = _worker_pid(run.pid)
-        assert first is not None
+        first = {kind: _child_pid(run.pid, kind) for kind in ("worker", "beat")}
+        assert None not in first.values(), first
 
-        os.kill(first, signal.SIGKILL)  # what an out-of-memory kill does
+        for pid in first.values():
+            os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]  # an out-of-memory kill
 
         deadline = time.monotonic() + 30
-        while (_worker_pid(run.pid) in (None, first)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert _worker_pid(run.pid) not in (None, first), "the worker was not restarted"
+        for kind, pid in first.items():
+            while _child_pid(run.pid, kind) in (None, pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert _child_pid(run.pid, kind) not in (None, pid), f"the {kind} was not restarted"
         assert run.poll() is None, "make run stopped with its worker"
         log = (tmp_path / "run.log").read_text()
-        assert re.search(r"the worker exited with -9 after [\d.]+ s; restarting it in", log)
+        for kind in first:
+            assert re.search(rf"the {kind} exited with -9 after [\d.]+ s; restarting it in", log)
         api = GraphQL(f"http://127.0.0.1:{port}")
         job = api.data("mutation { processData(input: {data: 3, delay: 0}) { id } }")
         assert api.wait_done(job["processData"]["id"], timeout=60)["state"] == "SUCCESS"
