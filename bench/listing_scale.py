@@ -21,6 +21,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -49,28 +50,42 @@ def _state(n: int) -> JobState:
     return JobState.SUCCESS
 
 
-async def fill(store: JobStore, start: int, stop: int, origin: datetime, step: timedelta) -> None:
-    """Jobs ``start..stop``, oldest first, ``step`` apart from ``origin`` on."""
+async def fill(
+    store: JobStore,
+    start: int,
+    stop: int,
+    origin: datetime,
+    step: timedelta,
+    *,
+    owner: str = "anonymous",
+    state_of: Callable[[int], JobState] = _state,
+) -> list[str]:
+    """Jobs ``start..stop``, oldest first, ``step`` apart from ``origin`` on; returns the
+    ids of those that failed, oldest first."""
+    failed: list[str] = []
     for first in range(start, stop, BATCH):
         async with store.client.pipeline(transaction=False) as pipe:
             for n in range(first, min(stop, first + BATCH)):
                 fields = records.new_record(
                     job_id=str(uuid.uuid4()),
                     task=TASKS[n % len(TASKS)],
-                    owner="anonymous",
+                    owner=owner,
                     queue="jobql",
                     input_json={"n": n},
                     created_at=origin + step * n,
                 )
                 create = scripts.create_call(fields, ttl=TTL)
                 await store._create(keys=create.keys, args=create.args, client=pipe)
-                state = _state(n)
+                state = state_of(n)
+                if state is JobState.FAILURE:
+                    failed.append(fields["id"])
                 if state is not JobState.PENDING:
                     update = scripts.update_call(
-                        fields["id"], state, owner="anonymous", task=fields["task"], ttl=TTL
+                        fields["id"], state, owner=owner, task=fields["task"], ttl=TTL
                     )
                     await store._update(keys=update.keys, args=update.args, client=pipe)
             await pipe.execute()
+    return failed
 
 
 def _queries(middle: datetime) -> dict[str, PageQuery]:

@@ -29,10 +29,20 @@ class Stack:
     valkey: EmbeddedValkey
     api: subprocess.Popen[bytes]
     port: int
+    env: dict[str, str]  # what the stack's processes were started with
+    data: Path
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+
+def start_worker(
+    stack: Stack, command: list[str], log_name: str = "extra-worker.log"
+) -> subprocess.Popen[bytes]:
+    """One more worker for a figure that times the worker itself; the caller stops it."""
+    with (stack.data / log_name).open("ab") as log:
+        return subprocess.Popen(command, env=stack.env, cwd=ROOT, stdout=log, stderr=log)
 
 
 @contextmanager
@@ -81,7 +91,7 @@ def running_stack(
             )
     try:
         wait_for_port(port, 30, api)
-        yield Stack(valkey, api, port)
+        yield Stack(valkey, api, port, env, data)
     finally:
         stop_all(processes)
         valkey.stop()

@@ -71,3 +71,30 @@ def fanout(input: FanoutInput) -> FanoutInput:
                 job_id, JobState.PROGRESS, events.progress_fields(meta), task="process_data"
             )
     return input
+
+
+class TrivialInput(JobModel):
+    n: int
+
+
+@job(name="bench.trivial", queue="bench")
+def trivial(input: TrivialInput) -> TrivialInput:
+    """P10: nothing but being a job; the baseline is ``plain.trivial``."""
+    return input
+
+
+class ProgressInput(JobModel):
+    reports: int = Field(ge=1, le=100_000)
+
+
+class ProgressOutput(JobModel):
+    seconds: float
+
+
+@job(name="bench.progress", queue="bench")
+def progress(input: ProgressInput, job: JobContext) -> ProgressOutput:
+    """P10's second half: ``reports`` calls of ``job.progress``, timed inside the body."""
+    began = time.perf_counter()
+    for n in range(1, input.reports + 1):
+        job.progress(n, input.reports)
+    return ProgressOutput(seconds=time.perf_counter() - began)

@@ -14,9 +14,10 @@ from urllib.parse import urlsplit
 import redis
 from pydantic import ValidationError
 
-from tasks import records, redis_clients
+from tasks import rabbitmq, records, redis_clients
 from tasks.durability import durability_warnings
 from tasks.heartbeat import worker_key
+from tasks.results import is_database
 from tasks.settings import Settings
 
 
@@ -85,12 +86,22 @@ def run_checks(*, worker: str | None = None) -> int:
     _old_layout(settings)
     check(f"broker at {_safe(settings.broker)} answers", lambda: _broker(settings),
           "Is it running and is JOBQL_BROKER_URL (or the Redis URL) right?")  # fmt: skip
+    if rabbitmq.is_amqp(settings.broker):
+        try:
+            for warning in rabbitmq.server_warnings(settings, rabbitmq.server_properties(settings)):
+                _warn(f"broker: {warning}")
+        except Exception:  # noqa: S110  (the broker check above reported it)
+            pass
     if settings.broadcast != settings.redis:
         check(f"broadcast Redis at {_safe(settings.broadcast)} answers", ping(settings.broadcast),
               "Is JOBQL_BROADCAST_URL right?")  # fmt: skip
     if settings.result_backend != settings.redis:
-        check(f"result backend at {_safe(settings.result_backend)} answers",
-              ping(settings.result_backend), "Is JOBQL_RESULT_BACKEND_URL right?")  # fmt: skip
+        backend = settings.result_backend
+        probe = (
+            _database(backend, settings.connect_timeout) if is_database(backend) else ping(backend)
+        )
+        check(f"result backend at {_safe(backend)} answers", probe,
+              "Is JOBQL_RESULT_BACKEND_URL right?")  # fmt: skip
     if worker:
 
         def alive() -> None:
@@ -142,6 +153,24 @@ def _old_layout(settings: Settings) -> None:
     if old:
         _warn(f"{old} job records of the layout before hash tags are no longer read (README, "
               "Deploying on a Redis Cluster: Upgrading); they expire on their own")  # fmt: skip
+
+
+def _database(url: str, timeout: float) -> Callable[[], object]:
+    """A SELECT 1 through SQLAlchemy, as Celery's database backend connects."""
+
+    def probe() -> object:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(
+            url.removeprefix("db+"), connect_args={"connect_timeout": max(1, int(timeout))}
+        )
+        try:
+            with engine.connect() as connection:
+                return connection.execute(sqlalchemy.text("SELECT 1")).scalar()
+        finally:
+            engine.dispose()
+
+    return probe
 
 
 def _importer(module: str) -> Callable[[], object]:

@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+from amqp.exceptions import MessageNacked
 from celery import Celery
 from celery.canvas import Signature
 
 from gql.errors import ServiceUnavailable
 from tasks.app import create_celery_app, ready_result_backend
 from tasks.fast_paths import writes_messages
+from tasks.rabbitmq import priority
 from tasks.settings import Settings
 
 T = TypeVar("T")
@@ -46,6 +48,15 @@ class Delivery:
 _BROKER_DOWN_FOR = 1.0  # seconds a failed publish makes the next ones fail without trying
 
 
+def _nacked(exc: BaseException | None) -> bool:
+    """A publish RabbitMQ's confirm refused (kombu re-raises it as ``OperationalError``)."""
+    while exc is not None:
+        if isinstance(exc, MessageNacked):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 class Producer:
     def __init__(self, settings: Settings) -> None:
         self.app = create_celery_app(settings, producer=True)
@@ -55,6 +66,7 @@ class Producer:
         # Workflows go through Celery's canvas, whose chords need the result backend.
         ready_result_backend(settings)
         self.canvas_app = create_celery_app(settings, producer=True, canvas=True)
+        self._broker_url = settings.broker
         self._timeout = settings.connect_timeout
         self._publish_timeout = settings.publish_timeout
         self._down_until = 0.0  # monotonic time until which the broker counts as down
@@ -78,17 +90,12 @@ class Producer:
             if time.monotonic() < self._down_until:
                 raise ServiceUnavailable("the broker is unavailable")
             try:
-                self.app.send_task(
-                    task,
-                    kwargs=kwargs,
-                    task_id=job_id,
-                    queue=to.queue,
-                    countdown=to.countdown,
-                    eta=to.eta,
-                    expires=to.expires,
-                    priority=to.priority,
-                )
-            except Exception:
+                self._send(task, job_id, kwargs, to)
+            except Exception as exc:
+                if _nacked(exc):
+                    # RabbitMQ's confirm said no (a full queue, a node going away): the
+                    # message is not there, and the broker itself is up.
+                    raise ServiceUnavailable("the broker refused the message") from None
                 self._down_until = time.monotonic() + _BROKER_DOWN_FOR
                 raise
 
@@ -99,6 +106,18 @@ class Producer:
         except TimeoutError:
             self._down_until = time.monotonic() + _BROKER_DOWN_FOR
             raise ServiceUnavailable("the broker did not answer in time") from None
+
+    def _send(self, task: str, job_id: str, kwargs: dict[str, Any], to: Delivery) -> None:
+        self.app.send_task(
+            task,
+            kwargs=kwargs,
+            task_id=job_id,
+            queue=to.queue,
+            countdown=to.countdown,
+            eta=to.eta,
+            expires=to.expires,
+            priority=priority(self._broker_url, to.priority),
+        )
 
     async def send_canvas(self, build: Callable[[Celery], Signature]) -> None:
         """Apply a canvas: Celery builds every message (chain and chord headers) itself."""

@@ -15,7 +15,7 @@ from kombu.entity import Exchange, Queue
 
 # Imported for their receivers: revocations and tasks not built on JobTask are recorded in
 # signals; per-job log lines and counters in job_metrics; the worker's logging in logs.
-from tasks import job_metrics, logs, redis_clients, signals  # noqa: F401
+from tasks import job_metrics, logs, rabbitmq, redis_clients, results, signals  # noqa: F401
 from tasks.base import JobTask
 from tasks.fast_paths import broker_transport
 from tasks.heartbeat import Heartbeat
@@ -26,22 +26,29 @@ from tasks.schedules import BEAT_PREFIX
 from tasks.settings import Settings, get_settings
 
 
-def _queue(name: str) -> Queue:
-    """A queue exactly as Celery creates one on first use: a direct exchange of its name."""
+def _queue(settings: Settings, name: str) -> Queue:
+    """A queue as Celery creates one on first use (a direct exchange of its name); on
+    RabbitMQ with the arguments of ``tasks.rabbitmq``."""
+    if rabbitmq.is_amqp(settings.broker):
+        return rabbitmq.queue(settings, name)
     return Queue(name, Exchange(name, "direct"), routing_key=name)  # type: ignore[no-untyped-call]
 
 
-def _sender_backend(url: str) -> str | None:
+def _sender_backend(settings: Settings) -> str | None:
     """A sender's result backend: only a chord needs one, and it must not subscribe.
 
-    Redis's would (see ``ProducerRedisBackend``); a database's (``django-db``) never does.
+    Redis's would (see ``ProducerRedisBackend``); a database's (SQLAlchemy's, or
+    ``django-db``) never does.
     """
+    url = settings.result_backend
     if url.startswith(("redis://", "rediss://", "unix://")):
         return f"tasks.canvas:ProducerRedisBackend+{url}"
     if redis_clients.is_sentinel(url):
         return f"tasks.canvas:ProducerSentinelBackend+{url}"
     if url.startswith("django-"):
         return url
+    if results.is_database(url):
+        return results.worker_backend(settings)  # a database has nothing to subscribe to
     return None
 
 
@@ -78,9 +85,9 @@ def celery_config(
     ``canvas``: a producer that sends workflows, whose chords need the result backend.
     """
     if producer:
-        backend = _sender_backend(settings.result_backend) if canvas else None
+        backend = _sender_backend(settings) if canvas else None
     else:
-        backend = settings.result_backend
+        backend = results.worker_backend(settings)
     transport_options = {
         "socket_connect_timeout": settings.connect_timeout,
         "socket_timeout": settings.socket_timeout,
@@ -92,6 +99,7 @@ def celery_config(
         # Sentinel: the master's name and how to talk to the sentinels.
         **redis_clients.celery_redis_options(settings.broker, settings).get("transport", {}),
     }
+    accepted = list(dict.fromkeys(["json", settings.serializer]))
     config: dict[str, Any] = {
         "broker_url": settings.broker,
         # Our patched Redis transport (tasks.broker) on Redis, while its fast path is on.
@@ -99,14 +107,19 @@ def celery_config(
         "result_backend": backend,
         # The webhook task is JobQL's own: every worker can deliver.
         "imports": () if producer else (*settings.task_modules, "tasks.webhooks"),
-        "task_serializer": "json",
-        "result_serializer": "json",
-        "accept_content": ["json"],
-        "result_accept_content": ["json"],
+        "task_serializer": settings.serializer,
+        "result_serializer": settings.serializer,
+        # JSON always: the API writes JSON task messages itself (tasks.messages).
+        "accept_content": accepted,
+        "result_accept_content": accepted,
         "event_serializer": "json",
         "timezone": "UTC",
         "enable_utc": True,
-        "task_track_started": True,
+        # JobQL's records hold every state and result; Celery's backend gets the copy
+        # Settings.celery_results asks for. A chord over Redis completes either way (Celery
+        # counts its parts whether or not their results are stored).
+        "task_ignore_result": settings.celery_results == "none",
+        "task_track_started": settings.celery_results == "all",
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_soft_time_limit": settings.task_soft_time_limit,
@@ -115,9 +128,9 @@ def celery_config(
         "result_extended": True,
         "task_default_queue": settings.default_queue,
         # A worker started without ``--queues`` consumes every one of these.
-        "task_queues": tuple(_queue(name) for name in settings.queues),
+        "task_queues": tuple(_queue(settings, name) for name in settings.queues),
         "worker_prefetch_multiplier": 1,
-        "worker_send_task_events": True,
+        "worker_send_task_events": settings.task_events,
         "worker_hijack_root_logger": False,
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": settings.connect_timeout,
@@ -134,6 +147,10 @@ def celery_config(
         **_redis_shapes(settings),
     }
     config |= beat_config(settings)
+    config |= results.backend_options(settings)
+    if rabbitmq.is_amqp(settings.broker):
+        # Only the RabbitMQ options: the Redis transport's make no sense there.
+        config |= rabbitmq.celery_options(settings)
     if not producer:
         # The tracer stores each outcome in the result backend before JobQL's hooks run; a
         # Redis restart there failed the job. Retried (jittered backoff up to 1 s) for about
@@ -203,6 +220,8 @@ celery_app = create_celery_app()
 celery_app.steps["worker"].add(Heartbeat)
 # ...and re-queues the running jobs of a worker whose heartbeat stopped (tasks.reaper).
 celery_app.steps["worker"].add(Reaper)
+# ...and deletes expired results from a database result backend (tasks.results).
+celery_app.steps["worker"].add(results.ResultCleanup)
 
 # Declares typed tasks on the worker's app: ``@job()`` above a function.
 registry = TaskRegistry(celery_app)

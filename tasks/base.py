@@ -17,6 +17,7 @@ from celery.exceptions import BackendStoreError, Ignore
 
 from tasks import events
 from tasks.records import TERMINAL_STATES
+from tasks.results import checked_json
 from tasks.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -25,10 +26,29 @@ logger = logging.getLogger(__name__)
 class JobTask(Task):  # type: ignore[misc]
     """Records starts, ``update_state`` progress, results, failures and retries as job events."""
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """The run, with its result measured before anything stores or forwards it.
+
+        Celery's tracer calls this instead of ``run`` once it is overridden, inside the
+        request it pushed (``Task.__call__`` would push a second, empty one). A result over
+        ``JOBQL_MAX_RESULT_BYTES`` raises :class:`tasks.results.ResultTooLarge` here: the
+        job fails with that type, and neither the result backend, the record nor a chain's
+        next step ever receives the result.
+        """
+        if self.request.called_directly:
+            return super().__call__(*args, **kwargs)
+        result = self.run(*args, **kwargs)
+        if _builtin(self.name):
+            return result
+        self.request.jobql_result_json = checked_json(result, get_settings().max_result_bytes)
+        return result
+
     def before_start(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         # A job cancelled while it waited never runs, whichever worker holds it, and a
         # redelivered message of a finished job does not run it twice. A job whose runs
         # keep killing their worker (a poison job) fails after a bounded number of them.
+        if _builtin(self.name):
+            return
         delivery = self.request.delivery_info or {}
         try:
             if delivery.get("redelivered"):
@@ -55,7 +75,9 @@ class JobTask(Task):  # type: ignore[misc]
     def on_success(
         self, retval: Any, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
-        events.succeeded(task_id, self.name, retval)
+        if not _builtin(self.name):
+            payload = getattr(self.request, "jobql_result_json", None)
+            events.succeeded(task_id, self.name, retval, payload)
 
     def on_failure(
         self,
@@ -65,7 +87,8 @@ class JobTask(Task):  # type: ignore[misc]
         kwargs: dict[str, Any],
         einfo: Any,
     ) -> None:
-        events.failed(task_id, self.name, exc)
+        if not _builtin(self.name):
+            events.failed(task_id, self.name, exc)
 
     def on_retry(
         self,
@@ -75,7 +98,8 @@ class JobTask(Task):  # type: ignore[misc]
         kwargs: dict[str, Any],
         einfo: Any,
     ) -> None:
-        events.retrying(task_id, self.name, (self.request.retries or 0) + 1)
+        if not _builtin(self.name):
+            events.retrying(task_id, self.name, (self.request.retries or 0) + 1)
 
     def update_state(
         self,
@@ -90,6 +114,8 @@ class JobTask(Task):  # type: ignore[misc]
             super().update_state(task_id=job_id, state=state, meta=meta, **kwargs)
             return
         events.progressed(job_id, self.name, meta)
+        if get_settings().celery_results != "all":  # Celery's backend gets no progress copy
+            return
         try:
             # Not retried (max_retries=0): a progress report is best-effort, and the backend
             # otherwise retries for the whole outage tolerance inside the task body.
@@ -99,3 +125,8 @@ class JobTask(Task):  # type: ignore[misc]
             # and Flower) may miss one report, but a Redis blip must not fail the job. Seen
             # in the Redis-restart test: the report raised and the job ended in FAILURE.
             logger.warning("progress of job %s not stored in Celery's result backend", job_id)
+
+
+def _builtin(name: str) -> bool:
+    """Celery's own tasks (``celery.chord_unlock``, ``celery.backend_cleanup``) are no jobs."""
+    return name.startswith("celery.")

@@ -13,6 +13,15 @@ index, and kombu restores them after ``visibility_timeout``; a message of a job 
 finished meanwhile is then skipped by ``JobTask.before_start``. The worker itself
 reconnects and goes on. ``tasks.fast_paths`` checks kombu's shape before it is used.
 
+Never twice at once (issue 13): on any broken broker connection (its pub/sub connection
+killed, its BRPOP connection killed, Redis restarted) Celery's consumer closes the channel
+and kombu restores every unacknowledged message to its queue, the message of a job still
+running in this worker's pool included; the reconnected consumer took it again and a second
+run started beside the first. Here the messages of requests running in this worker are
+held instead: they stay unacknowledged in Redis, and their run's ack (or a requeue, when
+its pool process died) is done on a fresh connection when the run ends. Messages reserved
+but not started are restored at once, as before (Celery drops its copies of them).
+
 A second fix: kombu decodes each envelope it pops (``_brpop_read``) with no guard, so one
 message that is not a JSON object of the expected shape raised out of the consumer and
 ended the worker. Here such a message is set aside on ``DEAD_LETTER_KEY`` (with its queue,
@@ -25,14 +34,18 @@ import base64
 import binascii
 import json
 import logging
+import threading
 import time
 from queue import Empty
 from typing import Any
 
+from celery.worker import state as worker_state
+from kombu.connection import Connection
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
 from tasks.records import PREFIX
+from tasks.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +85,44 @@ def envelope(raw: bytes | str) -> tuple[dict[str, Any] | None, str]:
     return message, ""
 
 
+def settings_of(client: Connection) -> dict[str, Any]:
+    """A broker connection's settings, to open another like it (a pooled one cannot clone)."""
+    return dict(client.info())  # type: ignore[no-untyped-call]
+
+
+def running_tags() -> set[Any]:
+    """The delivery tags of the requests this worker's pool runs, or is handing to a child.
+
+    A request is active once its pool process said it started. Just before that, prefork's
+    pool may have begun writing it to a child: Celery's reconnect finishes such writes
+    (``AsynPool.flush``), so the child runs it too.
+    """
+    tags = set()
+    for request in (*worker_state.active_requests, *worker_state.reserved_requests):
+        message = getattr(request, "message", None)
+        if message is None or request.acknowledged:
+            continue
+        if request in worker_state.active_requests or _handed_to_a_child(request):
+            tags.add(message.delivery_tag)
+    return tags
+
+
+def _handed_to_a_child(request: Any) -> bool:
+    reference = getattr(request, "_apply_result", None)
+    job = reference() if reference is not None else None
+    return getattr(job, "_write_to", None) is not None
+
+
 class QoS(kombu_redis.QoS):
-    """Acks and requeues of a channel whose connection is gone are left to Redis."""
+    """Running jobs' messages are held across a reconnect; a dead channel's acks left to Redis."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._held: set[Any] = set()
+        # The channel's connection settings, read while it lives (no I/O): held messages
+        # are acknowledged through a connection opened from them once this one is closed.
+        client = getattr(getattr(self.channel, "connection", None), "client", None)
+        self._spare: dict[str, Any] | None = settings_of(client) if client is not None else None
 
     def _connection_gone(self, what: str, count: int) -> bool:
         if self.channel.connection is not None and self.channel.connection.client is not None:
@@ -86,11 +135,35 @@ class QoS(kombu_redis.QoS):
         )
         return True
 
+    def restore_unacked_once(self, stderr: Any = None) -> None:
+        """kombu's restore when the channel closes (a reconnect, a shutdown), running jobs held."""
+        self._hold_running()
+        super().restore_unacked_once(stderr)  # type: ignore[no-untyped-call]
+
+    def _hold_running(self) -> None:
+        if self._spare is None or self._delivered.restored:  # type: ignore[attr-defined]
+            return
+        self._flush()  # type: ignore[no-untyped-call]
+        running = running_tags()
+        held = [tag for tag in self._delivered if tag in running]
+        for tag in held:
+            del self._delivered[tag]
+            self._held.add(tag)
+        if held:
+            logger.warning(
+                "holding %d running job message(s) unacknowledged across the broker "
+                "reconnect: each is acknowledged when its run ends, not run again meanwhile",
+                len(held),
+            )
+
     def restore_unacked(self, client: Any = None) -> None:
         if not self._connection_gone("requeue", len(self._delivered)):
             super().restore_unacked(client)  # type: ignore[no-untyped-call]
 
     def ack(self, delivery_tag: Any) -> None:
+        if delivery_tag in self._held:
+            self._settle_held(delivery_tag, requeue=False)
+            return
         if self._connection_gone("acknowledge", 1):
             # Forget it locally; the broker-side copy is redelivered later and skipped.
             virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
@@ -98,10 +171,61 @@ class QoS(kombu_redis.QoS):
         super().ack(delivery_tag)  # type: ignore[no-untyped-call]
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        if delivery_tag in self._held:
+            self._settle_held(delivery_tag, requeue=requeue)
+            return
         if self._connection_gone("reject", 1):
             virtual.QoS.reject(self, delivery_tag, requeue=requeue)  # type: ignore[no-untyped-call]
             return
         super().reject(delivery_tag, requeue=requeue)  # type: ignore[no-untyped-call]
+
+    def _settle_held(self, tag: Any, *, requeue: bool) -> None:
+        """Ack (or requeue) a held message from a thread: Redis may still be coming back."""
+        self._held.discard(tag)
+        assert self._spare is not None  # nothing is held without it
+        threading.Thread(
+            target=settle,
+            args=(self._spare, tag),
+            kwargs={"requeue": requeue, "within": get_settings().redis_outage_tolerance},
+            name="jobql-held-ack",
+            daemon=True,
+        ).start()
+
+
+def settle(spare: dict[str, Any], tag: Any, *, requeue: bool, within: float) -> bool:
+    """Ack (or requeue) one message on a connection of its own, trying for ``within`` seconds.
+
+    Redis acks are removals from the shared unacked hash and index, valid from any channel;
+    a requeue is kombu's own ``restore_by_tag``, as the visibility timeout's restore does.
+    """
+    what = "requeue" if requeue else "acknowledge"
+    deadline = time.monotonic() + within
+    pause = 0.1
+    while True:
+        try:
+            with Connection(**spare) as connection:  # type: ignore[no-untyped-call]
+                connection.connect()
+                channel = connection.channel()
+                try:
+                    if requeue:
+                        channel.qos.restore_by_tag(tag, leftmost=True)
+                    else:
+                        channel.qos._remove_from_indices(tag).execute()
+                finally:
+                    channel.close()
+            return True
+        except Exception as exc:
+            if time.monotonic() + pause > deadline:
+                logger.warning(
+                    "could not %s a held message (%s); Redis keeps it unacknowledged and "
+                    "redelivers it after the visibility timeout",
+                    what,
+                    exc,
+                )
+                return False
+            logger.info("could not %s a held message yet, trying again: %s", what, exc)
+            time.sleep(pause)
+            pause = min(1.0, pause * 2)
 
 
 class Channel(kombu_redis.Channel):

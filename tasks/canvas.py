@@ -16,6 +16,8 @@ from celery import Celery, chain, chord, group
 from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.canvas import Signature
 
+from tasks.rabbitmq import priority
+
 WORKFLOW_KWARG = "_jobql_workflow"
 
 
@@ -72,8 +74,9 @@ def signature(app: Celery, node: Node) -> Signature:
         return chord(header, signature(app, node.body), app=app)
     meta = {"workflow": node.workflow_id, "receive": node.receive, "path": list(node.path)}
     options: dict[str, Any] = {"task_id": node.job_id, "queue": node.queue}
-    if node.priority is not None:
-        options["priority"] = node.priority
+    mapped = priority(app.conf.broker_url, node.priority)
+    if mapped is not None:
+        options["priority"] = mapped
     return app.signature(
         node.task,
         kwargs={**node.kwargs, WORKFLOW_KWARG: meta},

@@ -248,8 +248,10 @@ def gave_up(job_id: str, task: str, lost: int) -> None:
     _safely(job_id, task, JobState.FAILURE, {"error": error, "lost": str(lost)})
 
 
-def succeeded(job_id: str | None, task: str, result: Any) -> None:
-    payload = json.dumps(result, default=str, separators=(",", ":"))
+def succeeded(job_id: str | None, task: str, result: Any, payload: str | None = None) -> None:
+    """``payload``: the result's JSON, when the caller made it already."""
+    if payload is None:
+        payload = json.dumps(result, default=str, separators=(",", ":"))
     _safely(job_id, task, JobState.SUCCESS, {"result": payload, "error": ""})
 
 

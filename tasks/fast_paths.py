@@ -3,10 +3,12 @@
 Two places lean on Celery's and kombu's internals (see ``tasks.compat`` for the register):
 
 - ``kombu.redis_transport``: ``tasks.broker`` subclasses kombu's Redis transport (and its
-  Sentinel transport) so a worker survives a Redis restart or a Sentinel failover. It is a
-  fix, not a shortcut: ``JOBQL_FAST_PATHS=false`` leaves it on (stock kombu 5.7.0 lets the
-  worker die on a Redis restart and on a failover, measured); only a failed check turns it
-  off, and Celery then uses kombu's stock ``redis`` (``sentinel``) transport.
+  Sentinel transport) so a worker survives a Redis restart or a Sentinel failover, and never
+  runs a job twice at once after a broker reconnect (it reads Celery's worker state to hold
+  running jobs' messages). It is a fix, not a shortcut: ``JOBQL_FAST_PATHS=false`` leaves it
+  on (stock kombu 5.7.0 lets the worker die on a Redis restart and on a failover, and runs a
+  job twice at once after a reconnect, all measured); only a failed check turns it off, and
+  Celery then uses kombu's stock ``redis`` (``sentinel``) transport.
 - ``celery.message_writer``: ``tasks.messages`` writes Celery's protocol-2 message as kombu's
   Redis transport stores it, so the API pushes it in the same atomic call as the job record.
   Off, the API publishes through Celery's own producer on a thread.
@@ -22,11 +24,16 @@ import contextlib
 import functools
 import inspect
 import json
+import weakref
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from billiard.pool import ApplyResult  # type: ignore[import-untyped]
+from celery.concurrency.asynpool import AsynPool
+from celery.worker import state as worker_state
+from celery.worker.request import Request
 from kombu.connection import Connection
 from kombu.transport import TRANSPORT_ALIASES, virtual
 from kombu.transport import redis as kombu_redis
@@ -44,7 +51,10 @@ REDIS_TRANSPORT = compat.FastPath(
     name="kombu.redis_transport",
     library="kombu",
     verified=VERIFIED,
-    fallback="kombu's stock Redis transport (a Redis restart may stop a worker)",
+    fallback=(
+        "kombu's stock Redis transport (a Redis restart may stop a worker, and a broker "
+        "reconnect may start a second run of a running job)"
+    ),
     fix=True,
 )
 MESSAGE_WRITER = compat.FastPath(
@@ -178,12 +188,55 @@ def check_redis_transport() -> None:
         _require(not missing, f"kombu's redis Channel.{method} still does {missing}")
     qos = kombu_redis.QoS(_NoRestore())  # type: ignore[no-untyped-call]
     _require(isinstance(getattr(qos, "_delivered", None), dict), "QoS.__init__ sets _delivered")
+    check_held_messages()
     with offline_channel({}, broker.Transport) as channel:
         _require(channel.QoS is broker.QoS, "the channel builds our QoS")
         _require(
             hasattr(channel.connection.client, "hostname"),
             "a channel reaches its client through channel.connection.client",
         )
+        spare = Connection(**broker.settings_of(channel.connection.client))  # type: ignore[no-untyped-call]
+        _require(
+            spare.transport_cls is broker.Transport,
+            "a connection opened from the channel's settings uses our transport",
+        )
+
+
+def check_held_messages() -> None:
+    """What ``tasks.broker`` reads to hold a running job's message across a reconnect."""
+    restore_once = inspect.getsource(virtual.QoS.restore_unacked_once)
+    _require(
+        _parameters(virtual.QoS.restore_unacked_once) == ["self", "stderr"]
+        and "self._flush()" in restore_once
+        and "self.restore_unacked()" in restore_once
+        and "state.restored = True" in restore_once,
+        "kombu's QoS.restore_unacked_once flushes, then restores what _delivered holds",
+    )
+    _require(
+        _parameters(kombu_redis.QoS._remove_from_indices) == ["self", "delivery_tag", "pipe"],
+        "kombu's redis QoS._remove_from_indices(delivery_tag, pipe)",
+    )
+    for name in ("active_requests", "reserved_requests"):
+        _require(
+            isinstance(getattr(worker_state, name, None), weakref.WeakSet),
+            f"celery.worker.state.{name} is a WeakSet of requests",
+        )
+    _require(
+        isinstance(getattr(Request, "message", None), property)
+        and getattr(Request, "acknowledged", None) is False
+        and hasattr(Request, "_apply_result"),
+        "Celery's Request has message, acknowledged and _apply_result",
+    )
+    _require(
+        hasattr(ApplyResult, "_write_to")
+        and "job._write_to = proc" in inspect.getsource(AsynPool._create_write_handlers),
+        "prefork marks a job it begins writing to a child with _write_to",
+    )
+    _require(
+        "job.discard()" in inspect.getsource(AsynPool.flush)
+        and "if not job._accepted" in inspect.getsource(AsynPool.flush),
+        "Celery's pool flush on reconnect drops only jobs no child accepted",
+    )
 
 
 def sample_options(now: datetime) -> list[dict[str, Any]]:

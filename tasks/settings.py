@@ -60,6 +60,25 @@ class Settings(BaseSettings):
     redis_sentinel_master: str | None = None
     redis_sentinel_password: SecretStr | None = None
 
+    # RabbitMQ (tasks.rabbitmq): classic queues take the ten JobQL priorities; quorum queues
+    # replicate, and take two (RabbitMQ 3.13+) or none (before).
+    rabbitmq_queue_type: Literal["classic", "quorum"] = "classic"
+    # Celery's messages and results (never pickle); the job records stay JSON.
+    serializer: Literal["json", "msgpack"] = "json"
+    # Results larger than the threshold are compressed in Celery's result backend.
+    compression: Literal["none", "gzip", "zstd"] = "none"
+    compression_threshold_bytes: int = Field(default=64 * 1024, ge=0)
+    # A result larger than this (as JSON) fails its job as ResultTooLarge, unwritten.
+    max_result_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # How often a worker deletes expired results from a database result backend (which,
+    # unlike Redis, keeps them until something deletes them); 0 leaves it to celery beat.
+    result_cleanup_interval: float = Field(default=3600.0, ge=0)
+    # What Celery's result backend gets of each job, for AsyncResult / Flower /
+    # django-celery-results users: JobQL reads its own records, and each copy costs the
+    # worker two round trips. ``final``: the outcome only (stock Celery's default: no
+    # STARTED); ``all``: STARTED and every progress report too; ``none``: nothing.
+    celery_results: Literal["all", "final", "none"] = "final"
+
     task_modules: tuple[str, ...] = ("tasks.examples",)
     default_queue: str = "jobql"
     extra_queues: tuple[str, ...] = ()
@@ -189,6 +208,10 @@ class Settings(BaseSettings):
     # How long a worker keeps trying to write a job's outcome (its record, Celery's result)
     # while Redis is unreachable, before it gives up and logs it.
     redis_outage_tolerance: float = Field(default=30.0, ge=0, le=3600)
+    # Celery's task events (task-received, -started, -succeeded...) on the broker's event
+    # exchange: what Flower and `celery events` watch. JobQL itself reads none of them (its
+    # records and heartbeats say it all), and each costs the worker a publish per change.
+    task_events: bool = False
     # SIGTERM: subscribers are told at once, in-flight operations get this long to finish.
     shutdown_grace_seconds: float = Field(default=30.0, gt=0)
     # Where `jobql api --workers N` keeps prometheus-client's per-process files
@@ -211,6 +234,17 @@ class Settings(BaseSettings):
         _check_records(self)
         if self.beat_lock_timeout <= self.beat_interval:
             raise ValueError("JOBQL_BEAT_LOCK_TIMEOUT must exceed JOBQL_BEAT_INTERVAL")
+        if self.compression == "zstd":
+            _require_zstd()
+        if self.serializer == "msgpack":
+            _require("msgpack", "JOBQL_SERIALIZER=msgpack needs msgpack (jobql[msgpack])")
+        backend = self.result_backend_url or "redis://"
+        if self.celery_results == "none" and not backend.startswith(("redis", "unix://")):
+            # Celery completes a chord over such a backend by polling its parts' results.
+            raise ValueError(
+                "JOBQL_CELERY_RESULTS=none needs a Redis result backend: workflows' chords "
+                "wait on the stored results of their parts in any other"
+            )
         if self.webhook_secret is not None and not self.webhook_secret.startswith("whsec_"):
             raise ValueError("JOBQL_WEBHOOK_SECRET must be a Standard Webhooks secret (whsec_...)")
         return self
@@ -305,6 +339,21 @@ def _check_redis_shapes(settings: Settings) -> None:
         raise ValueError("a sentinel:// URL needs JOBQL_REDIS_SENTINEL_MASTER (the master's name)")
     if settings.env is Environment.PRODUCTION and settings.redis_tls_cert_reqs != "required":
         raise ValueError("JOBQL_REDIS_TLS_CERT_REQS must be 'required' in production")
+
+
+def _require(module: str, message: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ValueError(message)
+
+
+def _require_zstd() -> None:
+    """kombu registers zstd from ``compression.zstd`` (3.14+) or ``backports.zstd``."""
+    from kombu import compression
+
+    if "application/zstd" not in compression.encoders():  # type: ignore[no-untyped-call]
+        raise ValueError("JOBQL_COMPRESSION=zstd needs backports.zstd (jobql[zstd]) or Python 3.14")
 
 
 _AUTH_METHODS = frozenset({"none", "jwt", "api_key", "external"})

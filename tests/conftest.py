@@ -21,6 +21,12 @@ from devtools.valkey import EmbeddedValkey
 from tasks.app import create_celery_app
 from tasks.settings import Settings
 from tests.ledger import ledger, pytest_terminal_summary  # noqa: F401  (the fault ledger)
+from tests.servers import (
+    postgres_database,
+    postgres_unavailable,
+    rabbitmq_unavailable,
+    rabbitmq_vhost,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -152,6 +158,24 @@ WEBHOOK_SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
 # django-celery-results (`make test` runs both). Every other JOBQL_ is the test's.
 PASSED_THROUGH = ("JOBQL_FAST_PATHS", "JOBQL_RESULT_BACKEND_URL")
 
+# Another broker or result backend under the same tests (the Makefile's RABBITMQ_TESTS and
+# POSTGRES_TESTS passes): JOBQL_TEST_BROKER=rabbitmq, JOBQL_TEST_RESULTS=postgres. The
+# session fixture ``backing`` fills this in; every service the tests start gets it.
+BACKING: dict[str, str] = {}
+# On RabbitMQ, each Redis the tests start gets a virtual host of its own, as each has its
+# own queues on Redis: a module's stack must not take the session worker's messages.
+_VHOSTS: dict[str, str] = {}
+_SESSION = contextlib.ExitStack()
+
+
+def broker_for(redis_url: str) -> str | None:
+    """The broker of the services that keep their records in ``redis_url`` (None: Redis)."""
+    if os.environ.get("JOBQL_TEST_BROKER") != "rabbitmq":
+        return None
+    if redis_url not in _VHOSTS:
+        _VHOSTS[redis_url] = _SESSION.enter_context(rabbitmq_vhost())
+    return _VHOSTS[redis_url]
+
 
 def service_env(redis_url: str, data_dir: Path, **overrides: str) -> dict[str, str]:
     env = {
@@ -174,6 +198,9 @@ def service_env(redis_url: str, data_dir: Path, **overrides: str) -> dict[str, s
     )
     # `JOBQL_FAST_PATHS=false make test` runs the services on the libraries' stock behaviour.
     env.update({k: v for k, v in os.environ.items() if k in PASSED_THROUGH})
+    env.update(BACKING)
+    if broker := broker_for(redis_url):
+        env["JOBQL_BROKER_URL"] = broker
     env.update(overrides)
     return env
 
@@ -221,12 +248,18 @@ def running_worker(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+    # The worker's broker is the one its environment names (a RabbitMQ pass sets it there).
+    if broker := env.get("JOBQL_BROKER_URL"):
+        settings = settings.model_copy(update={"broker_url": broker})
     control = create_celery_app(settings, producer=True)
     try:
         deadline = time.monotonic() + 60
         while not control.control.ping(destination=[f"{name}@{socket.gethostname()}"], timeout=0.5):
             assert process.poll() is None, (data_dir / f"{name}.log").read_text()
             assert time.monotonic() < deadline, "the worker did not start"
+    except BaseException:
+        stop_all([process], timeout=30)  # a worker that never answered is not left running
+        raise
     finally:
         control.close()
     try:
@@ -253,6 +286,22 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("jobql")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def backing() -> Iterator[dict[str, str]]:
+    """The broker and result backend of this session: Valkey, unless the run asks otherwise."""
+    with _SESSION as stack:
+        if os.environ.get("JOBQL_TEST_BROKER") == "rabbitmq" and (reason := rabbitmq_unavailable()):
+            pytest.skip(f"{reason}; the RabbitMQ pass is skipped")
+        if os.environ.get("JOBQL_TEST_RESULTS") == "postgres":
+            if reason := postgres_unavailable():
+                pytest.skip(f"{reason}; the PostgreSQL results pass is skipped")
+            url = stack.enter_context(postgres_database())
+            BACKING["JOBQL_RESULT_BACKEND_URL"] = f"db+{url}"
+        yield BACKING
+        BACKING.clear()
+        _VHOSTS.clear()
+
+
 @pytest.fixture(scope="session")
 def valkey(data_dir: Path) -> Iterator[EmbeddedValkey]:
     server = EmbeddedValkey(data_dir / "valkey").start()
@@ -261,13 +310,20 @@ def valkey(data_dir: Path) -> Iterator[EmbeddedValkey]:
 
 
 @pytest.fixture(scope="session")
-def env(valkey: EmbeddedValkey, data_dir: Path) -> dict[str, str]:
+def env(valkey: EmbeddedValkey, data_dir: Path, backing: dict[str, str]) -> dict[str, str]:
     return service_env(valkey.url, data_dir)
 
 
 @pytest.fixture(scope="session")
-def settings(valkey: EmbeddedValkey, data_dir: Path) -> Settings:
-    return Settings(redis_url=valkey.url, data_dir=data_dir, extra_queues=("reports",), env="test")
+def settings(valkey: EmbeddedValkey, data_dir: Path, backing: dict[str, str]) -> Settings:
+    return Settings(
+        redis_url=valkey.url,
+        broker_url=broker_for(valkey.url),
+        result_backend_url=backing.get("JOBQL_RESULT_BACKEND_URL"),
+        data_dir=data_dir,
+        extra_queues=("reports",),
+        env="test",
+    )
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,8 @@ def countdown(self: Any, n: int = 3, delay: float = 0.1) -> dict[str, int]:
 # key set does not do it again. Every run is counted apart, to see re-runs.
 RUNS_KEY = "jobql:test:runs:"
 EFFECTS_KEY = "jobql:test:effects"
+# Each run's "start end" (Unix seconds), pushed when it ends: two runs must never overlap.
+SPANS_KEY = "jobql:test:spans:"
 
 
 @celery_app.task(bind=True, name="reliability.effect")
@@ -32,10 +34,12 @@ def effect(self: Any, seconds: float = 1.0, die: bool = False) -> dict[str, int]
 
     redis = client()
     pid = os.getpid()
+    start = time.time()
     redis.rpush(RUNS_KEY + self.request.id, pid)
     self.update_state(state="PROGRESS", meta={"current": 0, "total": 1, "data": {"pid": pid}})
     if die:
         os.kill(pid, signal.SIGKILL)
     time.sleep(seconds)
     first = redis.hsetnx(EFFECTS_KEY, self.request.id, pid)
+    redis.rpush(SPANS_KEY + self.request.id, f"{start} {time.time()}")
     return {"pid": pid, "effect": int(first)}

@@ -25,9 +25,12 @@ def test_the_harness_measures_every_figure_against_its_baseline(tmp_path: Path) 
     assert run.returncode == 0, run.stderr[-3000:]
 
     result = json.loads((tmp_path / "latest.json").read_text())
-    for key in ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P9"):
+    every = ("P1", "P1b", "P2", "P3", "P4", "P5", "P6", "P7", "P9", "P10", "P10b", "P11", "P12")
+    for key in every:
         figure = result["figures"][key]
         assert figure["jobql"]["median"] > 0 and figure["baseline_value"]["median"] > 0, key
         assert figure["ratio"] > 0
     assert result["P8"]["subscriptions"] == result["size"]["subscriptions"]
-    assert "| P1 |" in (tmp_path / "latest.md").read_text()
+    assert result["profile"] == "production" and result["auth"] == "jwt"
+    assert result["memory"]["memory.jobql.keys"] > 0
+    assert "| P12 |" in (tmp_path / "latest.md").read_text()

@@ -131,6 +131,13 @@ def test_metrics_counters_move_by_exactly_the_jobs_run(api: GraphQL) -> None:
     assert (
         _metric(after, runs, task="process_data") - _metric(before, runs, task="process_data") == 5
     )
+    # Each run lands in its histogram buckets: every bound a run took less than, and +Inf.
+    bucket = "jobql_job_run_seconds_bucket"
+    for bound in ("60.0", "+Inf"):
+        moved_by = _metric(after, bucket, task="process_data", le=bound) - _metric(
+            before, bucket, task="process_data", le=bound
+        )
+        assert moved_by == 5, bound
     waits = "jobql_job_queue_wait_seconds_count"
     assert _metric(after, waits, task="process_data") - _metric(
         before, waits, task="process_data"

@@ -1,51 +1,75 @@
-"""RabbitMQ as the broker is a setting, not a fork: the same jobs run through it."""
+"""RabbitMQ as the broker is a setting, not a fork: the same jobs run through it.
+
+Each module's stack runs in a virtual host of its own (``tests.servers``), so its queues
+meet no other run's messages or arguments.
+"""
 
 from __future__ import annotations
 
-import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
+from kombu import Connection
 
+from devtools.valkey import EmbeddedValkey
+from tasks.rabbitmq import PER_QUEUE_TIMEOUT_SINCE, version_of
 from tasks.settings import Settings
-from tests.conftest import GraphQL, running_api, running_worker, service_env
-
-# No credentials here: kombu logs in with RabbitMQ's stock development user by default.
-AMQP_URL = "amqp://127.0.0.1:5672//"
-
-
-def _rabbitmq_reachable() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 5672), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
+from tests.conftest import ROOT, GraphQL, running_api, running_worker, service_env
+from tests.servers import rabbitmq_unavailable, rabbitmq_vhost
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
-        not _rabbitmq_reachable(), reason="no RabbitMQ on 127.0.0.1:5672; broker tests skipped"
+        rabbitmq_unavailable() is not None,
+        reason=f"{rabbitmq_unavailable()}; RabbitMQ broker tests skipped",
     ),
 ]
 
+QUEUE = "jobql"
+# Consumed by no worker: what is sent there stays, in the order RabbitMQ would deliver it.
+IDLE = "idle"
+# A policy makes RabbitMQ refuse every message sent there (max-length 0, reject-publish).
+FULL = "full"
+
+
+def _stack(
+    valkey: EmbeddedValkey, data_dir: Path, amqp_url: str, **extra: str
+) -> tuple[dict[str, str], Settings]:
+    env = service_env(
+        valkey.url,
+        data_dir,
+        JOBQL_BROKER_URL=amqp_url,
+        JOBQL_DEFAULT_QUEUE=QUEUE,
+        JOBQL_EXTRA_QUEUES=f'["reports", "{IDLE}", "{FULL}"]',
+        **extra,
+    )
+    return env, Settings(redis_url=valkey.url, broker_url=amqp_url)
+
 
 @pytest.fixture(scope="module")
-def amqp_api(valkey: object, data_dir: Path) -> Iterator[GraphQL]:
+def vhost() -> Iterator[str]:
+    with rabbitmq_vhost() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def amqp_api(valkey: EmbeddedValkey, data_dir: Path, vhost: str) -> Iterator[GraphQL]:
     """An API and a worker that share Valkey for records but send tasks through RabbitMQ."""
     rabbit_dir = data_dir / "rabbitmq"
-    queue = "jobql-amqp-test"
-    env = service_env(
-        valkey.url,  # type: ignore[attr-defined]
-        rabbit_dir,
-        JOBQL_BROKER_URL=AMQP_URL,
-        JOBQL_DEFAULT_QUEUE=queue,
-    )
-    settings = Settings(redis_url=valkey.url, broker_url=AMQP_URL)  # type: ignore[attr-defined]
+    env, settings = _stack(valkey, rabbit_dir, vhost)
+    name = vhost.rsplit("/", 1)[1]
+    subprocess.run(
+        ["rabbitmqctl", "--quiet", "set_policy", "-p", name, "--apply-to", "queues",
+         "refuse-all", f"^{FULL}$", '{"max-length": 0, "overflow": "reject-publish"}'],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
     with (
-        running_worker(env, rabbit_dir, settings, queues=(queue,)),
+        running_worker(env, rabbit_dir, settings, queues=(QUEUE, "reports")),
         running_api(env, rabbit_dir) as client,
     ):
         yield client
@@ -90,3 +114,103 @@ def test_a_batch_runs_through_rabbitmq(amqp_api: GraphQL) -> None:
 
     assert [job["state"] for job in done] == ["SUCCESS", "SUCCESS"]
     assert [job["result"]["processed"] for job in done] == [1, 2]
+
+
+def test_priority_zero_is_delivered_first_as_on_redis(amqp_api: GraphQL, vhost: str) -> None:
+    """JobQL's 0 (and no priority) first, 9 last: RabbitMQ's order is the reverse, mapped."""
+    sent = {}
+    for label, priority in (("nine", 9), ("five", 5), ("none", None), ("zero", 0)):
+        options = "" if priority is None else f"priority: {priority}, "
+        sent[label] = amqp_api.data(
+            f'mutation {{ processData(input: {{data: "{label}", delay: 0}}, '
+            f'options: {{{options}queue: "{IDLE}"}}) {{ id }} }}'
+        )["processData"]["id"]
+
+    order = []
+    with Connection(vhost) as connection:  # type: ignore[no-untyped-call]
+        channel = connection.default_channel
+        for _ in sent:
+            message = channel.basic_get(IDLE, no_ack=True)
+            order.append(message.headers["id"])
+
+    labels = {job_id: label for label, job_id in sent.items()}
+    first_two, last_two = {labels[i] for i in order[:2]}, [labels[i] for i in order[2:]]
+    assert first_two == {"none", "zero"}, order
+    assert last_two == ["five", "nine"]
+
+
+def test_a_message_rabbitmq_refuses_is_service_unavailable_and_leaves_no_job(
+    amqp_api: GraphQL,
+) -> None:
+    """Publisher confirms: without them the refused message vanished and the job stayed
+    PENDING for ever."""
+    before = amqp_api.newest_job_id()
+
+    error = amqp_api.error(
+        f'mutation {{ processData(input: {{data: 1}}, options: {{queue: "{FULL}"}}) {{ id }} }}'
+    )
+
+    assert error["extensions"]["code"] == "SERVICE_UNAVAILABLE"
+    assert amqp_api.newest_job_id() == before, "the unsent job's record was taken away"
+    # The broker is up: the next job goes through at once.
+    job = amqp_api.data("mutation { processData(input: {data: 2, delay: 0}) { id } }")
+    assert amqp_api.wait_done(job["processData"]["id"])["state"] == "SUCCESS"
+
+
+@pytest.fixture(scope="module")
+def quorum_api(valkey: EmbeddedValkey, data_dir: Path) -> Iterator[GraphQL]:
+    quorum_dir = data_dir / "rabbitmq-quorum"
+    with rabbitmq_vhost() as url:
+        env, settings = _stack(valkey, quorum_dir, url, JOBQL_RABBITMQ_QUEUE_TYPE="quorum")
+        with (
+            running_worker(env, quorum_dir, settings, queues=(QUEUE,)),
+            running_api(env, quorum_dir) as client,
+        ):
+            yield client
+
+
+def test_quorum_queues_run_jobs_countdowns_and_priorities(quorum_api: GraphQL) -> None:
+    """A quorum queue takes no x-max-priority (RabbitMQ refuses the declaration): JobQL
+    leaves it out, so prioritised jobs still run; a countdown goes through Celery's native
+    delayed delivery."""
+    now = quorum_api.data(
+        "mutation { processData(input: {data: 1, delay: 0}, options: {priority: 3}) { id } }"
+    )["processData"]
+    later = quorum_api.data(
+        "mutation { processData(input: {data: 2, delay: 0}, options: {countdown: 1}) "
+        "{ id createdAt } }"
+    )["processData"]
+
+    assert quorum_api.wait_done(now["id"])["state"] == "SUCCESS"
+    done = quorum_api.wait_done(later["id"])
+    assert done["state"] == "SUCCESS"
+    waited = datetime.fromisoformat(done["startedAt"]) - datetime.fromisoformat(later["createdAt"])
+    assert waited.total_seconds() >= 0.9
+
+
+def test_the_declared_queues_carry_the_consumer_timeout_and_priorities(
+    amqp_api: GraphQL, vhost: str
+) -> None:
+    listed = subprocess.run(
+        ["rabbitmqctl", "--quiet", "list_queues", "-p", vhost.rsplit("/", 1)[1],
+         "name", "arguments"],
+        check=True, capture_output=True, text=True, timeout=60,
+    ).stdout  # fmt: skip
+    line = next(row for row in listed.splitlines() if row.split("\t")[0] == QUEUE)
+    assert "x-consumer-timeout" in line and "3600000" in line, line
+    assert "x-max-priority" in line, line
+
+
+def test_jobql_check_sees_rabbitmq_and_says_what_the_server_ignores(
+    amqp_api: GraphQL, valkey: EmbeddedValkey, vhost: str, tmp_path: Path
+) -> None:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "JOBQL_ENV": "test",
+           "JOBQL_REDIS_URL": valkey.url, "JOBQL_BROKER_URL": vhost}  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "gql.cli", "check"], capture_output=True,
+                            text=True, cwd=tmp_path, env=env, timeout=60)  # fmt: skip
+    assert f"ok    broker at {vhost} answers" in result.stdout, result.stdout
+    with Connection(vhost) as connection:  # type: ignore[no-untyped-call]
+        connection.connect()
+        version = version_of(connection.connection.server_properties)
+    if version < PER_QUEUE_TIMEOUT_SINCE:
+        assert "warn  broker: RabbitMQ" in result.stdout and "consumer_timeout" in result.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+from celery.worker import state as worker_state
 
 from tasks import broker, compat
 from tasks.app import celery_config, create_celery_app
@@ -88,3 +89,20 @@ def test_a_transport_that_queues_priorities_elsewhere_turns_the_writer_off_once(
     assert len(warnings) == 1
     assert "Celery's producer" in warnings[0].getMessage()
     assert writes_messages(create_celery_app(settings, producer=True), settings) is True
+
+
+def test_the_transport_fix_turns_off_loudly_when_celery_no_longer_tracks_running_requests(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Holding a running job's message across a reconnect reads Celery's worker state: if that
+    changed shape, the whole fix says so at start-up rather than quietly let a job run twice."""
+    monkeypatch.setattr(worker_state, "active_requests", set())
+
+    with caplog.at_level(logging.WARNING, logger="tasks.compat"):
+        assert broker_transport(_settings()) is None
+
+    reason = str(compat.report()[REDIS_TRANSPORT.name]["reason"])
+    assert "celery.worker.state.active_requests" in reason
+    assert any(REDIS_TRANSPORT.name in r.getMessage() for r in caplog.records)
+    monkeypatch.undo()
+    assert broker_transport(_settings()) == broker.TRANSPORT
