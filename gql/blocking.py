@@ -19,7 +19,7 @@ from gql.errors import BadUserInput, NotFound
 from gql.operations import job_enqueued
 from gql.plans import EnqueueRequest, JobPlanner, Prepared
 from gql.producer import Delivery
-from tasks import records, scripts
+from tasks import events, records, redis_clients, scripts, slots
 from tasks.app import create_celery_app
 from tasks.fast_paths import writes_messages
 from tasks.records import JobSnapshot
@@ -34,11 +34,11 @@ class BlockingJobs:
         self.settings = settings
         self._app: Celery = create_celery_app(settings, producer=True)
         self.planner = JobPlanner(settings, registry, direct=writes_messages(self._app, settings))
-        self._redis = redis.Redis.from_url(
-            settings.redis,
-            decode_responses=True,
-            socket_connect_timeout=settings.connect_timeout,
-            socket_timeout=settings.socket_timeout,
+        slots.configure(settings.layout)
+        self._redis: redis.Redis = (
+            redis_clients.sync_cluster(settings.records, settings)  # type: ignore[assignment]
+            if settings.records_cluster
+            else redis_clients.sync_client(settings.records, settings)
         )
         self._create = self._redis.register_script(scripts.CREATE_SCRIPT)
 
@@ -105,11 +105,7 @@ class BlockingJobs:
         except Exception:
             self._discard(JobSnapshot.from_hash(fields))
             raise
-        payload = records.dumps(fields)
-        with self._redis.pipeline(transaction=False) as pipe:
-            pipe.publish(records.job_channel(fields["id"]), payload)
-            pipe.publish(records.owner_channel(fields["owner"]), payload)
-            pipe.execute()
+        events.announce(fields, on=self._redis)
 
     def _send(self, task: str, job_id: str, kwargs: dict[str, Any], to: Delivery) -> None:
         self._app.send_task(
@@ -124,12 +120,13 @@ class BlockingJobs:
         )
 
     def _discard(self, snapshot: JobSnapshot) -> None:
+        tag = slots.tag_of(snapshot.id)
         with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(records.job_key(snapshot.id))
-            for index in records.indexes_of(snapshot.owner, snapshot.task):
+            for index in records.indexes_of(snapshot.owner, snapshot.task, tag):
                 pipe.zrem(index, snapshot.id)
             pipe.zrem(
-                records.expiry_key(snapshot.owner),
+                records.expiry_key(snapshot.owner, tag),
                 records.expiry_member(snapshot.id, snapshot.task),
             )
             if snapshot.idempotency_key:

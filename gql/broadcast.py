@@ -26,10 +26,18 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator
 
-from gql.pubsub import RedisPubSubBackend
+from gql.pubsub import PubSubBackend, RedisPubSubBackend
 from tasks.records import JobSnapshot, JobState
 
-__all__ = ["RESYNC", "EventQueue", "EventTally", "JobBroadcast", "RedisPubSubBackend", "Resync"]
+__all__ = [
+    "RESYNC",
+    "EventQueue",
+    "EventTally",
+    "JobBroadcast",
+    "PubSubBackend",
+    "RedisPubSubBackend",
+    "Resync",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +128,7 @@ class _ChannelLock:
 class JobBroadcast:
     """The fan-out: counted, locked subscriptions and a bounded queue per subscriber."""
 
-    def __init__(self, backend: RedisPubSubBackend, *, queue_limit: int = 256) -> None:
+    def __init__(self, backend: PubSubBackend, *, queue_limit: int = 256) -> None:
         self.backend = backend
         self._queue_limit = queue_limit
         self._queues: dict[str, set[EventQueue]] = {}
@@ -154,18 +162,22 @@ class JobBroadcast:
                 queue.put(RESYNC)
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, channel: str) -> AsyncIterator[EventQueue]:
-        """Events of ``channel`` from the moment Redis confirmed the subscription."""
+    async def subscribe(self, *channels: str) -> AsyncIterator[EventQueue]:
+        """Events of ``channels`` (one queue) from the moment Redis confirmed each of them."""
         queue = EventQueue(self._queue_limit, self.tally)
-        async with self._locked(channel):
-            if channel not in self._queues:
-                await self.backend.subscribe(channel)
-                self._queues[channel] = set()
-            self._queues[channel].add(queue)
+        joined: list[str] = []
         try:
+            for channel in channels:
+                async with self._locked(channel):
+                    if channel not in self._queues:
+                        await self.backend.subscribe(channel)
+                        self._queues[channel] = set()
+                    self._queues[channel].add(queue)
+                joined.append(channel)
             yield queue
         finally:
-            await asyncio.shield(self._leave(channel, queue))
+            for channel in joined:
+                await asyncio.shield(self._leave(channel, queue))
 
     async def _leave(self, channel: str, queue: EventQueue) -> None:
         async with self._locked(channel):

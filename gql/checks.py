@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import redis
 from pydantic import ValidationError
 
-from tasks import rabbitmq, redis_clients
+from tasks import rabbitmq, records, redis_clients
 from tasks.durability import durability_warnings
 from tasks.heartbeat import worker_key
 from tasks.results import is_database
@@ -80,6 +80,10 @@ def run_checks(*, worker: str | None = None) -> int:
     check(f"Redis for job records at {_safe(settings.redis)} answers", ping(settings.redis),
           "Is it running and is JOBQL_REDIS_URL right?")  # fmt: skip
     _durability(settings.redis, settings)
+    if settings.records != settings.redis or settings.records_cluster:
+        check(f"job records at {_safe(settings.records)} answer", lambda: _records(settings).ping(),
+              "Is JOBQL_RECORDS_URL right (and JOBQL_RECORDS_CLUSTER for a cluster)?")  # fmt: skip
+    _old_layout(settings)
     check(f"broker at {_safe(settings.broker)} answers", lambda: _broker(settings),
           "Is it running and is JOBQL_BROKER_URL (or the Redis URL) right?")  # fmt: skip
     if rabbitmq.is_amqp(settings.broker):
@@ -125,6 +129,30 @@ def _durability(url: str, settings: Settings) -> None:
         pass  # the ping above reported it
     finally:
         redis_clients.close(client)
+
+
+def _records(settings: Settings) -> redis.Redis:
+    if settings.records_cluster:
+        return redis_clients.sync_cluster(settings.records, settings)  # type: ignore[return-value]
+    return redis_clients.sync_client(settings.records, settings)
+
+
+def _old_layout(settings: Settings) -> None:
+    """A warning: job records written before keys carried a hash tag are no longer read."""
+    client = _records(settings)
+    try:
+        old = sum(
+            1
+            for key in client.scan_iter(match=f"{records.JOB_KEY_PREFIX}*", count=1000)
+            if "{" not in (key.decode() if isinstance(key, bytes) else key)
+        )
+    except redis.RedisError:
+        return  # the pings report it
+    finally:
+        redis_clients.close(client)
+    if old:
+        _warn(f"{old} job records of the layout before hash tags are no longer read (README, "
+              "Deploying on a Redis Cluster: Upgrading); they expire on their own")  # fmt: skip
 
 
 def _database(url: str, timeout: float) -> Callable[[], object]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from gql.broadcast import RedisPubSubBackend
+from gql.broadcast import PubSubBackend
 from gql.cache import Cached
 from gql.producer import Producer
 from gql.types import ComponentHealth, Health
@@ -42,7 +42,7 @@ class HealthCheck:
     def __init__(
         self,
         records: aioredis.Redis,
-        broadcast: RedisPubSubBackend,
+        broadcast: PubSubBackend,
         producer: Producer,
         timeout: float,
         *,

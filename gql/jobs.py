@@ -13,7 +13,7 @@ from gql.operations import job_enqueued
 from gql.plans import EnqueueRequest, JobPlanner, Prepared
 from gql.producer import Producer
 from gql.store import JobStore
-from tasks import records
+from tasks import records, slots
 from tasks.records import CANCELLABLE_STATES, JobSnapshot, JobState
 from tasks.registry import TaskRegistry, TaskSpec
 from tasks.scripts import PageQuery
@@ -34,6 +34,16 @@ def _under(error: BadUserInput, path: str | None, index: int) -> list[dict[str, 
     if path == "inputs":
         return [{**f, "path": re.sub(r"^input\b", f"inputs.{index}", f["path"])} for f in fields]
     return [{**f, "path": f"{path}.{index}.{f['path']}"} for f in fields]
+
+
+def _batch_tag(items: Sequence[tuple[TaskSpec | str, Any, EnqueueRequest]], owner: str) -> str:
+    """One tag for a whole batch, so that it stays one atomic call on a Redis Cluster: the
+    first idempotency key's, or any. Only a batch whose keys fall on several tags is split
+    (see :meth:`gql.store.JobStore.create_many`)."""
+    for _, _, options in items:
+        if options.idempotency_key is not None:
+            return records.idempotency_tag(owner, options.idempotency_key)
+    return slots.tag_of(slots.new_id())
 
 
 def _refuse_repeated_keys(batch: list[Prepared], path: str) -> None:
@@ -91,7 +101,8 @@ class JobService:
             if options.webhook is not None:
                 where = "options.webhook" if path is None else f"{path}.{index}.options.webhook"
                 await webhooks.check(options.webhook, self.settings, where)
-        batch = [self.planner.prepare(item, owner) for item in items]
+        tag = _batch_tag(items, owner)
+        batch = [self.planner.prepare(item, owner, tag=tag) for item in items]
         errors: list[dict[str, str]] = []
         for index, item in enumerate(batch):
             if isinstance(item, BadUserInput):

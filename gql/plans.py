@@ -7,7 +7,6 @@ both enqueue through it, so a job is checked and shaped the same way wherever it
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +16,7 @@ from pydantic import ValidationError
 from gql.errors import BadUserInput
 from gql.producer import Delivery
 from gql.webhooks import Webhook
-from tasks import records
+from tasks import records, slots
 from tasks.messages import PRIORITY_STEPS, queue_key, task_message
 from tasks.registry import TaskRegistry, TaskSpec
 from tasks.settings import Settings
@@ -74,10 +73,13 @@ class JobPlanner:
         item: tuple[TaskSpec | str, Any, EnqueueRequest],
         owner: str,
         job_id: str | None = None,
+        *,
+        tag: str | None = None,
     ) -> Prepared | BadUserInput:
         """One item checked and turned into its record and message; errors are returned.
 
-        ``job_id``: an id chosen earlier (a job promised inside a transaction); else a new one.
+        ``job_id``: an id chosen earlier (a job promised inside a transaction); else a new one,
+        on ``tag`` (tasks.slots: a batch shares one), or on its idempotency key's tag.
         """
         task, data, options = item
         try:
@@ -92,8 +94,10 @@ class JobPlanner:
         except BadUserInput as exc:
             return exc
         created = records.now()
+        if options.idempotency_key is not None:
+            tag = records.idempotency_tag(owner, options.idempotency_key)
         fields = records.new_record(
-            job_id=job_id or str(uuid.uuid4()),
+            job_id=job_id or slots.new_id(tag),
             task=spec.name,
             owner=owner,
             queue=delivery.queue,

@@ -14,12 +14,16 @@ import contextlib
 import logging
 import os
 import uuid
+from collections import defaultdict
 from collections.abc import Callable
+from typing import Protocol
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
+from redis.exceptions import MovedError
 
 from tasks import redis_clients
 from tasks.settings import Settings, get_settings
@@ -35,11 +39,47 @@ def _nobody_to_resync() -> None:
     """What a reconnect does until a fan-out attaches to the connection."""
 
 
+def _nobody_to_rehome(channel: str | None) -> None:
+    """What a slot move does on a connection that is not one shard's of a cluster."""
+
+
+class SlotMoved(ConnectionError):
+    """A shard channel's slot is served elsewhere now: subscribe it on its new node."""
+
+
+class Flag(Protocol):
+    def is_set(self) -> bool: ...
+
+
+class PubSubBackend(Protocol):
+    """What the fan-out needs of a pub/sub connection: one Redis's, or one per shard."""
+
+    on_message: Callable[[str, str], None]
+    on_resync: Callable[[], None]
+
+    @property
+    def connected(self) -> Flag: ...
+
+    @property
+    def reconnects(self) -> int: ...
+
+    async def connect(self) -> None: ...
+    async def disconnect(self) -> None: ...
+    async def subscribe(self, channel: str) -> None: ...
+    async def unsubscribe(self, channel: str) -> None: ...
+    async def ping(self) -> None: ...
+
+
 class RedisPubSubBackend:
     """One self-healing Redis pub/sub connection for the whole process.
 
     Its reader calls :attr:`on_message` with each event as it is read and :attr:`on_resync`
     once a lost connection is back; the fan-out that owns the connection sets both.
+
+    ``sharded`` makes it one shard's connection of a cluster (gql.shards): SSUBSCRIBE, one
+    command per slot, and :attr:`on_moved` when the server says a channel's slot left
+    (a ``sunsubscribe`` it did not ask for, or ``-MOVED``). ``own_channel`` must then be a
+    channel of a slot this node serves.
     """
 
     def __init__(
@@ -50,6 +90,8 @@ class RedisPubSubBackend:
         connect_timeout: float | None = None,
         idle_ping: float = 5.0,
         max_backoff: float = 2.0,
+        sharded: bool = False,
+        own_channel: str | None = None,
     ) -> None:
         settings = settings or get_settings()
         if connect_timeout is not None:
@@ -66,13 +108,15 @@ class RedisPubSubBackend:
         self._max_backoff = max_backoff
         # Every connection subscribes this private channel last: its confirmation means all
         # channels before it are confirmed too, and it keeps redis-py listening when idle.
-        self._own_channel = f"jobql:alive:{os.getpid()}:{uuid.uuid4().hex}"
+        self._own_channel = own_channel or f"jobql:alive:{os.getpid()}:{uuid.uuid4().hex}"
+        self._sharded = sharded
         self._channels: set[str] = set()
         self._confirmations: dict[str, asyncio.Future[None]] = {}
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
         self.on_message: Callable[[str, str], None] = _nobody_listens
         self.on_resync: Callable[[], None] = _nobody_to_resync
+        self.on_moved: Callable[[str | None], None] = _nobody_to_rehome
         self.connected = asyncio.Event()
         self.reconnects = 0
 
@@ -100,7 +144,7 @@ class RedisPubSubBackend:
             channel, asyncio.get_running_loop().create_future()
         )
         try:
-            await pubsub.subscribe(channel)
+            await self._subscribe(pubsub, channel)
             # A lost connection fails this at once; the timeout only guards a hung Redis,
             # and must allow for a burst of thousands of subscriptions on a busy loop.
             await asyncio.wait_for(asyncio.shield(confirmed), self._confirm_timeout)
@@ -116,7 +160,27 @@ class RedisPubSubBackend:
         pubsub = self._pubsub
         if pubsub is not None:
             with contextlib.suppress(aioredis.RedisError, OSError):
-                await pubsub.unsubscribe(channel)
+                if self._sharded:
+                    await pubsub.sunsubscribe(channel)
+                else:
+                    await pubsub.unsubscribe(channel)
+
+    def holds(self, channel: str) -> bool:
+        """Whether the channel is still wanted here (the server drops a moved slot's)."""
+        return channel in self._channels
+
+    async def _subscribe(self, pubsub: PubSub, *channels: str) -> None:
+        if not self._sharded:
+            await pubsub.subscribe(*channels)
+            return
+        # One SSUBSCRIBE may only name channels of one slot; the last channel goes last.
+        *rest, last = channels
+        by_slot: defaultdict[int, list[str]] = defaultdict(list)
+        for channel in rest:
+            by_slot[key_slot(channel.encode())].append(channel)
+        for group in by_slot.values():
+            await pubsub.ssubscribe(*group)
+        await pubsub.ssubscribe(last)
 
     async def ping(self) -> None:
         await self._client.ping()
@@ -127,7 +191,8 @@ class RedisPubSubBackend:
         while True:
             pubsub = self._client.pubsub()
             try:
-                await pubsub.subscribe(*self._channels, self._own_channel)
+                # Our own channel last: its confirmation confirms every one before it.
+                await self._subscribe(pubsub, *self._channels, self._own_channel)
                 self._pubsub = pubsub
                 await self._read(pubsub, resync=not first)
             except Exception as exc:
@@ -138,9 +203,9 @@ class RedisPubSubBackend:
                     logger.warning("broadcast connection lost (%s); reconnecting", exc)
                 self.connected.clear()
                 self._pubsub = None
-                for future in self._confirmations.values():
-                    if not future.done():
-                        future.set_exception(ConnectionError("broadcast connection lost"))
+                self._fail_confirmations(ConnectionError("broadcast connection lost"))
+                if self._sharded:
+                    self.on_moved(None)  # a failover may have moved this node's slots
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 await asyncio.sleep(backoff)
@@ -153,7 +218,14 @@ class RedisPubSubBackend:
     async def _read(self, pubsub: PubSub, *, resync: bool) -> None:
         awaiting_pong = False
         while True:
-            message = await pubsub.get_message(timeout=self._idle_ping)
+            try:
+                message = await pubsub.get_message(timeout=self._idle_ping)
+            except MovedError:
+                # An SSUBSCRIBE of a slot this node no longer serves: the replies come in
+                # order, but redis-py does not say whose this is; the waiting ones retry.
+                self._fail_confirmations(SlotMoved("a channel's slot moved"))
+                self.on_moved(None)
+                continue
             if message is None:
                 if awaiting_pong:
                     raise aioredis.ConnectionError("no answer to PING on the pub/sub connection")
@@ -162,13 +234,19 @@ class RedisPubSubBackend:
                 continue
             awaiting_pong = False
             kind, channel = message["type"], message["channel"]
-            if kind == "message":
+            if kind in ("message", "smessage"):
                 try:
                     self.on_message(channel, message["data"])
                 except Exception:
                     # One bad event must not stop the reader every subscriber depends on.
                     logger.exception("could not deliver an event on %s", channel)
-            elif kind == "subscribe":
+            elif kind == "sunsubscribe" and (
+                channel in self._channels or channel == self._own_channel
+            ):
+                # Not asked for: the server dropped it, its slot now lives on another node.
+                self._channels.discard(channel)
+                self.on_moved(channel)
+            elif kind in ("subscribe", "ssubscribe"):
                 future = self._confirmations.get(channel)
                 if future is not None and not future.done():
                     future.set_result(None)
@@ -178,3 +256,8 @@ class RedisPubSubBackend:
                         self.reconnects += 1
                         logger.info("broadcast connection restored; subscribers resync")
                         self.on_resync()
+
+    def _fail_confirmations(self, error: Exception) -> None:
+        for future in self._confirmations.values():
+            if not future.done():
+                future.set_exception(error)

@@ -6,8 +6,10 @@ The scripts' KEYS and ARGV come from the builders in :mod:`tasks.scripts`, share
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import replace
+from datetime import datetime
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -15,7 +17,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from strawberry.dataloader import DataLoader
 
-from tasks import records, redis_clients, scripts
+from tasks import records, redis_clients, scripts, slots
 from tasks.records import JobSnapshot, JobState
 from tasks.scripts import Hooks, PageQuery
 from tasks.settings import Settings
@@ -44,9 +46,24 @@ def connect(url: str, settings: Settings) -> aioredis.Redis:
     )
 
 
+def connect_records(settings: Settings) -> aioredis.Redis:
+    """The client of the job records: a cluster's, or :func:`connect`'s."""
+    if settings.records_cluster:
+        cluster = redis_clients.async_cluster(
+            settings.records,
+            settings,
+            max_connections=settings.redis_max_connections,
+            retry=Retry(NoBackoff(), retries=1),
+        )
+        return cluster  # type: ignore[return-value]
+    return connect(settings.records, settings)
+
+
 class JobStore:
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self.client = client
+        # A cluster runs a script on one slot's node: a batch over several tags is split.
+        self._cluster = isinstance(client, aioredis.RedisCluster)
         self._ttl = settings.job_retention_seconds
         self._create = client.register_script(scripts.CREATE_SCRIPT)
         self._create_many = client.register_script(scripts.CREATE_MANY_SCRIPT)
@@ -71,29 +88,58 @@ class JobStore:
             scripts.create_call(fields, ttl=self._ttl, idempotency=key, message=message)
             for fields, key, message in batch
         ]
-        if len(calls) == 1:
-            replies = [await self._create(keys=calls[0].keys, args=calls[0].args)]
-        else:
-            call = scripts.batch_call(calls)
-            replies = await self._create_many(keys=call.keys, args=call.args)
+        groups: dict[str, list[int]] = {}
+        for index, (fields, _, _) in enumerate(batch):
+            tag = slots.tag_of(fields["id"]) if self._cluster else ""
+            groups.setdefault(tag, []).append(index)
+        replies: list[object] = [None] * len(calls)
+        written: list[int] = []
+        try:
+            for indexes in groups.values():
+                for index, reply in zip(
+                    indexes, await self._create_group([calls[i] for i in indexes]), strict=True
+                ):
+                    replies[index] = reply
+                written += indexes
+        except BaseException:
+            # Only a cluster batch whose idempotency keys fall on several tags gets here
+            # with groups already written (never with a message pushed: a cluster is never
+            # the broker): take them back, the batch is all or none.
+            for index in written:
+                if not replies[index]:
+                    await self.discard(JobSnapshot.from_hash(batch[index][0]))
+            raise
         return [str(reply) if reply else None for reply in replies]
+
+    async def _create_group(self, calls: list[scripts.ScriptCall]) -> list[object]:
+        if len(calls) == 1:
+            return [await self._create(keys=calls[0].keys, args=calls[0].args)]
+        call = scripts.batch_call(calls)
+        return list(await self._create_many(keys=call.keys, args=call.args))
 
     async def announce(self, fields: dict[str, str]) -> None:
         """Publish a new job's PENDING snapshot, once its message is on its way."""
         payload = records.dumps(fields)
+        job_id, owner = fields["id"], fields["owner"]
+        channels = (records.job_channel(job_id), records.owner_channel(owner, slots.tag_of(job_id)))
+        if self._cluster:
+            for channel in channels:
+                await self.client.spublish(channel, payload)
+            return
         async with self.client.pipeline(transaction=False) as pipe:
-            pipe.publish(records.job_channel(fields["id"]), payload)
-            pipe.publish(records.owner_channel(fields["owner"]), payload)
+            for channel in channels:
+                pipe.publish(channel, payload)
             await pipe.execute()
 
     async def discard(self, snapshot: JobSnapshot) -> None:
         """Undo :meth:`create` when the message could not be published: no half-written job."""
+        tag = slots.tag_of(snapshot.id)
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.delete(records.job_key(snapshot.id))
-            for index in records.indexes_of(snapshot.owner, snapshot.task):
+            for index in records.indexes_of(snapshot.owner, snapshot.task, tag):
                 pipe.zrem(index, snapshot.id)
             member = records.expiry_member(snapshot.id, snapshot.task)
-            pipe.zrem(records.expiry_key(snapshot.owner), member)
+            pipe.zrem(records.expiry_key(snapshot.owner, tag), member)
             if snapshot.idempotency_key:
                 pipe.delete(records.idempotency_key(snapshot.owner, snapshot.idempotency_key))
             await pipe.execute()
@@ -151,20 +197,28 @@ class JobStore:
         raise RuntimeError(f"job {snapshot.id} changed owner or task while it was updated")
 
     async def page(self, query: PageQuery) -> list[JobSnapshot]:
-        """Up to ``query.limit`` matching jobs, newest first, in one round trip."""
-        call = scripts.page_call(query)
-        rows = await self._page(keys=call.keys, args=call.args)
-        return [JobSnapshot.from_event(row) for row in rows]
+        """Up to ``query.limit`` matching jobs, newest first: one call per tag (one round
+        trip on one Redis), each page exact, merged here."""
+        calls = [scripts.page_call(query, tag) for tag in slots.tags()]
+        return _merged(await self._pages(calls), query.limit)
 
     async def page_every_owner(self, query: PageQuery) -> list[JobSnapshot]:
-        """The same page over every owner's indexes (an admin's view), merged in one call."""
-        owners = sorted(str(owner) for owner in await self.client.smembers(records.OWNERS_KEY))
-        if not owners:
-            return []
-        calls = [scripts.page_call(replace(query, owner=owner)) for owner in owners]
-        keys = [key for call in calls for key in call.keys]
-        rows = await self._page(keys=keys, args=calls[0].args)
-        return [JobSnapshot.from_event(row) for row in rows]
+        """The same page over every owner's indexes (an admin's view): per tag, one call
+        over that tag's owners."""
+        calls = []
+        for tag in slots.tags():
+            members = await self.client.smembers(records.owners_key(tag))
+            owners = sorted(str(owner) for owner in members)
+            if owners:
+                parts = [scripts.page_call(replace(query, owner=owner), tag) for owner in owners]
+                keys = [key for part in parts for key in part.keys]
+                calls.append(scripts.ScriptCall(keys=keys, args=parts[0].args))
+        return _merged(await self._pages(calls), query.limit)
+
+    async def _pages(self, calls: list[scripts.ScriptCall]) -> list[list[str]]:
+        if len(calls) == 1:
+            return [await self._page(keys=calls[0].keys, args=calls[0].args)]
+        return list(await asyncio.gather(*(self._page(keys=c.keys, args=c.args) for c in calls)))
 
     async def sweep(self, batch: int = 500) -> int:
         """Take every record that expired out of every index; returns how many were taken.
@@ -174,26 +228,52 @@ class JobStore:
         """
         due_by = records.to_score(records.now())
         taken = 0
-        async for owner in self.client.sscan_iter(records.OWNERS_KEY):
-            start = 0
-            while True:
-                due = await self.client.zrangebyscore(
-                    records.expiry_key(owner), "-inf", due_by, start=start, num=batch
-                )
-                if not due:
-                    break
+        for tag in slots.tags():
+            owners = [str(o) async for o in self.client.sscan_iter(records.owners_key(tag))]
+            for owner in owners:
+                taken += await self._sweep_owner(owner, tag, due_by, batch)
+        return taken
+
+    async def _sweep_owner(self, owner: str, tag: str, due_by: int, batch: int) -> int:
+        taken = 0
+        start = 0
+        while True:
+            due = await self.client.zrangebyscore(
+                records.expiry_key(owner, tag), "-inf", due_by, start=start, num=batch
+            )
+            if not due:
+                break
+            calls = [scripts.sweep_call(owner, tag, str(member)) for member in due]
+            if self._cluster:
+                # redis-py's cluster pipeline cannot carry a registered script's call.
+                outcomes = [await self._sweep(keys=c.keys, args=c.args) for c in calls]
+            else:
                 async with self.client.pipeline(transaction=False) as pipe:
-                    for member in due:
-                        call = scripts.sweep_call(owner, str(member))
+                    for call in calls:
                         await self._sweep(keys=call.keys, args=call.args, client=pipe)
                     outcomes = await pipe.execute()
-                swept = sum(int(outcome) for outcome in outcomes)
-                taken += swept
-                # Entries whose record still lives (a clock ahead of Redis's) stay in front.
-                start += len(due) - swept
-                if len(due) < batch:
-                    break
+            swept = sum(int(outcome) for outcome in outcomes)
+            taken += swept
+            # Entries whose record still lives (a clock ahead of Redis's) stay in front.
+            start += len(due) - swept
+            if len(due) < batch:
+                break
         return taken
+
+
+def _merged(pages: list[list[str]], limit: int) -> list[JobSnapshot]:
+    """The newest ``limit`` of several exact pages, by (creation score, id) like the indexes;
+    only the rows kept are decoded whole."""
+    if len(pages) == 1:
+        return [JobSnapshot.from_event(row) for row in pages[0]]
+    keyed = []
+    for page in pages:
+        for row in page:
+            fields = json.loads(row)
+            moment = datetime.fromisoformat(fields["created_at"])
+            keyed.append((records.to_score(moment), fields["id"], row))
+    keyed.sort(reverse=True)
+    return [JobSnapshot.from_event(row) for _, _, row in keyed[:limit]]
 
 
 async def sweep_forever(store: JobStore, interval: float) -> None:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Iterable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import strawberry
+from redis.exceptions import RedisError
 
 from gql.auth import Principal
 from gql.broadcast import RESYNC, EventQueue, Resync
@@ -18,7 +20,7 @@ from gql.context import Context, Info
 from gql.errors import NotFound
 from gql.jobs import JobService
 from gql.types import Job, JobFilter, JobId
-from tasks import records
+from tasks import records, slots
 from tasks.records import JobSnapshot, job_channel, owner_channel
 from tasks.scripts import PageQuery
 
@@ -27,6 +29,21 @@ from tasks.scripts import PageQuery
 _REMEMBERED = 10_000
 # After a gap, a `jobs` stream re-reads this many of the newest jobs created meanwhile.
 _RESYNC_PAGE = 200
+# A resync follows a reconnect, but the records may still refuse for a moment (a cluster
+# node back before its slots are, CLUSTERDOWN; a Redis loading its data, LOADING): the
+# re-read waits this long in all (doubling pauses) before the subscriber hears of it.
+_REREAD_PAUSES = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
+
+T = TypeVar("T")
+
+
+async def _patiently(read: Callable[[], Awaitable[T]]) -> T:
+    for pause in _REREAD_PAUSES:
+        try:
+            return await read()
+        except RedisError:
+            await asyncio.sleep(pause)
+    return await read()
 
 
 def _matches(snapshot: JobSnapshot, job_filter: JobFilter | None) -> bool:
@@ -99,7 +116,9 @@ class Subscription:
     ) -> AsyncGenerator[Job, None]:
         context = info.context
         with context.limits.subscription(context):
-            events_of = context.broadcast.subscribe(owner_channel(context.owner))
+            owner = context.owner
+            channels = [owner_channel(owner, tag) for tag in slots.tags()]
+            events_of = context.broadcast.subscribe(*channels)
             async with events_of as events, _expiring(context.principal, events):
                 async for job in _firehose(context, events, filter):
                     yield job
@@ -125,7 +144,7 @@ async def _changes(
         item = await events.get()
         principal.check()
         if isinstance(item, Resync):
-            reread = await jobs.get(id, owner)
+            reread = await _patiently(lambda: jobs.get(id, owner))
             if reread is None:
                 raise NotFound(f"job {id!r} expired")
             item = reread
@@ -146,10 +165,9 @@ async def _firehose(
         principal.check()
         changed: Iterable[JobSnapshot]
         if isinstance(item, Resync):
-            newest = await service.page(
-                PageQuery(owner=owner, limit=_RESYNC_PAGE, created_after=since)
-            )
-            known = await service.get_many(list(sent), owner)
+            query = PageQuery(owner=owner, limit=_RESYNC_PAGE, created_after=since)
+            newest = await _patiently(functools.partial(service.page, query))
+            known = await _patiently(lambda: service.get_many(list(sent), owner))
             changed = sorted([*newest, *known], key=lambda s: s.created_at)
         else:
             changed = (item,)

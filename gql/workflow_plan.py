@@ -8,7 +8,6 @@ model (or, after a group, a list) against the JSON Schema of the field that take
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +16,7 @@ from pydantic import ValidationError
 
 from gql.errors import BadUserInput
 from gql.producer import Delivery
+from tasks import slots
 from tasks.canvas import Chain, Chord, Group, Node, Step
 from tasks.registry import TaskSpec
 
@@ -151,7 +151,7 @@ class Planner:
             self._errors += [f for f in exc.extensions["fields"] if f not in self._errors]
             return None, _ANY
         step = Step(
-            job_id=str(uuid.uuid4()),
+            job_id=slots.new_id(slots.tag_of(self._workflow_id)),
             task=spec.name,
             kwargs=kwargs,
             queue=delivery.queue,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Any
 
 from gql import webhooks
@@ -11,7 +10,7 @@ from gql.errors import BadUserInput, NotFound
 from gql.jobs import EnqueueRequest, JobService
 from gql.workflow_plan import Planner
 from gql.workflow_store import WorkflowStore
-from tasks import records
+from tasks import records, slots
 from tasks.canvas import signature, steps_of
 from tasks.records import CANCELLABLE_STATES, JobSnapshot, JobState
 from tasks.workflow_records import WorkflowSnapshot, new_workflow_record
@@ -36,7 +35,7 @@ class WorkflowService:
         settings = self.jobs.settings
         if options.webhook is not None:
             await webhooks.check(options.webhook, settings, "options.webhook")
-        workflow_id = str(uuid.uuid4())
+        workflow_id = slots.new_id()
         shared = EnqueueRequest(queue=options.queue, priority=options.priority)
         planned = Planner(
             workflow_id=workflow_id,

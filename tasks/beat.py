@@ -18,7 +18,6 @@ RedBeat runs them.
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,7 +29,7 @@ from celery.schedules import crontab
 from redbeat import RedBeatScheduler, RedBeatSchedulerEntry
 from redbeat.schedulers import get_redis
 
-from tasks import events, records
+from tasks import events, records, redis_clients, slots
 from tasks.fast_paths import writes_messages
 from tasks.messages import queue_key, task_message
 from tasks.schedules import (
@@ -92,7 +91,8 @@ class RunStarter:
         # The broker is the records' Redis: a run's record and message go in one call.
         self._direct = writes_messages(app, settings)
         self._sender: Celery | None = None
-        self._last_run = events.client().register_script(LAST_RUN_SCRIPT)
+        # The schedule's entry is RedBeat's, on JOBQL_REDIS_URL (never a cluster).
+        self._last_run = redis_clients.worker_client().register_script(LAST_RUN_SCRIPT)
 
     def start(
         self,
@@ -107,10 +107,11 @@ class RunStarter:
         created = records.now()
         queue, priority = str(ours["queue"]), ours.get("priority")
         key = tick_key(schedule_id, after)
+        owner = str(ours["owner"])
         fields = records.new_record(
-            job_id=str(uuid.uuid4()),
+            job_id=slots.new_id(records.idempotency_tag(owner, key)),
             task=task,
-            owner=str(ours["owner"]),
+            owner=owner,
             queue=queue,
             input_json=ours["input"],
             created_at=created,

@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from tasks import records, redis_clients, scripts
+from tasks import records, redis_clients, scripts, slots
 from tasks.records import CANCELLABLE_STATES, RUNNING_STATES, JobState
 from tasks.settings import get_settings
 from tasks.workflow_records import WorkflowSnapshot, workflow_key
@@ -30,11 +30,12 @@ _registered: tuple[redis.Redis, Any, Any] | None = None
 
 
 def _scripts() -> tuple[redis.Redis, Any, Any]:
-    """The process's client (see :func:`tasks.redis_clients.worker_client`) and its scripts."""
+    """The process's client (see :func:`tasks.redis_clients.records_client`) and its scripts."""
     global _registered
-    current = redis_clients.worker_client()
+    current = redis_clients.records_client()
     with _scripts_lock:
         if _registered is None or _registered[0] is not current:
+            slots.configure(get_settings().layout)
             _registered = (
                 current,
                 current.register_script(scripts.CREATE_SCRIPT),
@@ -45,7 +46,7 @@ def _scripts() -> tuple[redis.Redis, Any, Any]:
 
 def client() -> redis.Redis:
     """This process's Redis client for job records (decoded responses)."""
-    return redis_clients.worker_client()
+    return _scripts()[0]
 
 
 # Whose each job is, as learnt from the update script: a worker only knows a job's id and
@@ -185,23 +186,31 @@ def create(
     return str(reply) if reply else None
 
 
-def announce(fields: dict[str, str]) -> None:
-    """Publish a new job's PENDING snapshot once another broker took its message."""
+def announce(fields: dict[str, str], on: redis.Redis | None = None) -> None:
+    """Publish a new job's PENDING snapshot once another broker took its message (on this
+    process's records client, or ``on`` another's)."""
+    target = on or client()
     payload = records.dumps(fields)
-    with client().pipeline(transaction=False) as pipe:
-        pipe.publish(records.job_channel(fields["id"]), payload)
-        pipe.publish(records.owner_channel(fields["owner"]), payload)
+    channels = records.channels_of(fields["id"], fields["owner"])
+    if slots.current().sharded_pubsub:
+        for channel in channels:
+            target.spublish(channel, payload)
+        return
+    with target.pipeline(transaction=False) as pipe:
+        for channel in channels:
+            pipe.publish(channel, payload)
         pipe.execute()
 
 
 def discard(fields: dict[str, str]) -> None:
     """Take back a record whose message could not be sent: no job is left half-written."""
     job_id, owner, task = fields["id"], fields["owner"], fields["task"]
+    tag = slots.tag_of(job_id)
     with client().pipeline(transaction=True) as pipe:
         pipe.delete(records.job_key(job_id))
-        for index in records.indexes_of(owner, task):
+        for index in records.indexes_of(owner, task, tag):
             pipe.zrem(index, job_id)
-        pipe.zrem(records.expiry_key(owner), records.expiry_member(job_id, task))
+        pipe.zrem(records.expiry_key(owner, tag), records.expiry_member(job_id, task))
         if fields.get("idempotency_key"):
             pipe.delete(records.idempotency_key(owner, fields["idempotency_key"]))
         pipe.execute()

@@ -98,7 +98,7 @@ def broker_transport(settings: Settings) -> str | None:
 def writes_messages(app: Celery, settings: Settings) -> bool:
     """Whether the API writes Celery's messages itself: the broker is the records' Redis."""
     # Any shape of Redis (plain, TLS, Sentinel): the message lands where the worker reads.
-    if settings.broker != settings.redis or not redis_clients.is_redis(settings.broker):
+    if settings.broker != settings.records or not redis_clients.is_redis(settings.broker):
         return False
     check = functools.partial(check_message_writer, app)
     return compat.enable(MESSAGE_WRITER, check, allowed=settings.fast_paths)

@@ -26,9 +26,9 @@ from urllib.parse import urlparse
 import redis
 from celery import bootsteps
 
-from tasks import events, redis_clients
+from tasks import events, redis_clients, slots
 from tasks.heartbeat import broker_scope, worker_prefix
-from tasks.records import JOB_KEY_PREFIX, PREFIX, RUNNING_STATES, JobState
+from tasks.records import PREFIX, RUNNING_STATES, JobState, job_prefix
 from tasks.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 # ARGV: job key prefix, worker heartbeat key prefix, grace (s), missing hash TTL (s)
 # Returns {delivery tag, job id, worker, lost} for each message whose job runs on a worker
 # missing for longer than the grace. The job records and heartbeats are read by names built
-# here from the messages (like the page script's): on a Redis Cluster they would need a tag.
+# here from the messages (like the page script's); it runs only where one Redis holds the
+# broker, the heartbeats and the records under one tag (never on a cluster: no broker there).
 SCAN_SCRIPT = """
 local now = tonumber(redis.call('TIME')[1])
 local grace = tonumber(ARGV[3])
@@ -107,9 +108,13 @@ class Reaper(bootsteps.StartStopStep):  # type: ignore[misc]
         settings = get_settings()
         if urlparse(settings.broker).scheme not in ("redis", "rediss", "sentinel"):
             return  # RabbitMQ redelivers a lost consumer's messages by itself
-        if settings.broker != settings.redis:
+        if settings.broker != settings.redis or settings.records != settings.redis:
             logger.info("lost workers' jobs wait for the visibility timeout: the broker is "
                         "not the Redis that holds job records and heartbeats")  # fmt: skip
+            return
+        if settings.shards != 1:
+            logger.info("lost workers' jobs wait for the visibility timeout: job records "
+                        "are spread over several hash tags")  # fmt: skip
             return
         self._connection = worker.app.connection_for_write()
         self._client = redis_clients.worker_client()
@@ -158,7 +163,7 @@ class Reaper(bootsteps.StartStopStep):  # type: ignore[misc]
             2,
             channel.unacked_key,
             missing_key(settings),
-            JOB_KEY_PREFIX,
+            job_prefix(slots.tags_for(1)[0]),
             worker_prefix(settings),
             settings.requeue_lost_after,
             24 * 3600,

@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from tasks import slots
+
 PREFIX = "jobql"
 
 
@@ -40,20 +42,34 @@ JOB_KEY_PREFIX = f"{PREFIX}:job:"
 JOB_CHANNEL_PREFIX = f"{PREFIX}:events:job:"
 OWNER_CHANNEL_PREFIX = f"{PREFIX}:events:owner:"
 
+# Every key and channel below carries a hash tag (see tasks.slots): one job's record, its
+# owner's indexes of that tag and its events share one cluster slot.
+
+
+def job_prefix(tag: str) -> str:
+    """What a job key is made of before its id: the page script builds keys from it."""
+    return f"{JOB_KEY_PREFIX}{{{tag}}}:"
+
 
 def job_key(job_id: str) -> str:
-    return JOB_KEY_PREFIX + job_id
+    return job_prefix(slots.tag_of(job_id)) + job_id
 
 
 # The listing indexes: sorted sets of job ids scored by creation time in microseconds, one
-# per owner for all jobs, per state, per task and per (state, task), each changed in the
-# same script as the record. The owner is a hash tag, so one owner's indexes share a slot.
-OWNERS_KEY = f"{PREFIX}:owners"
+# per owner and tag for all jobs, per state, per task and per (state, task), each changed
+# in the same script as the record.
 
 
-def index_key(owner: str, *, state: JobState | None = None, task: str | None = None) -> str:
-    """The index of an owner's jobs, narrowed to one state and/or one task."""
-    key = f"{PREFIX}:index:{{{owner}}}"
+def owners_key(tag: str) -> str:
+    """The owners that have jobs on ``tag``: where an admin's listing and the sweep look."""
+    return f"{PREFIX}:owners:{{{tag}}}"
+
+
+def index_key(
+    owner: str, tag: str, *, state: JobState | None = None, task: str | None = None
+) -> str:
+    """The index of an owner's jobs on ``tag``, narrowed to one state and/or one task."""
+    key = f"{PREFIX}:index:{{{tag}}}:{owner}"
     if state is not None:
         key += f":state:{state.value}"
     if task is not None:
@@ -61,19 +77,19 @@ def index_key(owner: str, *, state: JobState | None = None, task: str | None = N
     return key
 
 
-def indexes_of(owner: str, task: str) -> list[str]:
+def indexes_of(owner: str, task: str, tag: str) -> list[str]:
     """Every index a job of ``task`` may be in: all, task, then per state, per (state, task)."""
     return [
-        index_key(owner),
-        index_key(owner, task=task),
-        *(index_key(owner, state=state) for state in JobState),
-        *(index_key(owner, state=state, task=task) for state in JobState),
+        index_key(owner, tag),
+        index_key(owner, tag, task=task),
+        *(index_key(owner, tag, state=state) for state in JobState),
+        *(index_key(owner, tag, state=state, task=task) for state in JobState),
     ]
 
 
-def expiry_key(owner: str) -> str:
-    """When each of the owner's records expires: member ``expiry_member``, score in µs."""
-    return f"{PREFIX}:expiry:{{{owner}}}"
+def expiry_key(owner: str, tag: str) -> str:
+    """When each of the owner's records on ``tag`` expires: member ``expiry_member``, score µs."""
+    return f"{PREFIX}:expiry:{{{tag}}}:{owner}"
 
 
 def expiry_member(job_id: str, task: str) -> str:
@@ -81,16 +97,27 @@ def expiry_member(job_id: str, task: str) -> str:
     return dumps([job_id, task])
 
 
+def idempotency_tag(owner: str, key: str) -> str:
+    """The tag of an idempotency key: the job it names is given an id on the same tag."""
+    return slots.tag_of(f"{owner}\x00{key}")
+
+
 def idempotency_key(owner: str, key: str) -> str:
-    return f"{PREFIX}:idem:{owner}:{key}"
+    return f"{PREFIX}:idem:{{{idempotency_tag(owner, key)}}}:{owner}:{key}"
 
 
 def job_channel(job_id: str) -> str:
-    return JOB_CHANNEL_PREFIX + job_id
+    return f"{JOB_CHANNEL_PREFIX}{{{slots.tag_of(job_id)}}}:{job_id}"
 
 
-def owner_channel(owner: str) -> str:
-    return OWNER_CHANNEL_PREFIX + owner
+def channels_of(job_id: str, owner: str) -> tuple[str, str]:
+    """Where a job's events go out: its own channel, and its owner's on its tag."""
+    return job_channel(job_id), owner_channel(owner, slots.tag_of(job_id))
+
+
+def owner_channel(owner: str, tag: str) -> str:
+    """An owner's events of the jobs on ``tag``: a watcher of every job listens on each tag."""
+    return f"{OWNER_CHANNEL_PREFIX}{{{tag}}}:{owner}"
 
 
 def now() -> datetime:

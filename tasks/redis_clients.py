@@ -1,4 +1,5 @@
-"""Every Redis client JobQL opens is made here, from the settings: plain, TLS or Sentinel.
+"""Every Redis client JobQL opens is made here, from the settings: plain, TLS, Sentinel, or a
+Cluster (job records and their events only: ``JOBQL_RECORDS_CLUSTER``).
 
 A call site chooses only what is its own (decoded replies, its retry policy, its pool); the
 address, the password, TLS and Sentinel are read from the URL and the settings the same way
@@ -210,6 +211,26 @@ def async_client(
     return cast(aioredis.Redis, client)
 
 
+def sync_cluster(url: str, settings: Settings, *, retry: Retry | None = None) -> redis.RedisCluster:
+    """A blocking client of a Redis Cluster (``JOBQL_RECORDS_CLUSTER``): ``url`` names any
+    node, the others are discovered; redis-py follows ``-MOVED``/``-ASK`` by itself."""
+    return redis.RedisCluster.from_url(url, **_common(url, settings, True, True, retry))
+
+
+def async_cluster(
+    url: str,
+    settings: Settings,
+    *,
+    retry: AsyncRetry | None = None,
+    max_connections: int | None = None,
+) -> aioredis.RedisCluster:
+    """An asyncio client of a Redis Cluster; ``max_connections`` is per node."""
+    kwargs = _common(url, settings, True, True, retry)
+    if max_connections is not None:
+        kwargs["max_connections"] = max_connections
+    return aioredis.RedisCluster.from_url(url, **kwargs)
+
+
 def close(client: redis.Redis) -> None:
     """Close a sync client and, for Sentinel, its connections to the sentinels."""
     manager = getattr(client.connection_pool, "sentinel_manager", None)
@@ -246,3 +267,25 @@ def worker_client() -> redis.Redis:
             )
             _worker_client = (os.getpid(), client)
         return _worker_client[1]
+
+
+_records_client: tuple[int, redis.Redis] | None = None
+
+
+def records_client() -> redis.Redis:
+    """This process's client for job records: :func:`worker_client`'s Redis, unless
+    ``JOBQL_RECORDS_URL`` names another (or a cluster: then a cluster client)."""
+    global _records_client
+    settings = get_settings()
+    if settings.records == settings.redis and not settings.records_cluster:
+        return worker_client()
+    with _worker_lock:
+        if _records_client is None or _records_client[0] != os.getpid():
+            retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=5)
+            client: redis.Redis = (
+                sync_cluster(settings.records, settings, retry=retry)  # type: ignore[assignment]
+                if settings.records_cluster
+                else sync_client(settings.records, settings, retry=retry)
+            )
+            _records_client = (os.getpid(), client)
+        return _records_client[1]

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from tasks import slots
 from tasks.records import (
-    JOB_KEY_PREFIX,
-    OWNERS_KEY,
     PREFIX,
     JobState,
     dumps,
@@ -27,12 +26,15 @@ from tasks.records import (
     expiry_member,
     flatten,
     idempotency_key,
+    idempotency_tag,
     index_key,
     indexes_of,
     job_channel,
     job_key,
+    job_prefix,
     now,
     owner_channel,
+    owners_key,
     to_score,
 )
 from tasks.workflow_records import workflow_channel, workflow_key
@@ -62,42 +64,45 @@ class PageQuery:
 
 
 # KEYS: job, all, task, PENDING, (PENDING, task), expiry, owners,
-#       idempotency ('' for none), queue ('' when the message goes elsewhere)
+#       idempotency (the job's key for none), queue (the job's key when the message goes
+#       elsewhere): an absent key repeats KEYS[1], since a cluster hashes even '' to a slot
 # ARGV: ttl, score, job id, message, job channel, owner channel, snapshot JSON, owner,
-#       expires at (µs), expiry member, field/value pairs...
+#       expires at (µs), expiry member, publish command, field/value pairs...
+# Every key but the queue carries the job's hash tag (tasks.slots): one slot; the queue is
+# there only when the broker is this same single Redis.
 # Returns nil when created, or the id of the job an idempotency key already points to
 # (the key expires with the job's creation + ttl, the job no earlier, so it is still there
 # unless it was deleted by hand; the API answers NOT_FOUND then).
 # With a queue, the Celery message is pushed and the PENDING snapshot announced in the same
 # step: the record, its indexes, the message and the event exist together or not at all.
 # Without one, the caller announces once its own broker took the message.
-# Cluster: the owners set lives outside the owner's slot; it would move to a per-slot set.
 CREATE_SCRIPT = """
 local ttl = tonumber(ARGV[1])
-if KEYS[8] ~= '' then
+if KEYS[8] ~= KEYS[1] then
   local existing = redis.call('GET', KEYS[8])
   if existing then return existing end
   redis.call('SET', KEYS[8], ARGV[3], 'EX', ttl)
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 11))
+redis.call('HSET', KEYS[1], unpack(ARGV, 12))
 redis.call('EXPIRE', KEYS[1], ttl)
 for i = 2, 5 do redis.call('ZADD', KEYS[i], ARGV[2], ARGV[3]) end
 redis.call('ZADD', KEYS[6], ARGV[9], ARGV[10])
 redis.call('SADD', KEYS[7], ARGV[8])
-if KEYS[9] ~= '' then
+if KEYS[9] ~= KEYS[1] then
   redis.call('LPUSH', KEYS[9], ARGV[4])
-  redis.call('PUBLISH', ARGV[5], ARGV[7])
-  redis.call('PUBLISH', ARGV[6], ARGV[7])
+  redis.call(ARGV[11], ARGV[5], ARGV[7])
+  redis.call(ARGV[11], ARGV[6], ARGV[7])
 end
 return false
 """
 
 # KEYS: job, all, task, expiry, then the 7 state indexes and the 7 (state, task) indexes
-#       in JobState's order, then the job's workflow ('' for none)
+#       in JobState's order, then the job's workflow (the job's key for none)
 # ARGV: ttl, new state, now (ISO), job id, job channel, owner channel,
 #       states it may move from (comma-separated; '' means any state not yet terminal),
 #       owner, task, expires at (µs), expiry member, workflow id ('' for none), workflow
-#       channel, field/value pairs...
+#       channel, publish command (PUBLISH, or SPUBLISH on a cluster), field/value pairs...
+# Every key and channel carries the job's hash tag; a workflow's steps share its tag.
 # Returns 'ok', 'missing', the current state when the move is refused, {'moved', owner,
 # task, workflow} when the record's differ from those the keys were built for (the caller
 # retries with them), or {'hook', job event, workflow event} when the move is done and a
@@ -122,7 +127,7 @@ if ARGV[7] ~= '' and not string.find(',' .. ARGV[7] .. ',', ',' .. state .. ',',
   return state
 end
 local new = ARGV[2]
-if #ARGV > 13 then redis.call('HSET', KEYS[1], unpack(ARGV, 14)) end
+if #ARGV > 14 then redis.call('HSET', KEYS[1], unpack(ARGV, 15)) end
 redis.call('HSET', KEYS[1], 'state', new)
 if new == 'STARTED' then
   redis.call('HSETNX', KEYS[1], 'started_at', ARGV[3])
@@ -160,12 +165,12 @@ local function wants(events, changed, reached)
 end
 local snap = record(KEYS[1])
 local payload = cjson.encode(snap)
-redis.call('PUBLISH', ARGV[5], payload)
-redis.call('PUBLISH', ARGV[6], payload)
+redis.call(ARGV[14], ARGV[5], payload)
+redis.call(ARGV[14], ARGV[6], payload)
 local job_hook = ''
 if wants(snap['webhook_events'], new ~= state, new) then job_hook = payload end
 local flow_hook = ''
-if KEYS[19] ~= '' and redis.call('EXISTS', KEYS[19]) == 1 then
+if KEYS[19] ~= KEYS[1] and redis.call('EXISTS', KEYS[19]) == 1 then
   local wf = KEYS[19]
   local percent = 0
   if snap['progress'] and snap['progress'] ~= '' then
@@ -211,7 +216,7 @@ if KEYS[19] ~= '' and redis.call('EXISTS', KEYS[19]) == 1 then
     if string.find(k, ':', 1, true) then flow[k] = nil end
   end
   snap['workflow'] = flow
-  redis.call('PUBLISH', ARGV[13], cjson.encode(snap))
+  redis.call(ARGV[14], ARGV[13], cjson.encode(snap))
   if wants(flow['webhook_events'], now_state ~= was, now_state) then
     flow_hook = cjson.encode(flow)
   end
@@ -220,17 +225,19 @@ if job_hook ~= '' or flow_hook ~= '' then return {'hook', job_hook, flow_hook} e
 return 'ok'
 """.replace("__STATE_SLOTS__", ", ".join(f"{s.value} = {i}" for i, s in enumerate(JobState)))
 
-# KEYS: the indexes to merge (one per state asked for, or the task's, or all)
+# KEYS: the indexes to merge (one per state asked for, or the task's, or all), of one tag
 # ARGV: upper bound (a ZRANGEBYSCORE bound), cursor id ('' for none: with one, the bound is
 #       the cursor's score and only ids below the cursor's are taken at that score),
-#       lower bound, limit, job key prefix
+#       lower bound, limit, job key prefix of that tag
 # Returns up to ``limit`` JSON-encoded records, newest first by (score, id), read in this
 # one call: a k-way merge, each index read ``limit + 1`` at a time from its own position.
 # An entry whose record expired is dropped from the index it was read from and the merge
 # reads on, so the page is exact before the sweep has run; there is no scan cap.
 # The job hashes are read by names computed here (prefix .. id): they cannot be declared,
-# since the ids are only learnt inside the script and a page must stay one round trip. On
-# a Redis Cluster this would need the job keys to carry the owner's hash tag.
+# since the ids are only learnt inside the script and a page must stay one round trip.
+# They carry the tag of the declared indexes, so they are in the same slot: a Redis
+# Cluster runs the script where that slot lives (and refuses a key of any other slot).
+# With several tags, the API calls this once per tag and merges the pages (tasks.slots).
 PAGE_SCRIPT = """
 local limit = tonumber(ARGV[4])
 local low, batch = ARGV[3], limit + 1
@@ -302,6 +309,11 @@ def _expires_at(moment: datetime, ttl: int) -> int:
     return to_score(moment) + ttl * _MICROS
 
 
+def publish_command() -> str:
+    """SPUBLISH on a cluster: an event goes to its slot's shard, not to every node."""
+    return "SPUBLISH" if slots.current().sharded_pubsub else "PUBLISH"
+
+
 def create_call(
     fields: dict[str, str],
     *,
@@ -311,19 +323,23 @@ def create_call(
 ) -> ScriptCall:
     """Write the new record ``fields``; with ``message`` (queue key, body) push it and announce."""
     job_id, owner, task = fields["id"], fields["owner"], fields["task"]
+    tag = slots.tag_of(job_id)
+    if idempotency and idempotency_tag(owner, idempotency) != tag:
+        raise ValueError(f"job {job_id} is not on its idempotency key's tag")
     created = datetime.fromisoformat(fields["created_at"])
     queue, body = message or ("", "")
+    job = job_key(job_id)
     return ScriptCall(
         keys=[
-            job_key(job_id),
-            index_key(owner),
-            index_key(owner, task=task),
-            index_key(owner, state=JobState.PENDING),
-            index_key(owner, state=JobState.PENDING, task=task),
-            expiry_key(owner),
-            OWNERS_KEY,
-            idempotency_key(owner, idempotency) if idempotency else "",
-            queue,
+            job,
+            index_key(owner, tag),
+            index_key(owner, tag, task=task),
+            index_key(owner, tag, state=JobState.PENDING),
+            index_key(owner, tag, state=JobState.PENDING, task=task),
+            expiry_key(owner, tag),
+            owners_key(tag),
+            idempotency_key(owner, idempotency) if idempotency else job,
+            queue or job,
         ],
         args=[
             ttl,
@@ -331,11 +347,12 @@ def create_call(
             job_id,
             body,
             job_channel(job_id),
-            owner_channel(owner),
+            owner_channel(owner, tag),
             dumps(fields) if message else "",
             owner,
             _expires_at(now(), ttl),
             expiry_member(job_id, task),
+            publish_command(),
             *flatten(fields),
         ],
     )
@@ -355,14 +372,16 @@ def update_call(
     """Move a job of ``owner``, ``task`` and ``workflow`` to ``state`` (from ``allowed_from``,
     or any state not yet final); the script answers with the right ones if these are wrong."""
     moment = now()
-    indexes = indexes_of(owner, task)
+    tag = slots.tag_of(job_id)
+    indexes = indexes_of(owner, task, tag)
+    job = job_key(job_id)
     return ScriptCall(
         keys=[
-            job_key(job_id),
+            job,
             *indexes[:2],
-            expiry_key(owner),
+            expiry_key(owner, tag),
             *indexes[2:],
-            workflow_key(workflow) if workflow else "",
+            workflow_key(workflow) if workflow else job,
         ],
         args=[
             ttl,
@@ -370,7 +389,7 @@ def update_call(
             moment.isoformat(),
             job_id,
             job_channel(job_id),
-            owner_channel(owner),
+            owner_channel(owner, tag),
             ",".join(sorted(allowed_from)),
             owner,
             task,
@@ -378,6 +397,7 @@ def update_call(
             expiry_member(job_id, task),
             workflow,
             workflow_channel(workflow) if workflow else "",
+            publish_command(),
             *flatten(fields or {}),
         ],
     )
@@ -405,13 +425,13 @@ def settled(outcome: Any) -> tuple[str, Hooks | None]:
     return str(outcome), None
 
 
-def page_call(query: PageQuery) -> ScriptCall:
-    """One page: which indexes to merge, and the window of scores to read them in."""
+def page_call(query: PageQuery, tag: str) -> ScriptCall:
+    """One page of ``tag``: which indexes to merge, and the window of scores to read them in."""
     states = query.states if len(query.states) < len(JobState) else frozenset()
     if states:
-        keys = [index_key(query.owner, state=s, task=query.task) for s in sorted(states)]
+        keys = [index_key(query.owner, tag, state=s, task=query.task) for s in sorted(states)]
     else:
-        keys = [index_key(query.owner, task=query.task)]
+        keys = [index_key(query.owner, tag, task=query.task)]
     high: str | int = "+inf"
     if query.created_before is not None:
         high = f"({to_score(query.created_before)}"
@@ -421,14 +441,15 @@ def page_call(query: PageQuery) -> ScriptCall:
         if query.created_before is None or after_score < to_score(query.created_before):
             high, cursor = after_score, after_id
     low = f"({to_score(query.created_after)}" if query.created_after is not None else "-inf"
-    return ScriptCall(keys=keys, args=[high, cursor, low, query.limit, JOB_KEY_PREFIX])
+    return ScriptCall(keys=keys, args=[high, cursor, low, query.limit, job_prefix(tag)])
 
 
-def sweep_call(owner: str, member: str) -> ScriptCall:
-    """Take one due expiry entry (``member``) out of every index, if its record is gone."""
+def sweep_call(owner: str, tag: str, member: str) -> ScriptCall:
+    """Take one due expiry entry (``member``) of ``tag`` out of every index, if its record
+    is gone."""
     job_id, task = _decode_member(member)
     return ScriptCall(
-        keys=[job_key(job_id), expiry_key(owner), *indexes_of(owner, task)],
+        keys=[job_key(job_id), expiry_key(owner, tag), *indexes_of(owner, task, tag)],
         args=[job_id, member],
     )
 

@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tasks.slots import Layout
+
 
 class Environment(StrEnum):
     DEVELOPMENT = "development"
@@ -37,6 +39,15 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     result_backend_url: str | None = None
     broadcast_url: str | None = None
+    # Job records and their events (README "Deploying on a Redis Cluster"); by default the
+    # Redis above.
+    records_url: str | None = None
+    # JOBQL_RECORDS_URL names a node of a Redis/Valkey Cluster (the others are discovered);
+    # events then go out on sharded pub/sub. Celery's broker cannot be that cluster.
+    records_cluster: bool = False
+    # How many hash tags job records are spread over (tasks.slots): 1 on one Redis, 16 on a
+    # cluster unless set. Fixed for the life of the records: changing it loses old jobs.
+    record_shards: int | None = Field(default=None, ge=1, le=1024)
     # Redis over TLS (``rediss://`` URLs; README "Deploying"): the CA that signed the server's
     # certificate and, for mutual TLS, this client's certificate and key. They apply to every
     # rediss:// URL: job records, broadcast, and Celery's broker and result backend.
@@ -224,6 +235,7 @@ class Settings(BaseSettings):
                 "JOBQL_VISIBILITY_TIMEOUT must exceed JOBQL_TASK_TIME_LIMIT: a job still "
                 "running would be delivered to a second worker"
             )
+        _check_records(self)
         if self.beat_lock_timeout <= self.beat_interval:
             raise ValueError("JOBQL_BEAT_LOCK_TIMEOUT must exceed JOBQL_BEAT_INTERVAL")
         if self.compression == "zstd":
@@ -254,6 +266,20 @@ class Settings(BaseSettings):
         return self.redis_url
 
     @property
+    def records(self) -> str:
+        """Where job records live, and their events are published."""
+        return self.records_url or self.redis
+
+    @property
+    def shards(self) -> int:
+        """How many hash tags job records are spread over (see tasks.slots)."""
+        return self.record_shards or (16 if self.records_cluster else 1)
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(shards=self.shards, sharded_pubsub=self.records_cluster)
+
+    @property
     def broker(self) -> str:
         return self.broker_url or self.redis
 
@@ -263,7 +289,7 @@ class Settings(BaseSettings):
 
     @property
     def broadcast(self) -> str:
-        return self.broadcast_url or self.redis
+        return self.broadcast_url or self.records
 
     @property
     def queues(self) -> tuple[str, ...]:
@@ -288,10 +314,30 @@ class Settings(BaseSettings):
         return self.outbox_dir or self.data_dir / "outbox"
 
 
+def _check_records(settings: Settings) -> None:
+    """A cluster holds records and events only: Celery's Redis transport has no cluster."""
+    if not settings.records_cluster:
+        return
+    if not settings.records_url:
+        raise ValueError("JOBQL_RECORDS_CLUSTER needs JOBQL_RECORDS_URL (a node of the cluster)")
+    if settings.broadcast_url and settings.broadcast_url != settings.records_url:
+        raise ValueError(
+            "JOBQL_BROADCAST_URL must be the records' cluster: the scripts that change a "
+            "record publish its event in the same step"
+        )
+    for name, url in (
+        ("BROKER", settings.broker_url),
+        ("RESULT_BACKEND", settings.result_backend_url),
+    ):
+        if url == settings.records_url:
+            raise ValueError(f"JOBQL_{name}_URL cannot be the Redis Cluster: Celery has no "
+                             "cluster support; use a single Redis or RabbitMQ")  # fmt: skip
+
+
 def _check_redis_shapes(settings: Settings) -> None:
     """Refuse a Sentinel URL without its master's name, and unverified TLS in production."""
     urls = [settings.redis_url, settings.broker_url, settings.result_backend_url,
-            settings.broadcast_url]  # fmt: skip
+            settings.broadcast_url, settings.records_url]  # fmt: skip
     schemes = {url.split(":", 1)[0] for url in urls if url}
     if "sentinel" in schemes and not settings.redis_sentinel_master:
         raise ValueError("a sentinel:// URL needs JOBQL_REDIS_SENTINEL_MASTER (the master's name)")

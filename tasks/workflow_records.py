@@ -14,6 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from tasks import slots
 from tasks.records import PREFIX, dumps
 
 
@@ -30,11 +31,12 @@ WORKFLOW_CHANNEL_PREFIX = f"{PREFIX}:events:workflow:"
 
 
 def workflow_key(workflow_id: str) -> str:
-    return WORKFLOW_KEY_PREFIX + workflow_id
+    """Tagged by the workflow's id; its steps are given ids on the same tag (one slot)."""
+    return f"{WORKFLOW_KEY_PREFIX}{{{slots.tag_of(workflow_id)}}}:{workflow_id}"
 
 
 def workflow_channel(workflow_id: str) -> str:
-    return WORKFLOW_CHANNEL_PREFIX + workflow_id
+    return f"{WORKFLOW_CHANNEL_PREFIX}{{{slots.tag_of(workflow_id)}}}:{workflow_id}"
 
 
 @dataclass(frozen=True, slots=True)

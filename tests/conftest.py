@@ -319,7 +319,9 @@ def settings(valkey: EmbeddedValkey, data_dir: Path, backing: dict[str, str]) ->
     return Settings(
         redis_url=valkey.url,
         broker_url=broker_for(valkey.url),
-        result_backend_url=backing.get("JOBQL_RESULT_BACKEND_URL"),
+        # The PostgreSQL pass's database, or the one passed through (django-db).
+        result_backend_url=backing.get("JOBQL_RESULT_BACKEND_URL")
+        or os.environ.get("JOBQL_RESULT_BACKEND_URL"),
         data_dir=data_dir,
         extra_queues=("reports",),
         env="test",

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from websockets.exceptions import ConnectionClosed
 
 from devtools.valkey import EmbeddedValkey
+from tasks import records
 from tasks.settings import Settings
 from tests.clients import Stream, Transport, graphql_transport_ws, receive, send, sse, websocket
 from tests.conftest import AsyncGraphQL, running_api, running_worker, service_env
@@ -219,7 +220,7 @@ async def test_two_hundred_subscriptions_leave_nothing_behind(stack: Stack) -> N
     assert after["channels"] == 0 and after["subscribers"] == 0 and after["locks"] == 0
     assert after["tasks"] <= before["tasks"], (before, after)
     client = aioredis.Redis.from_url(stack.valkey.url)
-    channel = f"jobql:events:job:{running}"
+    channel = records.job_channel(running)
     assert await client.pubsub_numsub(channel) == [(channel.encode(), 0)]
     await client.aclose()
     await stack.a.data(

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from devtools.valkey import EmbeddedValkey
 from gql.store import JobStore, connect
-from tasks import records, scripts
+from tasks import records, scripts, slots
 from tasks.records import JobSnapshot, JobState
 from tasks.scripts import PageQuery
 from tasks.settings import Settings
@@ -189,7 +189,8 @@ async def test_an_expired_record_leaves_every_index(
 
     assert await store.page(PageQuery(owner=owner, limit=5)) == []
     assert await store.sweep() >= 1
-    for key in [*records.indexes_of(owner, "send_email"), records.expiry_key(owner)]:
+    tag = slots.tag_of(gone.id)
+    for key in [*records.indexes_of(owner, "send_email", tag), records.expiry_key(owner, tag)]:
         assert await client.zcard(key) == 0, key
     assert not await client.exists(records.job_key(gone.id))
 
