@@ -19,7 +19,7 @@ from typing import Any
 
 from celery import Celery
 from celery.beat import SchedulingError
-from django.db import DatabaseError
+from django.db import DatabaseError, InterfaceError
 from django.db.models import Q
 from django_celery_beat.models import PeriodicTask
 from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
@@ -85,7 +85,7 @@ class JobQLDatabaseScheduler(DatabaseScheduler):  # type: ignore[misc]
             Schedule.objects.filter(pk=ours.pk).update(
                 last_run_at=model.last_run_at, last_job_id=job_id
             )
-        except DatabaseError:
+        except (DatabaseError, InterfaceError):
             logger.warning("schedule %s: could not record its run of job %s", ours.id, job_id)
         return Sent(job_id)
 
