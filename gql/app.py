@@ -28,7 +28,7 @@ from gql.health import HealthCheck
 from gql.jobs import JobService
 from gql.limits import Limits
 from gql.producer import Producer
-from gql.schedule_store import RedisScheduleStore
+from gql.schedule_store import RedisScheduleStore, ScheduleStore
 from gql.schedules import ScheduleService
 from gql.schema import build_schema
 from gql.shards import ShardedPubSubBackend
@@ -72,10 +72,17 @@ def create_app(
     *,
     sign_in: SignIn | None = None,
     mutations: Sequence[StrawberryField] = (),
+    schedule_store: ScheduleStore | None = None,
 ) -> FastAPI:
     """The API. A host application (``gql.django``) adds its ``sign_in`` (with
-    ``JOBQL_AUTH_MODE=external``) and ``mutations`` of its own to the schema."""
+    ``JOBQL_AUTH_MODE=external``) and ``mutations`` of its own to the schema, and keeps the
+    schedules where its beat reads them (``schedule_store``; default: RedBeat's entries)."""
     settings = settings or get_settings()
+    if schedule_store is None and settings.schedule_store != "redis":
+        raise RuntimeError(
+            f"JOBQL_SCHEDULE_STORE={settings.schedule_store} needs its store: serve JobQL "
+            "from your Django project with gql.django"
+        )
     configure_logging(settings)
     load_task_modules(settings)
     compat.enable(settings.fast_paths)
@@ -104,8 +111,10 @@ def create_app(
         app.state.jobs = JobService(settings, store, producer, registry)
         workflow_store = WorkflowStore(store, settings.job_retention_seconds)
         app.state.workflows = WorkflowService(app.state.jobs, workflow_store)
-        # Schedules live where RedBeat reads them: JOBQL_REDIS_URL, never a cluster.
-        app.state.schedules = ScheduleService(app.state.jobs, RedisScheduleStore(redis))
+        # Schedules live where beat reads them: RedBeat's at JOBQL_REDIS_URL (never a
+        # cluster), or the host's own store (django-celery-beat's tables under gql.django).
+        schedules = schedule_store or RedisScheduleStore(redis)
+        app.state.schedules = ScheduleService(app.state.jobs, schedules)
         app.state.limits = Limits(settings, redis)
         broker = Broker(settings, redis)
         queues = frozenset({*settings.queues, *(s.queue for s in registry.typed if s.queue)})

@@ -68,6 +68,16 @@ def _worker(extra: list[str]) -> int:
 
 
 def _beat(extra: list[str]) -> int:
+    from tasks.settings import get_settings
+
+    if get_settings().schedule_store == "django":
+        # RedBeat would find no schedule there, and say nothing of it.
+        print(  # noqa: T201
+            "JOBQL_SCHEDULE_STORE=django: the schedules are in your Django project's "
+            "database; run its beat, `celery -A yourproject beat`",
+            file=sys.stderr,
+        )
+        return 2
     os.execv(sys.executable, beat_argv(extra))  # noqa: S606
     return 0  # not reached
 

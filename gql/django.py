@@ -4,10 +4,13 @@
   both WebSocket protocols) beside the project's own Django (or Channels) application,
   with JobQL's lifespan. Callers sign in with Django: the session cookie names the owner
   (``JOBQL_AUTH_MODE=external``; add ``jwt`` or ``api_key`` for token callers).
+- With ``JOBQL_SCHEDULE_STORE=django``, schedules are django-celery-beat's ``PeriodicTask``
+  rows (:mod:`gql.django_schedule_store`), run by its beat scheduler (:mod:`tasks.django_beat`).
 - :func:`enqueue_on_commit` starts a job from Django code inside a transaction: the record
   and the Celery message are written when the transaction commits, never on rollback.
 
-Django is imported here only: the rest of JobQL knows nothing of it.
+Django is imported here and in the modules named above only: the rest of JobQL knows
+nothing of it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from asgiref.sync import sync_to_async
+from django.apps import apps
 from django.conf import settings as django_settings
 from django.contrib import auth
 from django.core.asgi import get_asgi_application
@@ -35,6 +39,7 @@ from gql.app import create_app
 from gql.auth import Principal
 from gql.blocking import BlockingJobs
 from gql.plans import EnqueueRequest
+from gql.schedule_store import ScheduleStore
 from tasks.app import celery_app, registry
 from tasks.registry import TaskSpec
 from tasks.settings import Settings, get_settings
@@ -76,8 +81,28 @@ def application(
             "JOBQL_CSRF_PREVENTION=false with session sign-in would let other sites act as "
             "your signed-in users"
         )
-    api = create_app(settings, sign_in=SessionSignIn(owner_of, settings), mutations=mutations)
+    api = create_app(
+        settings,
+        sign_in=SessionSignIn(owner_of, settings),
+        mutations=mutations,
+        schedule_store=schedule_store(settings),
+    )
     return Router(api, project)
+
+
+def schedule_store(settings: Settings) -> ScheduleStore | None:
+    """django-celery-beat's models with ``JOBQL_SCHEDULE_STORE=django`` (the app
+    ``tasks.django_beat`` installed), else None: RedBeat's entries in Redis."""
+    if settings.schedule_store != "django":
+        return None
+    if not apps.is_installed("tasks.django_beat"):
+        raise ImproperlyConfigured(
+            "JOBQL_SCHEDULE_STORE=django keeps schedules in django-celery-beat's models: add "
+            "'django_celery_beat' and 'tasks.django_beat' to INSTALLED_APPS"
+        )
+    from gql.django_schedule_store import DjangoScheduleStore  # imports the models
+
+    return DjangoScheduleStore()
 
 
 def load_tasks() -> None:

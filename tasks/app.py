@@ -164,10 +164,17 @@ def celery_config(
     return config
 
 
+BEAT_SCHEDULERS = {
+    "redis": "tasks.beat:JobQLScheduler",
+    "django": "tasks.django_beat.scheduler:JobQLDatabaseScheduler",
+}
+
+
 def beat_config(settings: Settings) -> dict[str, Any]:
     """Celery beat on RedBeat (tasks.beat): schedules read from the records' Redis under
     JobQL's keys (tasks.schedules), at least every ``JOBQL_BEAT_INTERVAL`` seconds; over TLS
-    and through Sentinel as the records are (RedBeat builds its own client from these)."""
+    and through Sentinel as the records are (RedBeat builds its own client from these).
+    With ``JOBQL_SCHEDULE_STORE=django``, django-celery-beat's models (tasks.django_beat)."""
     url = settings.redis
     options: dict[str, Any] = {
         "socket_connect_timeout": settings.connect_timeout,
@@ -187,7 +194,7 @@ def beat_config(settings: Settings) -> dict[str, Any]:
             **master,
         }
     config = {
-        "beat_scheduler": "tasks.beat:JobQLScheduler",
+        "beat_scheduler": BEAT_SCHEDULERS[settings.schedule_store],
         "beat_max_loop_interval": settings.beat_interval,
         "redbeat_redis_url": url,
         "redbeat_key_prefix": BEAT_PREFIX,

@@ -124,6 +124,10 @@ class Settings(BaseSettings):
     # The beat that holds the lock runs the schedules; if it dies, a standby beat takes
     # over once the lock expired, this many seconds after its last renewal.
     beat_lock_timeout: int = Field(default=10, ge=2, le=3600)
+    # Where schedules are kept and which beat scheduler runs them: RedBeat's entries in
+    # Redis (tasks.beat), or django-celery-beat's models in a Django project
+    # (tasks.django_beat, which must then be in INSTALLED_APPS; gql.django serves them).
+    schedule_store: Literal["redis", "django"] = "redis"
     # Schedules one owner may have.
     max_schedules_per_owner: int = Field(default=100, ge=1, le=100_000)
 

@@ -338,3 +338,12 @@ def test_two_beats_run_each_tick_once_and_a_standby_takes_over(
     assert all(gap > 0.7 for gap in _gaps(runs)), f"a tick ran twice: {_gaps(runs)}"
     assert "Acquired lock" in standby.log.read_text()  # type: ignore[attr-defined]
     alice.data(DELETE, id=schedule["id"])
+
+
+def test_jobql_beat_refuses_to_run_schedules_kept_in_django(tmp_path: Path) -> None:
+    """With the schedules in a Django project's database, RedBeat would quietly run none."""
+    env = service_env("redis://127.0.0.1:1/0", tmp_path, JOBQL_SCHEDULE_STORE="django")
+    done = subprocess.run(
+        beat_command(), env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 2 and "celery -A yourproject beat" in done.stderr

@@ -2,7 +2,8 @@
 
 Valkey (embedded, unless ``REDIS_URL`` is set), the PostgreSQL database (created when
 missing) and its migrations, a Celery worker (``celery -A exampleproject worker``), beat
-for the periodic schedules (``celery -A exampleproject beat``) and uvicorn serving
+for the periodic schedules (``celery -A exampleproject beat``: JobQL's scheduler on
+django-celery-beat's models, as ``JOBQL_SCHEDULE_STORE=django`` configures) and uvicorn serving
 ``exampleproject.asgi:application``: Django and JobQL on one port.
 """
 

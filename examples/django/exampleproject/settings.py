@@ -23,6 +23,8 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django_celery_results",
+    "django_celery_beat",
+    "tasks.django_beat",  # JobQL's schedules, kept in django-celery-beat's models
     "orders",
 ]
 

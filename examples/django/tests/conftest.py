@@ -32,6 +32,9 @@ os.environ.update(
     JOBQL_ENV="test",
     JOBQL_RESULT_BACKEND_URL="django-db",
     JOBQL_TASK_MODULES="[]",
+    # Schedules in django-celery-beat's tables; few per user, so the cap is seen at work.
+    JOBQL_SCHEDULE_STORE="django",
+    JOBQL_MAX_SCHEDULES_PER_OWNER="3",
 )
 
 from devtools.processes import free_port, stop_all, wait_for_port  # noqa: E402
@@ -117,7 +120,8 @@ def worker(env: dict[str, str], data_dir: Path) -> Iterator[subprocess.Popen[byt
 
 @pytest.fixture(scope="session")
 def beat(env: dict[str, str], data_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``celery -A exampleproject beat``: JobQL's scheduler (RedBeat), ticking every 0.2 s."""
+    """``celery -A exampleproject beat``: JobQL's scheduler on django-celery-beat's models,
+    checking them for changes every 0.2 s."""
     command = [sys.executable, "-m", "celery", "-A", "exampleproject", "beat", "--loglevel=INFO"]
     with _log(data_dir, f"django-beat-{free_port()}") as log:
         process = subprocess.Popen(
