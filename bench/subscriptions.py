@@ -81,6 +81,10 @@ async def _open(base: str) -> ClientConnection:
         subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
         max_size=None,
         ping_interval=None,
+        # Read the socket whatever the bench has yet to take: with websockets' default of
+        # 16 frames, a socket of 100 snapshots stopped being read, missed uvicorn's
+        # keep-alive ping and was closed after 40 s (found when P7 grew to 10,000).
+        max_queue=None,
     )
     await ws.send(json.dumps({"type": "connection_init", "payload": auth.init_payload()}))
     assert json.loads(await ws.recv())["type"] == "connection_ack"
@@ -173,10 +177,12 @@ async def fanout_latency(base: str, count: int, seconds: float) -> list[float]:
                 progress = message["payload"]["data"]["job"]["progress"]
                 if progress:
                     latencies.append(time.time() - progress["data"]["sentAt"])
+            elif message["type"] == "ping":  # graphql-transport-ws: answered at once
+                await ws.send('{"type":"pong"}')
 
     await asyncio.gather(*(drain(ws) for ws in connections))
-    for ws in connections:
-        await ws.close()
+    # At once: each close may wait its close timeout for the server's answer.
+    await asyncio.gather(*(ws.close() for ws in connections))
     return latencies
 
 
@@ -227,8 +233,7 @@ async def capacity(base: str, pid: int, count: int) -> dict[str, Any]:
         await asyncio.sleep(1)
         after = rss_kib(pid)
         stats = (await http.get("/health/stats")).json()
-        for ws in connections:
-            await ws.close()
+        await asyncio.gather(*(ws.close() for ws in connections))
     return {
         "subscriptions": len(ids),
         "channels_held": stats["channels"],
