@@ -18,7 +18,7 @@ from celery import Celery
 from gql.errors import BadUserInput, NotFound
 from gql.operations import job_enqueued
 from gql.plans import EnqueueRequest, JobPlanner, Prepared
-from gql.producer import Delivery
+from gql.producer import Delivery, send_task
 from tasks import events, records, redis_clients, scripts, slots
 from tasks.app import create_celery_app
 from tasks.fast_paths import writes_messages
@@ -108,16 +108,7 @@ class BlockingJobs:
         events.announce(fields, on=self._redis)
 
     def _send(self, task: str, job_id: str, kwargs: dict[str, Any], to: Delivery) -> None:
-        self._app.send_task(
-            task,
-            kwargs=kwargs,
-            task_id=job_id,
-            queue=to.queue,
-            countdown=to.countdown,
-            eta=to.eta,
-            expires=to.expires,
-            priority=to.priority,
-        )
+        send_task(self._app, self.settings.broker, task, job_id, kwargs, to)
 
     def _discard(self, snapshot: JobSnapshot) -> None:
         tag = slots.tag_of(snapshot.id)

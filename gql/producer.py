@@ -45,6 +45,24 @@ class Delivery:
     priority: int | None = None
 
 
+def send_task(
+    app: Celery, broker_url: str, task: str, job_id: str, kwargs: dict[str, Any], to: Delivery
+) -> None:
+    """Celery's producer with a job's delivery options; the one place both the API's and
+    the blocking enqueue send through, so JobQL's priority means the same on every broker
+    (RabbitMQ's runs the other way: ``tasks.rabbitmq.priority``)."""
+    app.send_task(
+        task,
+        kwargs=kwargs,
+        task_id=job_id,
+        queue=to.queue,
+        countdown=to.countdown,
+        eta=to.eta,
+        expires=to.expires,
+        priority=priority(broker_url, to.priority),
+    )
+
+
 _BROKER_DOWN_FOR = 1.0  # seconds a failed publish makes the next ones fail without trying
 
 
@@ -108,16 +126,7 @@ class Producer:
             raise ServiceUnavailable("the broker did not answer in time") from None
 
     def _send(self, task: str, job_id: str, kwargs: dict[str, Any], to: Delivery) -> None:
-        self.app.send_task(
-            task,
-            kwargs=kwargs,
-            task_id=job_id,
-            queue=to.queue,
-            countdown=to.countdown,
-            eta=to.eta,
-            expires=to.expires,
-            priority=priority(self._broker_url, to.priority),
-        )
+        send_task(self.app, self._broker_url, task, job_id, kwargs, to)
 
     async def send_canvas(self, build: Callable[[Celery], Signature]) -> None:
         """Apply a canvas: Celery builds every message (chain and chord headers) itself."""
