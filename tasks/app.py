@@ -41,7 +41,7 @@ def _sender_backend(settings: Settings) -> str | None:
     ``django-db``) never does.
     """
     url = settings.result_backend
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    if results.is_redis(url):
         return f"tasks.canvas:ProducerRedisBackend+{url}"
     if redis_clients.is_sentinel(url):
         return f"tasks.canvas:ProducerSentinelBackend+{url}"

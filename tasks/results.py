@@ -31,7 +31,7 @@ from celery.backends.base import compress_payload
 from celery.backends.database import DatabaseBackend as CeleryDatabaseBackend
 from celery.backends.redis import RedisBackend as CeleryRedisBackend
 
-from tasks import compat
+from tasks import compat, redis_clients
 from tasks.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -121,7 +121,8 @@ def is_database(url: str) -> bool:
 
 
 def is_redis(url: str) -> bool:
-    return url.split(":", 1)[0] in ("redis", "rediss", "unix")
+    """A Redis that Celery's plain Redis backend speaks to (Sentinel has a backend of its own)."""
+    return redis_clients.is_redis(url) and not redis_clients.is_sentinel(url)
 
 
 def worker_backend(settings: Settings) -> str:
