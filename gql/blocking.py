@@ -10,6 +10,7 @@ started here exactly like one started by a mutation.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import redis
@@ -25,6 +26,8 @@ from tasks.fast_paths import writes_messages
 from tasks.records import JobSnapshot
 from tasks.registry import TaskRegistry, TaskSpec
 from tasks.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 class BlockingJobs:
@@ -97,15 +100,20 @@ class BlockingJobs:
         return snapshot
 
     def _publish_elsewhere(self, prepared: Prepared) -> None:
-        """Another broker (RabbitMQ): Celery's producer, then the PENDING event; a message
-        that cannot be sent takes its record away again."""
+        """Another broker (RabbitMQ): the PENDING event, then Celery's producer (a worker's
+        STARTED never reaches a watcher first); a message that cannot be sent ends its job
+        (:func:`tasks.records.unsent`) and takes its record away again."""
         fields, to = prepared.fields, prepared.delivery
+        events.announce(fields, on=self._redis)
         try:
             self._send(prepared.spec.name, fields["id"], prepared.kwargs, to)
         except Exception:
+            try:
+                events.announce(records.unsent(fields), on=self._redis)
+            except Exception:
+                logger.exception("could not announce the end of unsent job %s", fields["id"])
             self._discard(JobSnapshot.from_hash(fields))
             raise
-        events.announce(fields, on=self._redis)
 
     def _send(self, task: str, job_id: str, kwargs: dict[str, Any], to: Delivery) -> None:
         send_task(self._app, self.settings.broker, task, job_id, kwargs, to)

@@ -130,19 +130,22 @@ class JobService:
     async def _publish_elsewhere(self, batch: list[Prepared]) -> None:
         """A broker other than the records' Redis (RabbitMQ): Celery's own producer.
 
-        A message that cannot be sent takes its record, and those of the items after it,
+        Each job is announced before its message is sent, so its PENDING reaches watchers
+        before any worker's STARTED can. A message that cannot be sent ends its job with
+        :func:`tasks.records.unsent` and takes its record, and those of the items after it,
         away again: no job is left recorded that no worker will ever receive.
         """
         for index, item in enumerate(batch):
+            await self.store.announce(item.fields)
             try:
                 await self.producer.publish(
                     item.spec.name, item.fields["id"], item.kwargs, item.delivery
                 )
             except Exception:
+                await self.withdraw(item.fields)
                 for unsent in batch[index:]:
                     await self._discard(JobSnapshot.from_hash(unsent.fields))
                 raise
-            await self.store.announce(item.fields)
 
     async def _replay(
         self, job_id: str, spec: TaskSpec, shown_input: Any, owner: str
@@ -156,6 +159,13 @@ class JobService:
                 "options.idempotencyKey", "already used for a different task or input"
             )
         return snapshot
+
+    async def withdraw(self, fields: dict[str, str]) -> None:
+        """Tell watchers that saw a job's PENDING that it ended unsent (best effort)."""
+        try:
+            await self.store.announce(records.unsent(fields))
+        except Exception:
+            logger.exception("could not announce the end of unsent job %s", fields["id"])
 
     async def _discard(self, snapshot: JobSnapshot) -> None:
         try:

@@ -66,13 +66,17 @@ class WorkflowService:
             webhook=options.webhook.as_fields() if options.webhook else None,
         )
         await self.store.create(workflow, step_records)
+        # Announced before the canvas is sent: a fast worker's STARTED of the first step
+        # must not reach a watcher before that step's PENDING.
+        for fields in step_records:
+            await self.jobs.store.announce(fields)
         try:
             await self.jobs.producer.send_canvas(lambda app: signature(app, planned.root))
         except Exception:
+            for fields in step_records:
+                await self.jobs.withdraw(fields)
             await self._discard(workflow_id, step_records)
             raise
-        for fields in step_records:
-            await self.jobs.store.announce(fields)
         return WorkflowSnapshot.from_hash(workflow), [
             JobSnapshot.from_hash(f) for f in step_records
         ]

@@ -29,7 +29,7 @@ from celery.schedules import crontab
 from redbeat import RedBeatScheduler, RedBeatSchedulerEntry
 from redbeat.schedulers import get_redis
 
-from tasks import events, records, redis_clients, slots
+from tasks import events, rabbitmq, records, redis_clients, slots
 from tasks.fast_paths import writes_messages
 from tasks.messages import queue_key, task_message
 from tasks.schedules import (
@@ -148,20 +148,29 @@ class RunStarter:
     def _send_elsewhere(
         self, task: str, kwargs: dict[str, Any], fields: dict[str, str], priority: int | None
     ) -> None:
-        """Another broker (RabbitMQ): Celery's producer, from an app without a result
-        backend (a long-lived sender must not subscribe to every result: see tasks.app)."""
+        """Another broker (RabbitMQ): the PENDING event, then Celery's producer, from an app
+        without a result backend (a long-lived sender must not subscribe to every result:
+        see tasks.app); as the API does (gql.jobs), an unsent run is ended and taken away."""
         if self._sender is None:
             from tasks.app import create_celery_app
 
             self._sender = create_celery_app(get_settings(), producer=True)
+        events.announce(fields)
         try:
             self._sender.send_task(
-                task, kwargs=kwargs, task_id=fields["id"], queue=fields["queue"], priority=priority
+                task,
+                kwargs=kwargs,
+                task_id=fields["id"],
+                queue=fields["queue"],
+                priority=rabbitmq.priority(get_settings().broker, priority),
             )
         except Exception:
+            try:
+                events.announce(records.unsent(fields))
+            except Exception:
+                logger.exception("could not announce the end of unsent job %s", fields["id"])
             events.discard(fields)
             raise
-        events.announce(fields)
 
     def close(self) -> None:
         if self._sender is not None:

@@ -258,5 +258,22 @@ def new_record(
     return fields
 
 
+def unsent(fields: dict[str, str]) -> dict[str, str]:
+    """The last snapshot of a job whose message the broker did not take.
+
+    A job is announced before its message is sent (a fast worker's STARTED must never reach
+    a watcher before the PENDING it follows); when the send then fails, this REVOKED
+    snapshot, one sequence later, tells whoever saw the PENDING that the job will never run,
+    and its record is taken away.
+    """
+    return {
+        **fields,
+        "state": JobState.REVOKED.value,
+        "sequence": str(int(fields.get("sequence") or 0) + 1),
+        "finished_at": now().isoformat(),
+        "error": dumps({"type": "NotSent", "message": "the broker did not take the job's message"}),
+    }
+
+
 def flatten(fields: dict[str, str]) -> list[str]:
     return [item for pair in fields.items() for item in pair]

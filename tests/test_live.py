@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -229,13 +228,6 @@ async def test_two_hundred_subscriptions_leave_nothing_behind(stack: Stack) -> N
     )
 
 
-@pytest.mark.xfail(
-    os.environ.get("JOBQL_TEST_BROKER") == "rabbitmq",
-    reason="known race on a broker other than the records' Redis: the API announces PENDING "
-    "after the publish, so a fast worker's STARTED can reach the owner's stream first and "
-    "the firehose then drops the older PENDING (README Guarantees; seen 1 run in 5)",
-    strict=False,
-)
 async def test_the_jobs_stream_sends_every_change_of_matching_jobs(stack: Stack) -> None:
     query = 'subscription { jobs(filter: {task: "process_data"}) { id task state sequence } }'
     results: list[dict[str, Any]] = []

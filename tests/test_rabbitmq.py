@@ -6,12 +6,15 @@ meet no other run's messages or arguments.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kombu import Connection
@@ -19,6 +22,7 @@ from kombu import Connection
 from devtools.valkey import EmbeddedValkey
 from tasks.rabbitmq import PER_QUEUE_TIMEOUT_SINCE, version_of
 from tasks.settings import Settings
+from tests.clients import graphql_transport_ws
 from tests.conftest import ROOT, GraphQL, running_api, running_worker, service_env
 from tests.servers import rabbitmq_unavailable, rabbitmq_vhost
 
@@ -35,6 +39,7 @@ QUEUE = "jobql"
 IDLE = "idle"
 # A policy makes RabbitMQ refuse every message sent there (max-length 0, reject-publish).
 FULL = "full"
+REFUSED = f'mutation {{ processData(input: {{data: 1}}, options: {{queue: "{FULL}"}}) {{ id }} }}'
 
 
 def _stack(
@@ -146,15 +151,42 @@ def test_a_message_rabbitmq_refuses_is_service_unavailable_and_leaves_no_job(
     PENDING for ever."""
     before = amqp_api.newest_job_id()
 
-    error = amqp_api.error(
-        f'mutation {{ processData(input: {{data: 1}}, options: {{queue: "{FULL}"}}) {{ id }} }}'
-    )
+    error = amqp_api.error(REFUSED)
 
     assert error["extensions"]["code"] == "SERVICE_UNAVAILABLE"
     assert amqp_api.newest_job_id() == before, "the unsent job's record was taken away"
     # The broker is up: the next job goes through at once.
     job = amqp_api.data("mutation { processData(input: {data: 2, delay: 0}) { id } }")
     assert amqp_api.wait_done(job["processData"]["id"])["state"] == "SUCCESS"
+
+
+def test_a_refused_job_is_seen_created_then_ended_on_the_jobs_stream(amqp_api: GraphQL) -> None:
+    """A job is announced before its message is sent (so no worker's STARTED can overtake
+    its PENDING on the stream); when RabbitMQ then refuses the message, the watcher that
+    saw the PENDING is told the job ended, and the record is gone."""
+    query = "subscription { jobs { id state sequence error { type } } }"
+    seen: list[dict[str, Any]] = []
+
+    async def scenario() -> dict[str, Any]:
+        def on_result(result: dict[str, Any]) -> None:
+            seen.append(result["data"]["jobs"])
+
+        watcher = asyncio.create_task(
+            graphql_transport_ws(amqp_api.base_url, query, {}, within=8, on_result=on_result)
+        )
+        await asyncio.sleep(1)  # subscribed
+        error = await asyncio.to_thread(amqp_api.error, REFUSED)
+        with contextlib.suppress(TimeoutError):
+            await watcher
+        return error
+
+    error = asyncio.run(scenario())
+
+    assert error["extensions"]["code"] == "SERVICE_UNAVAILABLE"
+    assert [(s["state"], s["sequence"]) for s in seen] == [("PENDING", 0), ("REVOKED", 1)], seen
+    assert seen[1]["error"] == {"type": "NotSent"}
+    assert len({s["id"] for s in seen}) == 1
+    assert amqp_api.job(seen[0]["id"]) is None, "the unsent job's record was taken away"
 
 
 @pytest.fixture(scope="module")
