@@ -204,10 +204,13 @@ class JobStore:
 
     async def page_every_owner(self, query: PageQuery) -> list[JobSnapshot]:
         """The same page over every owner's indexes (an admin's view): per tag, one call
-        over that tag's owners."""
+        over that tag's owners (the tags' owner sets read at once, not one after another)."""
+        tags = slots.tags()
+        owner_sets = await asyncio.gather(
+            *(self.client.smembers(records.owners_key(tag)) for tag in tags)
+        )
         calls = []
-        for tag in slots.tags():
-            members = await self.client.smembers(records.owners_key(tag))
+        for tag, members in zip(tags, owner_sets, strict=True):
             owners = sorted(str(owner) for owner in members)
             if owners:
                 parts = [scripts.page_call(replace(query, owner=owner), tag) for owner in owners]
