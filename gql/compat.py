@@ -15,6 +15,8 @@ Otherwise the library's stock behaviour runs, after one warning naming what chan
   uvicorn's protocol as it is.
 - ``coalescing_websockets``: uvicorn's websockets-sansio protocol, one write per connection
   per loop pass. Stock: one write per message.
+- ``joined_responses``: uvicorn's httptools request cycle, an HTTP response's head and body
+  in one write. Stock: two writes (two system calls, two segments) per response.
 
 A private module that moved away fails the import at start-up, loudly: the pins in
 ``pyproject.toml`` keep that from happening by surprise, and ``make test-latest`` shows it
@@ -43,7 +45,7 @@ from strawberry.resolvers import is_default_resolver
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.schema.schema_converter import GraphQLCoreConverter
 from strawberry.types.field import StrawberryField
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from tasks.compat import FastPath
@@ -53,6 +55,7 @@ __all__ = [
     "CollectedFields",
     "FieldDetails",
     "HttpToolsProtocol",
+    "RequestResponseCycle",
     "StockExecutionContext",
     "WebSocketsSansIOProtocol",
     "collect_fields",
@@ -89,6 +92,12 @@ COALESCING_WEBSOCKETS = FastPath(
     verified=UVICORN,
     fallback="uvicorn's websockets-sansio protocol, one write per message",
 )
+JOINED_RESPONSES = FastPath(
+    name="joined_responses",
+    library="uvicorn",
+    verified=UVICORN,
+    fallback="uvicorn's httptools protocol, a response's head and body written apart",
+)
 
 
 def enable(fast_paths: bool) -> None:
@@ -97,6 +106,7 @@ def enable(fast_paths: bool) -> None:
     register(CONTENT_TYPE_CACHE, _check_content_type, allowed=fast_paths)
     register(BOUNDED_SOCKETS, _check_http_protocol, allowed=fast_paths)
     register(COALESCING_WEBSOCKETS, _check_websockets_protocol, allowed=fast_paths)
+    register(JOINED_RESPONSES, _check_request_cycle, allowed=fast_paths)
     async_base_view.parse_content_type = (  # type: ignore[attr-defined]
         _cached_parse_content_type if CONTENT_TYPE_CACHE.active else parse_content_type
     )
@@ -187,6 +197,15 @@ def _check_http_protocol() -> None:
 def _check_websockets_protocol() -> None:
     _parameters(WebSocketsSansIOProtocol.connection_made, "self transport")
     _source_mentions(WebSocketsSansIOProtocol.connection_made, "self.transport = transport")
+
+
+def _check_request_cycle() -> None:
+    _parameters(HttpToolsProtocol.on_headers_complete, "self")
+    _parameters(HttpToolsProtocol.shutdown, "self")
+    _source_mentions(HttpToolsProtocol.on_headers_complete, "self.cycle = RequestResponseCycle(")
+    _source_mentions(HttpToolsProtocol.on_headers_complete, "transport=self.transport")
+    _source_mentions(RequestResponseCycle.__init__, "self.transport = transport")
+    _source_mentions(RequestResponseCycle.send, "self.transport.write(")
 
 
 def _parameters(function: Callable[..., Any], expected: str) -> None:

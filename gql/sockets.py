@@ -11,6 +11,8 @@ keeps the same transport and so the same limits, and (with uvicorn's default Web
 implementation) goes to :class:`CoalescingWebSocketsProtocol`, which sends everything a
 connection's subscriptions produced in one pass of the event loop in one write.
 
+An HTTP response goes out in one write too: uvicorn writes its head and its body apart.
+
 Both extend uvicorn's protocol classes, which are not a documented API: each change runs
 only when ``gql.compat`` found the shape it was verified on (and ``JOBQL_FAST_PATHS``
 allows it); otherwise the class behaves exactly as uvicorn's own.
@@ -43,6 +45,26 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if compat.BOUNDED_SOCKETS.active:
             _bound(transport)
         super().connection_made(transport)
+
+    def on_headers_complete(self) -> None:
+        """A request's cycle writes through a transport that joins what one loop pass wrote:
+        the response's head and body leave in one system call and one TCP segment."""
+        super().on_headers_complete()
+        cycle = self.cycle
+        if (
+            compat.JOINED_RESPONSES.active
+            and cycle is not None
+            and cycle.transport is self.transport
+            and not cycle.response_started
+        ):
+            cycle.transport = _CoalescingTransport(self.transport)  # type: ignore[assignment]
+
+    def shutdown(self) -> None:
+        """A response joined in this loop pass goes out before uvicorn closes the socket."""
+        cycle = self.cycle
+        if cycle is not None and isinstance(cycle.transport, _CoalescingTransport):
+            cycle.transport.flush()
+        super().shutdown()
 
 
 def _bound(transport: asyncio.Transport) -> None:
@@ -79,10 +101,10 @@ class _CoalescingTransport:
 
     def write(self, data: bytes) -> None:
         if not self._pending:
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self.flush)
         self._pending.append(data)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         if self._pending:
             data = b"".join(self._pending)
             self._pending.clear()
@@ -90,7 +112,7 @@ class _CoalescingTransport:
                 self._transport.write(data)
 
     def close(self) -> None:
-        self._flush()
+        self.flush()
         self._transport.close()
 
     def __getattr__(self, name: str) -> Any:
