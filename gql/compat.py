@@ -11,6 +11,9 @@ Otherwise the library's stock behaviour runs, after one warning naming what chan
   execution context.
 - ``content_type_cache``: Strawberry's view parses every request's Content-Type through a
   module global, replaced by a cached copy. Stock: parsed on every request.
+- ``stream_transport_cache``: Strawberry's view picks a streaming transport by parsing every
+  request's Accept header (with the email package, for multipart); the pick is remembered
+  per Accept value. Stock: parsed on every request.
 - ``bounded_sockets``: uvicorn's httptools protocol, with small send buffers. Stock:
   uvicorn's protocol as it is.
 - ``coalescing_websockets``: uvicorn's websockets-sansio protocol, one write per connection
@@ -39,6 +42,7 @@ from graphql.execution.collect_fields import (
     collect_subfields,
 )
 from strawberry.http import async_base_view
+from strawberry.http.base import BaseView
 from strawberry.http.parse_content_type import parse_content_type
 from strawberry.permission import BasePermission
 from strawberry.resolvers import is_default_resolver
@@ -80,6 +84,12 @@ CONTENT_TYPE_CACHE = FastPath(
     verified=STRAWBERRY,
     fallback="Content-Type parsed on every request",
 )
+STREAM_TRANSPORT_CACHE = FastPath(
+    name="stream_transport_cache",
+    library="strawberry-graphql",
+    verified=STRAWBERRY,
+    fallback="the Accept header parsed on every request",
+)
 BOUNDED_SOCKETS = FastPath(
     name="bounded_sockets",
     library="uvicorn",
@@ -104,6 +114,7 @@ def enable(fast_paths: bool) -> None:
     """Decide every API fast path once, at start-up: on, or stock with one warning."""
     register(EXECUTOR, _check_executor, allowed=fast_paths)
     register(CONTENT_TYPE_CACHE, _check_content_type, allowed=fast_paths)
+    register(STREAM_TRANSPORT_CACHE, _check_stream_transport, allowed=fast_paths)
     register(BOUNDED_SOCKETS, _check_http_protocol, allowed=fast_paths)
     register(COALESCING_WEBSOCKETS, _check_websockets_protocol, allowed=fast_paths)
     register(JOINED_RESPONSES, _check_request_cycle, allowed=fast_paths)
@@ -187,6 +198,13 @@ def _check_content_type() -> None:
     if current not in (parse_content_type, _cached_parse_content_type):
         raise AttributeError("strawberry.http.async_base_view no longer uses parse_content_type")
     _parameters(parse_content_type, "content_type")
+
+
+def _check_stream_transport() -> None:
+    _parameters(BaseView._get_stream_transport_from_headers, "self headers")
+    _source_mentions(async_base_view.AsyncBaseHTTPView.parse_http_body,
+                     "self._get_stream_transport_from_headers(request.headers)")  # fmt: skip
+    _source_mentions(BaseView._get_stream_transport_from_headers, 'key.lower() == "accept"')
 
 
 def _check_http_protocol() -> None:

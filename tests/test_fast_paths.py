@@ -139,6 +139,7 @@ async def test_the_api_reports_its_fast_paths(app: FastAPI) -> None:
         "bounded_sockets",
         "coalescing_websockets",
         "joined_responses",
+        "stream_transport_cache",
     }
     assert names <= set(stats)
     assert all(path["active"] for path in stats.values()), stats
