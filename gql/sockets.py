@@ -47,8 +47,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
 
     def on_headers_complete(self) -> None:
-        """A request's cycle writes through a transport that joins what one loop pass wrote:
-        the response's head and body leave in one system call and one TCP segment."""
+        """A request's cycle writes its response's head together with what follows it:
+        head and body leave in one system call and one TCP segment."""
         super().on_headers_complete()
         cycle = self.cycle
         if (
@@ -57,12 +57,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             and cycle.transport is self.transport
             and not cycle.response_started
         ):
-            cycle.transport = _CoalescingTransport(self.transport)  # type: ignore[assignment]
+            cycle.transport = _HeadJoiningTransport(self.transport)  # type: ignore[assignment]
 
     def shutdown(self) -> None:
         """A response joined in this loop pass goes out before uvicorn closes the socket."""
         cycle = self.cycle
-        if cycle is not None and isinstance(cycle.transport, _CoalescingTransport):
+        if cycle is not None and isinstance(cycle.transport, _HeadJoiningTransport):
             cycle.transport.flush()
         super().shutdown()
 
@@ -101,15 +101,52 @@ class _CoalescingTransport:
 
     def write(self, data: bytes) -> None:
         if not self._pending:
-            self._loop.call_soon(self.flush)
+            self._loop.call_soon(self._flush)
         self._pending.append(data)
 
-    def flush(self) -> None:
+    def _flush(self) -> None:
         if self._pending:
             data = b"".join(self._pending)
             self._pending.clear()
             if not self._transport.is_closing():
                 self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class _HeadJoiningTransport:
+    """A request cycle's transport: its first write (the response's head) is held until
+    the next one (the body), which takes it along at once; whatever comes later is written
+    as it comes. A head with nothing after it in this loop pass (a streamed response, or
+    ``100 Continue``) goes out when the pass ends. Holding only the head keeps a response's
+    latency: the body leaves exactly when uvicorn would have written it."""
+
+    def __init__(self, transport: asyncio.BaseTransport) -> None:
+        self._transport: Any = transport
+        self._head: bytes | None = None
+        self._held = False
+
+    def write(self, data: bytes) -> None:
+        if self._head is not None:
+            data, self._head = self._head + data, None
+        elif not self._held:
+            self._held = True
+            self._head = data
+            asyncio.get_running_loop().call_soon(self.flush)
+            return
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            if not self._transport.is_closing():
+                self._transport.write(head)
 
     def close(self) -> None:
         self.flush()
