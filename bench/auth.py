@@ -4,7 +4,8 @@ The secret and the token are made at run time (no secret in any file); every Gra
 request of the run then carries the token, over HTTP in its ``Authorization`` header and on
 WebSockets in ``connection_init``. The limits that would cap the bench's own load (its
 mutation rate and its thousands of subscriptions, all from one owner) are lifted, so the
-figures show what verifying the token costs, plus one Redis call per mutation for the rate.
+figures show what verifying the token costs, plus the rate check (one Redis call per lease
+of 32 mutations at this limit, see gql/limits.py).
 """
 
 from __future__ import annotations

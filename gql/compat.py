@@ -11,10 +11,15 @@ Otherwise the library's stock behaviour runs, after one warning naming what chan
   execution context.
 - ``content_type_cache``: Strawberry's view parses every request's Content-Type through a
   module global, replaced by a cached copy. Stock: parsed on every request.
+- ``stream_transport_cache``: Strawberry's view picks a streaming transport by parsing every
+  request's Accept header (with the email package, for multipart); the pick is remembered
+  per Accept value. Stock: parsed on every request.
 - ``bounded_sockets``: uvicorn's httptools protocol, with small send buffers. Stock:
   uvicorn's protocol as it is.
 - ``coalescing_websockets``: uvicorn's websockets-sansio protocol, one write per connection
   per loop pass. Stock: one write per message.
+- ``joined_responses``: uvicorn's httptools request cycle, an HTTP response's head and body
+  in one write. Stock: two writes (two system calls, two segments) per response.
 
 A private module that moved away fails the import at start-up, loudly: the pins in
 ``pyproject.toml`` keep that from happening by surprise, and ``make test-latest`` shows it
@@ -37,13 +42,14 @@ from graphql.execution.collect_fields import (
     collect_subfields,
 )
 from strawberry.http import async_base_view
+from strawberry.http.base import BaseView
 from strawberry.http.parse_content_type import parse_content_type
 from strawberry.permission import BasePermission
 from strawberry.resolvers import is_default_resolver
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.schema.schema_converter import GraphQLCoreConverter
 from strawberry.types.field import StrawberryField
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from tasks.compat import FastPath
@@ -53,6 +59,7 @@ __all__ = [
     "CollectedFields",
     "FieldDetails",
     "HttpToolsProtocol",
+    "RequestResponseCycle",
     "StockExecutionContext",
     "WebSocketsSansIOProtocol",
     "collect_fields",
@@ -77,6 +84,12 @@ CONTENT_TYPE_CACHE = FastPath(
     verified=STRAWBERRY,
     fallback="Content-Type parsed on every request",
 )
+STREAM_TRANSPORT_CACHE = FastPath(
+    name="stream_transport_cache",
+    library="strawberry-graphql",
+    verified=STRAWBERRY,
+    fallback="the Accept header parsed on every request",
+)
 BOUNDED_SOCKETS = FastPath(
     name="bounded_sockets",
     library="uvicorn",
@@ -89,14 +102,22 @@ COALESCING_WEBSOCKETS = FastPath(
     verified=UVICORN,
     fallback="uvicorn's websockets-sansio protocol, one write per message",
 )
+JOINED_RESPONSES = FastPath(
+    name="joined_responses",
+    library="uvicorn",
+    verified=UVICORN,
+    fallback="uvicorn's httptools protocol, a response's head and body written apart",
+)
 
 
 def enable(fast_paths: bool) -> None:
     """Decide every API fast path once, at start-up: on, or stock with one warning."""
     register(EXECUTOR, _check_executor, allowed=fast_paths)
     register(CONTENT_TYPE_CACHE, _check_content_type, allowed=fast_paths)
+    register(STREAM_TRANSPORT_CACHE, _check_stream_transport, allowed=fast_paths)
     register(BOUNDED_SOCKETS, _check_http_protocol, allowed=fast_paths)
     register(COALESCING_WEBSOCKETS, _check_websockets_protocol, allowed=fast_paths)
+    register(JOINED_RESPONSES, _check_request_cycle, allowed=fast_paths)
     async_base_view.parse_content_type = (  # type: ignore[attr-defined]
         _cached_parse_content_type if CONTENT_TYPE_CACHE.active else parse_content_type
     )
@@ -179,6 +200,13 @@ def _check_content_type() -> None:
     _parameters(parse_content_type, "content_type")
 
 
+def _check_stream_transport() -> None:
+    _parameters(BaseView._get_stream_transport_from_headers, "self headers")
+    _source_mentions(async_base_view.AsyncBaseHTTPView.parse_http_body,
+                     "self._get_stream_transport_from_headers(request.headers)")  # fmt: skip
+    _source_mentions(BaseView._get_stream_transport_from_headers, 'key.lower() == "accept"')
+
+
 def _check_http_protocol() -> None:
     _parameters(HttpToolsProtocol.connection_made, "self transport")
     _source_mentions(HttpToolsProtocol.__init__, "self.ws_protocol_class")
@@ -187,6 +215,15 @@ def _check_http_protocol() -> None:
 def _check_websockets_protocol() -> None:
     _parameters(WebSocketsSansIOProtocol.connection_made, "self transport")
     _source_mentions(WebSocketsSansIOProtocol.connection_made, "self.transport = transport")
+
+
+def _check_request_cycle() -> None:
+    _parameters(HttpToolsProtocol.on_headers_complete, "self")
+    _parameters(HttpToolsProtocol.shutdown, "self")
+    _source_mentions(HttpToolsProtocol.on_headers_complete, "self.cycle = RequestResponseCycle(")
+    _source_mentions(HttpToolsProtocol.on_headers_complete, "transport=self.transport")
+    _source_mentions(RequestResponseCycle.__init__, "self.transport = transport")
+    _source_mentions(RequestResponseCycle.send, "self.transport.write(")
 
 
 def _parameters(function: Callable[..., Any], expected: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Mapping
 from typing import Any, cast
 
 from cross_web import HTTPException
@@ -15,6 +16,7 @@ from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLHTTPResponse
+from strawberry.http.streaming import HTTPStreamTransport
 from strawberry.subscriptions import (
     GRAPHQL_SSE_PROTOCOL,
     GRAPHQL_TRANSPORT_WS_PROTOCOL,
@@ -24,7 +26,7 @@ from strawberry.subscriptions import (
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET, UnsetType
 
-from gql import graphiql
+from gql import compat, graphiql
 from gql.auth import ANONYMOUS_PRINCIPAL, Authenticator, credential_of
 from gql.context import Context
 from gql.errors import ErrorCode, Unauthenticated
@@ -32,6 +34,7 @@ from gql.web import PRINCIPAL
 from gql.ws_handlers import LegacyWsHandler, TransportWsHandler
 
 _ACK = cast(UnsetType, UNSET)  # a plain connection_ack, without a payload
+_ACCEPT_VALUES = 64  # distinct Accept headers whose streaming transport is remembered
 
 SUBSCRIPTION_PROTOCOLS = (
     GRAPHQL_TRANSPORT_WS_PROTOCOL,  # graphql-ws: Apollo's GraphQLWsLink, GraphiQL
@@ -59,6 +62,7 @@ class JobQLGraphQL(GraphQL[Context, None]):
         self.authenticator = authenticator
         self._admission = asyncio.Semaphore(max_concurrent) if max_concurrent else None
         self._ping_interval: float = kwargs.get("keep_alive_interval", 15.0)
+        self._transports_by_accept: dict[str, HTTPStreamTransport | None] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Plain HTTP operations take a turn at a bounded number of slots: the rest park
@@ -91,6 +95,20 @@ class JobQLGraphQL(GraphQL[Context, None]):
         if isinstance(parsed, dict) and not isinstance(parsed.get("operationName"), str | None):
             raise HTTPException(400, "The GraphQL operation's `operationName` must be a string")
         return parsed
+
+    def _get_stream_transport_from_headers(
+        self, headers: Mapping[str, str]
+    ) -> HTTPStreamTransport | None:
+        """The streaming transport an Accept value asks for, worked out once per value."""
+        if not compat.STREAM_TRANSPORT_CACHE.active:
+            return super()._get_stream_transport_from_headers(headers)
+        accept = headers.get("accept", "")
+        known = self._transports_by_accept
+        if accept not in known:
+            if len(known) >= _ACCEPT_VALUES:
+                known.clear()
+            known[accept] = super()._get_stream_transport_from_headers({"accept": accept})
+        return known[accept]
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket

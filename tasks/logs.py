@@ -53,19 +53,56 @@ def _fields(record: logging.LogRecord) -> dict[str, object]:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log shippers."""
+    """One JSON object per line, for log shippers.
+
+    The API writes a line per mutation: the line is put together from its parts (strings
+    escaped by ``json``'s own C escaper, the time's text kept for a second) rather than
+    built as a dict for ``json.dumps``, which took twice as long.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._stamp = ""
 
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-            **_fields(record),
-        }
+        parts = [
+            '{"time":"',
+            self._time(record.created),
+            '","level":"',
+            record.levelname,
+            '","logger":',
+            _string(record.name),
+            ',"message":',
+            _string(record.getMessage()),
+        ]
+        for key in FIELDS:
+            value = getattr(record, key, None)
+            if value is not None:
+                parts += (',"', key, '":', _value(value))
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str, separators=(",", ":"))
+            parts += (',"exception":', _string(self.formatException(record.exc_info)))
+        parts.append("}")
+        return "".join(parts)
+
+    def _time(self, created: float) -> str:
+        """ISO-8601 UTC with milliseconds, as ``datetime.isoformat`` writes it."""
+        second = int(created)
+        micros = round((created - second) * 1_000_000)
+        if micros >= 1_000_000:  # rounds up into the next second
+            return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+        if second != self._second:
+            self._second = second
+            self._stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._stamp}.{micros // 1000:03d}+00:00"
+
+
+_string = json.encoder.encode_basestring_ascii  # the C escaper json.dumps uses
+_encode = json.JSONEncoder(default=str, separators=(",", ":")).encode
+
+
+def _value(value: object) -> str:
+    return _string(value) if type(value) is str else _encode(value)
 
 
 class TextFormatter(logging.Formatter):

@@ -503,28 +503,35 @@ def batch_call(calls: list[ScriptCall]) -> ScriptCall:
 
 
 # KEYS: the owner's rate key
-# ARGV: emission interval (µs: the window over the limit), window (µs)
-# Returns 0 when the call is admitted, else the µs to wait. A generic cell rate algorithm:
-# the key holds the theoretical arrival time, so one number per owner is the whole state,
-# a full window's quota may come as a burst, and Redis's clock serves every API replica.
+# ARGV: emission interval (µs: the window over the limit), window (µs), calls wanted
+# Returns {admitted, wait}: how many of the wanted calls fit (at least 1, at most ARGV[3]),
+# or {0, µs to wait} when none does. A generic cell rate algorithm: the key holds the
+# theoretical arrival time, so one number per owner is the whole state, a full window's
+# quota may come as a burst, and Redis's clock serves every API replica.
 RATE_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local wanted = tonumber(ARGV[3] or '1')
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
-local new = tat + interval
-if new - now > window then return new - now - window end
+local fit = math.floor((now + window - tat) / interval)
+if fit < 1 then return {0, tat + interval - now - window} end
+local admitted = math.min(wanted, fit)
+local new = tat + admitted * interval
 local ttl = math.max(1, math.ceil((new - now) / 1000))
 redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', ttl)
-return 0
+return {admitted, 0}
 """
 
 
-def rate_call(owner: str, limit: int, window_seconds: float) -> ScriptCall:
-    """Admit one of ``limit`` calls per ``window_seconds`` of ``owner``, or say how long to wait."""
+def rate_call(owner: str, limit: int, window_seconds: float, wanted: int = 1) -> ScriptCall:
+    """Admit up to ``wanted`` of ``limit`` calls per ``window_seconds`` of ``owner`` at once,
+    or say how long to wait."""
     window = int(window_seconds * _MICROS)
-    return ScriptCall(keys=[f"{PREFIX}:rate:{{{owner}}}"], args=[max(1, window // limit), window])
+    return ScriptCall(
+        keys=[f"{PREFIX}:rate:{{{owner}}}"], args=[max(1, window // limit), window, wanted]
+    )
 
 
 # Every job of an ``enqueueMany`` batch in one call: one round trip, all or none.

@@ -182,6 +182,9 @@ class Settings(BaseSettings):
     # It applies to authenticated owners: in `none` mode every caller is one owner.
     rate_limit_mutations: int = Field(default=300, ge=0)
     rate_limit_window_seconds: float = Field(default=60.0, gt=0)
+    # A replica takes up to this many of a busy owner's mutations per Redis call, and at
+    # most 1 % of the limit: the slack per replica and owner (1: every mutation asks Redis).
+    rate_limit_lease: int = Field(default=32, ge=1)
     max_subscriptions_per_connection: int = Field(default=100, ge=1)
     max_subscriptions_per_owner: int = Field(default=500, ge=1)  # per API process
 

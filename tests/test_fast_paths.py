@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -132,7 +133,14 @@ async def test_the_api_reports_its_fast_paths(app: FastAPI) -> None:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
         stats = (await http.get("/health/stats")).json()["fast_paths"]
-    names = {"executor", "content_type_cache", "bounded_sockets", "coalescing_websockets"}
+    names = {
+        "executor",
+        "content_type_cache",
+        "bounded_sockets",
+        "coalescing_websockets",
+        "joined_responses",
+        "stream_transport_cache",
+    }
     assert names <= set(stats)
     assert all(path["active"] for path in stats.values()), stats
     assert stats["executor"]["verified"].startswith("graphql-core 3.3")
@@ -148,3 +156,46 @@ def test_with_fast_paths_off_the_api_runs_stock(valkey: EmbeddedValkey, data_dir
             assert path["active"] is False, name
             assert path["reason"] == "JOBQL_FAST_PATHS=false", name
         assert api.data("{ tasks { name } }")["tasks"], "and it serves on stock behaviour"
+
+
+_QUERY = b'{"query":"{ __typename }"}'
+_ANSWER = b'{"data":{"__typename":"Query"}}'
+
+
+def _post(*extra: bytes, body: bytes | None = _QUERY) -> bytes:
+    head = [b"POST /graphql HTTP/1.1", b"Host: api", b"Content-Type: application/json"]
+    head += [b"Content-Length: %d" % len(_QUERY), *extra]
+    return b"\r\n".join(head) + b"\r\n\r\n" + (body or b"")
+
+
+def _read_until(sock: socket.socket, seen: bytes, wanted: bytes, count: int) -> bytes:
+    while seen.count(wanted) < count:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        seen += chunk
+    return seen
+
+
+@pytest.mark.slow
+def test_responses_written_in_one_piece_keep_http_1_1_working(
+    valkey: EmbeddedValkey, data_dir: Path
+) -> None:
+    """A response's head and body leave in one write: pipelined requests, ``Expect:
+    100-continue`` and ``Connection: close`` are answered as uvicorn answers them."""
+    with running_api(service_env(valkey.url, data_dir), data_dir) as api:
+        assert api.http.get("/health/stats").json()["fast_paths"]["joined_responses"]["active"]
+        address = (api.http.base_url.host, api.http.base_url.port or 80)
+        with socket.create_connection(address, timeout=10) as sock:
+            sock.sendall(_post() + _post())
+            answers = _read_until(sock, b"", _ANSWER, 2)
+            assert answers.count(b"HTTP/1.1 200 OK") == 2 and answers.count(_ANSWER) == 2
+
+            sock.sendall(_post(b"Expect: 100-continue", body=None))
+            assert _read_until(sock, b"", b"\r\n\r\n", 1) == b"HTTP/1.1 100 Continue\r\n\r\n"
+            sock.sendall(_QUERY)
+            assert _ANSWER in _read_until(sock, b"", _ANSWER, 1)
+
+            sock.sendall(_post(b"Connection: close"))
+            last = _read_until(sock, b"", b"\0", 1)  # to the end: the server closes
+            assert last.startswith(b"HTTP/1.1 200 OK") and last.endswith(_ANSWER)

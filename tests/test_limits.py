@@ -4,6 +4,7 @@ the subscription counts (the end-to-end story is in test_security.py)."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -65,6 +66,66 @@ async def test_a_limit_finer_than_a_millisecond_admits_everything(
     _, limits = limits_for(valkey, rate_limit_mutations=100_000_000)
     for _ in range(50):
         await limits.mutation(owner)
+
+
+async def _spend(limits: Limits, owner: Principal) -> bool:
+    try:
+        await limits.mutation(owner)
+    except RateLimited:
+        return False
+    return True
+
+
+async def test_two_replicas_never_admit_more_than_the_owner_budget_together(
+    valkey: EmbeddedValkey, owner: Principal
+) -> None:
+    # 1,000 a minute: each replica leases 10 of the owner's mutations per Redis call.
+    _, one = limits_for(valkey, rate_limit_mutations=1000, rate_limit_window_seconds=60)
+    _, two = limits_for(valkey, rate_limit_mutations=1000, rate_limit_window_seconds=60)
+    began = time.monotonic()
+    admitted = {one: 0, two: 0}
+    refused: set[Limits] = set()
+    while len(refused) < 2:
+        for replica in (one, two):
+            if await _spend(replica, owner):
+                admitted[replica] += 1
+            else:
+                refused.add(replica)
+    budget = 1000 + (time.monotonic() - began) * 1000 / 60 + 1  # a minute's worth refills
+    assert 1000 - 2 * 10 <= sum(admitted.values()) <= budget
+    assert admitted[one] > 100 and admitted[two] > 100  # both replicas got their share
+    with pytest.raises(RateLimited) as caught:
+        await one.mutation(owner)
+    assert 0 < caught.value.extensions["retryAfter"] <= 0.06 * 10
+
+
+async def test_a_busy_owner_asks_redis_once_per_lease_even_when_concurrent(
+    valkey: EmbeddedValkey, owner: Principal
+) -> None:
+    _, limits = limits_for(valkey, rate_limit_mutations=100_000, rate_limit_lease=32)
+    calls = await _script_calls(valkey)
+    assert all(await asyncio.gather(*(_spend(limits, owner) for _ in range(64))))
+    assert await _script_calls(valkey) - calls == 2  # 64 mutations, two leases of 32
+
+
+async def test_a_limit_under_200_asks_redis_for_every_mutation(
+    valkey: EmbeddedValkey, owner: Principal
+) -> None:
+    _, limits = limits_for(valkey, rate_limit_mutations=150)  # 1 % of it is under one
+    calls = await _script_calls(valkey)
+    for _ in range(5):
+        await limits.mutation(owner)
+    assert await _script_calls(valkey) - calls == 5
+
+
+async def _script_calls(valkey: EmbeddedValkey) -> int:
+    """EVALSHA calls Valkey has served so far (its command statistics)."""
+    client = connect(valkey.url, Settings(env="test", redis_url=valkey.url))
+    try:
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
 async def test_without_authentication_no_owner_budget_applies(valkey: EmbeddedValkey) -> None:
