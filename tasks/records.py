@@ -9,10 +9,13 @@ JSON text; an empty string means "not set".
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+
+import orjson
 
 from tasks import slots
 
@@ -133,8 +136,27 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+# 19 digits in a row: maybe an integer beyond 64 bits, which orjson 3.x reads as a float.
+_LONG_NUMBER = re.compile(r"\d{19}")
+_LONG_NUMBER_BYTES = re.compile(rb"\d{19}")
+
+
+def loads(text: str | bytes) -> Any:
+    """``json.loads``, exactly, at orjson's speed: a page decodes 50 records, each of
+    them JSON holding JSON. What orjson refuses or reads otherwise (``NaN``, ``1e400``,
+    lone surrogates, integers beyond 64 bits) is read by the standard library."""
+    text_long = isinstance(text, str) and _LONG_NUMBER.search(text)
+    bytes_long = isinstance(text, bytes) and _LONG_NUMBER_BYTES.search(text)
+    if not (text_long or bytes_long):
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text)
+
+
 def _loads(text: str | None) -> Any:
-    return json.loads(text) if text else None
+    return loads(text) if text else None
 
 
 def _moment(text: str | None) -> datetime | None:
@@ -211,7 +233,7 @@ class JobSnapshot:
     def from_event(cls, payload: str | bytes) -> JobSnapshot:
         """Events carry the whole snapshot, JSON-encoded by the update script; a step's
         event on its workflow's channel carries the workflow's record too."""
-        fields = json.loads(payload)
+        fields = loads(payload)
         snapshot = cls.from_hash(fields)
         workflow = fields.get("workflow")
         if isinstance(workflow, dict):
