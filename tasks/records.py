@@ -9,7 +9,6 @@ JSON text; an empty string means "not set".
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -136,23 +135,31 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-# 19 digits in a row: maybe an integer beyond 64 bits, which orjson 3.x reads as a float.
-_LONG_NUMBER = re.compile(r"\d{19}")
-_LONG_NUMBER_BYTES = re.compile(rb"\d{19}")
+# orjson 3.x reads an integer beyond 64 bits as a float, which is at least this large.
+_ROUNDED = 2.0**63
 
 
 def loads(text: str | bytes) -> Any:
     """``json.loads``, exactly, at orjson's speed: a page decodes 50 records, each of
-    them JSON holding JSON. What orjson refuses or reads otherwise (``NaN``, ``1e400``,
-    lone surrogates, integers beyond 64 bits) is read by the standard library."""
-    text_long = isinstance(text, str) and _LONG_NUMBER.search(text)
-    bytes_long = isinstance(text, bytes) and _LONG_NUMBER_BYTES.search(text)
-    if not (text_long or bytes_long):
-        try:
-            return orjson.loads(text)
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(text)
+    them JSON holding JSON. What orjson refuses (``NaN``, ``1e400``, lone surrogates) or
+    may have rounded (an integer beyond 64 bits) is read again by the standard library."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+    return json.loads(text) if _maybe_rounded(value) else value
+
+
+def _maybe_rounded(value: Any) -> bool:
+    """Whether a float orjson read is large enough to have been an integer it rounded."""
+    kind = type(value)
+    if kind is float:
+        return not -_ROUNDED < value < _ROUNDED
+    if kind is dict:
+        return any(_maybe_rounded(item) for item in value.values() if type(item) is not str)
+    if kind is list:
+        return any(_maybe_rounded(item) for item in value if type(item) is not str)
+    return False
 
 
 def _loads(text: str | None) -> Any:
