@@ -132,7 +132,24 @@ def to_score(moment: datetime) -> int:
 
 
 def dumps(value: Any) -> str:
+    """Compact JSON, non-ASCII kept. A record's fields and other flat strings (most of what
+    is written per job) go through orjson, which writes them byte for byte the same;
+    anything else through the standard library, whose floats and errors stay as they were."""
+    if _all_strings(value):
+        try:
+            return orjson.dumps(value).decode()
+        except orjson.JSONEncodeError:  # a lone surrogate: json writes it, orjson refuses
+            pass
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _all_strings(value: Any) -> bool:
+    kind = type(value)
+    if kind is dict:
+        return all(type(k) is str and type(v) is str for k, v in value.items())
+    if kind is list:
+        return all(type(item) is str for item in value)
+    return False
 
 
 # orjson 3.x reads an integer beyond 64 bits as a float, which is at least this large.

@@ -495,11 +495,14 @@ return out
 
 def batch_call(calls: list[ScriptCall]) -> ScriptCall:
     """The call of a :func:`batch_script` made of each item's own call."""
-    counts: list[str | int] = [n for call in calls for n in (len(call.keys), len(call.args))]
-    return ScriptCall(
-        keys=[key for call in calls for key in call.keys],
-        args=[len(calls), *counts, *(arg for call in calls for arg in call.args)],
-    )
+    keys: list[str] = []
+    counts: list[str | int] = [len(calls)]
+    args: list[str | int] = []
+    for call in calls:
+        keys += call.keys
+        counts += (len(call.keys), len(call.args))
+        args += call.args
+    return ScriptCall(keys=keys, args=counts + args)
 
 
 # KEYS: the owner's rate key
