@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -232,3 +233,15 @@ async def test_a_result_beyond_what_orjson_reads_comes_back_exactly(
         data = snapshot.progress["data"]
         assert data["odd"] == "\ud800" and data["huge"] == float("inf")
         assert data["nan"] != data["nan"]  # NaN, as json reads it
+
+
+def test_a_record_is_written_as_the_standard_library_writes_it() -> None:
+    """Flat strings go through orjson: every code point comes out as json.dumps has it,
+    and what orjson refuses or writes otherwise (a lone surrogate, a float) is json's."""
+    every = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
+    values: list[object] = [
+        {"input": every[n : n + 4096], "id": "x"} for n in range(0, len(every), 4096)
+    ]
+    values += [{"odd": "\ud800"}, ["a", "\udfff"], {"n": 0.1, "big": 1e16}, {1: "a"}, [1.5]]
+    for value in values:
+        assert records.dumps(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
