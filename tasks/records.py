@@ -173,9 +173,16 @@ def _maybe_rounded(value: Any) -> bool:
     if kind is float:
         return not -_ROUNDED < value < _ROUNDED
     if kind is dict:
-        return any(_maybe_rounded(item) for item in value.values() if type(item) is not str)
-    if kind is list:
-        return any(_maybe_rounded(item) for item in value if type(item) is not str)
+        value = value.values()
+    elif kind is not list:
+        return False
+    for item in value:
+        kind = type(item)
+        if kind is float:
+            if not -_ROUNDED < item < _ROUNDED:
+                return True
+        elif (kind is dict or kind is list) and _maybe_rounded(item):
+            return True
     return False
 
 
