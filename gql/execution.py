@@ -320,8 +320,10 @@ class _OperationPlans:
     def __init__(self, schema: Any, operation: OperationDefinitionNode, fragments: Any) -> None:
         self.schema = schema
         self.operation = operation
-        # Its field nodes are the keys' ids: held here, they stay the same objects.
-        self.varies = _directives_take_variables(
+        # Its field nodes are the keys' ids: held here, they stay the same objects. An
+        # operation without variables is not walked: a query written with its values
+        # inline is often sent once, and its directives can take no variable.
+        self.varies = bool(operation.variable_definitions) and _directives_take_variables(
             [operation, *(fragment.definition for fragment in fragments.values())]
         )
         self.plans: dict[tuple[Any, ...], Plan] = {}
