@@ -23,8 +23,12 @@ operation, above all a long-lived subscription, is freed by reference counting i
 waiting for a full collection that pauses every stream.
 
 3. Objects in queries and mutations completed by the same kind of projection, compiled once
-per selection and operation: a page of 50 jobs is one compilation and 50 cheap projections
-instead of 50 walks through graphql-core's field machinery. Same fallbacks as above.
+per selection: a page of 50 jobs is 50 cheap projections instead of 50 walks through
+graphql-core's field machinery. Same fallbacks as above. The parser cache hands every
+request of one query text the same document, so a selection's projection is kept with its
+operation (see :class:`_SharedPlans`) and the next request of that query compiles nothing;
+an operation whose directives take variables (``@include(if: $x)``) selects per request,
+so it compiles per request as before.
 
 No slow path is silent: every event or object that takes graphql-core's path counts on the
 ``executor`` fast path's ``fallbacks`` (``/health/stats``), logged once per selection. The
@@ -37,21 +41,28 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from graphql import (
+    BREAK,
+    DirectiveNode,
     ExecutionResult,
     GraphQLLeafType,
     GraphQLObjectType,
     GraphQLOutputType,
     GraphQLResolveInfoHelpers,
+    OperationDefinitionNode,
     OperationType,
     Undefined,
+    VariableNode,
+    Visitor,
     is_leaf_type,
     is_list_type,
     is_non_null_type,
     is_object_type,
+    visit,
 )
 
 from gql import compat
@@ -134,12 +145,22 @@ class JobQLExecutor(StockExecutionContext):
         key = (type_.name, id(details))
         plan = self._object_plans.get(key)
         if plan is None:
-            plan = self._object_plans[key] = Plan(type_.name, details)
             try:
                 self._unsupported()
-                plan.project = self._object(type_, details)
             except Uncompilable as exc:
-                plan.why = str(exc)  # not the exception: its traceback holds the executor
+                plan = Plan(type_.name, details)
+                plan.why = str(exc)
+            else:
+                plan = _SHARED.plan(self, type_, details)
+            self._object_plans[key] = plan
+        return plan
+
+    def _compile_object(self, type_: GraphQLObjectType, details: Any) -> Plan:
+        plan = Plan(type_.name, details)
+        try:
+            plan.project = self._object(type_, details)
+        except Uncompilable as exc:
+            plan.why = str(exc)  # not the exception: its traceback holds the executor
         return plan
 
     def _unsupported(self) -> None:
@@ -251,6 +272,96 @@ class Plan:
         self.details = details  # also keeps the field list alive while its id() is a key
         self.project: Projection | None = None
         self.why = ""  # what the projection does not cover, when it has none
+
+
+class _SharedPlans:
+    """Object plans kept per (schema, operation), for the next request of the same query.
+
+    A plan depends on the schema, the operation's fields and fragments and, through
+    ``@skip``/``@include``/``@defer``, on variables: operations whose directives take
+    variables are not shared. An operation node comes from one parsed document, so its
+    identity names its fragments too. Entries hold their schema and operation, so the ids
+    in the keys cannot be reused while they live; the least recently used goes first.
+    """
+
+    LIMIT = 512
+
+    def __init__(self) -> None:
+        self._operations: OrderedDict[tuple[int, int], _OperationPlans] = OrderedDict()
+
+    def plan(self, executor: JobQLExecutor, type_: GraphQLObjectType, details: Any) -> Plan:
+        if any(d.defer_usage is not None or d.fragment_variable_values for d in details):
+            return executor._compile_object(type_, details)
+        schema, operation = executor.schema, executor.operation
+        key = (id(schema), id(operation))
+        entry = self._operations.get(key)
+        if entry is None or entry.operation is not operation or entry.schema is not schema:
+            entry = _OperationPlans(schema, operation, executor.fragments)
+            self._operations[key] = entry
+            if len(self._operations) > self.LIMIT:
+                self._operations.popitem(last=False)
+        else:
+            self._operations.move_to_end(key)
+        if entry.varies:
+            return executor._compile_object(type_, details)
+        plan_key = (type_.name, *(id(d.node) for d in details))
+        plan = entry.plans.get(plan_key)
+        if plan is None:
+            plan = entry.plans[plan_key] = executor._compile_object(type_, details)
+        return plan
+
+    def clear(self) -> None:
+        self._operations.clear()
+
+
+class _OperationPlans:
+    __slots__ = ("operation", "plans", "schema", "varies")
+
+    def __init__(self, schema: Any, operation: OperationDefinitionNode, fragments: Any) -> None:
+        self.schema = schema
+        self.operation = operation
+        # Its field nodes are the keys' ids: held here, they stay the same objects. An
+        # operation without variables is not walked: a query written with its values
+        # inline is often sent once, and its directives can take no variable.
+        self.varies = bool(operation.variable_definitions) and _directives_take_variables(
+            [operation, *(fragment.definition for fragment in fragments.values())]
+        )
+        self.plans: dict[tuple[Any, ...], Plan] = {}
+
+
+_SHARED = _SharedPlans()
+
+
+class _VariableInDirective(Visitor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.found = False
+
+    def enter_directive(self, node: DirectiveNode, *_: Any) -> Any:
+        if any(_mentions_variable(argument.value) for argument in node.arguments or ()):
+            self.found = True
+            return BREAK
+        return None
+
+
+def _mentions_variable(node: Any) -> bool:
+    if isinstance(node, VariableNode):
+        return True
+    values = getattr(node, "values", None) or ()
+    fields = getattr(node, "fields", None) or ()
+    return any(_mentions_variable(v) for v in values) or any(
+        _mentions_variable(f.value) for f in fields
+    )
+
+
+def _directives_take_variables(nodes: list[Any]) -> bool:
+    """Whether any directive of ``nodes`` takes a variable, at any depth of its arguments."""
+    visitor = _VariableInDirective()
+    for node in nodes:
+        visit(node, visitor)
+        if visitor.found:
+            return True
+    return False
 
 
 # Selections whose fallback was logged, so each is logged once, not once per event.

@@ -6,7 +6,6 @@ The scripts' KEYS and ARGV come from the builders in :mod:`tasks.scripts`, share
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import replace
 from datetime import datetime
@@ -218,7 +217,7 @@ class JobStore:
                 calls.append(scripts.ScriptCall(keys=keys, args=parts[0].args))
         return _merged(await self._pages(calls), query.limit)
 
-    async def _pages(self, calls: list[scripts.ScriptCall]) -> list[list[str]]:
+    async def _pages(self, calls: list[scripts.ScriptCall]) -> list[list[list[str]]]:
         if len(calls) == 1:
             return [await self._page(keys=calls[0].keys, args=calls[0].args)]
         return list(await asyncio.gather(*(self._page(keys=c.keys, args=c.args) for c in calls)))
@@ -264,19 +263,23 @@ class JobStore:
         return taken
 
 
-def _merged(pages: list[list[str]], limit: int) -> list[JobSnapshot]:
-    """The newest ``limit`` of several exact pages, by (creation score, id) like the indexes;
-    only the rows kept are decoded whole."""
-    if len(pages) == 1:
-        return [JobSnapshot.from_event(row) for row in pages[0]]
-    keyed = []
-    for page in pages:
-        for row in page:
-            fields = json.loads(row)
-            moment = datetime.fromisoformat(fields["created_at"])
-            keyed.append((records.to_score(moment), fields["id"], row))
-    keyed.sort(reverse=True)
-    return [JobSnapshot.from_event(row) for _, _, row in keyed[:limit]]
+def _merged(pages: list[list[list[str]]], limit: int) -> list[JobSnapshot]:
+    """The newest ``limit`` of several exact pages, by (creation score, id) like the indexes."""
+    rows = [_fields(flat) for page in pages for flat in page]
+    if len(pages) > 1:
+        rows.sort(key=_newest_first, reverse=True)
+        rows = rows[:limit]
+    return [JobSnapshot.from_hash(fields) for fields in rows]
+
+
+def _fields(flat: list[str]) -> dict[str, str]:
+    """A record from HGETALL's flat field/value list, as the page script returns it."""
+    pairs = iter(flat)
+    return dict(zip(pairs, pairs, strict=True))
+
+
+def _newest_first(fields: dict[str, str]) -> tuple[int, str]:
+    return records.to_score(datetime.fromisoformat(fields["created_at"])), fields["id"]
 
 
 async def sweep_forever(store: JobStore, interval: float) -> None:

@@ -17,6 +17,8 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
+
 # The Redis transport's priority queues: 0 is served first, a message with priority p > 0
 # waits in "<queue><SEP><p>" (see tasks.app's broker_transport_options).
 PRIORITY_STEPS = list(range(10))
@@ -84,4 +86,7 @@ def task_message(
         },
         "properties": properties,
     }
-    return json.dumps(message, separators=(",", ":"))
+    # The envelope holds strings, small ints, None and empty containers only: orjson
+    # writes the JSON json.dumps would, bar non-ASCII kept as UTF-8 instead of \u escapes
+    # (in kwargsrepr), which any JSON reader, kombu's included, reads the same.
+    return orjson.dumps(message).decode()

@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+import orjson
+
 from tasks import slots
 
 PREFIX = "jobql"
@@ -130,11 +132,62 @@ def to_score(moment: datetime) -> int:
 
 
 def dumps(value: Any) -> str:
+    """Compact JSON, non-ASCII kept. A record's fields and other flat strings (most of what
+    is written per job) go through orjson, which writes them byte for byte the same;
+    anything else through the standard library, whose floats and errors stay as they were."""
+    if _all_strings(value):
+        try:
+            return orjson.dumps(value).decode()
+        except orjson.JSONEncodeError:  # a lone surrogate: json writes it, orjson refuses
+            pass
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+def _all_strings(value: Any) -> bool:
+    kind = type(value)
+    if kind is dict:
+        return all(type(k) is str and type(v) is str for k, v in value.items())
+    if kind is list:
+        return all(type(item) is str for item in value)
+    return False
+
+
+# orjson 3.x reads an integer beyond 64 bits as a float, which is at least this large.
+_ROUNDED = 2.0**63
+
+
+def loads(text: str | bytes) -> Any:
+    """``json.loads``, exactly, at orjson's speed: a page decodes 50 records, each of
+    them JSON holding JSON. What orjson refuses (``NaN``, ``1e400``, lone surrogates) or
+    may have rounded (an integer beyond 64 bits) is read again by the standard library."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+    return json.loads(text) if _maybe_rounded(value) else value
+
+
+def _maybe_rounded(value: Any) -> bool:
+    """Whether a float orjson read is large enough to have been an integer it rounded."""
+    kind = type(value)
+    if kind is float:
+        return not -_ROUNDED < value < _ROUNDED
+    if kind is dict:
+        value = value.values()
+    elif kind is not list:
+        return False
+    for item in value:
+        kind = type(item)
+        if kind is float:
+            if not -_ROUNDED < item < _ROUNDED:
+                return True
+        elif (kind is dict or kind is list) and _maybe_rounded(item):
+            return True
+    return False
+
+
 def _loads(text: str | None) -> Any:
-    return json.loads(text) if text else None
+    return loads(text) if text else None
 
 
 def _moment(text: str | None) -> datetime | None:
@@ -211,7 +264,7 @@ class JobSnapshot:
     def from_event(cls, payload: str | bytes) -> JobSnapshot:
         """Events carry the whole snapshot, JSON-encoded by the update script; a step's
         event on its workflow's channel carries the workflow's record too."""
-        fields = json.loads(payload)
+        fields = loads(payload)
         snapshot = cls.from_hash(fields)
         workflow = fields.get("workflow")
         if isinstance(workflow, dict):

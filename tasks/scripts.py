@@ -229,8 +229,9 @@ return 'ok'
 # ARGV: upper bound (a ZRANGEBYSCORE bound), cursor id ('' for none: with one, the bound is
 #       the cursor's score and only ids below the cursor's are taken at that score),
 #       lower bound, limit, job key prefix of that tag
-# Returns up to ``limit`` JSON-encoded records, newest first by (score, id), read in this
-# one call: a k-way merge, each index read ``limit + 1`` at a time from its own position.
+# Returns up to ``limit`` records as HGETALL gives them (flat field/value lists: no JSON to
+# encode here, none to decode in the API), newest first by (score, id), read in this one
+# call: a k-way merge, each index read ``limit + 1`` at a time from its own position.
 # An entry whose record expired is dropped from the index it was read from and the merge
 # reads on, so the page is exact before the sweep has run; there is no scan cap.
 # The job hashes are read by names computed here (prefix .. id): they cannot be declared,
@@ -286,9 +287,7 @@ while #out < limit do
   if #flat == 0 then
     redis.call('ZREM', best.key, row[2])
   else
-    local rec = {}
-    for j = 1, #flat, 2 do rec[flat[j]] = flat[j + 1] end
-    out[#out + 1] = cjson.encode(rec)
+    out[#out + 1] = flat
   end
 end
 return out
@@ -495,11 +494,14 @@ return out
 
 def batch_call(calls: list[ScriptCall]) -> ScriptCall:
     """The call of a :func:`batch_script` made of each item's own call."""
-    counts: list[str | int] = [n for call in calls for n in (len(call.keys), len(call.args))]
-    return ScriptCall(
-        keys=[key for call in calls for key in call.keys],
-        args=[len(calls), *counts, *(arg for call in calls for arg in call.args)],
-    )
+    keys: list[str] = []
+    counts: list[str | int] = [len(calls)]
+    args: list[str | int] = []
+    for call in calls:
+        keys += call.keys
+        counts += (len(call.keys), len(call.args))
+        args += call.args
+    return ScriptCall(keys=keys, args=counts + args)
 
 
 # KEYS: the owner's rate key

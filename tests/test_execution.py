@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import strawberry
-from strawberry.extensions import FieldExtension
+from strawberry.extensions import FieldExtension, ParserCache
 from strawberry.permission import BasePermission
 from strawberry.scalars import JSON
 
@@ -294,3 +294,38 @@ async def test_a_projected_selection_counts_no_fallback() -> None:
     await run(JobQLExecutor, SELECTIONS[0][0].replace("subscription", "query"))
     await stream(schema_with(JobQLExecutor), SELECTIONS[0][0])
     assert compat.EXECUTOR.fallbacks == before
+
+
+def cached_schema(executor: type[StockExecutionContext]) -> strawberry.Schema:
+    """A schema that parses a query text once, as the API's does: one document for all."""
+    schema = schema_with(executor)
+    schema.extensions = [ParserCache(maxsize=8)]
+    return schema
+
+
+async def test_a_query_sent_again_is_served_by_the_plans_of_the_first() -> None:
+    schema = cached_schema(JobQLExecutor)
+    query = "{ items { id phase step { current } } shelf { items { id label } } }"
+    created.clear()
+    first = await schema.execute(query)
+    second = await schema.execute(query)
+    assert first.data == second.data == (await run(StockExecutionContext, query))["data"]
+    plans = [list(executor._object_plans.values()) for executor in created[:2]]
+    assert plans[0] and all(plan.project is not None for plan in plans[0])
+    assert [id(plan) for plan in plans[0]] == [id(plan) for plan in plans[1]]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "query($on: Boolean!) { items { id step @include(if: $on) { current } } }",
+        """query($on: Boolean!) { items { id ...Step } }
+           fragment Step on Item { step @skip(if: $on) { current } label }""",
+    ],
+)
+async def test_a_selection_that_variables_change_is_chosen_per_request(query: str) -> None:
+    ours, stock = cached_schema(JobQLExecutor), cached_schema(StockExecutionContext)
+    for on in (True, False, True):
+        mine = await ours.execute(query, {"on": on})
+        theirs = await stock.execute(query, {"on": on})
+        assert (mine.data, mine.errors) == (theirs.data, theirs.errors)

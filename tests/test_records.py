@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -208,3 +209,39 @@ async def test_a_record_lives_and_stays_listed_as_long_as_it_keeps_changing(
     assert await ids(store, PageQuery(owner=owner, limit=5)) == [job.id]
     started = frozenset({JobState.STARTED})
     assert await ids(store, PageQuery(owner=owner, limit=5, states=started)) == [job.id]
+
+
+async def test_a_result_beyond_what_orjson_reads_comes_back_exactly(
+    client: aioredis.Redis, settings: Settings, owner: str
+) -> None:
+    """Records are decoded with orjson where it reads as the standard library does; a
+    value it would round or refuse (a 70-bit integer, NaN, a lone surrogate) still comes
+    back as written, by the job read and by the page."""
+    store = store_with_ttl(client, settings, 3600)
+    job = await write_job(store, owner, "send_email", JobState.STARTED)
+    fields = {
+        "result": f'{{"big":{2**70},"small":{-(2**64) - 1},"ratio":0.1}}',
+        "progress": '{"current":1,"data":{"odd":"\\ud800","nan":NaN,"huge":1e400}}',
+    }
+    assert await store.transition(job, JobState.SUCCESS, fields, frozenset()) == "ok"
+    read = await store.get(job.id)
+    (listed,) = await store.page(PageQuery(owner=owner, limit=5))
+    for snapshot in (read, listed):
+        assert snapshot is not None and snapshot.progress is not None
+        assert snapshot.result == {"big": 2**70, "small": -(2**64) - 1, "ratio": 0.1}
+        assert isinstance(snapshot.result["big"], int)
+        data = snapshot.progress["data"]
+        assert data["odd"] == "\ud800" and data["huge"] == float("inf")
+        assert data["nan"] != data["nan"]  # NaN, as json reads it
+
+
+def test_a_record_is_written_as_the_standard_library_writes_it() -> None:
+    """Flat strings go through orjson: every code point comes out as json.dumps has it,
+    and what orjson refuses or writes otherwise (a lone surrogate, a float) is json's."""
+    every = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
+    values: list[object] = [
+        {"input": every[n : n + 4096], "id": "x"} for n in range(0, len(every), 4096)
+    ]
+    values += [{"odd": "\ud800"}, ["a", "\udfff"], {"n": 0.1, "big": 1e16}, {1: "a"}, [1.5]]
+    for value in values:
+        assert records.dumps(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
