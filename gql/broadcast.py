@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from collections.abc import AsyncIterator
 
 from gql.pubsub import PubSubBackend, RedisPubSubBackend
@@ -37,6 +36,7 @@ __all__ = [
     "PubSubBackend",
     "RedisPubSubBackend",
     "Resync",
+    "Subscription",
 ]
 
 logger = logging.getLogger(__name__)
@@ -69,14 +69,20 @@ class EventQueue:
     A progress event replaces the same job's progress event still waiting (latest wins);
     state changes queue in order. Past ``limit`` pending items the queue is emptied into a
     single RESYNC: the subscriber re-reads snapshots, which hold every state reached.
+
+    Thousands of these live at once, mostly empty: a plain list (a ``deque`` allocates a
+    block of 64 slots up front) and a future made only while its one reader waits, instead
+    of an ``asyncio.Event`` with a deque of its own.
     """
+
+    __slots__ = ("_items", "_limit", "_progress", "_tally", "_waiter", "high_water")
 
     def __init__(self, limit: int, tally: EventTally | None = None) -> None:
         self._limit = limit
         self._tally = tally or EventTally()
-        self._items: deque[list[JobSnapshot | Resync]] = deque()
+        self._items: list[list[JobSnapshot | Resync]] = []
         self._progress: dict[str, list[JobSnapshot | Resync]] = {}
-        self._ready = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
         self.high_water = 0
 
     def __len__(self) -> int:
@@ -102,13 +108,18 @@ class EventQueue:
                 # Progress after this state change must queue after it, not merge before it.
                 self._progress.pop(item.id, None)
         self.high_water = max(self.high_water, len(self._items))
-        self._ready.set()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def get(self) -> JobSnapshot | Resync:
         while not self._items:
-            self._ready.clear()
-            await self._ready.wait()
-        slot = self._items.popleft()
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        slot = self._items.pop(0)  # at most ``limit`` items: a short move, not a deque
         item = slot[0]
         if isinstance(item, JobSnapshot) and self._progress.get(item.id) is slot:
             del self._progress[item.id]
@@ -161,23 +172,31 @@ class JobBroadcast:
             for queue in queues:
                 queue.put(RESYNC)
 
-    @contextlib.asynccontextmanager
-    async def subscribe(self, *channels: str) -> AsyncIterator[EventQueue]:
-        """Events of ``channels`` (one queue) from the moment Redis confirmed each of them."""
-        queue = EventQueue(self._queue_limit, self.tally)
-        joined: list[str] = []
-        try:
-            for channel in channels:
-                async with self._locked(channel):
-                    if channel not in self._queues:
-                        await self.backend.subscribe(channel)
-                        self._queues[channel] = set()
-                    self._queues[channel].add(queue)
-                joined.append(channel)
-            yield queue
-        finally:
-            for channel in joined:
-                await asyncio.shield(self._leave(channel, queue))
+    def subscribe(self, *channels: str) -> Subscription:
+        """Events of ``channels`` (one queue) from the moment Redis confirmed each of them:
+        ``async with broadcast.subscribe(channel) as events``."""
+        return Subscription(self, channels, EventQueue(self._queue_limit, self.tally))
+
+    async def _join(self, channel: str, queue: EventQueue) -> None:
+        queues = self._queues.get(channel)
+        if queues is not None:
+            # Held, so confirmed by Redis: no command to send, no lock to take. A leave that
+            # unsubscribes takes the channel out of ``_queues`` before its first await.
+            queues.add(queue)
+            return
+        async with self._locked(channel):
+            if channel not in self._queues:
+                await self.backend.subscribe(channel)
+                self._queues[channel] = set()
+            self._queues[channel].add(queue)
+
+    def _leave_at_once(self, channel: str, queue: EventQueue) -> bool:
+        """Leave a channel others still hear (no UNSUBSCRIBE): nothing to await or lock."""
+        queues = self._queues.get(channel)
+        if queues is None or len(queues) < 2 or queue not in queues:
+            return False
+        queues.discard(queue)
+        return True
 
     async def _leave(self, channel: str, queue: EventQueue) -> None:
         async with self._locked(channel):
@@ -201,7 +220,8 @@ class JobBroadcast:
             entry.users -= 1
             # Dropped only when no task holds or awaits it: a waiter woken by a release is
             # not yet the holder, and a new lock for the channel would let both in at once.
-            if not entry.users and channel not in self._queues:
+            # A held channel keeps none: thousands of idle locks were most of its cost.
+            if not entry.users:
                 del self._locks[channel]
 
     def stats(self) -> dict[str, int]:
@@ -212,3 +232,40 @@ class JobBroadcast:
             "locks": len(self._locks),
             "reconnects": self.backend.reconnects,
         }
+
+
+class Subscription:
+    """``async with broadcast.subscribe(*channels) as events``: joined on entry, left on exit
+    (even when cancelled). An object rather than a generator-based context manager: a
+    ``job(id)`` subscription holds one for its whole life, and a suspended generator's frame
+    costs several times this object."""
+
+    __slots__ = ("_broadcast", "_channels", "_joined", "queue")
+
+    def __init__(
+        self, broadcast: JobBroadcast, channels: tuple[str, ...], queue: EventQueue
+    ) -> None:
+        self._broadcast = broadcast
+        self._channels = channels
+        self._joined = 0
+        self.queue = queue
+
+    async def __aenter__(self) -> EventQueue:
+        try:
+            for channel in self._channels:
+                await self._broadcast._join(channel, self.queue)
+                self._joined += 1
+        except BaseException:
+            await self._leave()
+            raise
+        return self.queue
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._leave()
+
+    async def _leave(self) -> None:
+        broadcast, queue = self._broadcast, self.queue
+        joined, self._joined = self._channels[: self._joined], 0
+        for channel in joined:
+            if not broadcast._leave_at_once(channel, queue):
+                await asyncio.shield(broadcast._leave(channel, queue))

@@ -33,6 +33,7 @@ from graphql import GraphQLField, build_schema, parse
 from graphql.execution.collect_fields import (
     CollectedFields,
     FieldDetails,
+    FragmentDetails,
     collect_fields,
     collect_subfields,
 )
@@ -137,6 +138,7 @@ def _check_executor() -> None:
     )
     _require(CollectedFields, "_fields", ("grouped_field_set", "new_defer_usages"))
     _require(FieldDetails, "_fields", ("node",))
+    _require(FragmentDetails, "_fields", ("definition", "variable_signatures"))
     executor = StockExecutionContext.build(build_schema("type Query { a: Int }"), parse("{ a }"))
     if isinstance(executor, list):
         raise TypeError(f"could not build an executor: {executor}")

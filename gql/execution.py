@@ -41,17 +41,21 @@ from collections.abc import Callable
 from typing import Any
 
 from graphql import (
+    BREAK,
     ExecutionResult,
     GraphQLLeafType,
     GraphQLObjectType,
     GraphQLOutputType,
     GraphQLResolveInfoHelpers,
+    OperationDefinitionNode,
     OperationType,
     Undefined,
+    Visitor,
     is_leaf_type,
     is_list_type,
     is_non_null_type,
     is_object_type,
+    visit,
 )
 
 from gql import compat
@@ -93,7 +97,7 @@ class JobQLExecutor(StockExecutionContext):
         if self.operation.operation is not OperationType.SUBSCRIPTION:
             return super().execute_operation(serially)
         if not self._event_plan:
-            self._event_plan.append(self._compile_event())
+            self._event_plan.append(self._event_plan_shared())
         plan = self._event_plan[0]
         if plan.project is None:
             _fell_back(plan)
@@ -148,6 +152,28 @@ class JobQLExecutor(StockExecutionContext):
         manager = self.middleware_manager
         if manager is not None and manager.middlewares:
             raise Uncompilable("middleware")
+
+    def _event_plan_shared(self) -> Plan:
+        """The operation's plan, compiled once for every subscription that sends the same
+        document (the parser cache hands them one): held by thousands of subscriptions, a
+        plan each was a tenth of a subscription's memory. Variables reach the selection only
+        through directives; an operation whose directives read them compiles its own."""
+        try:
+            self._unsupported()
+        except Uncompilable:
+            return self._compile_event()
+        key = (id(self.schema), id(self.operation))
+        shared = _event_plans.get(key)
+        if shared is not None and shared.operation is self.operation:
+            return shared.plan
+        plan = self._compile_event()
+        if plan.project is not None and not _selection_reads_variables(self):
+            if len(_event_plans) >= _EVENT_PLANS_LIMIT:
+                _event_plans.clear()
+            # The entry keeps the operation (and the schema, through the plan) alive, so
+            # the ids in its key cannot name another while it is stored.
+            _event_plans[key] = _SharedPlan(self.operation, plan)
+        return plan
 
     def _compile_event(self) -> Plan:
         root_type = self.schema.subscription_type
@@ -251,6 +277,52 @@ class Plan:
         self.details = details  # also keeps the field list alive while its id() is a key
         self.project: Projection | None = None
         self.why = ""  # what the projection does not cover, when it has none
+
+
+class _SharedPlan:
+    __slots__ = ("operation", "plan")
+
+    def __init__(self, operation: OperationDefinitionNode, plan: Plan) -> None:
+        self.operation = operation
+        self.plan = plan
+
+
+# Subscription plans by (schema, operation) identity; cleared when full.
+_event_plans: dict[tuple[int, int], _SharedPlan] = {}
+_EVENT_PLANS_LIMIT = 512
+
+
+def _selection_reads_variables(executor: StockExecutionContext) -> bool:
+    """Whether a directive (``@skip(if: $x)``) or a fragment's own arguments read the
+    operation's variables: then two subscriptions of one document may select differently."""
+    fragments = list(executor.fragments.values())
+    if any(fragment.variable_signatures for fragment in fragments):
+        return True
+    finder = _VariableInDirective()
+    for node in (executor.operation, *(fragment.definition for fragment in fragments)):
+        visit(node, finder)
+        if finder.found:
+            return True
+    return False
+
+
+class _VariableInDirective(Visitor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.found = False
+        self._directives = 0
+
+    def enter_directive(self, *_: Any) -> None:
+        self._directives += 1
+
+    def leave_directive(self, *_: Any) -> None:
+        self._directives -= 1
+
+    def enter_variable(self, *_: Any) -> Any:
+        if self._directives:
+            self.found = True
+            return BREAK
+        return None
 
 
 # Selections whose fallback was logged, so each is logged once, not once per event.

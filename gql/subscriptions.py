@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import time
+import weakref
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from datetime import timedelta
 from typing import Annotated, TypeVar
 
@@ -18,7 +18,6 @@ from gql.auth import Principal
 from gql.broadcast import RESYNC, EventQueue, Resync
 from gql.context import Context, Info
 from gql.errors import NotFound
-from gql.jobs import JobService
 from gql.types import Job, JobFilter, JobId
 from tasks import records, slots
 from tasks.records import JobSnapshot, job_channel, owner_channel
@@ -58,30 +57,81 @@ def _matches(snapshot: JobSnapshot, job_filter: JobFilter | None) -> bool:
     return not (job_filter.created_before and snapshot.created_at >= job_filter.created_before)
 
 
-@contextlib.contextmanager
-def until_expiry(principal: Principal, events: EventQueue) -> Iterator[None]:
-    """Wake the stream when the caller's token expires: it then ends with UNAUTHENTICATED
-    (each wake-up checks the token first), even if no event of its jobs comes."""
-    expires_at = principal.expires_at
-    if expires_at is None:
-        yield
-        return
-    loop = asyncio.get_running_loop()
-    alarm: asyncio.TimerHandle | None = None
+def until_expiry(principal: Principal, events: EventQueue) -> ExpiryWatch:
+    """``with until_expiry(principal, events)``: wake the stream when the caller's token
+    expires; it then ends with UNAUTHENTICATED (each wake-up checks the token first), even
+    if no event of its jobs comes."""
+    return ExpiryWatch(principal.expires_at, events)
 
-    def ring() -> None:
-        nonlocal alarm
+
+class ExpiryWatch:
+    """One stream's place in the alarm of its token's expiry time, for a ``with`` block."""
+
+    __slots__ = ("_alarm", "_events", "_expires_at")
+
+    def __init__(self, expires_at: float | None, events: EventQueue) -> None:
+        self._expires_at = expires_at
+        self._events = events
+        self._alarm: _Alarm | None = None
+
+    def __enter__(self) -> None:
+        if self._expires_at is None:
+            return
+        alarms = _alarms.setdefault(asyncio.get_running_loop(), {})
+        alarm = alarms.get(self._expires_at)
+        if alarm is None:
+            alarm = alarms[self._expires_at] = _Alarm(alarms, self._expires_at)
+        alarm.streams.add(self._events)
+        self._alarm = alarm
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._alarm is not None:
+            self._alarm.leave(self._events)
+            self._alarm = None
+
+
+class _Alarm:
+    """One timer for every stream whose token expires at the same instant.
+
+    A connection's subscriptions share its token, so thousands of them would otherwise hold
+    a timer each (in libuv's memory, besides Python's) for one and the same moment.
+    """
+
+    __slots__ = ("_alarms", "_handle", "expires_at", "streams")
+
+    def __init__(self, alarms: dict[float, _Alarm], expires_at: float) -> None:
+        self._alarms = alarms
+        self.expires_at = expires_at
+        self.streams: set[EventQueue] = set()
+        delay = max(0.0, expires_at - time.time())
+        self._handle = asyncio.get_running_loop().call_later(delay, self._ring)
+
+    def _ring(self) -> None:
         # The loop's clock and the wall clock may differ by a little: wake only when expired.
-        if principal.expired():
+        if time.time() < self.expires_at:
+            delay = max(0.01, self.expires_at - time.time())
+            self._handle = asyncio.get_running_loop().call_later(delay, self._ring)
+            return
+        # Streams joining from now on get an alarm of their own, which rings at once.
+        self._forget()
+        for events in self.streams:
             events.put(RESYNC)
-        else:
-            alarm = loop.call_later(max(0.01, expires_at - time.time()), ring)
 
-    alarm = loop.call_later(max(0.0, expires_at - time.time()), ring)
-    try:
-        yield
-    finally:
-        alarm.cancel()
+    def leave(self, events: EventQueue) -> None:
+        self.streams.discard(events)
+        if not self.streams:
+            self._handle.cancel()
+            self._forget()
+
+    def _forget(self) -> None:
+        if self._alarms.get(self.expires_at) is self:
+            del self._alarms[self.expires_at]
+
+
+# Per event loop (a test suite runs many): the alarms by expiry time.
+_alarms: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, _Alarm]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 @strawberry.type
@@ -91,18 +141,28 @@ class Subscription:
     )
     async def job(self, info: Info, id: JobId) -> AsyncGenerator[Job, None]:
         context = info.context
-        jobs, owner, principal = context.jobs, context.scope, context.principal
+        jobs, owner, principal, job_id = context.jobs, context.scope, context.principal, str(id)
         # Subscribe first, then read: an event published in between is newer than the
         # snapshot and arrives through the subscription, so no transition falls in a gap.
+        # One generator, no inner ones: thousands of these wait at once, each frame counts.
         with context.limits.subscription(context):
-            async with context.broadcast.subscribe(job_channel(str(id))) as events:
-                snapshot = await jobs.get(str(id), owner)
-                if snapshot is None:
+            async with context.broadcast.subscribe(job_channel(job_id)) as events:
+                last = await jobs.get(job_id, owner)
+                if last is None:
                     raise NotFound(f"no job {id!r}")
-                yield Job.from_snapshot(snapshot)
+                yield Job.from_snapshot(last)
                 with until_expiry(principal, events):
-                    async for job in _changes(jobs, str(id), owner, principal, events, snapshot):
-                        yield job
+                    while not last.done:
+                        item = await events.get()
+                        principal.check()
+                        if isinstance(item, Resync):
+                            reread = await _patiently(functools.partial(jobs.get, job_id, owner))
+                            if reread is None:
+                                raise NotFound(f"job {id!r} expired")
+                            item = reread
+                        if item.sequence > last.sequence:
+                            last = item
+                            yield Job.from_snapshot(item)
 
     @strawberry.subscription(
         description="Every change of every job you may see, filtered on the server."
@@ -119,38 +179,10 @@ class Subscription:
             owner = context.owner
             channels = [owner_channel(owner, tag) for tag in slots.tags()]
             events_of = context.broadcast.subscribe(*channels)
-            async with events_of as events, _expiring(context.principal, events):
-                async for job in _firehose(context, events, filter):
-                    yield job
-
-
-@contextlib.asynccontextmanager
-async def _expiring(principal: Principal, events: EventQueue) -> AsyncGenerator[None, None]:
-    with until_expiry(principal, events):
-        yield
-
-
-async def _changes(
-    jobs: JobService,
-    job_id: str,
-    owner: str | None,
-    principal: Principal,
-    events: EventQueue,
-    last: JobSnapshot,
-) -> AsyncGenerator[Job, None]:
-    """Every change of one job newer than ``last``, until its final state."""
-    id = job_id
-    while not last.done:
-        item = await events.get()
-        principal.check()
-        if isinstance(item, Resync):
-            reread = await _patiently(lambda: jobs.get(id, owner))
-            if reread is None:
-                raise NotFound(f"job {id!r} expired")
-            item = reread
-        if item.sequence > last.sequence:
-            last = item
-            yield Job.from_snapshot(item)
+            async with events_of as events:
+                with until_expiry(context.principal, events):
+                    async for job in _firehose(context, events, filter):
+                        yield job
 
 
 async def _firehose(
