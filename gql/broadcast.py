@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 
 from gql.pubsub import PubSubBackend, RedisPubSubBackend
 from tasks.records import JobSnapshot, JobState
@@ -142,7 +142,9 @@ class JobBroadcast:
     def __init__(self, backend: PubSubBackend, *, queue_limit: int = 256) -> None:
         self.backend = backend
         self._queue_limit = queue_limit
-        self._queues: dict[str, set[EventQueue]] = {}
+        # A channel's one queue, or a set of them: a job(id) channel has one listener, and
+        # a set of one costs 216 bytes per channel.
+        self._queues: dict[str, EventQueue | set[EventQueue]] = {}
         self._locks: dict[str, _ChannelLock] = {}
         self.tally = EventTally()
         backend.on_message = self._dispatch
@@ -155,21 +157,22 @@ class JobBroadcast:
         await self.backend.disconnect()
 
     def _dispatch(self, channel: str, data: str) -> None:
-        queues = self._queues.get(channel)
-        if not queues:
+        listeners = self._queues.get(channel)
+        if listeners is None:
             return
         try:
             snapshot = JobSnapshot.from_event(data)
         except (ValueError, KeyError):
             logger.warning("ignoring a malformed event on %s", channel)
             return
+        queues = _each(listeners)
         self.tally.delivered += len(queues)
         for queue in queues:
             queue.put(snapshot)
 
     def _resync(self) -> None:
-        for queues in self._queues.values():
-            for queue in queues:
+        for listeners in self._queues.values():
+            for queue in _each(listeners):
                 queue.put(RESYNC)
 
     def subscribe(self, *channels: str) -> Subscription:
@@ -178,32 +181,42 @@ class JobBroadcast:
         return Subscription(self, channels, EventQueue(self._queue_limit, self.tally))
 
     async def _join(self, channel: str, queue: EventQueue) -> None:
-        queues = self._queues.get(channel)
-        if queues is not None:
+        if channel in self._queues:
             # Held, so confirmed by Redis: no command to send, no lock to take. A leave that
             # unsubscribes takes the channel out of ``_queues`` before its first await.
-            queues.add(queue)
+            self._add(channel, queue)
             return
         async with self._locked(channel):
             if channel not in self._queues:
                 await self.backend.subscribe(channel)
-                self._queues[channel] = set()
-            self._queues[channel].add(queue)
+            self._add(channel, queue)
+
+    def _add(self, channel: str, queue: EventQueue) -> None:
+        listeners = self._queues.get(channel)
+        if listeners is None:
+            self._queues[channel] = queue
+        elif isinstance(listeners, EventQueue):
+            self._queues[channel] = {listeners, queue}
+        else:
+            listeners.add(queue)
 
     def _leave_at_once(self, channel: str, queue: EventQueue) -> bool:
         """Leave a channel others still hear (no UNSUBSCRIBE): nothing to await or lock."""
-        queues = self._queues.get(channel)
-        if queues is None or len(queues) < 2 or queue not in queues:
+        listeners = self._queues.get(channel)
+        if not isinstance(listeners, set) or len(listeners) < 2 or queue not in listeners:
             return False
-        queues.discard(queue)
+        listeners.discard(queue)
+        if len(listeners) == 1:
+            self._queues[channel] = next(iter(listeners))
         return True
 
     async def _leave(self, channel: str, queue: EventQueue) -> None:
         async with self._locked(channel):
-            queues = self._queues.get(channel, set())
-            queues.discard(queue)
-            if not queues:
-                self._queues.pop(channel, None)
+            if self._leave_at_once(channel, queue):
+                return
+            listeners = self._queues.get(channel)
+            if listeners is queue or (isinstance(listeners, set) and listeners <= {queue}):
+                del self._queues[channel]
                 await self.backend.unsubscribe(channel)
 
     @contextlib.asynccontextmanager
@@ -227,11 +240,15 @@ class JobBroadcast:
     def stats(self) -> dict[str, int]:
         return {
             "channels": len(self._queues),
-            "subscribers": sum(len(q) for q in self._queues.values()),
-            "pending_events": sum(len(s) for q in self._queues.values() for s in q),
+            "subscribers": sum(len(_each(q)) for q in self._queues.values()),
+            "pending_events": sum(len(s) for q in self._queues.values() for s in _each(q)),
             "locks": len(self._locks),
             "reconnects": self.backend.reconnects,
         }
+
+
+def _each(listeners: EventQueue | set[EventQueue]) -> Collection[EventQueue]:
+    return (listeners,) if isinstance(listeners, EventQueue) else listeners
 
 
 class Subscription:

@@ -220,7 +220,10 @@ class OperationRules(SchemaExtension):
         self.max_tokens = max_tokens
         self.extra_rules = tuple(extra_rules)
 
-    def on_operation(self) -> Iterator[None]:
+    # The parse hook rather than the operation's (validation follows parsing): it ends with
+    # its step, while an operation's hook stays suspended (a generator frame, its context
+    # manager, Strawberry's wrappers) for as long as a subscription lives.
+    def on_parse(self) -> Iterator[None]:
         context = self.execution_context
         if self.max_tokens is not None:
             context.parse_options["max_tokens"] = self.max_tokens

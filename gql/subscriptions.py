@@ -142,17 +142,21 @@ class Subscription:
     async def job(self, info: Info, id: JobId) -> AsyncGenerator[Job, None]:
         context = info.context
         jobs, owner, principal, job_id = context.jobs, context.scope, context.principal, str(id)
+        del info  # the resolve info and all it refers to, not held for the stream's life
         # Subscribe first, then read: an event published in between is newer than the
         # snapshot and arrives through the subscription, so no transition falls in a gap.
         # One generator, no inner ones: thousands of these wait at once, each frame counts.
         with context.limits.subscription(context):
             async with context.broadcast.subscribe(job_channel(job_id)) as events:
-                last = await jobs.get(job_id, owner)
-                if last is None:
+                snapshot = await jobs.get(job_id, owner)
+                if snapshot is None:
                     raise NotFound(f"no job {id!r}")
-                yield Job.from_snapshot(last)
+                # Only what the wait needs, not the snapshot (its own ~200 bytes, for life).
+                sequence, done = snapshot.sequence, snapshot.done
+                yield Job.from_snapshot(snapshot)
+                del snapshot
                 with until_expiry(principal, events):
-                    while not last.done:
+                    while not done:
                         item = await events.get()
                         principal.check()
                         if isinstance(item, Resync):
@@ -160,8 +164,8 @@ class Subscription:
                             if reread is None:
                                 raise NotFound(f"job {id!r} expired")
                             item = reread
-                        if item.sequence > last.sequence:
-                            last = item
+                        if item.sequence > sequence:
+                            sequence, done = item.sequence, item.done
                             yield Job.from_snapshot(item)
 
     @strawberry.subscription(
