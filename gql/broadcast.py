@@ -180,6 +180,18 @@ class JobBroadcast:
         ``async with broadcast.subscribe(channel) as events``."""
         return Subscription(self, channels, EventQueue(self._queue_limit, self.tally))
 
+    async def join(self, channel: str) -> EventQueue:
+        """One channel's events in a new queue from the moment Redis confirmed it; the
+        caller gives it back with :meth:`leave`, or holds nothing if this raised."""
+        queue = EventQueue(self._queue_limit, self.tally)
+        await self._join(channel, queue)
+        return queue
+
+    async def leave(self, channel: str, queue: EventQueue) -> None:
+        """Give back a joined channel (even when the caller is being cancelled)."""
+        if not self._leave_at_once(channel, queue):
+            await asyncio.shield(self._leave(channel, queue))
+
     async def _join(self, channel: str, queue: EventQueue) -> None:
         if channel in self._queues:
             # Held, so confirmed by Redis: no command to send, no lock to take. A leave that
@@ -281,8 +293,6 @@ class Subscription:
         await self._leave()
 
     async def _leave(self) -> None:
-        broadcast, queue = self._broadcast, self.queue
         joined, self._joined = self._channels[: self._joined], 0
         for channel in joined:
-            if not broadcast._leave_at_once(channel, queue):
-                await asyncio.shield(broadcast._leave(channel, queue))
+            await self._broadcast.leave(channel, self.queue)

@@ -145,7 +145,8 @@ def _check_executor() -> None:
     for name in (
         "_relevant_sub_fields", "async_helpers", "abort_signal", "middleware_manager",
         "hide_suggestions", "fragments", "variable_values", "operation", "root_value",
-        "gather_async_work", "track_async_work",
+        "gather_async_work", "track_async_work", "defer_usage_set", "groups", "streams",
+        "tasks",
     ):  # fmt: skip
         if not hasattr(executor, name):
             raise AttributeError(f"the executor has no {name!r}")

@@ -84,6 +84,11 @@ class JobQLExecutor(StockExecutionContext):
     """Strawberry's executor: objects and subscription events completed by compiled
     projections where safe, and no reference cycle through the executor."""
 
+    # Out of the instance dict: graphql-core's executor sets 32 attributes and CPython 3.11
+    # shares one key table between instances only up to 30, so each executor paid for a
+    # dict of its own (1.6 KiB, measured), and a subscription holds its executor for life.
+    __slots__ = ("_event_plan", "_object_plans", "defer_usage_set", "groups", "streams", "tasks")
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Shared with every per-event copy (they are shallow): compiled on the first event.
@@ -91,6 +96,15 @@ class JobQLExecutor(StockExecutionContext):
         # Per selection of an object type, kept with the field list its key refers to.
         self._object_plans: dict[tuple[str, int], Plan] = {}
         self.async_helpers = _weak_helpers(self)
+
+    def __copy__(self) -> JobQLExecutor:
+        """A shallow copy (graphql-core makes one per event and per deferred group), as
+        ``copy.copy`` would make it, without its slow path for slots."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        for name in JobQLExecutor.__slots__:
+            setattr(clone, name, getattr(self, name))
+        return clone
 
     def execute_operation(self, serially: bool | None = None) -> Any:
         # Only events run a subscription's operation: the subscribe step has its own call.

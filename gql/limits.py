@@ -54,7 +54,8 @@ class Limits:
         as long as the block runs, or ``RATE_LIMITED`` on entry."""
         return Admission(self, subscriber)
 
-    def _admit(self, subscriber: Subscriber) -> None:
+    def admit(self, subscriber: Subscriber) -> None:
+        """Count one live subscription of the caller, or raise ``RATE_LIMITED``."""
         owner = subscriber.principal.owner
         if subscriber.live_subscriptions >= self._per_connection:
             raise RateLimited(
@@ -65,7 +66,8 @@ class Limits:
         subscriber.live_subscriptions += 1
         self._live[owner] += 1
 
-    def _release(self, subscriber: Subscriber) -> None:
+    def release(self, subscriber: Subscriber) -> None:
+        """Uncount one admitted subscription."""
         owner = subscriber.principal.owner
         subscriber.live_subscriptions -= 1
         self._live[owner] -= 1
@@ -87,7 +89,7 @@ class Admission:
         self._subscriber = subscriber
 
     def __enter__(self) -> None:
-        self._limits._admit(self._subscriber)
+        self._limits.admit(self._subscriber)
 
     def __exit__(self, *exc_info: object) -> None:
-        self._limits._release(self._subscriber)
+        self._limits.release(self._subscriber)

@@ -75,19 +75,25 @@ class ExpiryWatch:
         self._alarm: _Alarm | None = None
 
     def __enter__(self) -> None:
-        if self._expires_at is None:
-            return
-        alarms = _alarms.setdefault(asyncio.get_running_loop(), {})
-        alarm = alarms.get(self._expires_at)
-        if alarm is None:
-            alarm = alarms[self._expires_at] = _Alarm(alarms, self._expires_at)
-        alarm.streams.add(self._events)
-        self._alarm = alarm
+        self._alarm = _alarm_for(self._expires_at, self._events)
 
     def __exit__(self, *exc_info: object) -> None:
         if self._alarm is not None:
             self._alarm.leave(self._events)
             self._alarm = None
+
+
+def _alarm_for(expires_at: float | None, events: EventQueue) -> _Alarm | None:
+    """Put ``events`` in the alarm of ``expires_at`` (none for a credential that never
+    expires); the caller leaves it when its stream ends."""
+    if expires_at is None:
+        return None
+    alarms = _alarms.setdefault(asyncio.get_running_loop(), {})
+    alarm = alarms.get(expires_at)
+    if alarm is None:
+        alarm = alarms[expires_at] = _Alarm(alarms, expires_at)
+    alarm.streams.add(events)
+    return alarm
 
 
 class _Alarm:
@@ -134,6 +140,42 @@ _alarms: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, _Alarm
 )
 
 
+class _Watch:
+    """What a ``job(id)`` stream holds for its life, taken in order and given back in
+    reverse: its place in the subscription limits, its channel's queue, its token's alarm.
+
+    One object rather than three ``with`` blocks: thousands of streams wait at once, and
+    each block keeps its context manager and exit method on the stream's frame.
+    """
+
+    __slots__ = ("_alarm", "_channel", "_context", "events")
+
+    def __init__(self, context: Context, channel: str) -> None:
+        self._context = context
+        self._channel = channel
+        self._alarm: _Alarm | None = None
+
+    async def __aenter__(self) -> EventQueue:
+        context = self._context
+        context.limits.admit(context)
+        try:
+            self.events = await context.broadcast.join(self._channel)
+        except BaseException:
+            context.limits.release(context)
+            raise
+        self._alarm = _alarm_for(context.principal.expires_at, self.events)
+        return self.events
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        context = self._context
+        try:
+            if self._alarm is not None:
+                self._alarm.leave(self.events)
+            await context.broadcast.leave(self._channel, self.events)
+        finally:
+            context.limits.release(context)
+
+
 @strawberry.type
 class Subscription:
     @strawberry.subscription(
@@ -146,27 +188,25 @@ class Subscription:
         # Subscribe first, then read: an event published in between is newer than the
         # snapshot and arrives through the subscription, so no transition falls in a gap.
         # One generator, no inner ones: thousands of these wait at once, each frame counts.
-        with context.limits.subscription(context):
-            async with context.broadcast.subscribe(job_channel(job_id)) as events:
-                snapshot = await jobs.get(job_id, owner)
-                if snapshot is None:
-                    raise NotFound(f"no job {id!r}")
-                # Only what the wait needs, not the snapshot (its own ~200 bytes, for life).
-                sequence, done = snapshot.sequence, snapshot.done
-                yield Job.from_snapshot(snapshot)
-                del snapshot
-                with until_expiry(principal, events):
-                    while not done:
-                        item = await events.get()
-                        principal.check()
-                        if isinstance(item, Resync):
-                            reread = await _patiently(functools.partial(jobs.get, job_id, owner))
-                            if reread is None:
-                                raise NotFound(f"job {id!r} expired")
-                            item = reread
-                        if item.sequence > sequence:
-                            sequence, done = item.sequence, item.done
-                            yield Job.from_snapshot(item)
+        async with _Watch(context, job_channel(job_id)) as events:
+            snapshot = await jobs.get(job_id, owner)
+            if snapshot is None:
+                raise NotFound(f"no job {id!r}")
+            # Only what the wait needs, not the snapshot (its own ~200 bytes, for life).
+            sequence, done = snapshot.sequence, snapshot.done
+            yield Job.from_snapshot(snapshot)
+            del snapshot
+            while not done:
+                item = await events.get()
+                principal.check()
+                if isinstance(item, Resync):
+                    reread = await _patiently(functools.partial(jobs.get, job_id, owner))
+                    if reread is None:
+                        raise NotFound(f"job {id!r} expired")
+                    item = reread
+                if item.sequence > sequence:
+                    sequence, done = item.sequence, item.done
+                    yield Job.from_snapshot(item)
 
     @strawberry.subscription(
         description="Every change of every job you may see, filtered on the server."
