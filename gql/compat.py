@@ -38,6 +38,7 @@ from graphql import GraphQLField, build_schema, parse
 from graphql.execution.collect_fields import (
     CollectedFields,
     FieldDetails,
+    FragmentDetails,
     collect_fields,
     collect_subfields,
 )
@@ -158,13 +159,15 @@ def _check_executor() -> None:
     )
     _require(CollectedFields, "_fields", ("grouped_field_set", "new_defer_usages"))
     _require(FieldDetails, "_fields", ("node",))
+    _require(FragmentDetails, "_fields", ("definition", "variable_signatures"))
     executor = StockExecutionContext.build(build_schema("type Query { a: Int }"), parse("{ a }"))
     if isinstance(executor, list):
         raise TypeError(f"could not build an executor: {executor}")
     for name in (
         "_relevant_sub_fields", "async_helpers", "abort_signal", "middleware_manager",
         "hide_suggestions", "fragments", "variable_values", "operation", "root_value",
-        "gather_async_work", "track_async_work",
+        "gather_async_work", "track_async_work", "defer_usage_set", "groups", "streams",
+        "tasks",
     ):  # fmt: skip
         if not hasattr(executor, name):
             raise AttributeError(f"the executor has no {name!r}")

@@ -10,6 +10,7 @@ that extension's hooks, which showed in the profiles of the busiest paths.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Iterator, Sequence
@@ -196,6 +197,14 @@ _INPUT_RULES: dict[type[ASTValidationRule], type[ASTValidationRule]] = {
 }
 
 
+@functools.lru_cache(maxsize=16)
+def _rules(
+    given: tuple[type[ASTValidationRule], ...], extra: tuple[type[ASTValidationRule], ...]
+) -> tuple[type[ASTValidationRule], ...]:
+    """One tuple for every operation, not one each: a subscription keeps its own for life."""
+    return tuple(_INPUT_RULES.get(rule, rule) for rule in given) + extra
+
+
 class OperationRules(SchemaExtension):
     """What every operation is checked against, set in one hook.
 
@@ -211,10 +220,12 @@ class OperationRules(SchemaExtension):
         self.max_tokens = max_tokens
         self.extra_rules = tuple(extra_rules)
 
-    def on_operation(self) -> Iterator[None]:
+    # The parse hook rather than the operation's (validation follows parsing): it ends with
+    # its step, while an operation's hook stays suspended (a generator frame, its context
+    # manager, Strawberry's wrappers) for as long as a subscription lives.
+    def on_parse(self) -> Iterator[None]:
         context = self.execution_context
         if self.max_tokens is not None:
             context.parse_options["max_tokens"] = self.max_tokens
-        rules = tuple(_INPUT_RULES.get(r, r) for r in context.validation_rules)
-        context.validation_rules = rules + self.extra_rules
+        context.validation_rules = _rules(context.validation_rules, self.extra_rules)
         yield

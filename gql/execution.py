@@ -91,6 +91,11 @@ class JobQLExecutor(StockExecutionContext):
     """Strawberry's executor: objects and subscription events completed by compiled
     projections where safe, and no reference cycle through the executor."""
 
+    # Out of the instance dict: graphql-core's executor sets 32 attributes and CPython 3.11
+    # shares one key table between instances only up to 30, so each executor paid for a
+    # dict of its own (1.6 KiB, measured), and a subscription holds its executor for life.
+    __slots__ = ("_event_plan", "_object_plans", "defer_usage_set", "groups", "streams", "tasks")
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Shared with every per-event copy (they are shallow): compiled on the first event.
@@ -99,12 +104,21 @@ class JobQLExecutor(StockExecutionContext):
         self._object_plans: dict[tuple[str, int], Plan] = {}
         self.async_helpers = _weak_helpers(self)
 
+    def __copy__(self) -> JobQLExecutor:
+        """A shallow copy (graphql-core makes one per event and per deferred group), as
+        ``copy.copy`` would make it, without its slow path for slots."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        for name in JobQLExecutor.__slots__:
+            setattr(clone, name, getattr(self, name))
+        return clone
+
     def execute_operation(self, serially: bool | None = None) -> Any:
         # Only events run a subscription's operation: the subscribe step has its own call.
         if self.operation.operation is not OperationType.SUBSCRIPTION:
             return super().execute_operation(serially)
         if not self._event_plan:
-            self._event_plan.append(self._compile_event())
+            self._event_plan.append(self._event_plan_shared())
         plan = self._event_plan[0]
         if plan.project is None:
             _fell_back(plan)
@@ -169,6 +183,15 @@ class JobQLExecutor(StockExecutionContext):
         manager = self.middleware_manager
         if manager is not None and manager.middlewares:
             raise Uncompilable("middleware")
+
+    def _event_plan_shared(self) -> Plan:
+        """The operation's plan, compiled once for every subscription that sends the same
+        document (the parser cache hands them one): see :class:`_SharedPlans`."""
+        try:
+            self._unsupported()
+        except Uncompilable:
+            return self._compile_event()
+        return _SHARED.event_plan(self)
 
     def _compile_event(self) -> Plan:
         root_type = self.schema.subscription_type
@@ -275,7 +298,8 @@ class Plan:
 
 
 class _SharedPlans:
-    """Object plans kept per (schema, operation), for the next request of the same query.
+    """Object and event plans kept per (schema, operation), for the next request (or
+    subscription) of the same document.
 
     A plan depends on the schema, the operation's fields and fragments and, through
     ``@skip``/``@include``/``@defer``, on variables: operations whose directives take
@@ -292,6 +316,29 @@ class _SharedPlans:
     def plan(self, executor: JobQLExecutor, type_: GraphQLObjectType, details: Any) -> Plan:
         if any(d.defer_usage is not None or d.fragment_variable_values for d in details):
             return executor._compile_object(type_, details)
+        entry = self._entry(executor)
+        if entry.varies:
+            return executor._compile_object(type_, details)
+        plan_key = (type_.name, *(id(d.node) for d in details))
+        plan = entry.plans.get(plan_key)
+        if plan is None:
+            plan = entry.plans[plan_key] = executor._compile_object(type_, details)
+        return plan
+
+    def event_plan(self, executor: JobQLExecutor) -> Plan:
+        """A subscription's event plan: held by thousands of subscriptions of one document,
+        a plan each was a tenth of a subscription's memory."""
+        entry = self._entry(executor)
+        if entry.varies:
+            return executor._compile_event()
+        if entry.event is None:
+            plan = executor._compile_event()
+            if plan.project is None:
+                return plan
+            entry.event = plan
+        return entry.event
+
+    def _entry(self, executor: JobQLExecutor) -> _OperationPlans:
         schema, operation = executor.schema, executor.operation
         key = (id(schema), id(operation))
         entry = self._operations.get(key)
@@ -302,20 +349,14 @@ class _SharedPlans:
                 self._operations.popitem(last=False)
         else:
             self._operations.move_to_end(key)
-        if entry.varies:
-            return executor._compile_object(type_, details)
-        plan_key = (type_.name, *(id(d.node) for d in details))
-        plan = entry.plans.get(plan_key)
-        if plan is None:
-            plan = entry.plans[plan_key] = executor._compile_object(type_, details)
-        return plan
+        return entry
 
     def clear(self) -> None:
         self._operations.clear()
 
 
 class _OperationPlans:
-    __slots__ = ("operation", "plans", "schema", "varies")
+    __slots__ = ("event", "operation", "plans", "schema", "varies")
 
     def __init__(self, schema: Any, operation: OperationDefinitionNode, fragments: Any) -> None:
         self.schema = schema
@@ -323,10 +364,15 @@ class _OperationPlans:
         # Its field nodes are the keys' ids: held here, they stay the same objects. An
         # operation without variables is not walked: a query written with its values
         # inline is often sent once, and its directives can take no variable.
-        self.varies = bool(operation.variable_definitions) and _directives_take_variables(
-            [operation, *(fragment.definition for fragment in fragments.values())]
+        # Fragments with arguments of their own are not shared either.
+        self.varies = bool(operation.variable_definitions) and (
+            any(fragment.variable_signatures for fragment in fragments.values())
+            or _directives_take_variables(
+                [operation, *(fragment.definition for fragment in fragments.values())]
+            )
         )
         self.plans: dict[tuple[Any, ...], Plan] = {}
+        self.event: Plan | None = None
 
 
 _SHARED = _SharedPlans()
@@ -436,19 +482,28 @@ def _weak_helpers(executor: StockExecutionContext) -> GraphQLResolveInfoHelpers:
     reach the oldest generation, where only a full collection (~0.5 s at 5,000
     subscriptions) would free it and everything it holds.
     """
-    ref = weakref.ref(executor)
+    helpers = _WeakExecutor(executor)
+    return GraphQLResolveInfoHelpers(gather=helpers.gather, track=helpers.track)
 
-    def gather(values: Any) -> Any:
-        live = ref()
+
+class _WeakExecutor:
+    """The executor by weak reference: an object with two methods, lighter than two
+    closures and their cells, since every live subscription holds one."""
+
+    __slots__ = ("_ref",)
+
+    def __init__(self, executor: StockExecutionContext) -> None:
+        self._ref = weakref.ref(executor)
+
+    def gather(self, values: Any) -> Any:
+        live = self._ref()
         assert live is not None, "executor gone"
         return live.gather_async_work(values)
 
-    def track(values: Any) -> None:
-        live = ref()
+    def track(self, values: Any) -> None:
+        live = self._ref()
         assert live is not None, "executor gone"
         live.track_async_work(values)
-
-    return GraphQLResolveInfoHelpers(gather=gather, track=track)
 
 
 def execution_context_class() -> type[StockExecutionContext] | None:

@@ -11,9 +11,7 @@ process serves.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import Counter
-from collections.abc import Iterator
 from typing import Protocol
 
 import redis.asyncio as aioredis
@@ -101,9 +99,13 @@ class Limits:
                 retry_after=wait / 1_000_000,
             )
 
-    @contextlib.contextmanager
-    def subscription(self, subscriber: Subscriber) -> Iterator[None]:
-        """Hold one live subscription of the caller for as long as the block runs."""
+    def subscription(self, subscriber: Subscriber) -> Admission:
+        """``with limits.subscription(subscriber)``: one live subscription of the caller for
+        as long as the block runs, or ``RATE_LIMITED`` on entry."""
+        return Admission(self, subscriber)
+
+    def admit(self, subscriber: Subscriber) -> None:
+        """Count one live subscription of the caller, or raise ``RATE_LIMITED``."""
         owner = subscriber.principal.owner
         if subscriber.live_subscriptions >= self._per_connection:
             raise RateLimited(
@@ -113,13 +115,31 @@ class Limits:
             raise RateLimited(f"at most {self._per_owner} live subscriptions", retry_after=1)
         subscriber.live_subscriptions += 1
         self._live[owner] += 1
-        try:
-            yield
-        finally:
-            subscriber.live_subscriptions -= 1
-            self._live[owner] -= 1
-            if not self._live[owner]:
-                del self._live[owner]
+
+    def release(self, subscriber: Subscriber) -> None:
+        """Uncount one admitted subscription."""
+        owner = subscriber.principal.owner
+        subscriber.live_subscriptions -= 1
+        self._live[owner] -= 1
+        if not self._live[owner]:
+            del self._live[owner]
 
     def stats(self) -> dict[str, int]:
         return {"subscribing_owners": len(self._live)}
+
+
+class Admission:
+    """One admitted subscription, held by its stream for its whole life: a small object, not
+    a generator-based context manager (whose suspended frame costs several times more)."""
+
+    __slots__ = ("_limits", "_subscriber")
+
+    def __init__(self, limits: Limits, subscriber: Subscriber) -> None:
+        self._limits = limits
+        self._subscriber = subscriber
+
+    def __enter__(self) -> None:
+        self._limits.admit(self._subscriber)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._limits.release(self._subscriber)

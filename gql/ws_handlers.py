@@ -12,6 +12,7 @@ code for it.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
@@ -49,11 +50,20 @@ def _well_formed(message: object, needs_id: frozenset[str], operation: str) -> b
     return kind != operation or _operation(message.get("payload"))
 
 
+def _shared_query(message: dict[str, Any], operation: str) -> None:
+    """One copy of a query's text for every operation that sends it: a subscription holds
+    its text for life, and a dashboard sends the same text thousands of times."""
+    if message["type"] == operation:
+        payload = message["payload"]
+        payload["query"] = sys.intern(payload["query"])
+
+
 class TransportWsHandler(BaseGraphQLTransportWSHandler[Any, None]):
     async def handle_message(self, message: Any) -> None:
         if not _well_formed(message, frozenset({"subscribe", "complete"}), "subscribe"):
             await self.handle_invalid_message("Failed to parse message")
             return
+        _shared_query(message, "subscribe")
         await super().handle_message(message)
 
 
@@ -72,4 +82,5 @@ class LegacyWsHandler(BaseGraphQLWSHandler[Any, None]):
                 )
                 await self.send_message(error)
             return
+        _shared_query(message, "start")
         await super().handle_message(message)

@@ -125,7 +125,9 @@ class Query:
         return Page(items=list(ITEMS))
 
 
-def schema_with(executor: type[StockExecutionContext]) -> strawberry.Schema:
+def schema_with(
+    executor: type[StockExecutionContext], extensions: list[Any] | None = None
+) -> strawberry.Schema:
     class Recording(executor):  # type: ignore[valid-type, misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -142,7 +144,10 @@ def schema_with(executor: type[StockExecutionContext]) -> strawberry.Schema:
                 yield BROKEN
 
     return strawberry.Schema(
-        query=Query, subscription=Subscription, execution_context_class=Recording
+        query=Query,
+        subscription=Subscription,
+        execution_context_class=Recording,
+        extensions=extensions or [],
     )
 
 
@@ -187,6 +192,23 @@ async def test_events_read_as_graphql_core_would_send_them(
     stock = await stream(schema_with(StockExecutionContext), query, used)
     assert len(ours) == len(ITEMS)
     assert ours == stock
+
+
+async def test_subscribers_of_one_document_each_get_what_their_variables_select() -> None:
+    """A dashboard's thousands of subscriptions send one document (parsed once, cached):
+    they share its compiled plan, but where a directive reads the variables each
+    subscriber still gets the fields its own variables ask for."""
+    ours = schema_with(JobQLExecutor, extensions=[ParserCache()])
+    stock = schema_with(StockExecutionContext, extensions=[ParserCache()])
+    plain = "subscription { items { id phase step { current } } }"
+    created.clear()
+    first, second = await stream(ours, plain), await stream(ours, plain)
+    assert first == second == await stream(stock, plain)
+    plans = [executor._event_plan[0] for executor in created[:2]]
+    assert plans[0] is plans[1]  # compiled once for both
+    chosen = SELECTIONS[1][0]
+    for variables in ({"withStep": True, "skipAt": False}, {"withStep": False, "skipAt": True}):
+        assert await stream(ours, chosen, variables) == await stream(stock, chosen, variables)
 
 
 async def test_a_null_in_a_non_null_field_is_the_same_error() -> None:
