@@ -30,6 +30,7 @@ import logging
 import threading
 from typing import Any
 
+import redis
 from celery import bootsteps, states
 from celery.backends.base import compress_payload
 from celery.backends.database import DatabaseBackend as CeleryDatabaseBackend
@@ -162,7 +163,12 @@ class RedisBackend(_ThresholdCompression, CeleryRedisBackend):  # type: ignore[m
             )
         expires = self.failure_expires if state == states.FAILURE else self.expires
         key = self.get_key_for_task(task_id)
-        stored = self.ensure(self._store_once, (key, value, int(expires or 0)))
+        try:
+            stored = self.ensure(self._store_once, (key, value, int(expires or 0)))
+        except redis.ResponseError:
+            # Scripts refused (an ACL on a result backend of its own), or Redis out of
+            # memory: Celery's own store then works, or fails as it would have anyway.
+            stored = "undecided"
         if stored in ("undecided", b"undecided"):
             ONE_CALL_STORE.count_fallback()
             return super()._store_result(task_id, result, state, traceback, request, **kwargs)

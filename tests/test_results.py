@@ -4,6 +4,7 @@ and a size limit that fails a job instead of writing a huge result to Redis."""
 from __future__ import annotations
 
 import json
+import secrets
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,3 +168,23 @@ def test_an_outcome_is_stored_in_one_call_and_a_late_one_never_overwrites_a_succ
     store.mark_as_failure(other, RuntimeError("late"))
     assert store.get_task_meta(other)["result"] == {"n": 2}
     assert path.fallbacks == fallbacks + (1 if path.active else 0)
+
+
+def test_a_result_backend_that_refuses_scripts_still_gets_every_outcome(
+    backend: tuple[Any, redis.Redis],
+) -> None:
+    store, client = backend
+    password = secrets.token_urlsafe(16)
+    client.acl_setuser(
+        "noscripts", enabled=True, passwords=[f"+{password}"], keys=["*"],
+        channels=["*"], commands=["+@all", "-@scripting"],
+    )  # fmt: skip
+    where = client.connection_pool.connection_kwargs
+    url = f"redis://noscripts:{password}@{where['host']}:{where['port']}/0"
+    app = create_celery_app(Settings(redis_url=url))
+    try:
+        job_id = str(uuid.uuid4())
+        app.backend.mark_as_done(job_id, {"n": 3})
+        assert store.get_task_meta(job_id)["result"] == {"n": 3}
+    finally:
+        app.close()
