@@ -198,6 +198,13 @@ async def redis_calls(client: aioredis.Redis) -> int:
     return sum(int(entry["calls"]) for entry in stats.values())
 
 
+async def redis_cpu(client: aioredis.Redis) -> float:
+    """Valkey's own CPU seconds so far (user + system): on a shared machine it competes
+    with the worker, so what a job costs Valkey slows the worker too."""
+    stats = await client.info("cpu")
+    return float(stats["used_cpu_user"]) + float(stats["used_cpu_sys"])
+
+
 async def run_side(
     stack: Stack, client: aioredis.Redis, side: Side, jobs: int, reports: int
 ) -> dict[str, float]:
@@ -209,9 +216,11 @@ async def run_side(
         # Idle CPU and calls first (start-up, heartbeats) so the drain's own can be told.
         await asyncio.sleep(0)
         cpu_before, calls_before = cpu_seconds(worker.pid), await redis_calls(client)
+        redis_before = await redis_cpu(client)
         times = await _wait(side, ids, limit=jobs / 20 + 120)
         cpu = cpu_seconds(worker.pid) - cpu_before
         calls = await redis_calls(client) - calls_before
+        redis_seconds = await redis_cpu(client) - redis_before
         used = (await client.info("memory"))["used_memory"] - used_before
         skip = int(len(times) * WARM_UP)
         rate = (len(times) - 1 - skip) / (times[-1] - times[skip])
@@ -229,6 +238,7 @@ async def run_side(
         "jobs_per_second": rate,
         "cpu_ms_per_job": cpu * 1000 / jobs,
         "redis_calls_per_job": calls / jobs,
+        "redis_cpu_ms_per_job": redis_seconds * 1000 / jobs,
         "progress_us": per_report * 1e6,
         "used_memory_per_job": used / jobs,
         "key_bytes": key_bytes,
@@ -258,6 +268,8 @@ async def measure(
                 "cpu.jobql": jobql["cpu_ms_per_job"],
                 "calls.baseline": base["redis_calls_per_job"],
                 "calls.jobql": jobql["redis_calls_per_job"],
+                "redis_cpu.baseline": base["redis_cpu_ms_per_job"],
+                "redis_cpu.jobql": jobql["redis_cpu_ms_per_job"],
                 "memory.baseline.used": base["used_memory_per_job"],
                 "memory.jobql.used": jobql["used_memory_per_job"],
                 "memory.baseline.keys": base["key_bytes"],

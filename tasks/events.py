@@ -52,18 +52,42 @@ def client() -> redis.Redis:
 # Whose each job is, as learnt from the update script: a worker only knows a job's id and
 # task, but the indexes it updates are named after the owner. Almost every job is seen
 # by one process from start to end, so a small memory saves the second call.
+# A job this process has not seen yet is guessed to be owned by whoever owned the last
+# job of its task here: a task's jobs mostly come from one caller (a service, or the owner
+# of an authenticated API), so a guess of "anonymous" cost every job a refused first call.
 _owners_lock = threading.Lock()
 _owners: OrderedDict[str, tuple[str, str, str]] = OrderedDict()
 _OWNERS_REMEMBERED = 4096
 _GUESSED_OWNER = "anonymous"
+_last_owner: dict[str, str] = {}  # task -> owner of its last job learnt here
+_TASKS_REMEMBERED = 1024
 
 
-def _remember(job_id: str, owner: str, task: str, workflow: str) -> None:
+def _remember(job_id: str, owner: str, task: str, workflow: str, *, learn: bool = True) -> None:
     with _owners_lock:
         _owners[job_id] = (owner, task, workflow)
         _owners.move_to_end(job_id)
         if len(_owners) > _OWNERS_REMEMBERED:
             _owners.popitem(last=False)
+        if learn:
+            _learn(task, owner)
+
+
+def _learn(task: str, owner: str) -> None:
+    """Called with ``_owners_lock`` held."""
+    if _last_owner.get(task) != owner:
+        if len(_last_owner) >= _TASKS_REMEMBERED:
+            _last_owner.clear()
+        _last_owner[task] = owner
+
+
+def _guess(job_id: str, task: str, workflow: str) -> tuple[str, str, str, bool]:
+    """The job's (owner, task, workflow) as remembered, or else as guessed (and True)."""
+    with _owners_lock:
+        known = _owners.get(job_id)
+        if known is not None:
+            return (*known, False)
+        return _last_owner.get(task, _GUESSED_OWNER), task, workflow, True
 
 
 def owner_of(job_id: str) -> str | None:
@@ -89,8 +113,7 @@ def transition(
     one. A webhook the change triggers is scheduled here, on the worker side.
     """
     _, _, update = _scripts()
-    with _owners_lock:
-        owner, task, workflow = _owners.get(job_id) or (_GUESSED_OWNER, task, workflow)
+    owner, task, workflow, guessed = _guess(job_id, task, workflow)
     for _ in range(2):
         call = scripts.update_call(
             job_id,
@@ -106,10 +129,12 @@ def transition(
         if (actual := scripts.moved(reply)) is None:
             outcome, hooks = scripts.settled(reply)
             if outcome != "missing" and not state.done:
-                _remember(job_id, owner, task, workflow)
+                _remember(job_id, owner, task, workflow, learn=guessed)
             else:
                 with _owners_lock:
                     _owners.pop(job_id, None)
+                    if outcome != "missing" and guessed:
+                        _learn(task, owner)
             if hooks is not None:
                 _schedule(job_id, hooks)
             if outcome == "ok" and state is JobState.FAILURE and workflow:
@@ -165,6 +190,9 @@ def adopt(job_id: str, task: str, queue: str, kwargs: dict[str, Any]) -> None:
     )
     call = scripts.create_call(fields, ttl=get_settings().job_retention_seconds)
     create(keys=call.keys, args=call.args)
+    # Its start follows at once and needs no guess (nor teaches one: whoever sends plain
+    # Celery messages tells nothing of the owners of the task's other jobs).
+    _remember(job_id, fields["owner"], task, "", learn=False)
 
 
 def create(

@@ -3,12 +3,16 @@
 JobQL reads jobs from its own records (``tasks.records``), never from Celery's results.
 The result backend still matters: the worker's tracer stores every outcome there (for
 ``AsyncResult`` users and Flower), chords count their parts in it, and a chord's sender
-needs one. Two things are added to Celery's own backends:
+needs one. Three things are added to Celery's own backends:
 
 - **Compression above a threshold.** Celery's ``result_compression`` compresses every
   result; here only payloads larger than ``JOBQL_COMPRESSION_THRESHOLD_BYTES`` are, in
   Celery's own self-describing format (a marker, the codec, the body), so any stock Celery
   reader decodes them and small results cost nothing.
+- **One round trip per store on Redis.** Celery reads the stored state (a success is never
+  overwritten), then writes and announces the new one in a MULTI pipeline: two round trips
+  per outcome, on the worker's path. Here both are one script (a fast path: see
+  :data:`ONE_CALL_STORE`); a stored value the script cannot read goes to Celery's own store.
 - **No pickle from the database.** Celery 5.7's database backend unpickles a stored row it
   cannot decode if its first byte looks like a pickle (rows from before celery#3025):
   anyone who can write that table could run code on every reader. Here it is an error.
@@ -26,10 +30,12 @@ import logging
 import threading
 from typing import Any
 
-from celery import bootsteps
+import redis
+from celery import bootsteps, states
 from celery.backends.base import compress_payload
 from celery.backends.database import DatabaseBackend as CeleryDatabaseBackend
 from celery.backends.redis import RedisBackend as CeleryRedisBackend
+from celery.exceptions import BackendStoreError
 
 from tasks import compat, redis_clients
 from tasks.settings import Settings
@@ -81,10 +87,98 @@ class _ThresholdCompression:
         return payload
 
 
+# KEYS: a task's result key.  ARGV: the encoded meta, seconds to keep it (0: no expiry)
+# Returns 1 when stored and published, 0 when a stored SUCCESS stays (Celery's own rule:
+# a lost worker's late outcome never overwrites a success), 'undecided' when the stored
+# value is not JSON this script can read (another serializer, or compressed).
+STORE_SCRIPT = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  if string.sub(current, 1, 1) ~= '{' then return 'undecided' end
+  local ok, meta = pcall(cjson.decode, current)
+  if not ok or type(meta) ~= 'table' then return 'undecided' end
+  if meta['status'] == 'SUCCESS' then return 0 end
+end
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then
+  redis.call('SETEX', KEYS[1], ttl, ARGV[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"""
+
+ONE_CALL_STORE = compat.FastPath(
+    name="celery.redis_backend_one_call_store",
+    library="celery",
+    verified="celery 5.7.0",
+    fallback="Celery's own store: a GET of the stored state, then SETEX and PUBLISH",
+)
+
+
+def _check_one_call_store() -> None:
+    """``_store_result`` is still the hook, and what it does is still: the meta, Celery's
+    success rule, the expiry by state, then SETEX and PUBLISH on the key (its source)."""
+    hook = getattr(CeleryRedisBackend, "_store_result", None)
+    params = ["self", "task_id", "result", "state", "traceback", "request", "kwargs"]
+    if hook is None or list(inspect.signature(hook).parameters) != params:
+        raise LookupError("_store_result(task_id, result, state, traceback, request) is gone")
+    source = inspect.getsource(hook) + inspect.getsource(CeleryRedisBackend._set)
+    for part in ("_get_result_meta", "_get_task_meta_for", "states.SUCCESS", "setex", "publish"):
+        if part not in source:
+            raise LookupError(f"the result store no longer uses {part}")
+    for name in ("_set_with_state", "get_key_for_task", "_MAX_STR_VALUE_SIZE", "ensure"):
+        if not hasattr(CeleryRedisBackend, name):
+            raise LookupError(f"RedisBackend.{name} is gone")
+
+
 class RedisBackend(_ThresholdCompression, CeleryRedisBackend):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._setup_compression()
+        self._store_script: Any = None
+
+    def _store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: Any = None,
+        request: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Celery's store in one round trip: its read of the stored state (a success stays)
+        and its SETEX and PUBLISH, in one script instead of a GET and a MULTI pipeline."""
+        if not ONE_CALL_STORE.active:
+            return super()._store_result(task_id, result, state, traceback, request, **kwargs)
+        meta = self._get_result_meta(
+            result=result, state=state, traceback=traceback, request=request
+        )
+        meta["task_id"] = task_id.decode() if isinstance(task_id, bytes) else task_id
+        value = self.encode(meta)
+        if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
+            raise BackendStoreError(
+                "value too large for Redis backend", state=state, task_id=task_id
+            )
+        expires = self.failure_expires if state == states.FAILURE else self.expires
+        key = self.get_key_for_task(task_id)
+        try:
+            stored = self.ensure(self._store_once, (key, value, int(expires or 0)))
+        except redis.ResponseError:
+            # Scripts refused (an ACL on a result backend of its own), or Redis out of
+            # memory: Celery's own store then works, or fails as it would have anyway.
+            stored = "undecided"
+        if stored in ("undecided", b"undecided"):
+            ONE_CALL_STORE.count_fallback()
+            return super()._store_result(task_id, result, state, traceback, request, **kwargs)
+        return result
+
+    def _store_once(self, key: Any, value: Any, expires: int) -> Any:
+        client = self.client
+        if self._store_script is None or self._store_script.registered_client is not client:
+            self._store_script = client.register_script(STORE_SCRIPT)
+        return self._store_script(keys=[key], args=[value, expires])
 
 
 class DatabaseBackend(_ThresholdCompression, CeleryDatabaseBackend):  # type: ignore[misc]
@@ -145,6 +239,8 @@ def backend_options(settings: Settings) -> dict[str, Any]:
     if is_database(settings.result_backend):
         # The tables are made at the first use, not at a worker's start.
         options["database_create_tables_at_setup"] = False
+    if is_redis(settings.result_backend):  # decided in every process, so the API lists it
+        compat.enable(ONE_CALL_STORE, _check_one_call_store, allowed=settings.fast_paths)
     return options
 
 

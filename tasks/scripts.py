@@ -11,6 +11,7 @@ newest first, and a page costs O(k * limit * log N) for k sets, whatever N is st
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -115,32 +116,45 @@ return false
 # channel (the step's snapshot, carrying the workflow's record as ``workflow``).
 UPDATE_SCRIPT = """
 local slot = {__STATE_SLOTS__}
-local rec = redis.call('HMGET', KEYS[1], 'state', 'owner', 'task', 'workflow_id')
-local state = rec[1]
+local function record(key)
+  local flat = redis.call('HGETALL', key)
+  local out = {}
+  for i = 1, #flat, 2 do out[flat[i]] = flat[i + 1] end
+  return out
+end
+local snap = record(KEYS[1])
+local state = snap['state']
 if not state then return 'missing' end
-local workflow = rec[4] or ''
-if rec[2] ~= ARGV[8] or rec[3] ~= ARGV[9] or workflow ~= ARGV[12] then
-  return {'moved', rec[2], rec[3], workflow}
+local workflow = snap['workflow_id'] or ''
+if snap['owner'] ~= ARGV[8] or snap['task'] ~= ARGV[9] or workflow ~= ARGV[12] then
+  return {'moved', snap['owner'] or false, snap['task'] or false, workflow}
 end
 if state == 'SUCCESS' or state == 'FAILURE' or state == 'REVOKED' then return state end
 if ARGV[7] ~= '' and not string.find(',' .. ARGV[7] .. ',', ',' .. state .. ',', 1, true) then
   return state
 end
 local new = ARGV[2]
-if #ARGV > 14 then redis.call('HSET', KEYS[1], unpack(ARGV, 15)) end
-redis.call('HSET', KEYS[1], 'state', new)
+-- One HSET: the caller's fields, then those computed here (which win, as they came last);
+-- snap is kept equal to the hash, so it is the snapshot without reading the hash again.
+local set = {}
+local function put(field, value)
+  set[#set + 1] = field
+  set[#set + 1] = value
+  snap[field] = value
+end
+for i = 15, #ARGV, 2 do put(ARGV[i], ARGV[i + 1]) end
+put('state', new)
 if new == 'STARTED' then
-  redis.call('HSETNX', KEYS[1], 'started_at', ARGV[3])
-  redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+  if not snap['started_at'] then put('started_at', ARGV[3]) end
+  put('attempts', tostring((tonumber(snap['attempts']) or 0) + 1))
   if state == 'STARTED' or state == 'PROGRESS' then
-    redis.call('HINCRBY', KEYS[1], 'lost', 1)
-    redis.call('HSET', KEYS[1], 'redelivery', 'worker lost: a run ended without an outcome')
+    put('lost', tostring((tonumber(snap['lost']) or 0) + 1))
+    put('redelivery', 'worker lost: a run ended without an outcome')
   end
 end
-if new == 'SUCCESS' or new == 'FAILURE' or new == 'REVOKED' then
-  redis.call('HSET', KEYS[1], 'finished_at', ARGV[3])
-end
-redis.call('HINCRBY', KEYS[1], 'sequence', 1)
+if new == 'SUCCESS' or new == 'FAILURE' or new == 'REVOKED' then put('finished_at', ARGV[3]) end
+put('sequence', tostring((tonumber(snap['sequence']) or 0) + 1))
+redis.call('HSET', KEYS[1], unpack(set))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 if new ~= state then
   local score = redis.call('ZSCORE', KEYS[2], ARGV[4])
@@ -152,18 +166,11 @@ if new ~= state then
   end
 end
 redis.call('ZADD', KEYS[4], ARGV[10], ARGV[11])
-local function record(key)
-  local flat = redis.call('HGETALL', key)
-  local out = {}
-  for i = 1, #flat, 2 do out[flat[i]] = flat[i + 1] end
-  return out
-end
 local function wants(events, changed, reached)
   if not events or events == '' or not changed then return false end
   if events == 'ANY' then return true end
   return string.find(',' .. events .. ',', ',' .. reached .. ',', 1, true) ~= nil
 end
-local snap = record(KEYS[1])
 local payload = cjson.encode(snap)
 redis.call(ARGV[14], ARGV[5], payload)
 redis.call(ARGV[14], ARGV[6], payload)
@@ -372,14 +379,11 @@ def update_call(
     or any state not yet final); the script answers with the right ones if these are wrong."""
     moment = now()
     tag = slots.tag_of(job_id)
-    indexes = indexes_of(owner, task, tag)
     job = job_key(job_id)
     return ScriptCall(
         keys=[
             job,
-            *indexes[:2],
-            expiry_key(owner, tag),
-            *indexes[2:],
+            *_update_indexes(owner, task, tag),
             workflow_key(workflow) if workflow else job,
         ],
         args=[
@@ -400,6 +404,14 @@ def update_call(
             *flatten(fields or {}),
         ],
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def _update_indexes(owner: str, task: str, tag: str) -> tuple[str, ...]:
+    """KEYS[2:18] of an update: the same 17 names for every change of every job of one
+    (owner, task, tag), made once rather than on each of a worker's calls."""
+    indexes = indexes_of(owner, task, tag)
+    return (*indexes[:2], expiry_key(owner, tag), *indexes[2:])
 
 
 @dataclass(frozen=True, slots=True)

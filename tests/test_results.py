@@ -4,14 +4,18 @@ and a size limit that fails a job instead of writing a huge result to Redis."""
 from __future__ import annotations
 
 import json
+import secrets
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
-from celery.backends.base import COMPRESSED_PAYLOAD_MAGIC
+from celery.backends.base import COMPRESSED_PAYLOAD_MAGIC, compress_payload
 
 from devtools.valkey import EmbeddedValkey
+from tasks import compat
 from tasks.app import create_celery_app
 from tasks.settings import Settings
 from tests.conftest import GraphQL, running_api, running_worker, service_env
@@ -112,3 +116,75 @@ def test_a_result_over_the_limit_fails_the_job_unwritten(
     assert len(_stored(settings, job["id"])) < 2_000, "Celery stored the error, not the result"
     # The worker goes on.
     assert _run(api, "after")["state"] == "SUCCESS"
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> Iterator[tuple[Any, redis.Redis]]:
+    """The worker's result backend on a Valkey of its own (its calls are counted)."""
+    server = EmbeddedValkey(tmp_path / "valkey", persist=False).start()
+    app = create_celery_app(Settings(redis_url=server.url))
+    client = redis.Redis.from_url(server.url)
+    try:
+        yield app.backend, client
+    finally:
+        client.close()
+        app.close()
+        server.stop()
+
+
+def _calls(client: redis.Redis) -> dict[str, int]:
+    stats = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(entry["calls"]) for name, entry in stats.items()}
+
+
+def test_an_outcome_is_stored_in_one_call_and_a_late_one_never_overwrites_a_success(
+    backend: tuple[Any, redis.Redis],
+) -> None:
+    store, client = backend
+    store.mark_as_done(str(uuid.uuid4()), {"n": 0})  # connected, the script loaded
+    job_id = str(uuid.uuid4())
+    before = _calls(client)
+    store.mark_as_done(job_id, {"n": 1})
+    after = _calls(client)
+    made = {name: n - before.get(name, 0) for name, n in after.items() if n > before.get(name, 0)}
+    if compat.REGISTER["celery.redis_backend_one_call_store"].active:
+        # One round trip: the script, and in it the read, the write and the announcement.
+        assert made == {"evalsha": 1, "get": 1, "setex": 1, "publish": 1, "info": 1}
+    else:  # JOBQL_FAST_PATHS=false: Celery's own GET, then its MULTI pipeline
+        assert made == {"get": 1, "multi": 1, "setex": 1, "publish": 1, "exec": 1, "info": 1}
+    # A lost worker's late failure of the same job: Celery keeps the success.
+    store.mark_as_failure(job_id, RuntimeError("late"))
+    meta = store.get_task_meta(job_id)
+    assert (meta["status"], meta["result"]) == ("SUCCESS", {"n": 1})
+    assert 0 < client.ttl(f"celery-task-meta-{job_id}") <= store.expires
+
+    # A stored value the script cannot read (compressed) is left to Celery's own store,
+    # which reads it and keeps the success it holds.
+    other = str(uuid.uuid4())
+    success = {"status": "SUCCESS", "result": {"n": 2}, "task_id": other, "traceback": None}
+    client.set(f"celery-task-meta-{other}", compress_payload(store.encode(success), "gzip"))
+    path = compat.REGISTER["celery.redis_backend_one_call_store"]
+    fallbacks = path.fallbacks
+    store.mark_as_failure(other, RuntimeError("late"))
+    assert store.get_task_meta(other)["result"] == {"n": 2}
+    assert path.fallbacks == fallbacks + (1 if path.active else 0)
+
+
+def test_a_result_backend_that_refuses_scripts_still_gets_every_outcome(
+    backend: tuple[Any, redis.Redis],
+) -> None:
+    store, client = backend
+    password = secrets.token_urlsafe(16)
+    client.acl_setuser(
+        "noscripts", enabled=True, passwords=[f"+{password}"], keys=["*"],
+        channels=["*"], commands=["+@all", "-@scripting"],
+    )  # fmt: skip
+    where = client.connection_pool.connection_kwargs
+    url = f"redis://noscripts:{password}@{where['host']}:{where['port']}/0"
+    app = create_celery_app(Settings(redis_url=url))
+    try:
+        job_id = str(uuid.uuid4())
+        app.backend.mark_as_done(job_id, {"n": 3})
+        assert store.get_task_meta(job_id)["result"] == {"n": 3}
+    finally:
+        app.close()

@@ -1,0 +1,103 @@
+"""What a trivial job's writes cost, alone, in one process: no pool, no broker, no API.
+
+P10 runs the whole worker on a machine it shares with Valkey, and its jobs/s move with
+whatever else runs there. This measures the two writes JobQL's worker adds per job, in
+CPU time (this process's and Valkey's), which other load moves far less:
+
+- the record's: ``events.started`` then ``events.succeeded``, for jobs of an owner whose
+  earlier job this process already ran (as a worker's next job is);
+- Celery's result store of the outcome (``mark_as_done``), with the fast paths on and off.
+
+    .venv/bin/python -m bench.worker_writes --jobs 3000
+
+To compare with another checkout, copy this file into its ``bench/`` and run it there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+from devtools.valkey import EmbeddedValkey
+
+
+def _valkey_cpu(client: redis.Redis) -> float:
+    stats = client.info("cpu")
+    return float(stats["used_cpu_user"]) + float(stats["used_cpu_sys"])
+
+
+def _commands(client: redis.Redis) -> int:
+    return sum(int(entry["calls"]) for entry in client.info("commandstats").values())
+
+
+def measure(client: redis.Redis, jobs: list[str], write: Callable[[str], None]) -> str:
+    """Per job: this process's CPU µs, Valkey's CPU µs, and Valkey's commands."""
+    calls, valkey, cpu = _commands(client), _valkey_cpu(client), time.process_time()
+    for job_id in jobs:
+        write(job_id)
+    cpu, valkey = time.process_time() - cpu, _valkey_cpu(client) - valkey
+    calls = _commands(client) - calls - 2  # the two INFO calls of this measure
+    n = len(jobs)
+    return (
+        f"python {1e6 * cpu / n:6.1f} us, valkey {1e6 * valkey / n:6.1f} us, "
+        f"{calls / n:4.1f} commands per job"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=3000)
+    args = parser.parse_args()
+    data = Path(tempfile.mkdtemp(prefix="jobql-writes-"))
+    valkey = EmbeddedValkey(data / "valkey", persist=False)
+    valkey.start()
+    os.environ["JOBQL_REDIS_URL"] = valkey.url  # this process as a worker process
+    try:
+        from tasks import events, records
+        from tasks.app import create_celery_app
+        from tasks.settings import Settings
+
+        client = redis.Redis.from_url(valkey.url)
+        task = "bench.trivial"
+
+        def queued() -> str:
+            fields = records.new_record(
+                job_id=str(uuid.uuid4()),
+                task=task,
+                owner="bench",
+                queue="bench",
+                input_json={"n": 1},
+                created_at=records.now(),
+            )
+            events.create(fields)
+            return fields["id"]
+
+        def run(job_id: str) -> None:
+            events.started(job_id, task, 0, {"n": 1}, "bench", "worker@host")
+            events.succeeded(job_id, task, {"n": 1})
+
+        run(queued())  # the worker has run one job of the owner's: connected, scripts loaded
+        jobs = [queued() for _ in range(args.jobs)]
+        print(f"record writes (STARTED, SUCCESS): {measure(client, jobs, run)}")
+        for fast in (True, False):
+            app = create_celery_app(Settings(redis_url=valkey.url, fast_paths=fast))
+            store = functools.partial(app.backend.mark_as_done, result={"n": 1})
+            store(str(uuid.uuid4()))
+            line = measure(client, [str(uuid.uuid4()) for _ in range(args.jobs)], store)
+            print(f"Celery result store, fast paths {'on ' if fast else 'off'}: {line}")
+            app.close()
+        print(f"tasks from {Path(events.__file__).parent.parent}")
+    finally:
+        valkey.stop()
+
+
+if __name__ == "__main__":
+    main()
