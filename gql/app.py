@@ -27,6 +27,7 @@ from gql.endpoint import ObservedEndpoint
 from gql.health import HealthCheck
 from gql.jobs import JobService
 from gql.limits import Limits
+from gql.loop_lag import LoopLag
 from gql.producer import Producer
 from gql.schedule_store import RedisScheduleStore, ScheduleStore
 from gql.schedules import ScheduleService
@@ -93,6 +94,7 @@ def create_app(
             "every job. For development only; production refuses it."
         )
     drain = Drain()
+    loop_lag = LoopLag()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -134,12 +136,14 @@ def create_app(
         tune_gc(settings.gc_gen0_threshold)
         sweeper = asyncio.create_task(sweep_forever(store, settings.index_sweep_interval))
         counting = asyncio.create_task(metrics.sync_forever(broadcast))
+        lagging = asyncio.create_task(loop_lag.watch())
         logger.info("JobQL API ready; GraphQL at /graphql")
         try:
             yield
         finally:
             sweeper.cancel()
             counting.cancel()
+            lagging.cancel()
             metrics.process_exited()
             producer.close()
             await broker.close()
@@ -217,7 +221,8 @@ def create_app(
     async def stats(request: Request) -> dict[str, Any]:
         """Live subscriptions and what they hold (channels, queued events, asyncio tasks),
         events delivered and coalesced, whether the process is draining, and which fast
-        paths are on, with how often each fell back to the stock path."""
+        paths are on, with how often each fell back to the stock path; the event loop's
+        longest stalls of late (``gql.loop_lag``)."""
         broadcast = request.app.state.broadcast
         return {
             **broadcast.stats(),
@@ -226,6 +231,7 @@ def create_app(
             "events_coalesced": broadcast.tally.coalesced,
             "draining": drain.draining,
             "fast_paths": fast_paths.report(),
+            "loop_lag_ms": loop_lag.report(),
         }
 
     return app

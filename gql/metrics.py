@@ -73,6 +73,11 @@ EVENTS_COALESCED = Counter(
     "jobql_events_coalesced",
     "Progress events replaced by a newer one before a slow reader took them.",
 )
+LOOP_LAG = Histogram(
+    "jobql_event_loop_lag_seconds",
+    "How late the event loop ran a timer due every 10 ms: a stall delays every request by as much.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1),
+)
 BROADCAST_RECONNECTS = Counter(
     "jobql_broadcast_reconnects", "Times the pub/sub connection to Redis was restored."
 )
