@@ -136,14 +136,14 @@ def create_app(
         tune_gc(settings.gc_gen0_threshold)
         sweeper = asyncio.create_task(sweep_forever(store, settings.index_sweep_interval))
         counting = asyncio.create_task(metrics.sync_forever(broadcast))
-        lagging = asyncio.create_task(loop_lag.watch())
+        loop_lag.start()
         logger.info("JobQL API ready; GraphQL at /graphql")
         try:
             yield
         finally:
             sweeper.cancel()
             counting.cancel()
-            lagging.cancel()
+            loop_lag.stop()
             metrics.process_exited()
             producer.close()
             await broker.close()

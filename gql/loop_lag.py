@@ -1,8 +1,8 @@
 """How late the event loop runs a timer: the longest stall, for operators and the bench.
 
 A stall (a slow callback, a long garbage collection, a blocking call by mistake) delays
-every request, subscription event and health probe on the loop by as much. A task asks to
-wake every ``INTERVAL``; how late it wakes is the loop's lag at that moment, observed on
+every request, subscription event and health probe on the loop by as much. A timer is set to
+fire every ``INTERVAL``; how late it fires is the loop's lag at that moment, observed on
 ``jobql_event_loop_lag_seconds``. The longest lag of each second is kept for ``KEPT``
 seconds, so ``/health/stats`` tells the longest stall of the last 10, 60 and 300 seconds
 without a reset; the bench reads it right after a flood. About 100 wake-ups a second.
@@ -22,14 +22,26 @@ KEPT = 300
 class LoopLag:
     def __init__(self) -> None:
         self._longest: deque[tuple[int, float]] = deque(maxlen=KEPT)  # (second, lag)
+        self._timer: asyncio.TimerHandle | None = None
+        self._due = 0.0
 
-    async def watch(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            due = loop.time() + INTERVAL
-            await asyncio.sleep(INTERVAL)
-            now = loop.time()
-            self.note(now, max(0.0, now - due))
+    def start(self) -> None:
+        """Watch the running loop: a plain timer callback, no task (a task's wake-up costs
+        several times more, a hundred times a second)."""
+        self._arm(asyncio.get_running_loop())
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._due = loop.time() + INTERVAL
+        self._timer = loop.call_at(self._due, self._tick, loop)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        self.note(now, max(0.0, now - self._due))
+        self._arm(loop)
 
     def note(self, now: float, lag: float) -> None:
         metrics.LOOP_LAG.observe(lag)

@@ -11,11 +11,11 @@ from tests.conftest import GraphQL
 
 async def test_a_blocked_loop_shows_as_its_longest_stall() -> None:
     lag = LoopLag()
-    watching = asyncio.create_task(lag.watch())
+    lag.start()
     await asyncio.sleep(0.05)
     time.sleep(0.08)  # noqa: ASYNC251 - the blocking call on the loop a bug would make
     await asyncio.sleep(0.05)
-    watching.cancel()
+    lag.stop()
 
     report = lag.report()
     assert report["longest_last_10s"] >= 60, report
