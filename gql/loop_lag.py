@@ -11,6 +11,7 @@ without a reset; the bench reads it right after a flood. About 100 wake-ups a se
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 
 from gql import metrics
@@ -35,11 +36,12 @@ class LoopLag:
             self._timer.cancel()
 
     def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._due = loop.time() + INTERVAL
-        self._timer = loop.call_at(self._due, self._tick, loop)
+        # time.monotonic, not loop.time(): uvloop's clock counts whole milliseconds.
+        self._due = time.monotonic() + INTERVAL
+        self._timer = loop.call_later(INTERVAL, self._tick, loop)
 
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
-        now = loop.time()
+        now = time.monotonic()
         self.note(now, max(0.0, now - self._due))
         self._arm(loop)
 
@@ -53,12 +55,12 @@ class LoopLag:
             self._longest.append((second, lag))
 
     def longest(self, seconds: int, now: float) -> float:
-        """The longest lag (s) seen in the last ``seconds`` (``now``: the loop's time)."""
+        """The longest lag (s) seen in the last ``seconds`` (``now``: ``time.monotonic()``)."""
         since = int(now) - seconds
         return max((lag for second, lag in self._longest if second > since), default=0.0)
 
     def report(self) -> dict[str, float]:
-        now = asyncio.get_running_loop().time()
+        now = time.monotonic()
         return {
             f"longest_last_{seconds}s": round(self.longest(seconds, now) * 1000, 2)
             for seconds in (10, 60, KEPT)
