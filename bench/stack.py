@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +17,8 @@ from devtools.processes import api_command, free_port, stop_all, wait_for_port, 
 from devtools.valkey import EmbeddedValkey
 
 ROOT = Path(__file__).resolve().parent.parent
+# A folder here makes py-spy record every JobQL process a bench starts (bench.profile).
+PROFILE_DIR = os.environ.get("BENCH_PROFILE_DIR")
 
 
 def rss_kib(pid: int) -> int:
@@ -42,7 +46,26 @@ def start_worker(
 ) -> subprocess.Popen[bytes]:
     """One more worker for a figure that times the worker itself; the caller stops it."""
     with (stack.data / log_name).open("ab") as log:
-        return subprocess.Popen(command, env=stack.env, cwd=ROOT, stdout=log, stderr=log)
+        started = subprocess.Popen(command, env=stack.env, cwd=ROOT, stdout=log, stderr=log)
+    if PROFILE_DIR:
+        time.sleep(2)  # past `jobql worker`'s exec of the real worker
+        profiled(started, log_name.removesuffix(".log"))
+    return started
+
+
+def profiled(process: subprocess.Popen[bytes], name: str) -> None:
+    """With ``BENCH_PROFILE_DIR`` set, py-spy samples ``process`` (and its pool children)
+    until it exits, into ``<dir>/<name>-<pid>.raw``; ``python -m bench.profile`` reads it."""
+    if not PROFILE_DIR:
+        return
+    out = Path(PROFILE_DIR) / f"{name}-{process.pid}.raw"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    py_spy = Path(sys.executable).with_name("py-spy")
+    subprocess.Popen(
+        [str(py_spy), "record", "--pid", str(process.pid), "--subprocesses", "--rate", "250",
+         "--format", "raw", "--nonblocking", "--output", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 @contextmanager
@@ -91,6 +114,9 @@ def running_stack(
             )
     try:
         wait_for_port(port, 30, api)
+        # Once serving: `jobql api` / `jobql worker` exec the real process first.
+        for process, name in zip(processes, ("api", "worker"), strict=False):
+            profiled(process, name)
         yield Stack(valkey, api, port, env, data)
     finally:
         stop_all(processes)

@@ -30,7 +30,23 @@ def test_the_harness_measures_every_figure_against_its_baseline(tmp_path: Path) 
         figure = result["figures"][key]
         assert figure["jobql"]["median"] > 0 and figure["baseline_value"]["median"] > 0, key
         assert figure["ratio"] > 0
+    assert 0 <= result["figures"]["P5"]["stall"] < 10_000, "the loop's longest stall, in ms"
     assert result["P8"]["subscriptions"] == result["size"]["subscriptions"]
     assert result["profile"] == "production" and result["auth"] == "jwt"
     assert result["memory"]["memory.jobql.keys"] > 0
     assert "| P12 |" in (tmp_path / "latest.md").read_text()
+
+
+def test_a_profile_is_read_by_library_and_by_function(tmp_path: Path) -> None:
+    """``bench.profile`` reads py-spy's collapsed stacks (``BENCH_PROFILE_DIR``)."""
+    from bench.profile import summarise
+
+    raw = tmp_path / "api-1.raw"
+    raw.write_text(
+        "process 1;run (asyncio/runners.py:1);execute (gql/schema.py:9);pack (redis/c.py:3) 3\n"
+        "process 1;run (asyncio/runners.py:1);execute (gql/schema.py:10) 1\n"
+    )
+    text = summarise([raw], top=5)
+    assert "4 samples" in text
+    assert "75.0%  redis-py / hiredis" in text and "25.0%  JobQL gql/" in text
+    assert "100.0%  execute (gql/schema.py)" in text, "lines of one function count together"
