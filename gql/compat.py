@@ -20,6 +20,9 @@ Otherwise the library's stock behaviour runs, after one warning naming what chan
   per loop pass. Stock: one write per message.
 - ``joined_responses``: uvicorn's httptools request cycle, an HTTP response's head and body
   in one write. Stock: two writes (two system calls, two segments) per response.
+- ``hiredis_packing``: redis-py's asyncio connections pack commands with hiredis, as its
+  blocking client does (``gql.packing``). Stock: packed in Python, a buffer re-joined per
+  argument.
 
 A private module that moved away fails the import at start-up, loudly: the pins in
 ``pyproject.toml`` keep that from happening by surprise, and ``make test-latest`` shows it
@@ -109,6 +112,12 @@ JOINED_RESPONSES = FastPath(
     verified=UVICORN,
     fallback="uvicorn's httptools protocol, a response's head and body written apart",
 )
+HIREDIS_PACKING = FastPath(
+    name="hiredis_packing",
+    library="redis, hiredis",
+    verified="redis 8.1.0, hiredis 3.5.0",
+    fallback="redis-py's asyncio command packing, in Python",
+)
 
 
 def enable(fast_paths: bool) -> None:
@@ -119,6 +128,7 @@ def enable(fast_paths: bool) -> None:
     register(BOUNDED_SOCKETS, _check_http_protocol, allowed=fast_paths)
     register(COALESCING_WEBSOCKETS, _check_websockets_protocol, allowed=fast_paths)
     register(JOINED_RESPONSES, _check_request_cycle, allowed=fast_paths)
+    register(HIREDIS_PACKING, _check_packing, allowed=fast_paths)
     async_base_view.parse_content_type = (  # type: ignore[attr-defined]
         _cached_parse_content_type if CONTENT_TYPE_CACHE.active else parse_content_type
     )
@@ -227,6 +237,12 @@ def _check_request_cycle() -> None:
     _source_mentions(HttpToolsProtocol.on_headers_complete, "transport=self.transport")
     _source_mentions(RequestResponseCycle.__init__, "self.transport = transport")
     _source_mentions(RequestResponseCycle.send, "self.transport.write(")
+
+
+def _check_packing() -> None:
+    from gql import packing  # it reads this module's switch
+
+    packing.check()
 
 
 def _parameters(function: Callable[..., Any], expected: str) -> None:

@@ -20,6 +20,7 @@ from gql import compat
 from gql.app import create_app
 from gql.context import Context
 from gql.schema import build_schema
+from gql.store import connect
 from tasks import compat as register
 from tasks.app import registry
 from tasks.settings import Settings
@@ -140,10 +141,33 @@ async def test_the_api_reports_its_fast_paths(app: FastAPI) -> None:
         "coalescing_websockets",
         "joined_responses",
         "stream_transport_cache",
+        "hiredis_packing",
     }
     assert names <= set(stats)
     assert all(path["active"] for path in stats.values()), stats
     assert stats["executor"]["verified"].startswith("graphql-core 3.3")
+
+
+async def test_commands_packed_by_hiredis_reach_redis_as_sent(
+    app: FastAPI, valkey: EmbeddedValkey
+) -> None:
+    """The API's clients pack through hiredis (``gql.packing``): text in any script, bytes,
+    numbers and a float (which takes redis-py's own packing) arrive intact."""
+    assert compat.HIREDIS_PACKING.active
+    client = connect(valkey.url, Settings(redis_url=valkey.url))
+    try:
+        assert client.connection_pool.connection_class.__name__.startswith("Hiredis")
+        values = {"text": "é ü 🙂 中文", "empty": "", "number": 7, "float": 0.1}
+        await client.hset("test:packing", mapping=values)  # type: ignore[misc]
+        await client.zadd("test:packing:z", {"m": 1.5})
+        stored = await client.hgetall("test:packing")  # type: ignore[misc]
+        assert stored == {"text": "é ü 🙂 中文", "empty": "", "number": "7", "float": "0.1"}
+        assert await client.zscore("test:packing:z", "m") == 1.5
+        big = ["x" * 10] * 5000  # a large command: several buffers in redis-py's packing
+        assert await client.rpush("test:packing:l", *big) == 5000
+    finally:
+        await client.delete("test:packing", "test:packing:z", "test:packing:l")
+        await client.aclose()
 
 
 @pytest.mark.slow
@@ -182,8 +206,9 @@ def test_responses_written_in_one_piece_keep_http_1_1_working(
     valkey: EmbeddedValkey, data_dir: Path
 ) -> None:
     """A response's head and body leave in one write: pipelined requests, ``Expect:
-    100-continue`` and ``Connection: close`` are answered as uvicorn answers them."""
-    with running_api(service_env(valkey.url, data_dir), data_dir) as api:
+    100-continue`` and ``Connection: close`` are answered as uvicorn answers them (fast
+    paths asked for: this file also runs in the stock pass)."""
+    with running_api(service_env(valkey.url, data_dir, JOBQL_FAST_PATHS="true"), data_dir) as api:
         assert api.http.get("/health/stats").json()["fast_paths"]["joined_responses"]["active"]
         address = (api.http.base_url.host, api.http.base_url.port or 80)
         with socket.create_connection(address, timeout=10) as sock:
