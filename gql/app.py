@@ -218,11 +218,11 @@ def create_app(
         return JSONResponse(body, 200 if ok else 503)
 
     @app.get("/health/stats")
-    async def stats(request: Request) -> dict[str, Any]:
+    async def stats(request: Request, loop_lag_seconds: int | None = None) -> dict[str, Any]:
         """Live subscriptions and what they hold (channels, queued events, asyncio tasks),
         events delivered and coalesced, whether the process is draining, and which fast
         paths are on, with how often each fell back to the stock path; the event loop's
-        longest stalls of late (``gql.loop_lag``)."""
+        longest stalls of late (``gql.loop_lag``; ``?loop_lag_seconds=N`` adds the last N s)."""
         broadcast = request.app.state.broadcast
         return {
             **broadcast.stats(),
@@ -231,7 +231,7 @@ def create_app(
             "events_coalesced": broadcast.tally.coalesced,
             "draining": drain.draining,
             "fast_paths": fast_paths.report(),
-            "loop_lag_ms": loop_lag.report(),
+            "loop_lag_ms": loop_lag.report(loop_lag_seconds),
         }
 
     return app

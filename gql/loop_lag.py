@@ -59,9 +59,14 @@ class LoopLag:
         since = int(now) - seconds
         return max((lag for second, lag in self._longest if second > since), default=0.0)
 
-    def report(self) -> dict[str, float]:
+    def report(self, window: int | None = None) -> dict[str, float]:
+        """The longest stalls (ms) of the last 10, 60 and 300 s, and of the last ``window``
+        seconds when asked (1 to 300: a bench reads exactly its own run)."""
         now = time.monotonic()
+        windows = [10, 60, KEPT]
+        if window is not None and 1 <= window <= KEPT:
+            windows.append(window)
         return {
             f"longest_last_{seconds}s": round(self.longest(seconds, now) * 1000, 2)
-            for seconds in (10, 60, KEPT)
+            for seconds in windows
         }

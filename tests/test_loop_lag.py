@@ -28,5 +28,8 @@ def test_the_api_reports_its_loop_stalls(api: GraphQL) -> None:
     assert set(stats["loop_lag_ms"]) == windows
     assert 0 <= stats["loop_lag_ms"]["longest_last_10s"] < 1000
 
+    asked = api.http.get("/health/stats", params={"loop_lag_seconds": 5}).json()["loop_lag_ms"]
+    assert set(asked) == {*windows, "longest_last_5s"}
+
     exposition = api.http.get("/metrics").text
     assert "jobql_event_loop_lag_seconds_bucket" in exposition
