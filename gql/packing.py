@@ -4,7 +4,8 @@ redis-py 8.1's asyncio connection packs every command in Python, re-joining a gr
 buffer per argument: 22 µs for a job's create script (40 arguments) and 2.5 ms for an
 ``enqueueMany`` of 100 (4,000 arguments), a fifth of that mutation's CPU in the API. Its
 blocking client uses ``hiredis.pack_command`` (``redis.connection.HiredisRespSerializer``)
-when hiredis is installed: 3 µs and 0.25 ms. This does the same for the API's connections.
+when hiredis is installed: 3 µs and 0.25 ms. This does the same for the API's connections
+(upstream: redis/redis-py#4176, PR #4191; drop this module once a release packs so).
 
 A fast path (``hiredis_packing``, see :mod:`gql.compat`): on only when a start-up check
 finds that hiredis packs a sample command to the very bytes redis-py's own code does.
