@@ -56,6 +56,7 @@ from strawberry.types.field import StrawberryField
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from gql import packing
 from tasks.compat import FastPath
 from tasks.compat import enable as register
 
@@ -240,8 +241,6 @@ def _check_request_cycle() -> None:
 
 
 def _check_packing() -> None:
-    from gql import packing  # it reads this module's switch
-
     packing.check()
 
 

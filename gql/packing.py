@@ -18,8 +18,6 @@ from typing import Any
 import hiredis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
-from gql import compat
-
 
 def _hiredis_pack(args: tuple[Any, ...]) -> list[bytes] | None:
     """``AbstractConnection.pack_command``'s result, from hiredis (as the blocking client
@@ -54,14 +52,14 @@ def _packing(connection_class: type[AbstractConnection]) -> type[AbstractConnect
 
 
 def install(pool: ConnectionPool) -> ConnectionPool:
-    """Make ``pool``'s new connections pack through hiredis, when the fast path is on and
-    the pool writes text as UTF-8 (hiredis's only encoding)."""
+    """Make ``pool``'s new connections pack through hiredis (the caller asks only when the
+    fast path is on), if the pool writes text as UTF-8 (hiredis's only encoding)."""
     kwargs = pool.connection_kwargs
     utf8 = (kwargs.get("encoding", "utf-8"), kwargs.get("encoding_errors", "strict")) == (
         "utf-8",
         "strict",
     )
-    if compat.HIREDIS_PACKING.active and utf8:
+    if utf8:
         pool.connection_class = _packing(pool.connection_class)
     return pool
 

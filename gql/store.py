@@ -16,7 +16,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from strawberry.dataloader import DataLoader
 
-from gql import packing
+from gql import compat, packing
 from tasks import records, redis_clients, scripts, slots
 from tasks.records import JobSnapshot, JobState
 from tasks.scripts import Hooks, PageQuery
@@ -45,7 +45,8 @@ def connect(url: str, settings: Settings) -> aioredis.Redis:
         # "down" into a hang.
         retry=Retry(NoBackoff(), retries=1),
     )
-    packing.install(client.connection_pool)
+    if compat.HIREDIS_PACKING.active:
+        packing.install(client.connection_pool)
     return client
 
 
