@@ -21,14 +21,18 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
 def _hiredis_pack(args: tuple[Any, ...]) -> list[bytes] | None:
     """``AbstractConnection.pack_command``'s result, from hiredis (as the blocking client
-    packs); None for what hiredis writes otherwise (floats: redis-py writes their repr)."""
+    packs); None for what hiredis writes otherwise (floats: redis-py writes their repr) or
+    refuses (None; redis-py refuses bools too)."""
     if isinstance(args[0], str):
         args = (*args[0].encode().split(), *args[1:])
     elif b" " in args[0]:
         args = (*args[0].split(), *args[1:])
-    if any(isinstance(arg, float | bytearray | memoryview) for arg in args):
+    if any(isinstance(arg, float | bool | bytearray | memoryview) for arg in args):
         return None
-    return [hiredis.pack_command(args)]
+    try:
+        return [hiredis.pack_command(args)]
+    except TypeError:
+        return None  # redis-py's own packing says what is wrong (DataError), as it always did
 
 
 _subclasses: dict[type[AbstractConnection], type[AbstractConnection]] = {}
