@@ -106,8 +106,11 @@ class Settings(BaseSettings):
     # a flood: 2 -> health p99 2.5 ms, job(id) 1.2x the REST baseline; 4 -> 3.1 ms, 1.46x;
     # 8 -> 4.4 ms, 1.6x; unbounded -> ~35 ms. Raise it when your resolvers wait on I/O.
     max_concurrent_operations: int = Field(default=8, ge=0)
-    # Allocations between young-generation collections in the API (0: Python's default).
-    gc_gen0_threshold: int = Field(default=100_000, ge=0)
+    # The API's garbage collector (gql.collector): net allocations between young
+    # collections (0: Python's 700), and the least time between full collections, each a
+    # stall as long as every live object takes to walk (0: whenever Python's rule says).
+    gc_gen0_threshold: int = Field(default=10_000, ge=0)
+    gc_full_interval: float = Field(default=300.0, ge=0)
     subscriber_queue_limit: int = Field(default=256, ge=8)
     keep_alive_interval: float = Field(default=15.0, gt=0)
     connection_init_timeout: float = Field(default=10.0, gt=0)

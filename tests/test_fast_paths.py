@@ -38,6 +38,7 @@ async def app(valkey: EmbeddedValkey, tmp_path: Path) -> AsyncIterator[FastAPI]:
         default_queue="fast-paths",
         data_dir=tmp_path,
         gc_gen0_threshold=0,
+        gc_full_interval=0,
         fast_paths=True,
     )
     app = create_app(settings)
