@@ -94,12 +94,17 @@ def _learn(task: str, owner: str) -> None:
         _last_owner[task] = owner
 
 
-def _guess(job_id: str, task: str, workflow: str) -> tuple[str, str, str, bool]:
-    """The job's (owner, task, workflow) as remembered, or else as guessed (and True)."""
+def _guess(
+    job_id: str, task: str, workflow: str, owner: str | None = None
+) -> tuple[str, str, str, bool]:
+    """The job's (owner, task, workflow) as remembered, or as its message named the owner,
+    or else as guessed (and True)."""
     with _owners_lock:
         known = _owners.get(job_id)
         if known is not None:
             return (*known, False)
+        if owner is not None:
+            return owner, task, workflow, False
         return _last_owner.get(task, _GUESSED_OWNER), task, workflow, True
 
 
@@ -119,18 +124,20 @@ def transition(
     allowed_from: frozenset[JobState] = frozenset(),
     workflow: str = "",
     celery_result: tuple[str, str | bytes, int] | None = None,
+    owner: str | None = None,
 ) -> str:
     """Move a job to ``state``; returns 'ok', 'missing' or the state that refused the move.
 
     ``task`` (and ``workflow``) are the job's if the caller knows them; the owner is
-    remembered or guessed, and a wrong guess costs one more call, answered with the right
-    one. A webhook the change triggers is scheduled here, on the worker side.
+    remembered, or ``owner`` (the one its message names), or guessed: a wrong one costs one
+    more call, answered with the right one. A webhook the change triggers is scheduled
+    here, on the worker side.
     With ``celery_result`` (Celery's result key, encoded meta, seconds to keep it), the
     first call stores that result too (see :mod:`tasks.result_scripts`); 'undecided' means
     it did not, and nothing was written.
     """
     _, _, update = _scripts()
-    owner, task, workflow, guessed = _guess(job_id, task, workflow)
+    owner, task, workflow, guessed = _guess(job_id, task, workflow, owner)
     for _ in range(2):
         call = scripts.update_call(
             job_id,
@@ -269,14 +276,22 @@ def discard(fields: dict[str, str]) -> None:
 
 
 def started(
-    job_id: str, task: str, retries: int, kwargs: dict[str, Any], queue: str, worker: str = ""
+    job_id: str,
+    task: str,
+    retries: int,
+    kwargs: dict[str, Any],
+    queue: str,
+    worker: str = "",
+    owner: str | None = None,
 ) -> str:
     """Record a run's start, adopting a job nobody recorded; returns the update's outcome.
+
+    ``owner``: the one the job's message names (``tasks.messages.OWNER_HEADER``), if any.
 
     Raises ``redis.RedisError``: the caller decides whether the run may go on without it.
     """
     fields = {"retries": str(retries), "worker": worker}
-    outcome = transition(job_id, JobState.STARTED, fields, task=task)
+    outcome = transition(job_id, JobState.STARTED, fields, task=task, owner=owner)
     if outcome == "missing":
         adopt(job_id, task, queue or get_settings().default_queue, kwargs)
         outcome = transition(job_id, JobState.STARTED, fields, task=task)
