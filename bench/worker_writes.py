@@ -6,7 +6,10 @@ CPU time (this process's and Valkey's), which other load moves far less:
 
 - the record's: ``events.started`` then ``events.succeeded``, for jobs of an owner whose
   earlier job this process already ran (as a worker's next job is);
-- Celery's result store of the outcome (``mark_as_done``), with the fast paths on and off.
+- Celery's result store of the outcome (``mark_as_done``), with the fast paths on and off;
+- a whole job's, as the worker's tracer makes them: the start, Celery's store of the
+  success (with the request the task ran in), then ``on_success``'s record of it unless
+  the store recorded it already.
 
     .venv/bin/python -m bench.worker_writes --jobs 3000
 
@@ -23,8 +26,10 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
+from celery.app.task import Context
 
 from devtools.valkey import EmbeddedValkey
 
@@ -93,6 +98,20 @@ def main() -> None:
             store(str(uuid.uuid4()))
             line = measure(client, [str(uuid.uuid4()) for _ in range(args.jobs)], store)
             print(f"Celery result store, fast paths {'on ' if fast else 'off'}: {line}")
+            app.close()
+        for fast in (True, False):
+            app = create_celery_app(Settings(redis_url=valkey.url, fast_paths=fast))
+
+            def job(job_id: str, backend: Any = app.backend) -> None:
+                events.started(job_id, task, 0, {"n": 1}, "bench", "worker@host")
+                request = Context(id=job_id, task=task, jobql_result_json='{"n":1}')
+                backend.mark_as_done(job_id, {"n": 1}, request=request)
+                if not getattr(request, "jobql_recorded", False):  # JobTask.on_success
+                    events.succeeded(job_id, task, {"n": 1}, '{"n":1}')
+
+            job(queued())
+            line = measure(client, [queued() for _ in range(args.jobs)], job)
+            print(f"whole job's writes, fast paths {'on ' if fast else 'off'}: {line}")
             app.close()
         print(f"tasks from {Path(events.__file__).parent.parent}")
     finally:

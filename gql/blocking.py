@@ -106,7 +106,7 @@ class BlockingJobs:
         fields, to = prepared.fields, prepared.delivery
         events.announce(fields, on=self._redis)
         try:
-            self._send(prepared.spec.name, fields["id"], prepared.kwargs, to)
+            self._send(prepared.spec.name, fields["id"], prepared.kwargs, to, fields["owner"])
         except Exception:
             try:
                 events.announce(records.unsent(fields), on=self._redis)
@@ -115,8 +115,10 @@ class BlockingJobs:
             self._discard(JobSnapshot.from_hash(fields))
             raise
 
-    def _send(self, task: str, job_id: str, kwargs: dict[str, Any], to: Delivery) -> None:
-        send_task(self._app, self.settings.broker, task, job_id, kwargs, to)
+    def _send(
+        self, task: str, job_id: str, kwargs: dict[str, Any], to: Delivery, owner: str
+    ) -> None:
+        send_task(self._app, self.settings.broker, task, job_id, kwargs, to, owner)
 
     def _discard(self, snapshot: JobSnapshot) -> None:
         tag = slots.tag_of(snapshot.id)

@@ -139,7 +139,11 @@ class JobService:
             await self.store.announce(item.fields)
             try:
                 await self.producer.publish(
-                    item.spec.name, item.fields["id"], item.kwargs, item.delivery
+                    item.spec.name,
+                    item.fields["id"],
+                    item.kwargs,
+                    item.delivery,
+                    item.fields["owner"],
                 )
             except Exception:
                 await self.withdraw(item.fields)

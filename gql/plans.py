@@ -121,6 +121,7 @@ class JobPlanner:
                 eta=delivery.eta,
                 expires=delivery.expires,
                 priority=delivery.priority,
+                owner=owner,
             )
             message = (queue_key(delivery.queue, delivery.priority), body)
         return Prepared(spec, kwargs, shown_input, delivery, fields, message)

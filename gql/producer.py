@@ -28,6 +28,7 @@ from celery.canvas import Signature
 from gql.errors import ServiceUnavailable
 from tasks.app import create_celery_app, ready_result_backend
 from tasks.fast_paths import writes_messages
+from tasks.messages import OWNER_HEADER
 from tasks.rabbitmq import priority
 from tasks.settings import Settings
 
@@ -46,11 +47,18 @@ class Delivery:
 
 
 def send_task(
-    app: Celery, broker_url: str, task: str, job_id: str, kwargs: dict[str, Any], to: Delivery
+    app: Celery,
+    broker_url: str,
+    task: str,
+    job_id: str,
+    kwargs: dict[str, Any],
+    to: Delivery,
+    owner: str | None = None,
 ) -> None:
-    """Celery's producer with a job's delivery options; the one place both the API's and
-    the blocking enqueue send through, so JobQL's priority means the same on every broker
-    (RabbitMQ's runs the other way: ``tasks.rabbitmq.priority``)."""
+    """Celery's producer with a job's delivery options (and its owner in a header, see
+    ``tasks.messages.OWNER_HEADER``); the one place both the API's and the blocking enqueue
+    send through, so JobQL's priority means the same on every broker (RabbitMQ's runs the
+    other way: ``tasks.rabbitmq.priority``)."""
     app.send_task(
         task,
         kwargs=kwargs,
@@ -60,6 +68,7 @@ def send_task(
         eta=to.eta,
         expires=to.expires,
         priority=priority(broker_url, to.priority),
+        headers={OWNER_HEADER: owner} if owner is not None else None,
     )
 
 
@@ -96,7 +105,14 @@ class Producer:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
 
-    async def publish(self, task: str, job_id: str, kwargs: dict[str, Any], to: Delivery) -> None:
+    async def publish(
+        self,
+        task: str,
+        job_id: str,
+        kwargs: dict[str, Any],
+        to: Delivery,
+        owner: str | None = None,
+    ) -> None:
         """Send one task message within the publish timeout.
 
         Raises :class:`ServiceUnavailable` (or kombu's ``OperationalError``) if the broker
@@ -108,7 +124,7 @@ class Producer:
             if time.monotonic() < self._down_until:
                 raise ServiceUnavailable("the broker is unavailable")
             try:
-                self._send(task, job_id, kwargs, to)
+                self._send(task, job_id, kwargs, to, owner)
             except Exception as exc:
                 if _nacked(exc):
                     # RabbitMQ's confirm said no (a full queue, a node going away): the
@@ -125,8 +141,15 @@ class Producer:
             self._down_until = time.monotonic() + _BROKER_DOWN_FOR
             raise ServiceUnavailable("the broker did not answer in time") from None
 
-    def _send(self, task: str, job_id: str, kwargs: dict[str, Any], to: Delivery) -> None:
-        send_task(self.app, self._broker_url, task, job_id, kwargs, to)
+    def _send(
+        self,
+        task: str,
+        job_id: str,
+        kwargs: dict[str, Any],
+        to: Delivery,
+        owner: str | None = None,
+    ) -> None:
+        send_task(self.app, self._broker_url, task, job_id, kwargs, to, owner)
 
     async def send_canvas(self, build: Callable[[Celery], Signature]) -> None:
         """Apply a canvas: Celery builds every message (chain and chord headers) itself."""

@@ -16,6 +16,7 @@ from celery import Task, states
 from celery.exceptions import BackendStoreError, Ignore
 
 from tasks import events
+from tasks.messages import OWNER_HEADER
 from tasks.records import TERMINAL_STATES
 from tasks.results import checked_json
 from tasks.settings import get_settings
@@ -64,6 +65,7 @@ class JobTask(Task):  # type: ignore[misc]
                 kwargs,
                 delivery.get("routing_key") or "",
                 self.request.hostname or "",
+                owner_hint(self.request),
             )
         except redis.RedisError:
             logger.exception("could not record the start of job %s", task_id)
@@ -75,7 +77,8 @@ class JobTask(Task):  # type: ignore[misc]
     def on_success(
         self, retval: Any, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
-        if not _builtin(self.name):
+        # Recorded already when Celery's result backend stored the success with the record.
+        if not _builtin(self.name) and not getattr(self.request, "jobql_recorded", False):
             payload = getattr(self.request, "jobql_result_json", None)
             events.succeeded(task_id, self.name, retval, payload)
 
@@ -125,6 +128,13 @@ class JobTask(Task):  # type: ignore[misc]
             # and Flower) may miss one report, but a Redis blip must not fail the job. Seen
             # in the Redis-restart test: the report raised and the job ended in FAILURE.
             logger.warning("progress of job %s not stored in Celery's result backend", job_id)
+
+
+def owner_hint(request: Any) -> str | None:
+    """The owner the job's message names (Celery makes a message's own headers attributes
+    of the request); None for a message sent without it (plain Celery, an older API)."""
+    owner = getattr(request, OWNER_HEADER, None)
+    return owner if isinstance(owner, str) else None
 
 
 def _builtin(name: str) -> bool:

@@ -31,7 +31,7 @@ from redbeat.schedulers import get_redis
 
 from tasks import events, rabbitmq, records, redis_clients, slots
 from tasks.fast_paths import writes_messages
-from tasks.messages import queue_key, task_message
+from tasks.messages import OWNER_HEADER, queue_key, task_message
 from tasks.schedules import (
     DISABLED_SCORE,
     SCHEDULE_SET,
@@ -122,7 +122,13 @@ class RunStarter:
         message = None
         if self._direct:
             body = task_message(
-                task=task, job_id=job_id, kwargs=kwargs, queue=queue, now=created, priority=priority
+                task=task,
+                job_id=job_id,
+                kwargs=kwargs,
+                queue=queue,
+                now=created,
+                priority=priority,
+                owner=fields["owner"],
             )
             message = (queue_key(queue, priority), body)
         existing = events.create(fields, idempotency=key, message=message)
@@ -163,6 +169,7 @@ class RunStarter:
                 task_id=fields["id"],
                 queue=fields["queue"],
                 priority=rabbitmq.priority(get_settings().broker, priority),
+                headers={OWNER_HEADER: fields["owner"]},
             )
         except Exception:
             try:

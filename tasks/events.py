@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from tasks import records, redis_clients, scripts, slots
+from tasks import records, redis_clients, result_scripts, scripts, slots
 from tasks.records import CANCELLABLE_STATES, RUNNING_STATES, JobState
 from tasks.settings import get_settings
 from tasks.workflow_records import WorkflowSnapshot, workflow_key
@@ -42,6 +42,19 @@ def _scripts() -> tuple[redis.Redis, Any, Any]:
                 current.register_script(scripts.UPDATE_SCRIPT),
             )
         return _registered
+
+
+_success_registered: tuple[redis.Redis, Any] | None = None
+
+
+def _success_script() -> Any:
+    """The SUCCESS update joined to Celery's result store, on this process's client."""
+    global _success_registered
+    current = client()
+    with _scripts_lock:
+        if _success_registered is None or _success_registered[0] is not current:
+            _success_registered = (current, current.register_script(result_scripts.SUCCESS_SCRIPT))
+        return _success_registered[1]
 
 
 def client() -> redis.Redis:
@@ -81,12 +94,17 @@ def _learn(task: str, owner: str) -> None:
         _last_owner[task] = owner
 
 
-def _guess(job_id: str, task: str, workflow: str) -> tuple[str, str, str, bool]:
-    """The job's (owner, task, workflow) as remembered, or else as guessed (and True)."""
+def _guess(
+    job_id: str, task: str, workflow: str, owner: str | None = None
+) -> tuple[str, str, str, bool]:
+    """The job's (owner, task, workflow) as remembered, or as its message named the owner,
+    or else as guessed (and True)."""
     with _owners_lock:
         known = _owners.get(job_id)
         if known is not None:
             return (*known, False)
+        if owner is not None:
+            return owner, task, workflow, False
         return _last_owner.get(task, _GUESSED_OWNER), task, workflow, True
 
 
@@ -105,15 +123,21 @@ def transition(
     task: str = "",
     allowed_from: frozenset[JobState] = frozenset(),
     workflow: str = "",
+    celery_result: tuple[str, str | bytes, int] | None = None,
+    owner: str | None = None,
 ) -> str:
     """Move a job to ``state``; returns 'ok', 'missing' or the state that refused the move.
 
     ``task`` (and ``workflow``) are the job's if the caller knows them; the owner is
-    remembered or guessed, and a wrong guess costs one more call, answered with the right
-    one. A webhook the change triggers is scheduled here, on the worker side.
+    remembered, or ``owner`` (the one its message names), or guessed: a wrong one costs one
+    more call, answered with the right one. A webhook the change triggers is scheduled
+    here, on the worker side.
+    With ``celery_result`` (Celery's result key, encoded meta, seconds to keep it), the
+    first call stores that result too (see :mod:`tasks.result_scripts`); 'undecided' means
+    it did not, and nothing was written.
     """
     _, _, update = _scripts()
-    owner, task, workflow, guessed = _guess(job_id, task, workflow)
+    owner, task, workflow, guessed = _guess(job_id, task, workflow, owner)
     for _ in range(2):
         call = scripts.update_call(
             job_id,
@@ -125,7 +149,14 @@ def transition(
             allowed_from=allowed_from,
             workflow=workflow,
         )
-        reply = update(keys=call.keys, args=call.args)
+        if celery_result is None:
+            reply = update(keys=call.keys, args=call.args)
+        else:
+            joined = result_scripts.success_call(*celery_result, update=call)
+            stored, *rest = _success_script()(keys=joined.keys, args=joined.args)
+            if stored == "undecided":
+                return "undecided"
+            reply, celery_result = rest[0], None  # stored: a second call updates only
         if (actual := scripts.moved(reply)) is None:
             outcome, hooks = scripts.settled(reply)
             if outcome != "missing" and not state.done:
@@ -245,14 +276,22 @@ def discard(fields: dict[str, str]) -> None:
 
 
 def started(
-    job_id: str, task: str, retries: int, kwargs: dict[str, Any], queue: str, worker: str = ""
+    job_id: str,
+    task: str,
+    retries: int,
+    kwargs: dict[str, Any],
+    queue: str,
+    worker: str = "",
+    owner: str | None = None,
 ) -> str:
     """Record a run's start, adopting a job nobody recorded; returns the update's outcome.
+
+    ``owner``: the one the job's message names (``tasks.messages.OWNER_HEADER``), if any.
 
     Raises ``redis.RedisError``: the caller decides whether the run may go on without it.
     """
     fields = {"retries": str(retries), "worker": worker}
-    outcome = transition(job_id, JobState.STARTED, fields, task=task)
+    outcome = transition(job_id, JobState.STARTED, fields, task=task, owner=owner)
     if outcome == "missing":
         adopt(job_id, task, queue or get_settings().default_queue, kwargs)
         outcome = transition(job_id, JobState.STARTED, fields, task=task)
@@ -281,6 +320,22 @@ def succeeded(job_id: str | None, task: str, result: Any, payload: str | None = 
     if payload is None:
         payload = json.dumps(result, default=str, separators=(",", ":"))
     _safely(job_id, task, JobState.SUCCESS, {"result": payload, "error": ""})
+
+
+def succeeded_and_stored(
+    job_id: str, task: str, payload: str, celery_result: tuple[str, str | bytes, int]
+) -> bool:
+    """Record a success and store Celery's result (key, encoded meta, seconds to keep it)
+    in one call; False when the store was left undecided and nothing was written.
+
+    Raises ``redis.RedisError``: the caller (Celery's result backend) retries as it does
+    its own store. Calling it again after a lost reply writes nothing twice: the stored
+    success stays, and the record is SUCCESS already.
+    """
+    _progress.flush(job_id)
+    fields = {"result": payload, "error": ""}
+    outcome = transition(job_id, JobState.SUCCESS, fields, task=task, celery_result=celery_result)
+    return outcome != "undecided"
 
 
 def failed(job_id: str | None, task: str, exception: BaseException | None) -> None:

@@ -39,7 +39,7 @@ from kombu.transport import TRANSPORT_ALIASES, virtual
 from kombu.transport import redis as kombu_redis
 
 from tasks import broker, compat, redis_clients
-from tasks.messages import PRIORITY_SEP, PRIORITY_STEPS, queue_key, task_message
+from tasks.messages import OWNER_HEADER, PRIORITY_SEP, PRIORITY_STEPS, queue_key, task_message
 from tasks.settings import Settings
 
 if TYPE_CHECKING:
@@ -266,10 +266,12 @@ def stock_message(
     eta: datetime | None = None,
     expires: datetime | None = None,
     priority: int | None = None,
+    owner: str | None = None,
 ) -> dict[str, Any]:
     """The message as Celery's producer would store it on Redis, from Celery's and kombu's parts.
 
-    ``as_task_v2`` builds the headers and body; kombu's channel wraps and encodes them as
+    ``as_task_v2`` builds the headers and body, the ``owner`` header merged in as
+    ``send_task(headers=...)`` does; kombu's channel wraps and encodes them as
     ``Producer.publish`` has it do. The two properties ``publish`` itself adds
     (``delivery_mode``, ``expiration``) are set here the way kombu 5.7.0 sets them.
     """
@@ -283,12 +285,13 @@ def stock_message(
         now=now,
         ignore_result=None,  # what ``send_task`` passes when not told
     )
+    headers = {**sent.headers, **({OWNER_HEADER: owner} if owner is not None else {})}
     properties: dict[str, Any] = {**sent.properties, "delivery_mode": 2}
     if expires is not None:
         properties["expiration"] = str(int((expires - now).total_seconds() * 1000))
     body = json.dumps(sent.body)
     message: dict[str, Any] = channel.prepare_message(
-        body, priority, "application/json", "utf-8", sent.headers, properties
+        body, priority, "application/json", "utf-8", headers, properties
     )
     channel._inplace_augment_message(message, "", queue)
     return message
@@ -339,6 +342,7 @@ def check_message_writer(app: Celery) -> None:
                 "kwargs": {"n": 1, "text": "é"},
                 "queue": "jobql",
                 "now": now,
+                "owner": "ada",
                 **options,
             }
             ours = json.loads(task_message(**request))

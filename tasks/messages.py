@@ -28,6 +28,12 @@ _ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
 _REPLY_TO = str(uuid.uuid4())
 
 
+# The job's owner, in its Celery message: the worker names the owner's indexes in its
+# record updates, and would otherwise have to guess it (tasks.events). A hint only: the
+# update script checks it against the record, so a wrong or forged one costs a call.
+OWNER_HEADER = "jobql_owner"
+
+
 def queue_key(queue: str, priority: int | None) -> str:
     return f"{queue}{PRIORITY_SEP}{priority}" if priority else queue
 
@@ -43,8 +49,10 @@ def task_message(
     eta: datetime | None = None,
     expires: datetime | None = None,
     priority: int | None = None,
+    owner: str | None = None,
 ) -> str:
-    """The JSON a Celery 5 producer would LPUSH for ``apply_async(kwargs=..., ...)``."""
+    """The JSON a Celery 5 producer would LPUSH for ``apply_async(kwargs=..., ...)``, with
+    the job's ``owner`` as the header :data:`OWNER_HEADER` (as ``headers=`` would add it)."""
     if countdown is not None:
         eta = now + timedelta(seconds=countdown)
     body = [[], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
@@ -59,7 +67,7 @@ def task_message(
     }
     if expires is not None:
         properties["expiration"] = str(max(0, int((expires - now).total_seconds() * 1000)))
-    message = {
+    message: dict[str, Any] = {
         "body": base64.b64encode(json.dumps(body).encode()).decode(),
         "content-encoding": "utf-8",
         "content-type": "application/json",
@@ -86,6 +94,8 @@ def task_message(
         },
         "properties": properties,
     }
+    if owner is not None:
+        message["headers"][OWNER_HEADER] = owner
     # The envelope holds strings, small ints, None and empty containers only: orjson
     # writes the JSON json.dumps would, bar non-ASCII kept as UTF-8 instead of \u escapes
     # (in kwargsrepr), which any JSON reader, kombu's included, reads the same.

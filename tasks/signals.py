@@ -14,7 +14,7 @@ import redis
 from celery.signals import task_failure, task_prerun, task_retry, task_revoked, task_success
 
 from tasks import events
-from tasks.base import JobTask
+from tasks.base import JobTask, owner_hint
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ def _on_prerun(
                 dict(kwargs or {}),
                 delivery.get("routing_key") or "",
                 sender.request.hostname or "",
+                owner_hint(sender.request),
             )
         except redis.RedisError:
             logger.exception("could not record the start of job %s", task_id)

@@ -110,3 +110,25 @@ def test_each_change_publishes_the_record_it_leaves(own_valkey: redis.Redis) -> 
     assert (done["state"], done["sequence"], done["result"]) == ("SUCCESS", "3", '{"sent":true}')
     assert done["finished_at"] and done["error"] == ""
     watcher.close()
+
+
+def test_a_job_whose_message_names_its_owner_starts_in_one_call(own_valkey: redis.Redis) -> None:
+    """Another owner's job of the same task needs no guess when its message names the owner
+    (tasks.messages.OWNER_HEADER); a wrong name is refused and corrected, as a guess is."""
+    first = queued("ada")
+    assert events.started(first, "send_email", 0, {}, "jobql", "w1") == "ok"
+
+    other = queued("bob")
+    before = update_calls(own_valkey)
+    assert events.started(other, "send_email", 0, {}, "jobql", "w1", owner="bob") == "ok"
+    assert update_calls(own_valkey) - before == 1
+
+    forged = queued("carol")
+    before = update_calls(own_valkey)
+    assert events.started(forged, "send_email", 0, {}, "jobql", "w1", owner="bob") == "ok"
+    assert update_calls(own_valkey) - before == 2
+    running = records.index_key("carol", slots.tag_of(forged), state=JobState.STARTED)
+    assert own_valkey.zrange(running, 0, -1) == [forged]
+    assert not own_valkey.zscore(
+        records.index_key("bob", slots.tag_of(forged), state=JobState.STARTED), forged
+    )

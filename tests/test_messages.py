@@ -13,9 +13,12 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
+from celery.app.task import Context
+from celery.worker.request import Request
 
 from devtools.valkey import EmbeddedValkey
 from tasks.app import create_celery_app
+from tasks.base import owner_hint
 from tasks.fast_paths import differences, offline_channel, sample_options, stock_message
 from tasks.messages import queue_key, task_message
 from tasks.settings import Settings
@@ -172,3 +175,21 @@ def test_celerys_producer_stands_in_when_fast_paths_are_off(
 
     assert done["state"] == "SUCCESS", done
     assert done["result"] == {"processed": "stock", "status": "complete"}
+
+
+def test_the_owner_header_reaches_the_request_the_task_runs_in(producer_app: Celery) -> None:
+    """The worker names the owner's indexes from the message, not from a guess: Celery
+    makes the message's own header an attribute of the request (as it builds it for the
+    tracer), and a message without it (plain Celery, an older API) names no owner."""
+    app = Celery("owner-header", set_as_current=False)
+
+    @app.task(name="reports.generate", shared=False)  # type: ignore[untyped-decorator]
+    def generate(**kwargs: Any) -> None:
+        """Never run: only its request is built."""
+
+    for owner, expected in (("ada", "ada"), (None, None)):
+        body = task_message(**_request({}), owner=owner)
+        with offline_channel(producer_app.conf.broker_transport_options) as channel:
+            message = channel.Message(json.loads(body), channel=channel)
+            request = Request(message, app=app, task=generate)
+            assert owner_hint(Context(request.request_dict)) == expected
