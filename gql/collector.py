@@ -18,6 +18,10 @@ kept small, and a full collection may run at most once per ``full_interval`` sec
 Python's own rule wants one: a window opens on a timer and closes when one has run.
 Cyclic garbage that reached the old generation (rare here: measured, a few objects per
 thousand closed subscriptions) waits for the next window instead of a quarter's growth.
+
+Python 3.12 and 3.13 collect as 3.11 does. 3.14.0-3.14.4 shipped an incremental collector
+that ignores the third threshold (the window then changes nothing); 3.14.5 and 3.15 went
+back to 3.13's. A generational incremental collector is proposed for 3.16 (PEP 848).
 """
 
 from __future__ import annotations
