@@ -19,7 +19,7 @@ from celery import Celery
 from gql.errors import BadUserInput, NotFound
 from gql.operations import job_enqueued
 from gql.plans import EnqueueRequest, JobPlanner, Prepared
-from gql.producer import Delivery, send_task
+from gql.producer import send_task
 from tasks import events, records, redis_clients, scripts, slots
 from tasks.app import create_celery_app
 from tasks.fast_paths import writes_messages
@@ -106,7 +106,15 @@ class BlockingJobs:
         fields, to = prepared.fields, prepared.delivery
         events.announce(fields, on=self._redis)
         try:
-            self._send(prepared.spec.name, fields["id"], prepared.kwargs, to, fields["owner"])
+            send_task(
+                self._app,
+                self.settings.broker,
+                prepared.spec.name,
+                fields["id"],
+                prepared.kwargs,
+                to,
+                fields["owner"],
+            )
         except Exception:
             try:
                 events.announce(records.unsent(fields), on=self._redis)
@@ -114,11 +122,6 @@ class BlockingJobs:
                 logger.exception("could not announce the end of unsent job %s", fields["id"])
             self._discard(JobSnapshot.from_hash(fields))
             raise
-
-    def _send(
-        self, task: str, job_id: str, kwargs: dict[str, Any], to: Delivery, owner: str
-    ) -> None:
-        send_task(self._app, self.settings.broker, task, job_id, kwargs, to, owner)
 
     def _discard(self, snapshot: JobSnapshot) -> None:
         tag = slots.tag_of(snapshot.id)

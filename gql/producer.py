@@ -124,7 +124,7 @@ class Producer:
             if time.monotonic() < self._down_until:
                 raise ServiceUnavailable("the broker is unavailable")
             try:
-                self._send(task, job_id, kwargs, to, owner)
+                send_task(self.app, self._broker_url, task, job_id, kwargs, to, owner)
             except Exception as exc:
                 if _nacked(exc):
                     # RabbitMQ's confirm said no (a full queue, a node going away): the
@@ -140,16 +140,6 @@ class Producer:
         except TimeoutError:
             self._down_until = time.monotonic() + _BROKER_DOWN_FOR
             raise ServiceUnavailable("the broker did not answer in time") from None
-
-    def _send(
-        self,
-        task: str,
-        job_id: str,
-        kwargs: dict[str, Any],
-        to: Delivery,
-        owner: str | None = None,
-    ) -> None:
-        send_task(self.app, self._broker_url, task, job_id, kwargs, to, owner)
 
     async def send_canvas(self, build: Callable[[Celery], Signature]) -> None:
         """Apply a canvas: Celery builds every message (chain and chord headers) itself."""
