@@ -207,7 +207,7 @@ class RedisPubSubBackend:
                 if self._sharded:
                     self.on_moved(None)  # a failover may have moved this node's slots
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff)
                 continue

@@ -157,10 +157,8 @@ def sync_client(
     if not is_sentinel(url):
         return redis.Redis.from_url(url, **kwargs)
     hosts, master = sentinel_hosts(url)
-    manager = Sentinel(hosts, sentinel_kwargs=_sentinel_kwargs(settings))  # type: ignore[no-untyped-call]
-    client = manager.master_for(  # type: ignore[no-untyped-call]
-        _master_name(settings), redis_class=redis.Redis, **master, **kwargs
-    )
+    manager = Sentinel(hosts, sentinel_kwargs=_sentinel_kwargs(settings))
+    client = manager.master_for(_master_name(settings), redis_class=redis.Redis, **master, **kwargs)
     return cast(redis.Redis, client)
 
 
@@ -199,7 +197,7 @@ def async_client(
         pool = pool_class.from_url(url, **kwargs, **pool_kwargs)
         return aioredis.Redis(connection_pool=pool)
     hosts, master = sentinel_hosts(url)
-    manager = AsyncSentinel(hosts, sentinel_kwargs=_sentinel_kwargs(settings))  # type: ignore[no-untyped-call]
+    manager = AsyncSentinel(hosts, sentinel_kwargs=_sentinel_kwargs(settings))
     client = manager.master_for(
         _master_name(settings),
         redis_class=aioredis.Redis,
