@@ -8,6 +8,14 @@ import pytest
 
 from tests.conftest import JOB_FIELDS, GraphQL
 
+# The passes of `make test` that run this module again (tests/conftest.py).
+pytestmark = [
+    pytest.mark.contract,
+    pytest.mark.django_results,
+    pytest.mark.rabbitmq,
+    pytest.mark.postgres,
+]
+
 EXAMPLES = [
     (
         "generateReport",

@@ -13,6 +13,9 @@ from devtools.processes import free_port
 from gql.schema import JobQLSchema
 from tests.conftest import GraphQL, running_api, service_env
 
+# The passes of `make test` that run this module again (tests/conftest.py).
+pytestmark = [pytest.mark.contract, pytest.mark.django_results, pytest.mark.rabbitmq]
+
 BAD_INPUTS = [
     pytest.param(
         'mutation { generateReport(input: {userId: "seven"}) { id } }',

@@ -26,6 +26,9 @@ from tasks.app import registry
 from tasks.settings import Settings
 from tests.conftest import ROOT, running_api, service_env
 
+# The passes of `make test` that run this module again (tests/conftest.py).
+pytestmark = [pytest.mark.contract]
+
 README_OPERATIONS = re.findall(r"```graphql\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
 
 

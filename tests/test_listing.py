@@ -17,6 +17,9 @@ from tasks.settings import Settings
 from tests.conftest import GraphQL
 from tests.test_records import OLD_SCAN_LIMIT, write_jobs
 
+# The passes of `make test` that run this module again (tests/conftest.py).
+pytestmark = [pytest.mark.contract, pytest.mark.django_results]
+
 PAGE = """
 query($first: Int, $after: String, $filter: JobFilter) {
   jobs(first: $first, after: $after, filter: $filter) {

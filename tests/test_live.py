@@ -25,7 +25,7 @@ from tests.clients import Stream, Transport, graphql_transport_ws, receive, send
 from tests.conftest import AsyncGraphQL, running_api, running_worker, service_env
 from tests.test_subscriptions import WATCH, _assert_well_ordered, _report
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.contract, pytest.mark.rabbitmq]
 
 
 @dataclass(frozen=True)

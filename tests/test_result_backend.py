@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from tasks.app import create_celery_app
 from tasks.settings import Settings
 from tests.conftest import GraphQL
+
+# The passes of `make test` that run this module again (tests/conftest.py).
+pytestmark = [pytest.mark.django_results]
 
 PROCESS = "mutation { processData(input: { data: { n: 1 }, delay: 0 }) { id } }"
 FAIL = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from graphql import (
     GraphQLArgument,
     GraphQLEnumType,
@@ -15,6 +16,9 @@ from graphql import (
 
 from gql.export import sdl
 from tests.conftest import ROOT, GraphQL
+
+# The passes of `make test` that run this module again (tests/conftest.py).
+pytestmark = [pytest.mark.contract]
 
 
 def test_schema_graphql_is_in_sync_with_the_code() -> None:

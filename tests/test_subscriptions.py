@@ -10,6 +10,9 @@ import pytest
 from tests.clients import TRANSPORTS, multipart, sse
 from tests.conftest import JOB_FIELDS, AsyncGraphQL
 
+# The passes of `make test` that run this module again (tests/conftest.py).
+pytestmark = [pytest.mark.contract, pytest.mark.django_results, pytest.mark.rabbitmq]
+
 WATCH = f"subscription($id: ID!) {{ job(id: $id) {{ {JOB_FIELDS} }} }}"
 
 

@@ -5,8 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from tests.clients import graphql_transport_ws
 from tests.conftest import JOB_FIELDS, AsyncGraphQL
+
+# The passes of `make test` that run this module again (tests/conftest.py).
+pytestmark = [pytest.mark.django_results, pytest.mark.postgres]
 
 WORKFLOW_FIELDS = f"""
 id name state done sequence progress createdAt finishedAt
