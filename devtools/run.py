@@ -1,30 +1,45 @@
 """``make run``: Valkey (when no Redis is configured), a Celery worker, beat and the API.
 
-One Ctrl-C, or SIGTERM to the process group, stops all of it: the API and the worker first
-(the worker finishes or requeues its jobs), the embedded Valkey last, so nothing is cut off.
-A worker or beat that exits by itself (a crash, an out-of-memory kill) is started again
-after a back-off that doubles while it keeps failing; the API and Valkey stay up meanwhile.
+Every process it starts is kept alive: one that exits by itself (a crash, an out-of-memory
+kill, a SIGTERM meant for it alone) is started again after a back-off that doubles while
+it keeps failing, and the others stay up meanwhile. The embedded Valkey comes back on its
+port with its append-only file.
+
+One Ctrl-C, or SIGTERM to the process group, stops all of it: the API and beat at once,
+the worker after a warm shutdown (its running jobs finish, up to the task time limit), the
+embedded Valkey last, so nothing is cut off. A second Ctrl-C cuts the running jobs; their
+messages stay unacknowledged and the next start's reaper puts them back on the queue.
+
+Where things are, for ``jobql check``, the tests and a developer's shell: ``<data dir>/dev.env``
+holds ``JOBQL_REDIS_URL`` of the embedded Valkey, ``<data dir>/run.json`` the pid of each
+process (rewritten on every restart, removed at the end).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
-from devtools.processes import api_command, beat_command, stop_all, wait_for_port, worker_command
+from devtools.processes import api_command, beat_command, wait_for_port, worker_command
 from devtools.valkey import EmbeddedValkey
-from tasks.settings import get_settings
+from tasks.settings import Settings, get_settings
 
 logger = logging.getLogger("jobql.run")
 
+# What the worker's warm shutdown may take beyond the hard time limit of its longest job.
+WORKER_STOP_MARGIN = 15.0
+
 
 class Keeper:
-    """A development process (the worker, beat), started again whenever it exits by itself.
+    """A development process, started again whenever it exits by itself.
 
     The back-off starts at ``first`` seconds and doubles up to ``longest`` while the process
     keeps dying within ``steady`` seconds of its start; one that ran longer than that
@@ -34,29 +49,28 @@ class Keeper:
     def __init__(
         self,
         name: str,
-        command: list[str],
-        env: dict[str, str],
+        start: Callable[[], subprocess.Popen[bytes]],
         first: float = 1.0,
         longest: float = 30.0,
         steady: float = 60.0,
     ) -> None:
-        self.name, self.command, self.env = name, command, env
+        self.name, self.start = name, start
         self.first, self.longest, self.steady = first, longest, steady
         self.backoff = 0.0
         self.restart_at: float | None = None
-        self.process = self._start()
-
-    def _start(self) -> subprocess.Popen[bytes]:
         self.started = time.monotonic()
-        return subprocess.Popen(self.command, env=self.env)
+        self.process = start()
 
-    def keep_alive(self) -> None:
-        """Called often: notice an exit, wait out the back-off, start it again."""
+    def keep_alive(self) -> bool:
+        """Called often: notice an exit, wait out the back-off, start it again.
+
+        True when a new process was started.
+        """
         now = time.monotonic()
         if self.restart_at is None:
             code = self.process.poll()
             if code is None:
-                return
+                return False
             ran = now - self.started
             self.backoff = (
                 0.0 if ran > self.steady else min(self.longest, max(self.first, self.backoff * 2))
@@ -69,10 +83,138 @@ class Keeper:
                 ran,
                 self.backoff,
             )
-        if now >= self.restart_at:
-            self.restart_at = None
-            self.process = self._start()
-            logger.info("%s restarted (pid %d)", self.name, self.process.pid)
+        if now < self.restart_at:
+            return False
+        self.restart_at = None
+        self.started = now
+        try:
+            self.process = self.start()
+        except Exception as exc:  # e.g. a Valkey that cannot bind its port yet: try again
+            logger.warning("the %s did not start (%s); trying again", self.name, exc)
+            self.started = now - self.steady  # counts as a quick failure: back off
+            self.restart_at = now + min(self.longest, max(self.first, self.backoff * 2))
+            self.backoff = self.restart_at - now
+            return False
+        logger.info("%s restarted (pid %d)", self.name, self.process.pid)
+        return True
+
+
+def _stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if process.poll() is None:
+        process.send_signal(sig)
+
+
+def _wait(process: subprocess.Popen[bytes], until: float) -> bool:
+    try:
+        process.wait(max(0.0, until - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+class Runner:
+    """The four processes of ``make run`` and the files that say where they are."""
+
+    def __init__(self, settings: Settings, host: str, port: int) -> None:
+        self.settings, self.host, self.port = settings, host, port
+        self.env = dict(os.environ)
+        self.data_dir = settings.data_dir
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.valkey: EmbeddedValkey | None = None
+        self.keepers: list[Keeper] = []
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "run.json"
+
+    @property
+    def env_file(self) -> Path:
+        return self.data_dir / "dev.env"
+
+    def start(self) -> None:
+        if not self.settings.redis_url:
+            valkey = self.valkey = EmbeddedValkey(self.data_dir / "valkey")
+
+            def start_valkey() -> subprocess.Popen[bytes]:
+                valkey.start()
+                assert valkey.process is not None
+                return valkey.process
+
+            self.keepers.append(Keeper("valkey", start_valkey))
+            self.env["JOBQL_REDIS_URL"] = valkey.url
+            self.env_file.write_text(
+                "# Written by `make run` while it runs: its embedded Valkey.\n"
+                f"JOBQL_REDIS_URL={valkey.url}\n"
+            )
+            logger.info("embedded Valkey on %s (data in %s)", valkey.url, valkey.data_dir)
+        self.keepers += [
+            Keeper("worker", self._popen(worker_command())),
+            Keeper("beat", self._popen(beat_command())),
+            Keeper("api", self._popen(api_command(self.host, self.port))),
+        ]
+        self.write_pids()
+
+    def _popen(self, command: list[str]) -> Callable[[], subprocess.Popen[bytes]]:
+        return lambda: subprocess.Popen(command, env=self.env)
+
+    def process(self, name: str) -> subprocess.Popen[bytes]:
+        return next(keeper.process for keeper in self.keepers if keeper.name == name)
+
+    def write_pids(self) -> None:
+        pids = {keeper.name: keeper.process.pid for keeper in self.keepers}
+        temporary = self.pid_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"runner": os.getpid(), "port": self.port, **pids}))
+        temporary.replace(self.pid_file)
+
+    def keep_alive(self) -> None:
+        if any([keeper.keep_alive() for keeper in self.keepers]):
+            self.write_pids()
+
+    def stop(self, cut: Callable[[], bool]) -> None:
+        """API and beat first, the worker after its warm shutdown, Valkey last.
+
+        ``cut()`` turns true when the user asks for a second time: the worker's running jobs
+        are then cut short (cold shutdown) and re-queued at the next start.
+        """
+        grace = self.settings.shutdown_grace_seconds
+        api, beat, worker = self.process("api"), self.process("beat"), self.process("worker")
+        for process in (api, beat, worker):
+            _stop(process)
+        now = time.monotonic()
+        for process in (api, beat):
+            if not _wait(process, now + grace + 5):
+                _kill(process)
+        worker_deadline = now + self.settings.task_time_limit + WORKER_STOP_MARGIN
+        told = False
+        while not _wait(worker, min(worker_deadline, time.monotonic() + 0.2)):
+            if time.monotonic() >= worker_deadline:
+                logger.warning("the worker outlived the task time limit: killing it")
+                break
+            if cut():
+                logger.warning("cutting the running jobs: they go back on the queue next start")
+                _stop(worker, signal.SIGQUIT)  # Celery's cold shutdown
+                _wait(worker, time.monotonic() + 5)
+                break
+            if not told and time.monotonic() - now > 2:
+                told = True
+                logger.info(
+                    "waiting for the worker's running jobs to finish (up to %.0f s); "
+                    "Ctrl-C again cuts them",
+                    self.settings.task_time_limit,
+                )
+        _kill(worker)
+        if self.valkey is not None:
+            self.valkey.stop()
+        for keeper in self.keepers:
+            _kill(keeper.process)
+        self.pid_file.unlink(missing_ok=True)
+        self.env_file.unlink(missing_ok=True)
 
 
 def main() -> int:
@@ -82,41 +224,28 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    settings = get_settings()
-    env = dict(os.environ)
-    valkey = None
-    if not settings.redis_url:
-        valkey = EmbeddedValkey(settings.data_dir / "valkey").start()
-        env["JOBQL_REDIS_URL"] = valkey.url
-        logger.info("embedded Valkey on %s (data in %s)", valkey.url, valkey.data_dir)
-
-    stopping = False
+    asked = 0
 
     def request_stop(signum: int, _: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
+        nonlocal asked
+        asked += 1
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    kept = [Keeper("worker", worker_command(), env), Keeper("beat", beat_command(), env)]
-    api = subprocess.Popen(api_command(args.host, args.port), env=env)
-    children = [*(keeper.process for keeper in kept), api]
+    runner = Runner(get_settings(), args.host, args.port)
     try:
-        wait_for_port(args.port, 30.0, api)
+        runner.start()
+        # An API that cannot start (the port is taken, a setting is refused) ends the run.
+        wait_for_port(args.port, 60.0, runner.process("api"))
         logger.info("JobQL is up: GraphiQL at http://%s:%d/graphql", args.host, args.port)
-        while not stopping and api.poll() is None:
+        while not asked:
             time.sleep(0.2)
-            if not stopping:  # a Ctrl-C reaches the worker too: that exit is no crash
-                for index, keeper in enumerate(kept):
-                    keeper.keep_alive()
-                    children[index] = keeper.process
+            if not asked:  # a Ctrl-C reaches every child too: those exits are no crash
+                runner.keep_alive()
     finally:
         logger.info("stopping JobQL")
-        stop_all(children)
-        if valkey is not None:
-            valkey.stop()
-    failed = [child for child in children if child.returncode not in (0, -signal.SIGTERM)]
-    return 1 if failed and not stopping else 0
+        runner.stop(cut=lambda: asked > 1)
+    return 0
 
 
 if __name__ == "__main__":

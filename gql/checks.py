@@ -49,7 +49,12 @@ def run_checks(*, worker: str | None = None) -> int:
             _say(False, f"{where}: {error['msg']} (see .env.example)")
         return 1
     if not settings.redis_url:
-        _say(False, "no Redis configured: set JOBQL_REDIS_URL or REDIS_URL")
+        running = settings.data_dir / "dev.env"  # written by `make run` while it runs
+        if running.is_file():
+            settings = Settings(_env_file=(".env", running))
+            _say(True, f"using the embedded Valkey of `make run` ({running})")
+    if not settings.redis_url:
+        _say(False, "no Redis configured: set JOBQL_REDIS_URL or REDIS_URL, or start `make run`")
         return 1
     failures = 0
 

