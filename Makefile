@@ -37,9 +37,13 @@ run: sync  ## Valkey (unless REDIS_URL is set), a worker, beat and the API on :$
 DJANGO_RESULTS := DJANGO_SETTINGS_MODULE=exampleproject.settings JOBQL_RESULT_BACKEND_URL=django-db \
 	PYTHONPATH=$(CURDIR)/examples/django
 
+# The contract pass may run on another CPython (CI: the newest here, the rest on the lowest).
+CONTRACT_PYTHON ?= $(PYTHON)
+CONTRACT_VENV ?= $(if $(filter $(CONTRACT_PYTHON),$(PYTHON)),$(VENV),.venv-contract)
+
 test: sync lint  ## lint, type-check, the tests against real services: fast paths on and off; RabbitMQ; results in PostgreSQL and Django; the Django example
 	$(BIN)/python -m pytest $(PARALLEL)
-	$(MAKE) test-contract
+	$(MAKE) test-contract PYTHON=$(CONTRACT_PYTHON) VENV=$(CONTRACT_VENV)
 	$(DJANGO_RESULTS) $(BIN)/python -m pytest $(PARALLEL) -m django_results
 	$(MAKE) -C examples/django test
 	JOBQL_TEST_BROKER=rabbitmq $(BIN)/python -m pytest $(PARALLEL) -m rabbitmq

@@ -104,7 +104,8 @@ SENT_SPREAD = [
 ]
 
 
-@pytest.mark.parametrize("options", SENT_SPREAD, ids=repr)
+# Named by their keys: an id holding "now" would differ between pytest-xdist's workers.
+@pytest.mark.parametrize("options", SENT_SPREAD, ids=lambda o: "+".join(o) or "defaults")
 def test_our_message_is_what_celerys_producer_stores_on_redis(
     producer_app: Celery, valkey: EmbeddedValkey, options: dict[str, Any]
 ) -> None:
