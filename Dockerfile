@@ -1,17 +1,24 @@
-# One image for the API, the worker and Flower (docker-compose.yml picks the command).
-# Build stage: wheels for JobQL and every dependency (any compiler stays here).
-FROM python:3.12-slim AS build
+# One image for the API, the worker, beat and Flower (docker-compose.yml picks the command).
+# Python 3.11: the version CI's main pass runs every test on (.ci/run).
+# Build stage: wheels for JobQL and exactly the dependency versions of uv.lock, each checked
+# against the lock's hashes (any compiler stays here).
+FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+RUN pip install --no-cache-dir uv==0.13.9
+COPY pyproject.toml uv.lock README.md ./
 COPY gql ./gql
 COPY tasks ./tasks
-RUN pip wheel --no-cache-dir --wheel-dir /wheels . "flower>=2,<3"
+COPY devtools ./devtools
+RUN uv export --frozen --no-emit-project --no-dev --format requirements-txt \
+        --extra postgres --extra msgpack --extra zstd --extra flower -o requirements.txt \
+    && pip wheel --no-cache-dir --require-hashes -r requirements.txt --wheel-dir /wheels \
+    && pip wheel --no-cache-dir --no-deps . --wheel-dir /wheels
 
 # Final stage: the wheels installed, nothing to build with, a user without privileges.
-FROM python:3.12-slim
+FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 jobql
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels jobql flower && rm -rf /wheels
+RUN pip install --no-cache-dir --no-index /wheels/*.whl && rm -rf /wheels
 USER jobql
 WORKDIR /home/jobql
 ENV JOBQL_DATA_DIR=/tmp/jobql PYTHONUNBUFFERED=1

@@ -20,7 +20,12 @@ from devtools.processes import api_command, free_port, stop_all, wait_for_port, 
 from devtools.valkey import EmbeddedValkey
 from tasks.app import create_celery_app
 from tasks.settings import Settings
-from tests.ledger import ledger, pytest_terminal_summary  # noqa: F401  (the fault ledger)
+from tests.ledger import (  # noqa: F401  (the fault ledger and its hooks)
+    ledger,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+    pytest_testnodedown,
+)
 from tests.servers import (
     postgres_database,
     postgres_unavailable,

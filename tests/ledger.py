@@ -76,6 +76,8 @@ HEADER = (
 )
 
 _settled: list[Ledger] = []
+# Rows settled in pytest-xdist's workers, gathered by the controller that prints them.
+_from_workers: list[str] = []
 
 
 @pytest.fixture
@@ -90,10 +92,24 @@ def ledger(request: pytest.FixtureRequest) -> Iterator[Ledger]:
         _settled.append(book)
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In an xdist worker: hand this worker's rows to the controller."""
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output["ledger"] = [book.row() for book in _settled]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """In xdist's controller: a worker finished; keep its rows."""
+    _from_workers.extend(getattr(node, "workeroutput", {}).get("ledger", []))
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not _settled:
+    rows = [*(book.row() for book in _settled), *_from_workers]
+    if not rows:
         return
-    table = "\n".join([HEADER, *(book.row() for book in _settled)])
+    table = "\n".join([HEADER, *sorted(rows)])
     terminalreporter.write_sep("-", "reliability ledger")
     terminalreporter.write_line(table)
     out = os.environ.get("JOBQL_LEDGER_OUT")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -106,3 +107,16 @@ def test_the_installed_commands_run_from_any_directory(tmp_path: Path) -> None:
             cwd=tmp_path, env=env,
         )  # fmt: skip
         assert imported.returncode == 0, f"{module}: {imported.stderr[-2000:]}"
+
+
+def test_the_image_runs_the_python_and_the_lock_that_ci_tests() -> None:
+    """CI's main pass runs on the lowest CPython the project supports; the image ships it,
+    installed from uv.lock by the same uv the Makefile pins."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    lowest = re.search(r'requires-python = ">=(\d+\.\d+)"', (ROOT / "pyproject.toml").read_text())
+    assert lowest, "pyproject.toml states the lowest supported Python"
+    bases = re.findall(r"^FROM python:(\d+\.\d+)-slim", dockerfile, re.M)
+    assert bases and set(bases) == {lowest.group(1)}, bases
+    pinned = re.search(r"^UV_VERSION := (\S+)", (ROOT / "Makefile").read_text(), re.M)
+    assert pinned and f"uv=={pinned.group(1)}" in dockerfile
+    assert "--require-hashes" in dockerfile and "uv export --frozen" in dockerfile
