@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, cast
 
 from cross_web import HTTPException
@@ -16,7 +16,11 @@ from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLHTTPResponse
-from strawberry.http.streaming import HTTPStreamTransport
+from strawberry.http.streaming import (
+    HTTPStreamTransport,
+    MultipartSubscriptionTransport,
+    SSETransport,
+)
 from strawberry.subscriptions import (
     GRAPHQL_SSE_PROTOCOL,
     GRAPHQL_TRANSPORT_WS_PROTOCOL,
@@ -42,6 +46,37 @@ SUBSCRIPTION_PROTOCOLS = (
     MULTIPART_SUBSCRIPTION_PROTOCOL,  # Apollo Client's default over HTTP
     GRAPHQL_SSE_PROTOCOL,  # text/event-stream
 )
+
+
+# How a streamed subscription ends on each HTTP transport: the closing boundary of
+# multipart/mixed, the `complete` event of SSE. Nothing may follow it.
+_STREAM_ENDINGS = frozenset(
+    {MultipartSubscriptionTransport().encode_complete(), SSETransport().encode_complete()}
+)
+
+
+def ending_at_the_end(stream: Callable[[], AsyncIterator[str]]) -> Callable[[], AsyncIterator[str]]:
+    """The stream, stopped right after its ending.
+
+    Strawberry's ``merge_stream_with_heartbeat`` (0.341) lets a heartbeat that was waiting
+    for the queue slip in between the stream's ending and its end marker, so a heartbeat
+    part went out after multipart's closing ``--graphql--``: a strict client reads it as a
+    malformed part (seen under load in tests/test_subscription_faults.py).
+    """
+
+    async def ended() -> AsyncIterator[str]:
+        source = stream()
+        try:
+            async for chunk in source:
+                yield chunk
+                if chunk in _STREAM_ENDINGS:
+                    return
+        finally:
+            close = getattr(source, "aclose", None)
+            if close is not None:
+                await close()
+
+    return ended
 
 
 class JobQLGraphQL(GraphQL[Context, None]):
@@ -125,6 +160,17 @@ class JobQLGraphQL(GraphQL[Context, None]):
         )
         context.request = request
         return context
+
+    async def create_streaming_response(
+        self,
+        request: Request | WebSocket,
+        stream: Callable[[], AsyncIterator[str]],
+        sub_response: Response,
+        headers: Mapping[str, str],
+    ) -> Response:
+        return await super().create_streaming_response(
+            request, ending_at_the_end(stream), sub_response, headers
+        )
 
     async def render_graphql_ide(self, request: Request) -> Response:
         """JobQL's own GraphiQL page, its assets served from this origin."""
