@@ -283,14 +283,16 @@ def started(
     queue: str,
     worker: str = "",
     owner: str | None = None,
+    incarnation: str = "",
 ) -> str:
     """Record a run's start, adopting a job nobody recorded; returns the update's outcome.
 
     ``owner``: the one the job's message names (``tasks.messages.OWNER_HEADER``), if any.
+    ``incarnation``: which start of ``worker`` runs it (``tasks.heartbeat.incarnation``).
 
     Raises ``redis.RedisError``: the caller decides whether the run may go on without it.
     """
-    fields = {"retries": str(retries), "worker": worker}
+    fields = {"retries": str(retries), "worker": worker, "incarnation": incarnation}
     outcome = transition(job_id, JobState.STARTED, fields, task=task, owner=owner)
     if outcome == "missing":
         adopt(job_id, task, queue or get_settings().default_queue, kwargs)

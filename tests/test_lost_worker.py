@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import redis
 
+from devtools.processes import free_port
 from devtools.valkey import EmbeddedValkey
 from tasks.app import create_celery_app
 from tasks.records import job_channel, job_key
@@ -123,6 +124,67 @@ def test_a_killed_worker_s_job_is_requeued_in_seconds_and_runs_once_more(
     assert client.hget(EFFECTS_KEY, job_id) == runs[1], "the effect happened once"
     client.close()
     ledger.submitted, ledger.terminal["SUCCESS"], ledger.reruns = 1, 1, 1
+    ledger.settle()
+
+
+def _kill_with_children(pid: int) -> None:
+    """SIGKILL a worker's main process and its pool children at once, as an OOM kill or a
+    container's end does (the children would die with it anyway: this leaves no doubt)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    os.kill(pid, signal.SIGKILL)
+    for child in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(child), signal.SIGKILL)
+
+
+def test_a_worker_killed_and_restarted_under_its_own_name_gets_its_job_back(
+    fast_env: dict[str, str],
+    data_dir: Path,
+    settings: Settings,
+    valkey: EmbeddedValkey,
+    ledger: Ledger,
+) -> None:
+    """Issue 30, item 1: `make run` and a container restart bring a worker back under the
+    name it had. Its heartbeat under that name must not pass for the dead one's: the job
+    the dead one was running goes RETRY then SUCCESS, not PROGRESS for an hour."""
+    client = redis.Redis.from_url(valkey.url, decode_responses=True)
+    events = client.pubsub()
+    name = f"same-name-{free_port()}"
+    with running_worker(fast_env, data_dir, settings, (QUEUE,), concurrency=1, name=name) as first:
+        job_id = _send(settings, seconds=3)
+        events.subscribe(job_channel(job_id))
+        running = _until(client, job_id, lambda r: r["state"] == "PROGRESS", 30)
+        assert running["worker"].startswith(f"{name}@") and running["incarnation"]
+
+        _kill_with_children(first.pid)
+        killed = time.monotonic()
+        first.wait(10)
+
+    with running_worker(fast_env, data_dir, settings, (QUEUE,), concurrency=1, name=name):
+        back = time.monotonic() - killed
+        stalled = _next_event(events, lambda e: e["state"] == "RETRY", 60)
+        to_retry = time.monotonic() - killed
+        done = _until(client, job_id, lambda r: r["state"] == "SUCCESS", 60)
+        to_success = time.monotonic() - killed
+    events.close()
+
+    assert "lost" in stalled["redelivery"], stalled
+    # Once the dead incarnation's beat expired (3 beats) and the restarted worker's reaper
+    # saw it missing past the grace (whole seconds in Redis's clock), with room for load.
+    bound = back + 3 * BEAT + GRACE + 2 * BEAT + 1 + 5
+    assert to_retry < bound, f"RETRY {to_retry:.1f} s after the kill (bound {bound:.1f} s)"
+    assert done["attempts"] == "2" and done["lost"] == "1"
+    assert done["worker"] == running["worker"], "the same name ran it again"
+    assert done["incarnation"] != running["incarnation"], "a restart is a new incarnation"
+    runs = client.lrange(RUNS_KEY + job_id, 0, -1)
+    assert len(runs) == 2
+    assert client.hget(EFFECTS_KEY, job_id) == runs[1], "the effect happened once"
+    client.close()
+    ledger.submitted, ledger.terminal["SUCCESS"], ledger.reruns = 1, 1, 1
+    ledger.notes.append(
+        f"back under its name {back:.1f} s, RETRY {to_retry:.1f} s, SUCCESS {to_success:.1f} s "
+        f"after the kill (beat {BEAT:g} s, grace {GRACE:g} s)"
+    )
     ledger.settle()
 
 
