@@ -317,6 +317,16 @@ def gave_up(job_id: str, task: str, lost: int) -> None:
     _safely(job_id, task, JobState.FAILURE, {"error": error, "lost": str(lost)})
 
 
+def refused(job_id: str, kind: str, message: str) -> str:
+    """A job whose message no worker can run (``tasks.poison``) fails with why, if it still
+    waits for that message: a forged or mangled copy never ends a run already going.
+
+    Raises ``redis.RedisError``.
+    """
+    fields = {"error": _error_json(kind, message)}
+    return transition(job_id, JobState.FAILURE, fields, allowed_from=CANCELLABLE_STATES)
+
+
 def succeeded(job_id: str | None, task: str, result: Any, payload: str | None = None) -> None:
     """``payload``: the result's JSON, when the caller made it already."""
     if payload is None:
