@@ -25,7 +25,7 @@ from tasks.app import create_celery_app
 from tasks.records import job_channel, job_key
 from tasks.settings import Settings
 from tests.conftest import running_api, running_worker, service_env
-from tests.ledger import Ledger
+from tests.ledger import FULL, Ledger
 from tests.native_tasks import EFFECTS_KEY, RUNS_KEY
 
 pytestmark = pytest.mark.slow
@@ -137,16 +137,28 @@ def _kill_with_children(pid: int) -> None:
             os.kill(int(child), signal.SIGKILL)
 
 
+# (heartbeat interval, grace): this module's fast beat; at full size also the defaults.
+TIMINGS = [(BEAT, GRACE), *([(2.0, 5.0)] if FULL else [])]
+
+
+@pytest.mark.parametrize(("beat", "grace"), TIMINGS)
 def test_a_worker_killed_and_restarted_under_its_own_name_gets_its_job_back(
-    fast_env: dict[str, str],
     data_dir: Path,
     settings: Settings,
     valkey: EmbeddedValkey,
     ledger: Ledger,
+    beat: float,
+    grace: float,
 ) -> None:
     """Issue 30, item 1: `make run` and a container restart bring a worker back under the
     name it had. Its heartbeat under that name must not pass for the dead one's: the job
     the dead one was running goes RETRY then SUCCESS, not PROGRESS for an hour."""
+    fast_env = service_env(
+        valkey.url,
+        data_dir,
+        JOBQL_WORKER_HEARTBEAT_INTERVAL=str(beat),
+        JOBQL_REQUEUE_LOST_AFTER=str(grace),
+    )
     client = redis.Redis.from_url(valkey.url, decode_responses=True)
     events = client.pubsub()
     name = f"same-name-{free_port()}"
@@ -171,7 +183,7 @@ def test_a_worker_killed_and_restarted_under_its_own_name_gets_its_job_back(
     assert "lost" in stalled["redelivery"], stalled
     # Once the dead incarnation's beat expired (3 beats) and the restarted worker's reaper
     # saw it missing past the grace (whole seconds in Redis's clock), with room for load.
-    bound = back + 3 * BEAT + GRACE + 2 * BEAT + 1 + 5
+    bound = back + 3 * beat + grace + 2 * beat + 1 + 5
     assert to_retry < bound, f"RETRY {to_retry:.1f} s after the kill (bound {bound:.1f} s)"
     assert done["attempts"] == "2" and done["lost"] == "1"
     assert done["worker"] == running["worker"], "the same name ran it again"
@@ -183,7 +195,7 @@ def test_a_worker_killed_and_restarted_under_its_own_name_gets_its_job_back(
     ledger.submitted, ledger.terminal["SUCCESS"], ledger.reruns = 1, 1, 1
     ledger.notes.append(
         f"back under its name {back:.1f} s, RETRY {to_retry:.1f} s, SUCCESS {to_success:.1f} s "
-        f"after the kill (beat {BEAT:g} s, grace {GRACE:g} s)"
+        f"after the kill (beat {beat:g} s, grace {grace:g} s)"
     )
     ledger.settle()
 
