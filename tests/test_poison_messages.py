@@ -244,7 +244,7 @@ def test_fuzzed_poison_messages_never_stop_the_queue(
     started = time.monotonic()
 
     @settings(
-        max_examples=scale(12, 150),
+        max_examples=scale(25, 300),
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     )
