@@ -25,12 +25,13 @@ import logging
 import os
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypedDict
 
 import redis
 from celery import bootsteps
-from celery.signals import worker_shutting_down
+from celery.signals import worker_shutdown, worker_shutting_down
 from celery.worker import state
 
 from tasks import redis_clients
@@ -144,6 +145,17 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         self._thread.start()
 
     def stop(self, worker: Any) -> None:
+        """A warm shutdown: beat on until the pool has finished the running jobs.
+
+        Celery stops this step before the pool, whose own stop waits for the jobs. A worker
+        that went quiet here was taken for lost by another worker's reaper, and a job still
+        running here started a second time there (measured: an 8 s job, SIGTERM, a second
+        worker alive: two runs at once). ``worker_shutdown``, which Celery sends once the
+        pool is done, ends the beat; a cold shutdown kills the jobs and lets the beat expire.
+        """
+        _finishing.append(lambda: self._finish(worker))
+
+    def _finish(self, worker: Any) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -200,3 +212,13 @@ _stopping = threading.Event()
 @worker_shutting_down.connect
 def _on_shutting_down(**_: Any) -> None:
     _stopping.set()
+
+
+# The beats to end once the worker's pool has stopped (see Heartbeat.stop).
+_finishing: list[Callable[[], None]] = []
+
+
+@worker_shutdown.connect
+def _on_shutdown(**_: Any) -> None:
+    while _finishing:
+        _finishing.pop()()

@@ -226,6 +226,36 @@ def test_a_sigterm_lets_the_running_job_finish_and_takes_nothing_new(
     ledger.settle()
 
 
+def test_a_sigterm_beside_a_live_worker_does_not_start_the_running_job_again(
+    fast_env: dict[str, str],
+    data_dir: Path,
+    settings: Settings,
+    valkey: EmbeddedValkey,
+    ledger: Ledger,
+) -> None:
+    """A stopping worker beats on while its pool finishes the running job: the other
+    worker's reaper, which took it for lost once its heartbeat was gone, started the job a
+    second time beside the first (found while fixing issue 30, item 1)."""
+    client = redis.Redis.from_url(valkey.url, decode_responses=True)
+    seconds = 3 * BEAT + GRACE + 4 * BEAT + 3  # well past the point the reaper would act
+    with _workers(fast_env, data_dir, settings, 2) as workers:
+        job_id = _send(settings, seconds=seconds)
+        running = _until(client, job_id, lambda r: r["state"] == "PROGRESS", 30)
+        holder = next(w for w in workers if running["worker"].startswith(_name(w)))
+
+        holder.send_signal(signal.SIGTERM)
+
+        assert holder.wait(60) == 0
+        done = _until(client, job_id, lambda r: r["state"] == "SUCCESS", 30)
+        time.sleep(3 * BEAT + GRACE + 2 * BEAT)  # a reaper that would act has had its chance
+    assert done["attempts"] == "1" and done["worker"] == running["worker"], done
+    assert client.llen(RUNS_KEY + job_id) == 1, "the job ran a second time"
+    assert client.hget(job_key(job_id), "state") == "SUCCESS"
+    client.close()
+    ledger.submitted, ledger.terminal["SUCCESS"] = 1, 1
+    ledger.settle()
+
+
 def test_a_job_cancelled_while_queued_never_runs_across_a_restart_of_all_workers(
     fast_env: dict[str, str],
     data_dir: Path,
