@@ -15,7 +15,7 @@ from kombu.entity import Exchange, Queue
 
 # Imported for their receivers: revocations and tasks not built on JobTask are recorded in
 # signals; per-job log lines and counters in job_metrics; the worker's logging in logs.
-from tasks import job_metrics, logs, rabbitmq, redis_clients, results, signals  # noqa: F401
+from tasks import job_metrics, logs, poison, rabbitmq, redis_clients, results, signals  # noqa: F401
 from tasks.base import JobTask
 from tasks.fast_paths import broker_transport
 from tasks.heartbeat import Heartbeat
@@ -146,6 +146,9 @@ def celery_config(
         },
         **_redis_shapes(settings),
     }
+    if not producer:
+        # A task message the worker cannot run is set aside, never fatal (tasks.poison).
+        config["worker_consumer"] = poison.consumer_class(settings.fast_paths)
     config |= beat_config(settings)
     config |= results.backend_options(settings)
     if rabbitmq.is_amqp(settings.broker):

@@ -15,7 +15,7 @@ import redis
 from celery import Task, states
 from celery.exceptions import BackendStoreError, Ignore
 
-from tasks import events
+from tasks import events, heartbeat
 from tasks.messages import OWNER_HEADER
 from tasks.records import TERMINAL_STATES
 from tasks.results import checked_json
@@ -66,6 +66,7 @@ class JobTask(Task):  # type: ignore[misc]
                 delivery.get("routing_key") or "",
                 self.request.hostname or "",
                 owner_hint(self.request),
+                heartbeat.incarnation(),
             )
         except redis.RedisError:
             logger.exception("could not record the start of job %s", task_id)

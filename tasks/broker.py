@@ -25,7 +25,9 @@ but not started are restored at once, as before (Celery drops its copies of them
 A second fix: kombu decodes each envelope it pops (``_brpop_read``) with no guard, so one
 message that is not a JSON object of the expected shape raised out of the consumer and
 ended the worker. Here such a message is set aside on ``DEAD_LETTER_KEY`` (with its queue,
-reason and raw text) and logged with its size; the worker goes on with the next one.
+reason and raw text) and logged with its size, and the job it names, if recorded and still
+waiting, fails with the reason; the worker goes on with the next one. A readable envelope
+whose task cannot run is the consumer's to set aside (``tasks.poison``).
 """
 
 from __future__ import annotations
@@ -39,11 +41,13 @@ import time
 from queue import Empty
 from typing import Any
 
+import redis
 from celery.worker import state as worker_state
 from kombu.connection import Connection
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
+from tasks import events
 from tasks.records import PREFIX
 from tasks.settings import get_settings
 
@@ -83,6 +87,29 @@ def envelope(raw: bytes | str) -> tuple[dict[str, Any] | None, str]:
         except (binascii.Error, ValueError):
             return None, "body is not base64"
     return message, ""
+
+
+def dead_letter_entry(queue: str, raw: bytes, reason: str, **known: str) -> str:
+    """One entry of the dead-letter list (``known``: the job id or task, when read)."""
+    return json.dumps(
+        {
+            "queue": queue,
+            "reason": reason,
+            "size": len(raw),
+            "at": time.time(),
+            "raw": raw[:_RAW_KEPT].decode("utf-8", "replace"),
+            **known,
+        }
+    )
+
+
+def _named(raw: bytes) -> dict[str, str]:
+    """The job id and task an unreadable envelope still names, if any."""
+    try:
+        headers = json.loads(raw).get("headers")
+        return {k: v for k in ("id", "task") if isinstance(v := headers.get(k), str) and v}
+    except Exception:  # not JSON, not an object, no headers object: it names nothing
+        return {}
 
 
 def settings_of(client: Connection) -> dict[str, Any]:
@@ -278,15 +305,8 @@ class Channel(kombu_redis.Channel):
             DEAD_LETTER_KEY,
             reason,
         )
-        entry = json.dumps(
-            {
-                "queue": queue,
-                "reason": reason,
-                "size": len(data),
-                "at": time.time(),
-                "raw": data[:_RAW_KEPT].decode("utf-8", "replace"),
-            }
-        )
+        known = _named(data)
+        entry = dead_letter_entry(queue, data, reason, **known)
         try:
             with self.conn_or_acquire() as client:
                 client.pipeline().lpush(DEAD_LETTER_KEY, entry).ltrim(
@@ -294,6 +314,11 @@ class Channel(kombu_redis.Channel):
                 ).execute()
         except self.connection_errors:
             logger.warning("the malformed message could not be kept: the broker is gone")
+        if "id" in known:  # its job, if recorded and waiting, fails with the reason
+            try:
+                events.refused(known["id"], "InvalidMessage", f"unreadable envelope: {reason}")
+            except redis.RedisError as exc:
+                logger.warning("job %s of the malformed message not ended: %s", known["id"], exc)
 
 
 class Transport(kombu_redis.Transport):

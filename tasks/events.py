@@ -283,14 +283,16 @@ def started(
     queue: str,
     worker: str = "",
     owner: str | None = None,
+    incarnation: str = "",
 ) -> str:
     """Record a run's start, adopting a job nobody recorded; returns the update's outcome.
 
     ``owner``: the one the job's message names (``tasks.messages.OWNER_HEADER``), if any.
+    ``incarnation``: which start of ``worker`` runs it (``tasks.heartbeat.incarnation``).
 
     Raises ``redis.RedisError``: the caller decides whether the run may go on without it.
     """
-    fields = {"retries": str(retries), "worker": worker}
+    fields = {"retries": str(retries), "worker": worker, "incarnation": incarnation}
     outcome = transition(job_id, JobState.STARTED, fields, task=task, owner=owner)
     if outcome == "missing":
         adopt(job_id, task, queue or get_settings().default_queue, kwargs)
@@ -313,6 +315,16 @@ def gave_up(job_id: str, task: str, lost: int) -> None:
         "WorkerLost", f"the job's worker was lost {lost} times while running it; not run again"
     )
     _safely(job_id, task, JobState.FAILURE, {"error": error, "lost": str(lost)})
+
+
+def refused(job_id: str, kind: str, message: str) -> str:
+    """A job whose message no worker can run (``tasks.poison``) fails with why, if it still
+    waits for that message: a forged or mangled copy never ends a run already going.
+
+    Raises ``redis.RedisError``.
+    """
+    fields = {"error": _error_json(kind, message)}
+    return transition(job_id, JobState.FAILURE, fields, allowed_from=CANCELLABLE_STATES)
 
 
 def succeeded(job_id: str | None, task: str, result: Any, payload: str | None = None) -> None:

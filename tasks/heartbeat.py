@@ -9,6 +9,12 @@ broker through the same Redis (a RabbitMQ stack beside a Redis one) are not coun
 
 The writer is a worker bootstep running a small thread in the worker's main process: it
 beats while tasks run, whatever the pool, and says ``stopping`` once a warm shutdown began.
+
+A name is not an identity: ``make run``, a container restart or a Kubernetes StatefulSet
+start a worker under the name of the one that died. So each start of a worker draws an
+incarnation id, beats it under a key of its own (``jobql:incarnation:<broker>:<id>``) and
+stamps it on the records of the jobs it starts; the reaper (:mod:`tasks.reaper`) asks
+whether that incarnation beats, not whether some worker of that name does.
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ import json
 import logging
 import os
 import threading
+import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypedDict
 
 import redis
 from celery import bootsteps
-from celery.signals import worker_shutting_down
+from celery.signals import worker_shutdown, worker_shutting_down
 from celery.worker import state
 
 from tasks import redis_clients
@@ -48,6 +56,7 @@ class WorkerBeat(TypedDict):
     processed: int  # tasks this worker ran since it started
     heartbeat: str  # ISO-8601, UTC, the worker's clock
     started_at: str
+    incarnation: str  # drawn at each start: a restart under the same name has a new one
 
 
 def broker_scope(settings: Settings) -> str:
@@ -84,6 +93,21 @@ def worker_prefix(settings: Settings) -> str:
     return worker_key(settings, "")
 
 
+def incarnation_prefix(settings: Settings) -> str:
+    """Where each incarnation beats: the key holds the worker's name, with the same TTL."""
+    return f"{PREFIX}:incarnation:{broker_scope(settings)}:"
+
+
+_incarnation = ""
+
+
+def incarnation() -> str:
+    """This worker's incarnation id, in its main process and in the pool children it forks;
+    '' outside a worker (or in a child that was not forked from it), which the reaper reads
+    as "judge by the name alone", as before incarnations existed."""
+    return _incarnation
+
+
 def _queues(worker: Any) -> list[str]:
     """The queues the worker consumes now: ``cancel_consumer`` takes one out of this set."""
     return sorted(worker.app.amqp.queues.consume_from or worker.app.amqp.queues)
@@ -106,6 +130,9 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         self._thread: threading.Thread | None = None
         self._client: redis.Redis | None = None
         self._started_at = datetime.now(UTC).isoformat()
+        # Drawn here, in the main process before the pool forks: every child inherits it.
+        global _incarnation
+        _incarnation = uuid.uuid4().hex[:16]
 
     def start(self, worker: Any) -> None:
         settings = get_settings()
@@ -118,6 +145,17 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         self._thread.start()
 
     def stop(self, worker: Any) -> None:
+        """A warm shutdown: beat on until the pool has finished the running jobs.
+
+        Celery stops this step before the pool, whose own stop waits for the jobs. A worker
+        that went quiet here was taken for lost by another worker's reaper, and a job still
+        running here started a second time there (measured: an 8 s job, SIGTERM, a second
+        worker alive: two runs at once). ``worker_shutdown``, which Celery sends once the
+        pool is done, ends the beat; a cold shutdown kills the jobs and lets the beat expire.
+        """
+        _finishing.append(lambda: self._finish(worker))
+
+    def _finish(self, worker: Any) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -126,6 +164,7 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
             try:
                 with self._client.pipeline(transaction=False) as pipe:
                     pipe.delete(worker_key(settings, worker.hostname))
+                    pipe.delete(incarnation_prefix(settings) + _incarnation)
                     pipe.srem(workers_key(settings), worker.hostname)
                     pipe.execute()
             except redis.RedisError:
@@ -157,13 +196,12 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
             processed=sum(state.total_count.values()),
             heartbeat=datetime.now(UTC).isoformat(),
             started_at=self._started_at,
+            incarnation=_incarnation,
         )
+        ttl = int(settings.heartbeat_ttl * 1000)
         with self._client.pipeline(transaction=False) as pipe:
-            pipe.set(
-                worker_key(settings, worker.hostname),
-                json.dumps(beat),
-                px=int(settings.heartbeat_ttl * 1000),
-            )
+            pipe.set(worker_key(settings, worker.hostname), json.dumps(beat), px=ttl)
+            pipe.set(incarnation_prefix(settings) + _incarnation, worker.hostname, px=ttl)
             pipe.sadd(workers_key(settings), worker.hostname)
             pipe.execute()
 
@@ -174,3 +212,13 @@ _stopping = threading.Event()
 @worker_shutting_down.connect
 def _on_shutting_down(**_: Any) -> None:
     _stopping.set()
+
+
+# The beats to end once the worker's pool has stopped (see Heartbeat.stop).
+_finishing: list[Callable[[], None]] = []
+
+
+@worker_shutdown.connect
+def _on_shutdown(**_: Any) -> None:
+    while _finishing:
+        _finishing.pop()()

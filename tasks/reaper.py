@@ -8,7 +8,9 @@ per heartbeat interval; a lock keeps two scans from running at once. A job is re
 when its record says it is running on a worker whose heartbeat expired and then stayed
 missing for ``JOBQL_REQUEUE_LOST_AFTER`` more seconds, as seen by the reaper (a Redis
 restart expires every heartbeat at once: live workers beat again within an interval and
-are spared).
+are spared). A worker is identified by its incarnation, not its name: a worker killed and
+started again under the same name (``make run``, a container restart) has a new
+incarnation, and the jobs the dead one was running are re-queued like any lost worker's.
 
 Never twice at once: a prefork worker's pool children die with its main process (Celery
 sets their parent-death signal to SIGKILL), and the job's record moves to RETRY before its
@@ -27,24 +29,28 @@ import redis
 from celery import bootsteps
 
 from tasks import events, redis_clients, slots
-from tasks.heartbeat import broker_scope, worker_prefix
+from tasks.heartbeat import broker_scope, incarnation_prefix, worker_prefix
 from tasks.records import PREFIX, RUNNING_STATES, JobState, job_prefix
 from tasks.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
-# KEYS: kombu's unacked hash, the hash of workers seen missing (name -> first seen, s)
-# ARGV: job key prefix, worker heartbeat key prefix, grace (s), missing hash TTL (s)
-# Returns {delivery tag, job id, worker, lost} for each message whose job runs on a worker
-# missing for longer than the grace. The job records and heartbeats are read by names built
-# here from the messages (like the page script's); it runs only where one Redis holds the
-# broker, the heartbeats and the records under one tag (never on a cluster: no broker there).
+# KEYS: kombu's unacked hash, the hash of workers seen missing (liveness key -> first seen, s)
+# ARGV: job key prefix, worker heartbeat key prefix, grace (s), missing hash TTL (s),
+#       incarnation key prefix
+# Returns {delivery tag, job id, worker, lost, liveness key} for each message whose job runs
+# on a worker missing for longer than the grace. A worker is judged by the incarnation the
+# job's record names (a restart under the same name is another incarnation), or by its
+# name for a record written before incarnations. The job records and heartbeats are read by
+# names built here from the messages (like the page script's); it runs only where one Redis
+# holds the broker, the heartbeats and the records under one tag (never on a cluster: no
+# broker there).
 SCAN_SCRIPT = """
 local now = tonumber(redis.call('TIME')[1])
 local grace = tonumber(ARGV[3])
 local out = {}
 for _, seen in ipairs(redis.call('HKEYS', KEYS[2])) do
-  if redis.call('EXISTS', ARGV[2] .. seen) == 1 then redis.call('HDEL', KEYS[2], seen) end
+  if redis.call('EXISTS', seen) == 1 then redis.call('HDEL', KEYS[2], seen) end
 end
 local entries = redis.call('HGETALL', KEYS[1])
 for i = 1, #entries, 2 do
@@ -55,20 +61,22 @@ for i = 1, #entries, 2 do
     id = payload[1]['headers']['id']
   end
   if type(id) == 'string' then
-    local rec = redis.call('HMGET', ARGV[1] .. id, 'state', 'worker', 'lost')
-    local state, worker = rec[1], rec[2]
+    local rec = redis.call('HMGET', ARGV[1] .. id, 'state', 'worker', 'lost', 'incarnation')
+    local state, worker, incarnation = rec[1], rec[2], rec[4]
     if (state == 'STARTED' or state == 'PROGRESS') and worker and worker ~= '' then
-      if redis.call('EXISTS', ARGV[2] .. worker) == 1 then
-        redis.call('HDEL', KEYS[2], worker)
+      local alive = ARGV[2] .. worker
+      if incarnation and incarnation ~= '' then alive = ARGV[5] .. incarnation end
+      if redis.call('EXISTS', alive) == 1 then
+        redis.call('HDEL', KEYS[2], alive)
       else
-        local first = tonumber(redis.call('HGET', KEYS[2], worker) or '')
+        local first = tonumber(redis.call('HGET', KEYS[2], alive) or '')
         if not first then
-          redis.call('HSET', KEYS[2], worker, now)
+          redis.call('HSET', KEYS[2], alive, now)
           redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
           first = now
         end
         if now - first >= grace then
-          out[#out + 1] = {entries[i], id, worker, rec[3] or '0'}
+          out[#out + 1] = {entries[i], id, worker, rec[3] or '0', alive}
         end
       end
     end
@@ -167,9 +175,10 @@ class Reaper(bootsteps.StartStopStep):  # type: ignore[misc]
             worker_prefix(settings),
             settings.requeue_lost_after,
             24 * 3600,
+            incarnation_prefix(settings),
         )
         requeued = []
-        for tag, job_id, lost_worker, lost in found:
+        for tag, job_id, lost_worker, lost, liveness in found:
             reason = (
                 f"worker {lost_worker} lost: no heartbeat for over "
                 f"{settings.heartbeat_ttl + settings.requeue_lost_after:g} s"
@@ -182,7 +191,7 @@ class Reaper(bootsteps.StartStopStep):  # type: ignore[misc]
             )
             if outcome == "ok":
                 channel.qos.restore_by_tag(tag, leftmost=True)
-                self._client.hdel(missing_key(settings), lost_worker)
+                self._client.hdel(missing_key(settings), liveness)
                 logger.warning("re-queued job %s: %s", job_id, reason)
                 requeued.append(job_id)
         return requeued

@@ -13,7 +13,7 @@ from typing import Any
 import redis
 from celery.signals import task_failure, task_prerun, task_retry, task_revoked, task_success
 
-from tasks import events
+from tasks import events, heartbeat
 from tasks.base import JobTask, owner_hint
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ def _on_prerun(
                 delivery.get("routing_key") or "",
                 sender.request.hostname or "",
                 owner_hint(sender.request),
+                heartbeat.incarnation(),
             )
         except redis.RedisError:
             logger.exception("could not record the start of job %s", task_id)

@@ -239,12 +239,14 @@ def running_worker(
     settings: Settings,
     queues: tuple[str, ...] = (),
     concurrency: int = 2,
+    name: str | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A real Celery worker (prefork, two processes by default), ready once it answers a ping.
 
     Without ``queues`` it consumes what the settings configure, as production starts it.
+    Each worker gets a name of its own unless ``name`` gives one (a restart under an old name).
     """
-    name = f"worker-{free_port()}"
+    name = name or f"worker-{free_port()}"
     with _log(data_dir, name) as log:
         process = subprocess.Popen(
             [*worker_command(queues, concurrency=concurrency), "--hostname", f"{name}@%h"],

@@ -7,7 +7,7 @@ import logging
 import pytest
 from celery.worker import state as worker_state
 
-from tasks import broker, compat
+from tasks import broker, compat, poison
 from tasks.app import celery_config, create_celery_app
 from tasks.fast_paths import (
     MESSAGE_WRITER,
@@ -106,3 +106,14 @@ def test_the_transport_fix_turns_off_loudly_when_celery_no_longer_tracks_running
     assert any(REDIS_TRANSPORT.name in r.getMessage() for r in caplog.records)
     monkeypatch.undo()
     assert broker_transport(_settings()) == broker.TRANSPORT
+
+
+def test_the_poison_message_consumer_is_a_fix_that_stays_on_without_fast_paths() -> None:
+    """tasks.poison overrides Celery's consumer handlers: their shape is checked, and
+    ``JOBQL_FAST_PATHS=false`` keeps it (stock Celery dies on a message of the wrong shape)."""
+    poison.check_consumer()
+    for fast_paths in (True, False):
+        config = celery_config(_settings(fast_paths=fast_paths))
+        assert config["worker_consumer"] == poison.CONSUMER
+    assert "worker_consumer" not in celery_config(_settings(), producer=True)
+    assert compat.report()[poison.POISON_MESSAGES.name]["kind"] == "fix"
