@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import GraphQL
+from tests.ledger import Ledger
 from tests.newcomer import PROCESSES, MakeRun, alive, tour
 
 pytestmark = pytest.mark.slow
@@ -115,16 +116,19 @@ def test_ctrl_c_lets_a_running_job_finish_before_everything_stops(make_run: Make
 
 @pytest.mark.parametrize("victim", PROCESSES)
 def test_any_process_that_dies_is_started_again_and_the_rest_stays_up(
-    make_run: MakeRun, victim: str
+    make_run: MakeRun, victim: str, ledger: Ledger
 ) -> None:
     pids = make_run.start().wait_ready()
     os.kill(pids[victim], signal.SIGKILL)  # an out-of-memory kill
+    killed = time.monotonic()
 
     deadline = time.monotonic() + 60
     while make_run.pids().get(victim) in (None, pids[victim]) and time.monotonic() < deadline:
         time.sleep(0.2)
     new = make_run.pids()
-    assert new.get(victim) not in (None, pids[victim]), f"the {victim} was not restarted"
+    assert new.get(victim) not in (None, pids[victim]), (
+        f"the {victim} was not restarted: {pids} -> {new}\n{make_run.log()[-3000:]}"
+    )
     assert all(new[name] == pids[name] for name in PROCESSES if name != victim), (pids, new)
     assert make_run.process is not None and make_run.process.poll() is None
     assert re.search(
@@ -132,10 +136,46 @@ def test_any_process_that_dies_is_started_again_and_the_rest_stays_up(
     )
 
     make_run.wait_ready()
+    ledger.notes.append(f"{victim} back, API ready {time.monotonic() - killed:.1f} s after kill")
     api = GraphQL(make_run.base_url)
     job = api.data("mutation { processData(input: {data: 3, delay: 0}) { id } }")
-    assert api.wait_done(job["processData"]["id"], timeout=60)["state"] == "SUCCESS"
+    done = api.wait_done(job["processData"]["id"], timeout=60)
     api.http.close()
+    ledger.submitted = 1
+    ledger.terminal[done["state"]] += 1
+    assert done["state"] == "SUCCESS"
+    ledger.settle()
 
     make_run.interrupt()
     make_run.wait_stopped(new, within=60)
+
+
+def test_a_second_ctrl_c_cuts_the_job_and_the_next_start_runs_it_again(
+    make_run: MakeRun, ledger: Ledger
+) -> None:
+    pids = make_run.start().wait_ready()
+    api = GraphQL(make_run.base_url)
+    mutation = "mutation { generateReport(input: {userId: 7, steps: 40, stepDelay: 0.25}) { id } }"
+    job_id = api.data(mutation)["generateReport"]["id"]
+    api.wait(job_id, lambda job: job["state"] == "PROGRESS", timeout=60)
+    api.http.close()
+
+    make_run.interrupt()
+    time.sleep(1)
+    make_run.interrupt()  # the impatient second Ctrl-C: the job is cut mid-run
+    make_run.wait_stopped(pids, within=60)
+    assert "cutting the running jobs" in make_run.log()
+
+    again = MakeRun(make_run.data_dir, make_run.env)
+    try:
+        again.start().wait_ready()
+        started = time.monotonic()
+        again_api = GraphQL(again.base_url)
+        done = again_api.wait_done(job_id, timeout=90)
+        ledger.submitted = 1
+        ledger.terminal[done["state"]] += 1
+        ledger.notes.append(f"ready to SUCCESS {time.monotonic() - started:.1f} s")
+        assert done["state"] == "SUCCESS", done
+        ledger.settle()
+    finally:
+        again.kill()
