@@ -40,17 +40,35 @@ DJANGO_RESULTS := DJANGO_SETTINGS_MODULE=exampleproject.settings JOBQL_RESULT_BA
 # The contract pass may run on another CPython (CI: the newest here, the rest on the lowest).
 CONTRACT_PYTHON ?= $(PYTHON)
 CONTRACT_VENV ?= $(if $(filter $(CONTRACT_PYTHON),$(PYTHON)),$(VENV),.venv-contract)
+# Passes that share no server run side by side; each prints its output when it ends.
+SIDE_BY_SIDE := $(MAKE) --no-print-directory --output-sync=target
 
-test: sync lint  ## lint, type-check, the tests against real services: fast paths on and off; RabbitMQ; results in PostgreSQL and Django; the Django example
+test: sync  ## lint, type-check, the tests against real services: fast paths on and off; RabbitMQ; results in PostgreSQL and Django; the Django example
+	$(SIDE_BY_SIDE) -j2 lint test-main
+	$(SIDE_BY_SIDE) -j3 test-contract-pass test-django-results test-django-example test-rabbitmq \
+		test-postgres
+
+.PHONY: test-main test-contract-pass test-django-results test-django-example test-rabbitmq test-postgres
+test-main: sync
 	$(BIN)/python -m pytest $(PARALLEL)
-	$(MAKE) test-contract PYTHON=$(CONTRACT_PYTHON) VENV=$(CONTRACT_VENV)
-	$(DJANGO_RESULTS) $(BIN)/python -m pytest $(PARALLEL) -m django_results
-	$(MAKE) -C examples/django test
-	JOBQL_TEST_BROKER=rabbitmq $(BIN)/python -m pytest $(PARALLEL) -m rabbitmq
-	JOBQL_TEST_RESULTS=postgres $(BIN)/python -m pytest $(PARALLEL) -m postgres
+
+test-contract-pass:
+	$(MAKE) --no-print-directory test-contract PYTHON=$(CONTRACT_PYTHON) VENV=$(CONTRACT_VENV)
 
 test-contract: sync  ## the contract and live tests with every fast path off (stock library behaviour)
 	JOBQL_FAST_PATHS=false $(BIN)/python -m pytest $(PARALLEL) -m contract
+
+test-django-results: sync
+	$(DJANGO_RESULTS) $(BIN)/python -m pytest $(PARALLEL) -m django_results
+
+test-django-example: sync
+	$(MAKE) --no-print-directory -C examples/django test
+
+test-rabbitmq: sync
+	JOBQL_TEST_BROKER=rabbitmq $(BIN)/python -m pytest $(PARALLEL) -m rabbitmq
+
+test-postgres: sync
+	JOBQL_TEST_RESULTS=postgres $(BIN)/python -m pytest $(PARALLEL) -m postgres
 
 test-latest: $(UV)  ## the tests on the newest releases of every dependency, ignoring the lock (reports; never gates CI)
 	rm -rf .venv-latest
