@@ -36,6 +36,15 @@ from tests.servers import (
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str) -> str | None:
+    """Ids that hold no clock or randomness: every pytest-xdist worker collects on its own,
+    and all must name the same tests (a token minted with ``time.time()`` in a parameter
+    once split them). Long strings (tokens, bodies) are named by their argument."""
+    if isinstance(val, str) and len(val) > 40:
+        return argname
+    return None
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that needs the session's worker (the ``api`` fixture does) is a slow one.
 
