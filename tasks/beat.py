@@ -87,7 +87,14 @@ def check_beat_outage() -> None:
     if not (renew in tick and read in tick and tick.index(renew) < tick.index(read)):
         raise ShapeError("RedBeatScheduler.tick renews the lock, then reads the due entries")
     init = inspect.getsource(redbeat_schedulers.acquire_distributed_beat_lock)
-    if "redis_client.lock(" not in init or "scheduler.lock = lock" not in init:
+    made = (
+        "redis_client.lock(",
+        "timeout=scheduler.lock_timeout",
+        "sleep=scheduler.max_interval",
+        "lock.lua_extend = redis_client.register_script(LUA_EXTEND_TO_SCRIPT)",
+        "scheduler.lock = lock",
+    )
+    if not all(step in init for step in made):
         raise ShapeError("RedBeat's beat_init handler keeps a redis-py lock on scheduler.lock")
     if "blocking" not in inspect.signature(Lock.acquire).parameters:
         raise ShapeError("redis-py's Lock.acquire(blocking=...)")
@@ -234,6 +241,7 @@ class JobQLScheduler(RedBeatScheduler):  # type: ignore[misc]
         compat.enable(BEAT_OUTAGE, check_beat_outage, allowed=settings.fast_paths)
         self._down_since: float | None = None  # monotonic time Redis was first missed
         self._standby = False  # the lock expired during an outage: not ours until retaken
+        self._told_standby = False
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """RedBeat's tick, through a Redis outage of up to ``JOBQL_REDIS_OUTAGE_TOLERANCE``.
@@ -241,12 +249,15 @@ class JobQLScheduler(RedBeatScheduler):  # type: ignore[misc]
         While Redis is away the schedules wait and beat tries again every second (a paused
         Redis answers each try after the socket timeout); past the tolerance it exits, for
         its supervisor to restart it. A lock that expired meanwhile is taken again if no
-        other beat took it; else this beat stands by, as a second beat does at start-up.
+        other beat took it; else this beat stands by, as a second beat does at start-up
+        (and so does a standby whose wait for the lock the outage broke).
         """
         if not BEAT_OUTAGE.active:
             return float(super().tick(*args, **kwargs))
         retry = min(1.0, float(self.max_interval))
         try:
+            if self.lock_key and self.lock is None:
+                self._new_lock()
             if self._standby and not self._retake_lock():
                 return float(self.max_interval)
             interval = float(super().tick(*args, **kwargs))
@@ -281,13 +292,26 @@ class JobQLScheduler(RedBeatScheduler):  # type: ignore[misc]
             self._down_since = None
         return interval
 
+    def _new_lock(self) -> None:
+        """The lock RedBeat's ``beat_init`` handler makes, for a beat whose handler failed:
+        Celery logs a receiver's error and goes on, so a standby waiting for the lock when
+        Redis went away (or a beat started during an outage) has none, and RedBeat's tick
+        would then fail on every call. It stands by until it can take the lock."""
+        client = get_redis(self.app)
+        lock = client.lock(self.lock_key, timeout=self.lock_timeout, sleep=self.max_interval)
+        lock.lua_extend = client.register_script(redbeat_schedulers.LUA_EXTEND_TO_SCRIPT)
+        self.lock = lock
+        self._standby = True
+
     def _retake_lock(self) -> bool:
         """Take the lock back after it expired in an outage, unless another beat holds it."""
         if self.lock.acquire(blocking=False):
             logger.info("beat: Acquired lock again")
-            self._standby = False
+            self._standby = self._told_standby = False
             return True
-        logger.info("beat: another beat holds the lock now; standing by")
+        if not self._told_standby:
+            logger.info("beat: another beat holds the lock now; standing by")
+            self._told_standby = True
         return False
 
     def apply_async(
