@@ -46,6 +46,10 @@ logger = logging.getLogger(__name__)
 REPLY_GRACE = 0.5
 # How often the offset between Redis's clock and this process's is measured again.
 CLOCK_REFRESH = 30.0
+# Once an enqueue found Redis stalled, the next ones answer at once, sending nothing, for
+# this long (then one tries again): otherwise a flood of them waits its turn for the
+# operations in flight (JOBQL_MAX_CONCURRENT_OPERATIONS) and answers well past the bound.
+REDIS_DOWN_FOR = 1.0
 # Items of one create call: (record fields, idempotency key, Celery message).
 Item = tuple[dict[str, str], str | None, tuple[str, str] | None]
 
@@ -144,6 +148,7 @@ class JobStore:
         self._budget = settings.publish_timeout
         self._clock = ServerClock(client)
         self._late: set[asyncio.Task[object]] = set()  # create calls answered already
+        self._down_until = 0.0  # monotonic time until which enqueues fail without trying
         self._update = client.register_script(scripts.UPDATE_SCRIPT)
         self._page = client.register_script(scripts.PAGE_SCRIPT)
         self._sweep = client.register_script(scripts.SWEEP_SCRIPT)
@@ -211,10 +216,13 @@ class JobStore:
         it says was created is taken back (:meth:`_late_reply`).
         """
         started = time.monotonic()
+        if started < self._down_until:
+            raise ServiceUnavailable("Redis stalled a moment ago; nothing was written")
         wait = self._budget + REPLY_GRACE
         try:
             offset = await asyncio.wait_for(self._clock.offset(), wait)
         except TimeoutError:
+            self._down_until = time.monotonic() + REDIS_DOWN_FOR
             raise ServiceUnavailable("Redis did not answer; nothing was written") from None
         deadline = offset + int((started + self._budget) * 1_000_000)
         task = asyncio.ensure_future(script(keys=call.keys, args=[deadline, *call.args]))
@@ -227,9 +235,13 @@ class JobStore:
             # A reply already in the socket (this loop stalled past the timer) is read.
             await asyncio.sleep(0)
         if not task.done():
+            self._down_until = time.monotonic() + REDIS_DOWN_FOR
             task.add_done_callback(functools.partial(self._late_reply, items))
             raise ServiceUnavailable("Redis did not answer in time; nothing was written")
-        return task.result()
+        reply = task.result()
+        if scripts.guard_reply(reply) == scripts.LATE:
+            self._down_until = time.monotonic() + REDIS_DOWN_FOR
+        return reply
 
     async def _written(self, calls: Sequence[scripts.ScriptCall]) -> list[object]:
         """Each item's reply, read back after a repeated send found the first had run:

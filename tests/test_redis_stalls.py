@@ -33,7 +33,7 @@ from gql.store import REPLY_GRACE
 from tasks.messages import PRIORITY_STEPS, queue_key
 from tasks.settings import Settings
 from tests.conftest import running_api, running_worker, service_env
-from tests.ledger import FULL, Ledger
+from tests.ledger import FULL, Ledger, scale
 from tests.native_tasks import RUNS_KEY
 
 pytestmark = pytest.mark.slow
@@ -48,6 +48,10 @@ BOUND = 2 * PUBLISH_TIMEOUT + REPLY_GRACE + 1.0
 # Seconds each pause lasts, round by round: shorter than the deadline (the mutation waits
 # and succeeds), around it (either answer), and well past it (refused, nothing written).
 PAUSES = [0.8, 3.0, 1.6, 6.0, 2.2, 10.0] if FULL else [0.8, 3.0]
+# Then a flood: this many mutations at once into a pause of FLOOD_PAUSE seconds, more than
+# the API runs at once (JOBQL_MAX_CONCURRENT_OPERATIONS, 8): the rest wait their turn.
+FLOOD = scale(24, 100)
+FLOOD_PAUSE = 4.0
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,16 @@ async def _round(http: httpx.AsyncClient, server: EmbeddedValkey, pause: float) 
     return list(await asyncio.gather(*sends))
 
 
+async def _flood(http: httpx.AsyncClient, server: EmbeddedValkey) -> list[Answer]:
+    """``FLOOD`` mutations at once, a moment into a pause."""
+    begin = time.monotonic() + 0.3
+    sends = [asyncio.create_task(_mutate(http, begin + 0.1)) for _ in range(FLOOD)]
+    await asyncio.sleep(max(0.0, begin - time.monotonic()))
+    with _paused(server):
+        await asyncio.sleep(FLOOD_PAUSE)
+    return list(await asyncio.gather(*sends))
+
+
 def _census(server: EmbeddedValkey) -> tuple[int, int]:
     """Job records, and the jobs that ran (each run list)."""
     client = redis.Redis.from_url(server.url, decode_responses=True)
@@ -173,6 +187,8 @@ async def _story(stack: Stack, stalled: EmbeddedValkey, ledger: Ledger) -> None:
             tally.answers += await _round(http, stalled, pause)
             # Anything a late script or a late publish could still do happens now.
             await asyncio.sleep(3.0)
+        tally.answers += await _flood(http, stalled)
+        await asyncio.sleep(3.0)
         await _settled(http, tally.ids)
         await _quiet(stack)
         jobs_after, runs_after = _census(records)
@@ -198,7 +214,8 @@ async def _story(stack: Stack, stalled: EmbeddedValkey, ledger: Ledger) -> None:
     times = [a.seconds for a in tally.answers]
     waits = [a.seconds for a in refused] or [0.0]
     ledger.notes.append(
-        f"pauses {PAUSES} s; answers p50 {statistics.median(times):.2f} s, max {max(times):.2f} s;"
+        f"pauses {PAUSES} s, then {FLOOD} at once into {FLOOD_PAUSE:g} s; "
+        f"answers p50 {statistics.median(times):.2f} s, max {max(times):.2f} s;"
         f" refused p50 {statistics.median(waits):.2f} s, max {max(waits):.2f} s"
     )
     ledger.settle()
