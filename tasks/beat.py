@@ -259,8 +259,9 @@ class JobQLScheduler(RedBeatScheduler):  # type: ignore[misc]
             if self.lock_key and self.lock is None:
                 self._new_lock()
             if self._standby and not self._retake_lock():
-                return float(self.max_interval)
-            interval = float(super().tick(*args, **kwargs))
+                interval = float(self.max_interval)  # Redis answered: another beat has it
+            else:
+                interval = float(super().tick(*args, **kwargs))
         except LockNotOwnedError:
             logger.warning("beat: the lock expired while Redis was away; taking it again")
             self._standby = True
