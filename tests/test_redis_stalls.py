@@ -107,11 +107,27 @@ class Answer:
 
 @dataclass
 class Tally:
-    answers: list[Answer] = field(default_factory=list)
+    rounds: list[Answer] = field(default_factory=list)  # the paced mutations
+    flood: list[Answer] = field(default_factory=list)
+
+    @property
+    def answers(self) -> list[Answer]:
+        return self.rounds + self.flood
 
     @property
     def ids(self) -> list[str]:
         return [a.job_id for a in self.answers if a.job_id]
+
+
+def _spread(answers: list[Answer]) -> str:
+    """p50 and max seconds of the answers, and of those refused."""
+    times = [a.seconds for a in answers]
+    refused = [a.seconds for a in answers if not a.job_id] or [0.0]
+    return (
+        f"p50 {statistics.median(times):.2f} s, max {max(times):.2f} s "
+        f"(refused {len(refused)}: p50 {statistics.median(refused):.2f} s, "
+        f"max {max(refused):.2f} s)"
+    )
 
 
 async def _mutate(http: httpx.AsyncClient, at: float) -> Answer:
@@ -186,10 +202,10 @@ async def _story(stack: Stack, stalled: EmbeddedValkey, bound: float, ledger: Le
         jobs_before, runs_before = _census(records)
         tally = Tally()
         for pause in PAUSES:
-            tally.answers += await _round(http, stalled, pause)
+            tally.rounds += await _round(http, stalled, pause)
             # Anything a late script or a late publish could still do happens now.
             await asyncio.sleep(3.0)
-        tally.answers += await _flood(http, stalled)
+        tally.flood += await _flood(http, stalled)
         await asyncio.sleep(3.0)
         await _settled(http, tally.ids)
         await _quiet(stack)
@@ -213,12 +229,9 @@ async def _story(stack: Stack, stalled: EmbeddedValkey, bound: float, ledger: Le
     ledger.submitted = len(tally.answers)
     ledger.terminal["SUCCESS"] = len(tally.ids)
     ledger.rejected["SERVICE_UNAVAILABLE"] = len(refused)
-    times = [a.seconds for a in tally.answers]
-    waits = [a.seconds for a in refused] or [0.0]
     ledger.notes.append(
-        f"bound {bound:g} s; pauses {PAUSES} s, then {FLOOD} at once into {FLOOD_PAUSE:g} s; "
-        f"answers p50 {statistics.median(times):.2f} s, max {max(times):.2f} s;"
-        f" refused p50 {statistics.median(waits):.2f} s, max {max(waits):.2f} s"
+        f"bound {bound:g} s; {len(tally.rounds)} paced over pauses of {PAUSES} s: "
+        f"{_spread(tally.rounds)}; {FLOOD} at once into {FLOOD_PAUSE:g} s: {_spread(tally.flood)}"
     )
     ledger.settle()
 
