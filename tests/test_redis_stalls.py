@@ -49,7 +49,7 @@ BROKER_BOUND = PUBLISH_TIMEOUT
 SLACK = 1.0
 # Seconds each pause lasts, round by round: shorter than the deadline (the mutation waits
 # and succeeds), around it (either answer), and well past it (refused, nothing written).
-PAUSES = [0.8, 3.0, 1.6, 6.0, 2.2, 10.0] if FULL else [0.8, 3.0]
+PAUSES = [0.8, 3.0, 1.6, 6.0, 2.2, 10.0] if FULL else [3.0]
 # Then a flood: this many mutations at once into a pause of FLOOD_PAUSE seconds, more than
 # the API runs at once (JOBQL_MAX_CONCURRENT_OPERATIONS, 8): the rest wait their turn.
 FLOOD = scale(24, 100)
