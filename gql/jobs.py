@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gql import webhooks
-from gql.errors import BadUserInput, NotFound
+from gql.errors import BadUserInput, NotFound, ServiceUnavailable
 from gql.operations import job_enqueued
 from gql.plans import EnqueueRequest, JobPlanner, Prepared
 from gql.producer import Producer
@@ -131,9 +131,13 @@ class JobService:
         """A broker other than the records' Redis (RabbitMQ): Celery's own producer.
 
         Each job is announced before its message is sent, so its PENDING reaches watchers
-        before any worker's STARTED can. A message that cannot be sent ends its job with
-        :func:`tasks.records.unsent` and takes its record, and those of the items after it,
-        away again: no job is left recorded that no worker will ever receive.
+        before any worker's STARTED can. A message that cannot be sent (refused, or not
+        taken within ``JOBQL_PUBLISH_TIMEOUT``: it may still land later) takes the whole
+        batch back (:meth:`gql.store.JobStore.withdraw`): the records go, whoever saw a
+        PENDING gets its end, and a message that lands anyway is skipped by its worker. So
+        SERVICE_UNAVAILABLE means no job is left that is visible or will run. Only a job a
+        worker started already stays: a single one is answered as enqueued (it was sent
+        after all); in a batch, SERVICE_UNAVAILABLE names them (``extensions.started``).
         """
         for index, item in enumerate(batch):
             await self.store.announce(item.fields)
@@ -146,10 +150,31 @@ class JobService:
                     item.fields["owner"],
                 )
             except Exception:
-                await self.withdraw(item.fields)
-                for unsent in batch[index:]:
-                    await self._discard(JobSnapshot.from_hash(unsent.fields))
+                started = await self._take_back(batch, announced=index + 1)
+                if started and len(batch) == 1:
+                    return
+                if started:
+                    raise ServiceUnavailable(
+                        "the broker failed mid-batch; the jobs in extensions.started "
+                        "were taken by a worker already, the others were not sent",
+                        started=started,
+                    ) from None
                 raise
+
+    async def _take_back(self, batch: list[Prepared], *, announced: int) -> list[str]:
+        """Withdraw every job of a batch that failed to send; the ids a worker started."""
+        started = []
+        for index, item in enumerate(batch):
+            try:
+                outcome = await self.store.withdraw(item.fields, announce=index < announced)
+            except Exception:
+                # Redis too is away: the record stays PENDING, and a message that lands
+                # late would run it (README, Guarantees).
+                logger.exception("could not take back unsent job %s", item.fields["id"])
+                continue
+            if outcome not in ("ok", "missing"):
+                started.append(item.fields["id"])
+        return started
 
     async def _replay(
         self, job_id: str, spec: TaskSpec, shown_input: Any, owner: str
@@ -170,12 +195,6 @@ class JobService:
             await self.store.announce(records.unsent(fields))
         except Exception:
             logger.exception("could not announce the end of unsent job %s", fields["id"])
-
-    async def _discard(self, snapshot: JobSnapshot) -> None:
-        try:
-            await self.store.discard(snapshot)
-        except Exception:
-            logger.exception("could not remove the record of unsent job %s", snapshot.id)
 
     # ``owner`` below is whose jobs the caller may see: its own, or None for an admin (all).
     # Another owner's job and an unknown one are not told apart: both cost one read and

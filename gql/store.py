@@ -1,14 +1,28 @@
 """Job records read and written with redis-py's asyncio client: the loop never waits on I/O.
 
 The scripts' KEYS and ARGV come from the builders in :mod:`tasks.scripts`, shared with the worker.
+
+An enqueue must answer exactly, even while Redis is paused (a stall, not a refusal): either
+its job exists or nothing of it does. Waiting for the socket timeout and then saying
+SERVICE_UNAVAILABLE was wrong twice over (issue 30): the paused Redis ran the script when
+it woke, so the job ran after all, and redis-py's retry sent it a second time. So the
+create script carries a deadline on Redis's own clock (:func:`tasks.scripts.guarded`): the
+API waits for its reply until a little past that deadline, and a script Redis runs later
+writes nothing. The one window left: Redis runs the script in time and then freezes before
+its reply is read; a reply that comes after the API answered takes the job back again
+(:meth:`JobStore.withdraw`) unless a worker started it already, and logs it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import time
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -17,12 +31,68 @@ from redis.exceptions import RedisError
 from strawberry.dataloader import DataLoader
 
 from gql import compat, packing
+from gql.errors import ServiceUnavailable
 from tasks import records, redis_clients, scripts, slots
 from tasks.records import JobSnapshot, JobState
 from tasks.scripts import Hooks, PageQuery
 from tasks.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+# How long past an enqueue's deadline the API still waits for Redis's reply: a reply sent
+# in time (the script ran before the deadline) arrives within it unless Redis froze right
+# between running the script and writing its reply. It also covers the error of the
+# clock offset below (half a TIME round trip, at most a quarter of it).
+REPLY_GRACE = 0.5
+# How often the offset between Redis's clock and this process's is measured again.
+CLOCK_REFRESH = 30.0
+# Once an enqueue found Redis stalled, the next ones answer at once, sending nothing, for
+# this long (then one tries again): otherwise a flood of them waits its turn for the
+# operations in flight (JOBQL_MAX_CONCURRENT_OPERATIONS) and answers well past the bound.
+REDIS_DOWN_FOR = 1.0
+# Items of one create call: (record fields, idempotency key, Celery message).
+Item = tuple[dict[str, str], str | None, tuple[str, str] | None]
+
+
+class ServerClock:
+    """Redis's clock (``TIME``) as this process sees it: an offset to ``time.monotonic``.
+
+    A deadline for a script must be on the clock the script reads, and the API's own may
+    differ from the Redis host's. Measured on first use, then again in the background every
+    ``CLOCK_REFRESH`` seconds; a sample counts only if its round trip was short, since the
+    offset is known to half of it.
+    """
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self._offset: int | None = None  # µs: server time minus monotonic time
+        self._measured = 0.0
+        self._refresh: asyncio.Task[None] | None = None
+
+    async def offset(self) -> int:
+        if self._offset is None:
+            await self._measure()
+        elif time.monotonic() - self._measured > CLOCK_REFRESH and (
+            self._refresh is None or self._refresh.done()
+        ):
+            self._refresh = asyncio.ensure_future(self._measure_quietly())
+        assert self._offset is not None
+        return self._offset
+
+    async def _measure(self) -> None:
+        before = time.monotonic()
+        seconds, micros = await self._client.time()
+        after = time.monotonic()
+        if after - before > REPLY_GRACE / 2:
+            raise ServiceUnavailable("Redis answers too slowly to enqueue safely")
+        self._offset = seconds * 1_000_000 + micros - int((before + after) / 2 * 1_000_000)
+        self._measured = after
+
+    async def _measure_quietly(self) -> None:
+        try:
+            await self._measure()
+        except Exception as exc:  # the last offset stays; the next enqueue tries again
+            logger.info("could not measure Redis's clock again: %s", exc)
 
 
 def connect(url: str, settings: Settings) -> aioredis.Redis:
@@ -69,8 +139,16 @@ class JobStore:
         # A cluster runs a script on one slot's node: a batch over several tags is split.
         self._cluster = isinstance(client, aioredis.RedisCluster)
         self._ttl = settings.job_retention_seconds
+        # Unguarded: bulk seeding in a pipeline (tests, benchmarks), where nothing waits.
         self._create = client.register_script(scripts.CREATE_SCRIPT)
-        self._create_many = client.register_script(scripts.CREATE_MANY_SCRIPT)
+        self._create_one = client.register_script(scripts.GUARDED_CREATE_SCRIPT)
+        self._create_many = client.register_script(scripts.GUARDED_CREATE_MANY_SCRIPT)
+        self._withdraw = client.register_script(scripts.WITHDRAW_SCRIPT)
+        # An enqueue's deadline: JOBQL_PUBLISH_TIMEOUT, as for a broker of its own.
+        self._budget = settings.publish_timeout
+        self._clock = ServerClock(client)
+        self._late: set[asyncio.Task[object]] = set()  # create calls answered already
+        self._down_until = 0.0  # monotonic time until which enqueues fail without trying
         self._update = client.register_script(scripts.UPDATE_SCRIPT)
         self._page = client.register_script(scripts.PAGE_SCRIPT)
         self._sweep = client.register_script(scripts.SWEEP_SCRIPT)
@@ -78,15 +156,15 @@ class JobStore:
         # share one pipeline: one round trip, one pooled connection. No caching.
         self._snapshots = DataLoader(self._load_snapshots, max_batch_size=500, cache=False)
 
-    async def create_many(
-        self, batch: list[tuple[dict[str, str], str | None, tuple[str, str] | None]]
-    ) -> list[str | None]:
+    async def create_many(self, batch: list[Item]) -> list[str | None]:
         """Write new PENDING records, all in one atomic call: one round trip per batch.
 
         Each item is ``(fields, idempotency key, message)``; with a message (queue key,
         Celery message) it is pushed and the job announced in the same call: the broker is
         this Redis. Returns, per item, None when created or the id of the job its
-        idempotency key already points to.
+        idempotency key already points to. Raises :class:`ServiceUnavailable` when Redis
+        does not answer within ``JOBQL_PUBLISH_TIMEOUT`` + ``REPLY_GRACE``: then nothing
+        was written (see the module's note for the one window left).
         """
         calls = [
             scripts.create_call(fields, ttl=self._ttl, idempotency=key, message=message)
@@ -100,8 +178,11 @@ class JobStore:
         written: list[int] = []
         try:
             for indexes in groups.values():
+                group = [batch[i] for i in indexes]
                 for index, reply in zip(
-                    indexes, await self._create_group([calls[i] for i in indexes]), strict=True
+                    indexes,
+                    await self._create_group(group, [calls[i] for i in indexes]),
+                    strict=True,
                 ):
                     replies[index] = reply
                 written += indexes
@@ -115,11 +196,119 @@ class JobStore:
             raise
         return [str(reply) if reply else None for reply in replies]
 
-    async def _create_group(self, calls: list[scripts.ScriptCall]) -> list[object]:
-        if len(calls) == 1:
-            return [await self._create(keys=calls[0].keys, args=calls[0].args)]
-        call = scripts.batch_call(calls)
-        return list(await self._create_many(keys=call.keys, args=call.args))
+    async def _create_group(
+        self, items: list[Item], calls: list[scripts.ScriptCall]
+    ) -> list[object]:
+        single = len(calls) == 1
+        call = calls[0] if single else scripts.batch_call(calls)
+        reply = await self._guarded(self._create_one if single else self._create_many, call, items)
+        guard = scripts.guard_reply(reply)
+        if guard == scripts.LATE:
+            raise ServiceUnavailable("Redis did not run the enqueue in time; nothing was written")
+        if guard == scripts.AGAIN:
+            return await self._written(calls)
+        return [reply] if single else list(reply)  # type: ignore[call-overload]
+
+    async def _guarded(self, script: Any, call: scripts.ScriptCall, items: list[Item]) -> object:
+        """The create call with its deadline, answered within the deadline + the grace.
+
+        The call is never cancelled: a reply that comes after the answer is read, and a job
+        it says was created is taken back (:meth:`_late_reply`).
+        """
+        started = time.monotonic()
+        if started < self._down_until:
+            raise ServiceUnavailable("Redis stalled a moment ago; nothing was written")
+        wait = self._budget + REPLY_GRACE
+        try:
+            offset = await asyncio.wait_for(self._clock.offset(), wait)
+        except TimeoutError:
+            self._down_until = time.monotonic() + REDIS_DOWN_FOR
+            raise ServiceUnavailable("Redis did not answer; nothing was written") from None
+        deadline = offset + int((started + self._budget) * 1_000_000)
+        task = asyncio.ensure_future(script(keys=call.keys, args=[deadline, *call.args]))
+        self._late.add(task)
+        task.add_done_callback(self._late.discard)
+        await asyncio.wait({task}, timeout=max(0.0, started + wait - time.monotonic()))
+        for _ in range(3):
+            if task.done():
+                break
+            # A reply already in the socket (this loop stalled past the timer) is read.
+            await asyncio.sleep(0)
+        if not task.done():
+            self._down_until = time.monotonic() + REDIS_DOWN_FOR
+            task.add_done_callback(functools.partial(self._late_reply, items))
+            raise ServiceUnavailable("Redis did not answer in time; nothing was written")
+        reply = task.result()
+        if scripts.guard_reply(reply) == scripts.LATE:
+            self._down_until = time.monotonic() + REDIS_DOWN_FOR
+        return reply
+
+    async def _written(self, calls: Sequence[scripts.ScriptCall]) -> list[object]:
+        """Each item's reply, read back after a repeated send found the first had run:
+        None where its record exists, else the job its idempotency key names."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for call in calls:
+                pipe.exists(call.keys[0])
+                pipe.get(call.keys[7])
+            found = await pipe.execute()
+        pairs = zip(found[::2], found[1::2], strict=True)
+        return [None if exists else job for exists, job in pairs]
+
+    def _late_reply(self, items: list[Item], task: asyncio.Task[object]) -> None:
+        """A create answered SERVICE_UNAVAILABLE whose reply came after all."""
+        if task.cancelled() or task.exception() is not None:
+            return
+        reply = task.result()
+        if scripts.guard_reply(reply) == scripts.LATE:
+            return  # refused by the deadline, as the answer said: nothing was written
+        if scripts.guard_reply(reply) == scripts.AGAIN:
+            made = [fields for fields, _, _ in items]
+        else:
+            found = [reply] if len(items) == 1 else list(reply)  # type: ignore[call-overload]
+            made = [fields for (fields, _, _), got in zip(items, found, strict=True) if not got]
+        if made:
+            logger.error(
+                "Redis ran an enqueue answered SERVICE_UNAVAILABLE (it froze between running "
+                "it and replying); taking back jobs %s",
+                [fields["id"] for fields in made],
+            )
+            messages = {fields["id"]: message for fields, _, message in items}
+            taking_back = asyncio.ensure_future(self._take_back(made, messages))
+            self._late.add(taking_back)
+            taking_back.add_done_callback(self._late.discard)
+
+    async def _take_back(
+        self, made: list[dict[str, str]], messages: dict[str, tuple[str, str] | None]
+    ) -> None:
+        for fields in made:
+            try:
+                outcome = await self.withdraw(fields, messages.get(fields["id"]))
+            except Exception:
+                logger.exception("could not take back job %s", fields["id"])
+                continue
+            if outcome not in ("ok", "missing"):
+                logger.error(
+                    "job %s was answered SERVICE_UNAVAILABLE but a worker took it (%s)",
+                    fields["id"],
+                    outcome,
+                )
+
+    async def withdraw(
+        self,
+        fields: dict[str, str],
+        message: tuple[str, str] | None = None,
+        *,
+        announce: bool = True,
+    ) -> str:
+        """Take back a job whose enqueue fails, unless a worker took it already.
+
+        Returns 'ok' (gone, and a late message of it will be skipped), 'missing', or the
+        state of the job a worker started (it stays). With ``announce``, whoever saw its
+        PENDING gets its end (REVOKED, ``NotSent``).
+        """
+        unsent = records.unsent(fields) if announce else None
+        call = scripts.withdraw_call(fields, unsent, ttl=self._ttl, message=message)
+        return str(await self._withdraw(keys=call.keys, args=call.args))
 
     async def announce(self, fields: dict[str, str]) -> None:
         """Publish a new job's PENDING snapshot, once its message is on its way."""

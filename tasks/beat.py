@@ -13,11 +13,21 @@ the same Redis call when the broker is that Redis. Its idempotency key names the
 schedule and the run it follows), so even two beats that both believed they held the lock
 would start one job per tick. Entries JobQL did not write (``beat_schedule``) run as
 RedBeat runs them.
+
+A Redis outage does not end beat (issue 30, item 5): stock RedBeat let any Redis error of
+a tick (renewing its lock, reading the due entries) escape Celery's beat loop, and the
+process exited on every outage, a 1 s restart included; RedBeat's own retries cover only
+its single commands. :meth:`JobQLScheduler.tick` rides the outage out for up to
+``JOBQL_REDIS_OUTAGE_TOLERANCE`` and takes its lock back if it expired meanwhile; and a run
+is started before its tick is recorded, so a tick cut by the outage is started once, late,
+and never skipped (the tick's idempotency key stops a second job).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,10 +37,13 @@ from celery import Celery
 from celery.beat import SchedulingError
 from celery.schedules import crontab
 from redbeat import RedBeatScheduler, RedBeatSchedulerEntry
+from redbeat import schedulers as redbeat_schedulers
 from redbeat.schedulers import get_redis
+from redis.exceptions import LockNotOwnedError
+from redis.lock import Lock
 
-from tasks import events, rabbitmq, records, redis_clients, slots
-from tasks.fast_paths import writes_messages
+from tasks import compat, events, rabbitmq, records, redis_clients, slots
+from tasks.fast_paths import ShapeError, writes_messages
 from tasks.messages import OWNER_HEADER, queue_key, task_message
 from tasks.schedules import (
     DISABLED_SCORE,
@@ -52,6 +65,39 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HSET', KEYS[1], 'last_run_at', ARGV[1], 'last_job', ARGV[2])
 end
 """
+
+
+# A fix, not a shortcut: JOBQL_FAST_PATHS=false leaves it on; only its check turns it off.
+BEAT_OUTAGE = compat.FastPath(
+    name="redbeat.outage",
+    library="celery-redbeat",
+    verified="celery-redbeat 2.4.2, celery 5.7.0, redis 8.2.0",
+    fallback="RedBeat's stock tick: a Redis outage ends beat (its supervisor restarts it)",
+    fix=True,
+)
+
+
+def check_beat_outage() -> None:
+    """What :meth:`JobQLScheduler.tick` relies on in RedBeat: its tick renews the lock first
+    and then reads the due entries (so a Redis error comes out of it, and a lost lock as
+    redis-py's ``LockNotOwnedError``), and its ``beat_init`` handler leaves a redis-py lock
+    on ``scheduler.lock``, which can be acquired again without blocking."""
+    tick = inspect.getsource(RedBeatScheduler.tick)
+    renew, read = "self.lock.extend(int(self.lock_timeout))", "self.schedule.values()"
+    if not (renew in tick and read in tick and tick.index(renew) < tick.index(read)):
+        raise ShapeError("RedBeatScheduler.tick renews the lock, then reads the due entries")
+    init = inspect.getsource(redbeat_schedulers.acquire_distributed_beat_lock)
+    made = (
+        "redis_client.lock(",
+        "timeout=scheduler.lock_timeout",
+        "sleep=scheduler.max_interval",
+        "lock.lua_extend = redis_client.register_script(LUA_EXTEND_TO_SCRIPT)",
+        "scheduler.lock = lock",
+    )
+    if not all(step in init for step in made):
+        raise ShapeError("RedBeat's beat_init handler keeps a redis-py lock on scheduler.lock")
+    if "blocking" not in inspect.signature(Lock.acquire).parameters:
+        raise ShapeError("redis-py's Lock.acquire(blocking=...)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +236,84 @@ class JobQLScheduler(RedBeatScheduler):  # type: ignore[misc]
     def __init__(self, app: Celery, *args: Any, **kwargs: Any) -> None:
         super().__init__(app, *args, **kwargs)
         self._runs = RunStarter(app)
+        settings = get_settings()
+        self._tolerance = settings.redis_outage_tolerance
+        compat.enable(BEAT_OUTAGE, check_beat_outage, allowed=settings.fast_paths)
+        self._down_since: float | None = None  # monotonic time Redis was first missed
+        self._standby = False  # the lock expired during an outage: not ours until retaken
+        self._told_standby = False
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        """RedBeat's tick, through a Redis outage of up to ``JOBQL_REDIS_OUTAGE_TOLERANCE``.
+
+        While Redis is away the schedules wait and beat tries again every second (a paused
+        Redis answers each try after the socket timeout); past the tolerance it exits, for
+        its supervisor to restart it. A lock that expired meanwhile is taken again if no
+        other beat took it; else this beat stands by, as a second beat does at start-up
+        (and so does a standby whose wait for the lock the outage broke).
+        """
+        if not BEAT_OUTAGE.active:
+            return float(super().tick(*args, **kwargs))
+        retry = min(1.0, float(self.max_interval))
+        try:
+            if self.lock_key and self.lock is None:
+                self._new_lock()
+            if self._standby and not self._retake_lock():
+                interval = float(self.max_interval)  # Redis answered: another beat has it
+            else:
+                interval = float(super().tick(*args, **kwargs))
+        except LockNotOwnedError:
+            logger.warning("beat: the lock expired while Redis was away; taking it again")
+            self._standby = True
+            return retry
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            now = time.monotonic()
+            if self._down_since is None:
+                self._down_since = now
+                logger.warning(
+                    "beat: Redis is unreachable (%s: %s); the schedules wait, trying again "
+                    "for up to %s s (JOBQL_REDIS_OUTAGE_TOLERANCE)",
+                    type(exc).__name__,
+                    exc,
+                    self._tolerance,
+                )
+            elif now - self._down_since > self._tolerance:
+                logger.error(
+                    "beat: Redis unreachable for %.0f s, past JOBQL_REDIS_OUTAGE_TOLERANCE; "
+                    "exiting",
+                    now - self._down_since,
+                )
+                raise
+            return retry
+        if self._down_since is not None:
+            logger.warning(
+                "beat: Redis is back after %.1f s; the schedules run again",
+                time.monotonic() - self._down_since,
+            )
+            self._down_since = None
+        return interval
+
+    def _new_lock(self) -> None:
+        """The lock RedBeat's ``beat_init`` handler makes, for a beat whose handler failed:
+        Celery logs a receiver's error and goes on, so a standby waiting for the lock when
+        Redis went away (or a beat started during an outage) has none, and RedBeat's tick
+        would then fail on every call. It stands by until it can take the lock."""
+        client = get_redis(self.app)
+        lock = client.lock(self.lock_key, timeout=self.lock_timeout, sleep=self.max_interval)
+        lock.lua_extend = client.register_script(redbeat_schedulers.LUA_EXTEND_TO_SCRIPT)
+        self.lock = lock
+        self._standby = True
+
+    def _retake_lock(self) -> bool:
+        """Take the lock back after it expired in an outage, unless another beat holds it."""
+        if self.lock.acquire(blocking=False):
+            logger.info("beat: Acquired lock again")
+            self._standby = self._told_standby = False
+            return True
+        if not self._told_standby:
+            logger.info("beat: another beat holds the lock now; standing by")
+            self._told_standby = True
+        return False
 
     def apply_async(
         self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any
@@ -197,12 +321,15 @@ class JobQLScheduler(RedBeatScheduler):  # type: ignore[misc]
         ours = is_ours(entry.options)
         if ours is None:
             return super().apply_async(entry, producer, advance, **kwargs)
+        # The run first, then the tick's record (RedBeat's reserve): a failure between the
+        # two leaves the tick due, and the next try finds its job by the tick's key rather
+        # than starting another. The other way round, an outage there skipped the tick.
         after = entry.last_run_at
-        entry = self.reserve(entry) if advance else entry
         try:
             job_id = self._runs.start(entry.name, entry.task, dict(entry.kwargs or {}), ours, after)
         except Exception as exc:
             raise SchedulingError(f"could not start a run of schedule {entry.name}") from exc
+        entry = self.reserve(entry) if advance else entry
         try:
             self._follow_changes(entry.name, ours)
         except redis.RedisError:

@@ -285,7 +285,8 @@ def started(
     owner: str | None = None,
     incarnation: str = "",
 ) -> str:
-    """Record a run's start, adopting a job nobody recorded; returns the update's outcome.
+    """Record a run's start, adopting a job nobody recorded; returns the update's outcome
+    (REVOKED for a job whose enqueue was withdrawn: :data:`tasks.scripts.WITHDRAW_SCRIPT`).
 
     ``owner``: the one the job's message names (``tasks.messages.OWNER_HEADER``), if any.
     ``incarnation``: which start of ``worker`` runs it (``tasks.heartbeat.incarnation``).
@@ -295,6 +296,11 @@ def started(
     fields = {"retries": str(retries), "worker": worker, "incarnation": incarnation}
     outcome = transition(job_id, JobState.STARTED, fields, task=task, owner=owner)
     if outcome == "missing":
+        if client().exists(records.unsent_key(job_id)):
+            # Its enqueue answered SERVICE_UNAVAILABLE and took the record back; this
+            # message landed anyway (a late publish): the job must not run.
+            logger.warning("job %s was withdrawn unsent; skipping its late message", job_id)
+            return JobState.REVOKED.value
         adopt(job_id, task, queue or get_settings().default_queue, kwargs)
         outcome = transition(job_id, JobState.STARTED, fields, task=task)
     return outcome

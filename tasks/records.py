@@ -57,6 +57,12 @@ def job_key(job_id: str) -> str:
     return job_prefix(slots.tag_of(job_id)) + job_id
 
 
+def unsent_key(job_id: str) -> str:
+    """Set when a job's enqueue was answered SERVICE_UNAVAILABLE and its record taken back:
+    a worker that still gets its message (a late publish) skips it instead of adopting it."""
+    return job_key(job_id) + ":unsent"
+
+
 # The listing indexes: sorted sets of job ids scored by creation time in microseconds, one
 # per owner and tag for all jobs, per state, per task and per (state, task), each changed
 # in the same script as the record.

@@ -37,6 +37,7 @@ from tasks.records import (
     owner_channel,
     owners_key,
     to_score,
+    unsent_key,
 )
 from tasks.workflow_records import workflow_channel, workflow_key
 
@@ -550,6 +551,112 @@ def rate_call(owner: str, limit: int, window_seconds: float, wanted: int = 1) ->
 
 # Every job of an ``enqueueMany`` batch in one call: one round trip, all or none.
 CREATE_MANY_SCRIPT = batch_script(CREATE_SCRIPT)
+
+# What a guarded call answers instead of the script's own reply (see :func:`guarded`).
+LATE = "late"
+AGAIN = "again"
+
+
+def guarded(script: str) -> str:
+    """``script`` behind a deadline on this Redis's own clock: the API's enqueue.
+
+    ARGV[1] is the deadline in µs since the epoch by the server's ``TIME``; the rest are
+    ``script``'s ARGV, and KEYS are its KEYS (KEYS[1] the first new job's record). Replies
+    ``{'again'}`` when that record exists already (an earlier send of this same call ran:
+    a client retry after a lost reply writes nothing twice), ``{'late'}`` once the deadline
+    passed, having written nothing, else ``script``'s own reply. So a call that arrives
+    late (Redis paused, the reply's reader gone) can only be refused: the API stops waiting
+    a little after the deadline, and whatever runs after that point writes nothing.
+    """
+    return (
+        "local function guarded(KEYS, ARGV)\n"
+        + script
+        + """
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'again'} end
+local t = redis.call('TIME')
+if tonumber(t[1]) * 1000000 + tonumber(t[2]) > tonumber(ARGV[1]) then return {'late'} end
+local rest = {}
+for i = 2, #ARGV do rest[i - 1] = ARGV[i] end
+return guarded(KEYS, rest)
+"""
+    )
+
+
+GUARDED_CREATE_SCRIPT = guarded(CREATE_SCRIPT)
+GUARDED_CREATE_MANY_SCRIPT = guarded(CREATE_MANY_SCRIPT)
+
+
+def guard_reply(reply: Any) -> str | None:
+    """``LATE`` or ``AGAIN`` when a guarded call answered for its guard, else None."""
+    if isinstance(reply, list) and len(reply) == 1 and reply[0] in (LATE, AGAIN):
+        return str(reply[0])
+    return None
+
+
+# KEYS: job, expiry, its unsent marker (records.unsent_key), idempotency (the job's key for
+#       none), queue (the job's key when its message is elsewhere), then every index of
+#       the job (records.indexes_of)
+# ARGV: job id, expiry member, ttl, job channel, owner channel, the unsent snapshot JSON,
+#       ('' to announce nothing), publish command, the job's Celery message ('' for none)
+# Takes back a job whose enqueue is answered SERVICE_UNAVAILABLE, if no worker started it:
+# the record, its indexes, its idempotency key (if it still names this job) and, on a Redis
+# broker, its message go; a marker stays for the record's lifetime, so a worker that gets
+# the message anyway (a publish that landed late, one already reserved) skips it rather
+# than adopting it; and whoever saw the PENDING gets its end (REVOKED, NotSent).
+# Returns 'ok', 'missing', or the state of a job a worker took already (it stays).
+WITHDRAW_SCRIPT = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'missing' end
+if state ~= 'PENDING' then return state end
+redis.call('DEL', KEYS[1])
+if KEYS[4] ~= KEYS[1] and redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
+if KEYS[5] ~= KEYS[1] then redis.call('LREM', KEYS[5], 1, ARGV[8]) end
+redis.call('ZREM', KEYS[2], ARGV[2])
+for i = 6, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
+redis.call('SET', KEYS[3], '1', 'EX', tonumber(ARGV[3]))
+if ARGV[6] ~= '' then
+  redis.call(ARGV[7], ARGV[4], ARGV[6])
+  redis.call(ARGV[7], ARGV[5], ARGV[6])
+end
+return 'ok'
+"""
+
+
+def withdraw_call(
+    fields: dict[str, str],
+    unsent: dict[str, str] | None,
+    *,
+    ttl: int,
+    message: tuple[str, str] | None = None,
+) -> ScriptCall:
+    """Take back the job ``fields`` (its ``unsent`` snapshot announced, unless None), if
+    still PENDING."""
+    job_id, owner, task = fields["id"], fields["owner"], fields["task"]
+    tag = slots.tag_of(job_id)
+    job = job_key(job_id)
+    idempotency = fields.get("idempotency_key")
+    queue, body = message or ("", "")
+    return ScriptCall(
+        keys=[
+            job,
+            expiry_key(owner, tag),
+            unsent_key(job_id),
+            idempotency_key(owner, idempotency) if idempotency else job,
+            queue or job,
+            *indexes_of(owner, task, tag),
+        ],
+        args=[
+            job_id,
+            expiry_member(job_id, task),
+            ttl,
+            job_channel(job_id),
+            owner_channel(owner, tag),
+            dumps(unsent) if unsent else "",
+            publish_command(),
+            body,
+        ],
+    )
 
 
 # KEYS: workflow.  ARGV: ttl, field/value pairs.

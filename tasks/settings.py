@@ -94,7 +94,9 @@ class Settings(BaseSettings):
     socket_timeout: float = Field(default=3.0, gt=0)
     producer_threads: int = Field(default=8, ge=1, le=256)
     # Longest a mutation waits for a broker other than the records' Redis to take a message
-    # before it answers SERVICE_UNAVAILABLE (a black-holed broker otherwise holds it).
+    # before it answers SERVICE_UNAVAILABLE (a black-holed broker otherwise holds it); and
+    # the deadline of the enqueue's script on the records' Redis, which writes nothing once
+    # it passed (the API waits 0.5 s more for its reply: gql.store).
     publish_timeout: float = Field(default=1.5, gt=0, le=60)
     redis_max_connections: int = Field(default=64, ge=2, le=10_000)
     max_page_size: int = Field(default=100, ge=1, le=1000)
