@@ -17,6 +17,9 @@ from tasks.aio import run_coroutine
 from tasks.canvas import receive
 from tasks.progress import JobContext
 
+# Task names of the system alone: Celery's built-ins and JobQL's internal tasks.
+SYSTEM_PREFIXES = ("celery.", "jobql.")
+
 
 @dataclass(frozen=True, slots=True)
 class TaskSpec:
@@ -120,10 +123,14 @@ class TaskRegistry:
         return sorted(self._typed.values(), key=lambda spec: spec.name)
 
     def get(self, name: str) -> TaskSpec | None:
-        """A typed task, or a task registered the plain Celery way (input passed as kwargs)."""
+        """A typed task, or a task registered the plain Celery way (input passed as kwargs).
+
+        Celery's own tasks (``celery.*``) and JobQL's (``jobql.*``, such as the webhook
+        delivery, whose messages only the system may write) are no caller's to start.
+        """
         if name in self._typed:
             return self._typed[name]
-        if name.startswith("celery.") or name not in self.app.tasks:
+        if name.startswith(SYSTEM_PREFIXES) or name not in self.app.tasks:
             return None
         task = self.app.tasks[name]
         return TaskSpec(
@@ -139,5 +146,5 @@ class TaskRegistry:
         )
 
     def all(self) -> list[TaskSpec]:
-        names = set(self._typed) | {n for n in self.app.tasks if not n.startswith("celery.")}
+        names = set(self._typed) | {n for n in self.app.tasks if not n.startswith(SYSTEM_PREFIXES)}
         return [spec for n in sorted(names) if (spec := self.get(n)) is not None]

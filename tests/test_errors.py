@@ -44,6 +44,17 @@ BAD_INPUTS = [
         id="unknown field",
     ),
     pytest.param('mutation { enqueue(task: "no_such_task") { id } }', "task", id="unknown task"),
+    # The system's own tasks: the webhook delivery would send a JobQL-signed body of the
+    # caller's choosing; Celery's built-ins are no job.
+    pytest.param(
+        'mutation { enqueue(task: "jobql.deliver_webhook",'
+        ' input: {kind: "job", record: {id: "x"}, message_id: "msg_1"}) { id } }',
+        "task",
+        id="JobQL's internal webhook delivery",
+    ),
+    pytest.param(
+        'mutation { enqueue(task: "celery.backend_cleanup") { id } }', "task", id="Celery's own"
+    ),
     pytest.param(
         'mutation { sendEmail(input: {to: "not-an-address", subject: "s", body: "b"}) { id } }',
         "input.to",
@@ -88,6 +99,12 @@ def test_bad_input_is_bad_user_input_naming_the_field(api: GraphQL, query: str, 
     assert field in [f["path"] for f in error["extensions"]["fields"]], error
     assert "Traceback" not in error["message"]
     assert api.newest_job_id() == newest, "a rejected request must not create a job"
+
+
+def test_the_system_s_own_tasks_are_not_listed(api: GraphQL) -> None:
+    names = [task["name"] for task in api.data("{ tasks { name } }")["tasks"]]
+    assert "process_data" in names
+    assert not [name for name in names if name.startswith(("jobql.", "celery."))], names
 
 
 def test_a_wrong_variable_names_the_variable_path(api: GraphQL) -> None:
