@@ -143,6 +143,11 @@ def create_app(
     telemetry = settings.opentelemetry
     app = FastAPI(
         title="JobQL",
+        # Nothing a deployment did not ask for: no Swagger UI or ReDoc (CDN pages), and
+        # the OpenAPI document only with JOBQL_OPENAPI.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.openapi else None,
         lifespan=lifespan,
         telemetry={"tracing": telemetry, "metrics": telemetry, "logs": telemetry},
     )

@@ -117,6 +117,10 @@ class Settings(BaseSettings):
     keep_alive_interval: float = Field(default=15.0, gt=0)
     connection_init_timeout: float = Field(default=10.0, gt=0)
     graphiql: bool = True
+    # FastAPI's OpenAPI document of the plain HTTP routes (health, metrics) at
+    # /openapi.json. Off unless asked for; its Swagger UI and ReDoc pages load from a CDN
+    # and are never served.
+    openapi: bool = False
     # FastAPI's native OpenTelemetry. Off, it costs nothing; on, FastAPI checks for
     # configured providers on every request (~3% of a small query's CPU, measured).
     opentelemetry: bool = False

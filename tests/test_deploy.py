@@ -118,3 +118,14 @@ def test_the_worker_health_check_passes_for_the_live_worker(
     assert ok.returncode == 0, ok.stdout + ok.stderr
     api_path = "/health/ready"
     assert api.http.get(api_path).status_code == 200
+
+
+def test_nothing_is_served_that_a_deployment_did_not_ask_for(api: GraphQL) -> None:
+    """No Swagger UI or ReDoc (pages loaded from a CDN) and no OpenAPI document by default;
+    JOBQL_OPENAPI=true adds the document alone."""
+    for path in ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"):
+        assert api.http.get(path).status_code == 404, path
+    asked = Settings(redis_url="redis://127.0.0.1:1/0", env="test", openapi=True)
+    paths = {getattr(route, "path", None) for route in create_app(asked).routes}
+    assert "/openapi.json" in paths
+    assert not paths & {"/docs", "/redoc", "/docs/oauth2-redirect"}
