@@ -183,16 +183,21 @@ class Runner:
         are then cut short (cold shutdown) and re-queued at the next start.
         """
         grace = self.settings.shutdown_grace_seconds
-        api, beat, worker = self.process("api"), self.process("beat"), self.process("worker")
-        for process in (api, beat, worker):
-            _stop(process)
+        running = {keeper.name: keeper.process for keeper in self.keepers}
+        others = [running[name] for name in ("api", "beat") if name in running]
+        for process in running.values():
+            if process is not running.get("valkey"):
+                _stop(process)
         now = time.monotonic()
-        for process in (api, beat):
+        for process in others:
             if not _wait(process, now + grace + 5):
                 _kill(process)
+        worker = running.get("worker")
         worker_deadline = now + self.settings.task_time_limit + WORKER_STOP_MARGIN
         told = False
-        while not _wait(worker, min(worker_deadline, time.monotonic() + 0.2)):
+        while worker is not None and not _wait(
+            worker, min(worker_deadline, time.monotonic() + 0.2)
+        ):
             if time.monotonic() >= worker_deadline:
                 logger.warning("the worker outlived the task time limit: killing it")
                 break
@@ -208,7 +213,8 @@ class Runner:
                     "Ctrl-C again cuts them",
                     self.settings.task_time_limit,
                 )
-        _kill(worker)
+        if worker is not None:
+            _kill(worker)
         if self.valkey is not None:
             self.valkey.stop()
         for keeper in self.keepers:
