@@ -21,9 +21,10 @@ $(UV):
 	.tools/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 # Every target below runs this first: a no-op in 0.1 s when .venv matches the lock, a fresh
-# .venv when PYTHON names another interpreter.
+# .venv when PYTHON names another interpreter. NO_SYNC=1 uses the environment as it is (the
+# tests' own `make run`, which must not touch the environment running them).
 sync: $(UV)
-	$(SYNC)
+	$(if $(NO_SYNC),,$(SYNC))
 
 lock: $(UV)  ## re-resolve uv.lock against the newest releases the ranges in pyproject.toml allow
 	$(UV) lock --upgrade

@@ -12,7 +12,7 @@ messages stay unacknowledged and the next start's reaper puts them back on the q
 
 Where things are, for ``jobql check``, the tests and a developer's shell: ``<data dir>/dev.env``
 holds ``JOBQL_REDIS_URL`` of the embedded Valkey, ``<data dir>/run.json`` the pid of each
-process (rewritten on every restart, removed at the end).
+process once all are up (rewritten on every restart, removed at the end).
 """
 
 from __future__ import annotations
@@ -158,7 +158,6 @@ class Runner:
             Keeper("beat", self._popen(beat_command())),
             Keeper("api", self._popen(api_command(self.host, self.port))),
         ]
-        self.write_pids()
 
     def _popen(self, command: list[str]) -> Callable[[], subprocess.Popen[bytes]]:
         return lambda: subprocess.Popen(command, env=self.env)
@@ -243,6 +242,8 @@ def main() -> int:
         runner.start()
         # An API that cannot start (the port is taken, a setting is refused) ends the run.
         wait_for_port(args.port, 60.0, runner.process("api"))
+        # Written once all is up: from here on, whatever exits is started again.
+        runner.write_pids()
         logger.info("JobQL is up: GraphiQL at http://%s:%d/graphql", args.host, args.port)
         while not asked:
             time.sleep(0.2)

@@ -67,9 +67,9 @@ class MakeRun:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         command = ["make", "--no-print-directory", "run", f"PORT={self.port}"]
         if not self.as_readme:
-            # The environment running the tests, so `make`'s sync finds it as it is (a run
-            # under PYTHON=python3.13 must not swap .venv under the tests).
-            command += [f"VENV={sys.prefix}", f"PYTHON={sys.executable}"]
+            # The environment running the tests, as it is: `make`'s sync must not change it
+            # under them (make test-latest's newer packages, another PYTHON's .venv).
+            command += [f"VENV={sys.prefix}", f"PYTHON={sys.executable}", "NO_SYNC=1"]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 command,
