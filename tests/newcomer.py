@@ -28,7 +28,10 @@ from tests.clients import graphql_transport_ws
 
 ROOT = Path(__file__).resolve().parent.parent
 PROCESSES = ("valkey", "worker", "beat", "api")
-TOUR_MUTATION = "mutation { generateReport(input: { userId: 42, steps: 5, stepDelay: 0.1 }) { id state sequence } }"  # noqa: E501
+# The README tour's first mutation, with fewer and shorter steps.
+TOUR_MUTATION = """mutation {
+  generateReport(input: { userId: 42, steps: 5, stepDelay: 0.1 }) { id state sequence }
+}"""
 TOUR_SUBSCRIPTION = """subscription($id: ID!) {
   job(id: $id) { state sequence progress { percent message } result }
 }"""
