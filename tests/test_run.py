@@ -94,9 +94,9 @@ def test_run_uses_redis_url_when_it_is_set(tmp_path: Path, valkey: object) -> No
 def test_ctrl_c_lets_a_running_job_finish_before_everything_stops(make_run: MakeRun) -> None:
     pids = make_run.start().wait_ready()
     api = GraphQL(make_run.base_url)
-    job_id = api.data("mutation { processData(input: {data: 1, delay: 4}) { id } }")["processData"][
-        "id"
-    ]
+    # Longer than the 20 s after which make run used to SIGKILL everything, stranding the job.
+    mutation = "mutation { processData(input: {data: 1, delay: 22}) { id } }"
+    job_id = api.data(mutation)["processData"]["id"]
     api.wait(job_id, lambda job: job["state"] == "STARTED", timeout=60)
     api.http.close()
 
