@@ -90,10 +90,11 @@ class Keeper:
         try:
             self.process = self.start()
         except Exception as exc:  # e.g. a Valkey that cannot bind its port yet: try again
-            logger.warning("the %s did not start (%s); trying again", self.name, exc)
-            self.started = now - self.steady  # counts as a quick failure: back off
-            self.restart_at = now + min(self.longest, max(self.first, self.backoff * 2))
-            self.backoff = self.restart_at - now
+            self.backoff = min(self.longest, max(self.first, self.backoff * 2))
+            self.restart_at = now + self.backoff
+            logger.warning(
+                "the %s did not start (%s); trying again in %.1f s", self.name, exc, self.backoff
+            )
             return False
         logger.info("%s restarted (pid %d)", self.name, self.process.pid)
         return True

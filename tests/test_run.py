@@ -4,6 +4,7 @@ jobs finish, and any of its processes that dies is started again."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -91,14 +92,31 @@ def test_run_uses_redis_url_when_it_is_set(tmp_path: Path, valkey: object) -> No
         run.kill()
 
 
-def test_ctrl_c_lets_a_running_job_finish_before_everything_stops(make_run: MakeRun) -> None:
+def _running(make_run: MakeRun, mutation: str, state: str) -> tuple[dict[str, int], str]:
+    """``make run`` up, and the id of the job ``mutation`` started, once it is in ``state``."""
     pids = make_run.start().wait_ready()
     api = GraphQL(make_run.base_url)
+    (job,) = api.data(mutation).values()
+    api.wait(job["id"], lambda seen: seen["state"] == state, timeout=60)
+    api.http.close()
+    return pids, job["id"]
+
+
+@contextlib.contextmanager
+def _next_start(make_run: MakeRun) -> Iterator[GraphQL]:
+    """``make run`` again on the same data, as a developer's next start."""
+    again = MakeRun(make_run.data_dir, make_run.env)
+    try:
+        again.start().wait_ready()
+        yield GraphQL(again.base_url)
+    finally:
+        again.kill()
+
+
+def test_ctrl_c_lets_a_running_job_finish_before_everything_stops(make_run: MakeRun) -> None:
     # Longer than the 20 s after which make run used to SIGKILL everything, stranding the job.
     mutation = "mutation { processData(input: {data: 1, delay: 22}) { id } }"
-    job_id = api.data(mutation)["processData"]["id"]
-    api.wait(job_id, lambda job: job["state"] == "STARTED", timeout=60)
-    api.http.close()
+    pids, job_id = _running(make_run, mutation, "STARTED")
 
     make_run.interrupt()
     make_run.wait_stopped(pids, within=90)
@@ -106,12 +124,8 @@ def test_ctrl_c_lets_a_running_job_finish_before_everything_stops(make_run: Make
     assert f"job run ended job_id={job_id} task=process_data state=SUCCESS" in log, log[-3000:]
 
     # The next start shows it finished: its record survived in the embedded Valkey.
-    again = MakeRun(make_run.data_dir, make_run.env)
-    try:
-        again.start().wait_ready()
-        assert GraphQL(again.base_url).job(job_id)["state"] == "SUCCESS"  # type: ignore[index]
-    finally:
-        again.kill()
+    with _next_start(make_run) as api:
+        assert api.job(job_id)["state"] == "SUCCESS"  # type: ignore[index]
 
 
 @pytest.mark.parametrize("victim", PROCESSES)
@@ -153,12 +167,8 @@ def test_any_process_that_dies_is_started_again_and_the_rest_stays_up(
 def test_a_second_ctrl_c_cuts_the_job_and_the_next_start_runs_it_again(
     make_run: MakeRun, ledger: Ledger
 ) -> None:
-    pids = make_run.start().wait_ready()
-    api = GraphQL(make_run.base_url)
     mutation = "mutation { generateReport(input: {userId: 7, steps: 40, stepDelay: 0.25}) { id } }"
-    job_id = api.data(mutation)["generateReport"]["id"]
-    api.wait(job_id, lambda job: job["state"] == "PROGRESS", timeout=60)
-    api.http.close()
+    pids, job_id = _running(make_run, mutation, "PROGRESS")
 
     make_run.interrupt()
     time.sleep(1)
@@ -166,16 +176,11 @@ def test_a_second_ctrl_c_cuts_the_job_and_the_next_start_runs_it_again(
     make_run.wait_stopped(pids, within=60)
     assert "cutting the running jobs" in make_run.log()
 
-    again = MakeRun(make_run.data_dir, make_run.env)
-    try:
-        again.start().wait_ready()
+    with _next_start(make_run) as api:
         started = time.monotonic()
-        again_api = GraphQL(again.base_url)
-        done = again_api.wait_done(job_id, timeout=90)
+        done = api.wait_done(job_id, timeout=90)
         ledger.submitted = 1
         ledger.terminal[done["state"]] += 1
         ledger.notes.append(f"ready to SUCCESS {time.monotonic() - started:.1f} s")
         assert done["state"] == "SUCCESS", done
         ledger.settle()
-    finally:
-        again.kill()
