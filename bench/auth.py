@@ -5,7 +5,7 @@ request of the run then carries the token, over HTTP in its ``Authorization`` he
 WebSockets in ``connection_init``. The limits that would cap the bench's own load (its
 mutation rate and its thousands of subscriptions, all from one owner) are lifted, so the
 figures show what verifying the token costs, plus the rate check (one Redis call per lease
-of 32 mutations at this limit, see gql/limits.py).
+of 32 mutations at this limit, see gql/services/limits.py).
 """
 
 from __future__ import annotations

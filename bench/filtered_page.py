@@ -16,10 +16,10 @@ from datetime import timedelta
 from bench import httpload
 from bench.listing_scale import SPAN, fill
 from bench.stack import Stack
-from gql.store import JobStore, connect
-from tasks import records
-from tasks.records import JobState
-from tasks.settings import Settings
+from gql.services.store import JobStore, connect
+from tasks.core import records
+from tasks.core.records import JobState
+from tasks.core.settings import Settings
 
 PAGE = "{ jobs(first: 50, filter: {states: [FAILURE]}) { edges { node { id } } } }"
 

@@ -27,11 +27,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from devtools.valkey import EmbeddedValkey
-from gql.store import JobStore, connect
-from tasks import records, scripts
-from tasks.records import JobState
-from tasks.scripts import PageQuery
-from tasks.settings import Settings
+from gql.services.store import JobStore, connect
+from tasks.core import records, scripts
+from tasks.core.records import JobState
+from tasks.core.scripts import PageQuery
+from tasks.core.settings import Settings
 
 TASKS = ("process_data", "generate_report", "send_email", "resize_image", "sync_account")
 SPAN = timedelta(days=6)  # creation times spread over the retention window

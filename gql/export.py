@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 
 from gql.app import load_task_modules
-from gql.schema import build_schema
-from tasks.app import registry
-from tasks.settings import Settings
+from gql.schema.root import build_schema
+from tasks.core.settings import Settings
+from tasks.worker.app import registry
 
 
 def sdl(settings: Settings | None = None) -> str:

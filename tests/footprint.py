@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import redis.asyncio as aioredis
 
-from tasks import records
+from tasks.core import records
 
 
 @dataclass(frozen=True)

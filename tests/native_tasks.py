@@ -7,7 +7,7 @@ import signal
 import time
 from typing import Any
 
-from tasks.app import celery_app
+from tasks.worker.app import celery_app
 
 
 @celery_app.task(bind=True, name="native.countdown")
@@ -30,7 +30,7 @@ SPANS_KEY = "jobql:test:spans:"
 @celery_app.task(bind=True, name="reliability.effect")
 def effect(self: Any, seconds: float = 1.0, die: bool = False) -> dict[str, int]:
     """Report this run's pid, wait ``seconds`` (or kill its own process), then do the effect."""
-    from tasks.events import client
+    from tasks.core.events import client
 
     redis = client()
     pid = os.getpid()

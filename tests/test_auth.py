@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import ValidationError
 
-from gql.auth import ANONYMOUS, Authenticator, Principal, credential_of
-from gql.errors import Unauthenticated
-from tasks.settings import Settings
+from gql.services.auth import ANONYMOUS, Authenticator, Principal, credential_of
+from gql.services.errors import Unauthenticated
+from tasks.core.settings import Settings
 
 SECRET = secrets.token_urlsafe(48)
 API_KEY = secrets.token_urlsafe(32)

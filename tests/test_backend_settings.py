@@ -9,10 +9,10 @@ from celery.backends.base import COMPRESSED_PAYLOAD_MAGIC
 from celery.backends.redis import RedisBackend as StockRedisBackend
 from pydantic import ValidationError
 
-from tasks import rabbitmq
-from tasks.app import celery_config, create_celery_app
-from tasks.results import ResultTooLarge, checked_json
-from tasks.settings import Settings
+from tasks.core import rabbitmq
+from tasks.core.settings import Settings
+from tasks.worker.app import celery_config, create_celery_app
+from tasks.worker.results import ResultTooLarge, checked_json
 
 REDIS = "redis://127.0.0.1:6399/0"
 AMQP = "amqp://127.0.0.1:5672//"
@@ -101,7 +101,7 @@ def test_a_database_result_backend_is_jobql_s_subclass() -> None:
     url = "db+postgresql+psycopg://jobql@127.0.0.1:5432/jobql"
     settings = _settings(result_backend_url=url)
     config = celery_config(settings)
-    assert config["result_backend"] == "tasks.results:DatabaseBackend+" + url[3:]
+    assert config["result_backend"] == "tasks.worker.results:DatabaseBackend+" + url[3:]
     assert config["result_expires"] == settings.job_retention_seconds, "records agree"
     sender = celery_config(settings, producer=True, canvas=True)
     assert sender["result_backend"] == config["result_backend"], "a chord's sender needs it"

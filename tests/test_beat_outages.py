@@ -30,7 +30,7 @@ import pytest
 
 from devtools.processes import beat_command
 from devtools.valkey import EmbeddedValkey
-from tasks.settings import Settings
+from tasks.core.settings import Settings
 from tests.conftest import ROOT, GraphQL, running_api, running_worker, service_env
 from tests.ledger import FULL, Ledger
 

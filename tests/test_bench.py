@@ -43,10 +43,10 @@ def test_a_profile_is_read_by_library_and_by_function(tmp_path: Path) -> None:
 
     raw = tmp_path / "api-1.raw"
     raw.write_text(
-        "process 1;run (asyncio/runners.py:1);execute (gql/schema.py:9);pack (redis/c.py:3) 3\n"
-        "process 1;run (asyncio/runners.py:1);execute (gql/schema.py:10) 1\n"
+        "process 1;run (asyncio/runners.py:1);execute (gql/schema/root.py:9);pack (r/c.py:3) 3\n"
+        "process 1;run (asyncio/runners.py:1);execute (gql/schema/root.py:10) 1\n"
     )
     text = summarise([raw], top=5)
     assert "4 samples" in text
     assert "75.0%  redis-py / hiredis" in text and "25.0%  JobQL gql/" in text
-    assert "100.0%  execute (gql/schema.py)" in text, "lines of one function count together"
+    assert "100.0%  execute (gql/schema/root.py)" in text, "lines of one function count together"

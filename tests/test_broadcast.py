@@ -16,9 +16,9 @@ import redis.asyncio as aioredis
 
 from devtools.processes import free_port
 from devtools.valkey import EmbeddedValkey
-from gql.broadcast import RESYNC, EventQueue, JobBroadcast, RedisPubSubBackend, Resync
-from tasks import records
-from tasks.records import JobSnapshot
+from gql.live.broadcast import RESYNC, EventQueue, JobBroadcast, RedisPubSubBackend, Resync
+from tasks.core import records
+from tasks.core.records import JobSnapshot
 
 CHANNEL = records.job_channel("watched")
 

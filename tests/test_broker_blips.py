@@ -25,7 +25,7 @@ import pytest
 import redis
 
 from devtools.valkey import EmbeddedValkey
-from tasks.settings import Settings
+from tasks.core.settings import Settings
 from tests.clients import Stream, graphql_transport_ws
 from tests.conftest import AsyncGraphQL, running_api, running_worker, service_env
 from tests.ledger import Ledger

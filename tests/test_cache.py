@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gql.cache import Cached
+from gql.services.cache import Cached
 
 
 async def test_concurrent_callers_share_one_call_and_the_answer_is_reused() -> None:

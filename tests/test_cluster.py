@@ -18,8 +18,8 @@ import redis
 from redis.crc import key_slot
 
 from devtools.valkey import EmbeddedValkey, EmbeddedValkeyCluster
-from tasks import records, slots
-from tasks.settings import Settings
+from tasks.core import records, slots
+from tasks.core.settings import Settings
 from tests.clients import graphql_transport_ws, sse
 from tests.conftest import AsyncGraphQL, running_api, running_worker, service_env
 from tests.test_live import _watch_until_progress

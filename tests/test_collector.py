@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from gql.collector import CLOSED, MIDDLE, GarbageCollector
+from gql.ops.collector import CLOSED, MIDDLE, GarbageCollector
 
 
 class Cycle:

@@ -16,10 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devtools.valkey import EmbeddedValkey
-from tasks.broker import DEAD_LETTER_KEY, envelope
-from tasks.messages import task_message
-from tasks.records import job_key
-from tasks.settings import Settings
+from tasks.core.messages import task_message
+from tasks.core.records import job_key
+from tasks.core.settings import Settings
+from tasks.worker.broker import DEAD_LETTER_KEY, envelope
 from tests.conftest import running_worker
 from tests.ledger import Ledger, scale
 

@@ -13,7 +13,7 @@ import yaml
 
 from gql.app import create_app
 from gql.cli import build_parser
-from tasks.settings import Settings
+from tasks.core.settings import Settings
 from tests.conftest import ROOT, GraphQL
 
 
@@ -40,7 +40,7 @@ def _assert_runs_jobql_or_celery(command: list[str]) -> None:
         parsed, extra = build_parser().parse_known_args(args)
         assert parsed.command in ("api", "worker", "beat") or not extra, command
     else:
-        assert program == "celery" and args[:2] == ["-A", "tasks.app"], command
+        assert program == "celery" and args[:2] == ["-A", "tasks.worker.app"], command
 
 
 def test_compose_runs_redis_api_worker_beat_and_flower_with_health_checks() -> None:

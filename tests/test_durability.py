@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from devtools.valkey import EmbeddedValkey
-from tasks.durability import durability_warnings
+from tasks.core.durability import durability_warnings
 from tests.conftest import ROOT
 
 

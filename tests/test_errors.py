@@ -10,7 +10,7 @@ import pytest
 import strawberry
 
 from devtools.processes import free_port
-from gql.schema import JobQLSchema
+from gql.schema.root import JobQLSchema
 from tests.conftest import GraphQL, running_api, service_env
 
 # The passes of `make test` that run this module again (tests/conftest.py).

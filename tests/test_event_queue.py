@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from gql.broadcast import RESYNC, EventQueue, Resync
-from tasks.records import JobSnapshot, JobState
+from gql.live.broadcast import RESYNC, EventQueue, Resync
+from tasks.core.records import JobSnapshot, JobState
 
 STARTED_AT = datetime(2026, 1, 1, tzinfo=UTC)
 

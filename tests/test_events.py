@@ -1,4 +1,4 @@
-"""The worker's writer of job records (tasks.events), in this process, on a Valkey of its own.
+"""The worker's writer of job records (tasks.core.events), in this process, on a Valkey of its own.
 
 A Valkey of its own: the test counts the update script's calls in Valkey's command
 statistics, which no other test's worker may add to.
@@ -15,9 +15,9 @@ import pytest
 import redis
 
 from devtools.valkey import EmbeddedValkey
-from tasks import events, records, redis_clients, slots
-from tasks.records import JobState
-from tasks.settings import get_settings
+from tasks.core import events, records, redis_clients, slots
+from tasks.core.records import JobState
+from tasks.core.settings import get_settings
 
 
 @pytest.fixture
@@ -114,7 +114,7 @@ def test_each_change_publishes_the_record_it_leaves(own_valkey: redis.Redis) -> 
 
 def test_a_job_whose_message_names_its_owner_starts_in_one_call(own_valkey: redis.Redis) -> None:
     """Another owner's job of the same task needs no guess when its message names the owner
-    (tasks.messages.OWNER_HEADER); a wrong name is refused and corrected, as a guess is."""
+    (tasks.core.messages.OWNER_HEADER); a wrong name is refused and corrected, as a guess is."""
     first = queued("ada")
     assert events.started(first, "send_email", 0, {}, "jobql", "w1") == "ok"
 

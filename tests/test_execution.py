@@ -20,9 +20,9 @@ from strawberry.extensions import FieldExtension, ParserCache
 from strawberry.permission import BasePermission
 from strawberry.scalars import JSON
 
-from gql import compat
-from gql.compat import StockExecutionContext
-from gql.execution import JobQLExecutor
+from gql.compat import register as compat
+from gql.compat.execution import JobQLExecutor
+from gql.compat.register import StockExecutionContext
 
 
 @strawberry.enum
@@ -305,7 +305,7 @@ async def test_each_fallback_is_counted_and_its_selection_logged_once(
     for _ in range(3):
         await run(JobQLExecutor, query)
     assert compat.EXECUTOR.fallbacks - before == 3 * len(ITEMS), "one per object, every time"
-    logged = [r.getMessage() for r in caplog.records if r.name == "gql.execution"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "gql.compat.execution"]
     assert len(logged) == 1, logged
     assert "Item at `items { counted: id doubled(by: 3) }`" in logged[0]
     assert "Item.doubled is more than a plain attribute" in logged[0]

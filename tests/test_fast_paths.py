@@ -16,14 +16,14 @@ from fastapi import FastAPI
 
 from bench import enqueue_flood, run, subscriptions
 from devtools.valkey import EmbeddedValkey
-from gql import compat
 from gql.app import create_app
-from gql.context import Context
-from gql.schema import build_schema
-from gql.store import connect
-from tasks import compat as register
-from tasks.app import registry
-from tasks.settings import Settings
+from gql.compat import register as compat
+from gql.schema.context import Context
+from gql.schema.root import build_schema
+from gql.services.store import connect
+from tasks.core import compat as register
+from tasks.core.settings import Settings
+from tasks.worker.app import registry
 from tests.conftest import ROOT, running_api, service_env
 
 # The passes of `make test` that run this module again (tests/conftest.py).
@@ -155,7 +155,7 @@ async def test_the_api_reports_its_fast_paths(app: FastAPI) -> None:
 async def test_commands_packed_by_hiredis_reach_redis_as_sent(
     app: FastAPI, valkey: EmbeddedValkey
 ) -> None:
-    """The API's clients pack through hiredis (``gql.packing``): text in any script, bytes,
+    """The API's clients pack through hiredis (``gql.compat.packing``): text in any script, bytes,
     numbers and a float (which takes redis-py's own packing) arrive intact."""
     assert compat.HIREDIS_PACKING.active
     client = connect(valkey.url, Settings(redis_url=valkey.url))

@@ -16,7 +16,7 @@ import redis
 from pydantic import ValidationError
 
 from devtools.valkey import EmbeddedValkey
-from tasks.settings import Settings
+from tasks.core.settings import Settings
 from tests.clients import graphql_transport_ws
 from tests.conftest import AsyncGraphQL
 from tests.ledger import Ledger

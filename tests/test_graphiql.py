@@ -17,7 +17,7 @@ import jwt
 import pytest
 
 from devtools.valkey import EmbeddedValkey
-from gql.graphiql import CSP
+from gql.http.graphiql import CSP
 from tests.browser import Page, browser_page
 from tests.conftest import running_api, service_env
 

@@ -13,13 +13,13 @@ import pytest
 
 from devtools.valkey import EmbeddedValkey
 from gql.app import load_task_modules
-from gql.auth import Principal
-from gql.errors import RateLimited
-from gql.limits import Limits
-from gql.schema import build_schema
-from gql.store import connect
-from tasks.app import registry
-from tasks.settings import Settings
+from gql.schema.root import build_schema
+from gql.services.auth import Principal
+from gql.services.errors import RateLimited
+from gql.services.limits import Limits
+from gql.services.store import connect
+from tasks.core.settings import Settings
+from tasks.worker.app import registry
 
 
 @dataclass

@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from devtools.valkey import EmbeddedValkey
-from gql.store import JobStore, connect
-from tasks import records
-from tasks.settings import Settings
+from gql.services.store import JobStore, connect
+from tasks.core import records
+from tasks.core.settings import Settings
 from tests.conftest import GraphQL
 from tests.test_records import OLD_SCAN_LIMIT, write_jobs
 

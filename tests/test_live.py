@@ -19,8 +19,8 @@ import redis.asyncio as aioredis
 from websockets.exceptions import ConnectionClosed
 
 from devtools.valkey import EmbeddedValkey
-from tasks import records
-from tasks.settings import Settings
+from tasks.core import records
+from tasks.core.settings import Settings
 from tests.clients import Stream, Transport, graphql_transport_ws, receive, send, sse, websocket
 from tests.conftest import AsyncGraphQL, running_api, running_worker, service_env
 from tests.test_subscriptions import WATCH, _assert_well_ordered, _report

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from devtools.valkey import EmbeddedValkey
-from tasks.settings import Settings
+from tasks.core.settings import Settings
 from tests.clients import LEGACY_WS, TRANSPORT_WS, TRANSPORTS, Stream, receive, send, websocket
 from tests.conftest import AsyncGraphQL, GraphQL, running_api, running_worker, service_env
 from tests.footprint import back_to, footprint, numsub

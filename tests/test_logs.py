@@ -8,11 +8,11 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-from tasks.logs import JsonFormatter
+from tasks.core.logs import JsonFormatter
 
 
 def _record(created: float, message: str, **fields: object) -> logging.LogRecord:
-    record = logging.LogRecord("gql.operations", logging.INFO, __file__, 1, message, (), None)
+    record = logging.LogRecord("gql.ops.operations", logging.INFO, __file__, 1, message, (), None)
     record.created = created
     for key, value in fields.items():
         setattr(record, key, value)
@@ -29,7 +29,7 @@ def test_a_json_line_reads_back_as_what_was_logged() -> None:
     assert json.loads(line) == {
         "time": "2026-09-21T14:13:20.189+00:00",
         "level": "INFO",
-        "logger": "gql.operations",
+        "logger": "gql.ops.operations",
         "message": message,
         "request_id": "r-1",
         "job_id": "j-1",

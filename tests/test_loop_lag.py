@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from gql.loop_lag import LoopLag
+from gql.ops.loop_lag import LoopLag
 from tests.conftest import GraphQL
 
 

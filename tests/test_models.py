@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
+from tasks.core.models import Email
 from tasks.examples import SendEmailInput
-from tasks.models import Email
 
 EMAIL = TypeAdapter(Email)
 

@@ -58,8 +58,8 @@ def test_every_module_of_the_packages_is_in_the_wheel(wheel: tuple[zipfile.ZipFi
     ).stdout.split()
     missing = [path for path in tracked if path.endswith(".py") and path not in names]
     assert not missing, f"left out of the wheel: {missing}"
-    assert "gql/static/graphiql.html" in names
-    assert any(name.startswith("gql/static/graphiql/graphiql.min.js") for name in names)
+    assert "gql/http/static/graphiql.html" in names
+    assert any(name.startswith("gql/http/static/graphiql/graphiql.min.js") for name in names)
 
 
 def test_every_project_package_a_module_imports_is_installed(
@@ -101,7 +101,7 @@ def test_the_installed_commands_run_from_any_directory(tmp_path: Path) -> None:
     )
     assert version.returncode == 0, version.stderr
     assert version.stdout.strip() == f"jobql {importlib.metadata.version('jobql')}"
-    for module in ("devtools.run", "gql.app", "tasks.app"):
+    for module in ("devtools.run", "gql.app", "tasks.worker.app"):
         imported = subprocess.run(
             [sys.executable, "-c", f"import {module}"], capture_output=True, text=True,
             cwd=tmp_path, env=env,

@@ -25,10 +25,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from devtools.valkey import EmbeddedValkey
-from tasks.broker import DEAD_LETTER_KEY
-from tasks.messages import task_message
-from tasks.records import job_key
-from tasks.settings import Settings
+from tasks.core.messages import task_message
+from tasks.core.records import job_key
+from tasks.core.settings import Settings
+from tasks.worker.broker import DEAD_LETTER_KEY
 from tests.conftest import GraphQL, running_api, running_worker, service_env
 from tests.ledger import Ledger, scale
 
@@ -229,7 +229,7 @@ DEFECTS = st.one_of(
     st.sampled_from(["application/x-python-serialize", "application/x-yaml", "text/plain"]).map(
         lambda c: lambda m: {**m, "content-type": c}
     ),
-    # The envelope itself (tasks.broker's check): a body that is not base64, no properties.
+    # The envelope itself (tasks.worker.broker's check): a body that is not base64, no properties.
     st.just(lambda m: {**m, "body": "%%% not base64"}),
     st.just(lambda m: {k: v for k, v in m.items() if k != "properties"}),
 )

@@ -20,8 +20,8 @@ import pytest
 from kombu import Connection
 
 from devtools.valkey import EmbeddedValkey
-from tasks.rabbitmq import PER_QUEUE_TIMEOUT_SINCE, version_of
-from tasks.settings import Settings
+from tasks.core.rabbitmq import PER_QUEUE_TIMEOUT_SINCE, version_of
+from tasks.core.settings import Settings
 from tests.clients import graphql_transport_ws
 from tests.conftest import ROOT, GraphQL, running_api, running_worker, service_env
 from tests.servers import rabbitmq_unavailable, rabbitmq_vhost

@@ -12,11 +12,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from devtools.valkey import EmbeddedValkey
-from gql.store import JobStore, connect
-from tasks import records, scripts, slots
-from tasks.records import JobSnapshot, JobState
-from tasks.scripts import PageQuery
-from tasks.settings import Settings
+from gql.services.store import JobStore, connect
+from tasks.core import records, scripts, slots
+from tasks.core.records import JobSnapshot, JobState
+from tasks.core.scripts import PageQuery
+from tasks.core.settings import Settings
 
 OLD_SCAN_LIMIT = 10_000
 

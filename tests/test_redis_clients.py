@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from gql.checks import _safe
-from tasks import broker, redis_clients
-from tasks.app import celery_config
-from tasks.settings import Settings
+from gql.ops.checks import _safe
+from tasks.core import redis_clients
+from tasks.core.settings import Settings
+from tasks.worker import broker
+from tasks.worker.app import celery_config
 
 SENTINELS = "sentinel://:s3cret@10.0.0.1:26379/2;sentinel://10.0.0.2:26380/2"
 
@@ -79,7 +80,7 @@ def test_beat_reads_its_schedules_over_tls_and_through_sentinel_like_the_records
     from celery import Celery
     from redbeat.schedulers import get_redis
 
-    from tasks.app import beat_config
+    from tasks.worker.app import beat_config
 
     tls = Settings(redis_url="rediss://:pw@redis.internal:6380/0",
                    redis_tls_ca_certs=tmp_path / "ca.pem")  # fmt: skip

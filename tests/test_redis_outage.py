@@ -16,7 +16,7 @@ import kombu.pools
 import pytest
 
 from devtools.valkey import EmbeddedValkey
-from tasks.settings import Settings
+from tasks.core.settings import Settings
 from tests.clients import graphql_transport_ws
 from tests.conftest import AsyncGraphQL, running_api, running_worker, service_env
 from tests.ledger import FULL, Ledger

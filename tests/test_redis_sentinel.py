@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 
-from tasks.settings import Settings
+from tasks.core.settings import Settings
 from tests.clients import Stream, graphql_transport_ws
 from tests.conftest import AsyncGraphQL, GraphQL, running_api, running_worker, service_env
 from tests.ledger import Ledger

@@ -29,9 +29,9 @@ import pytest
 import redis
 
 from devtools.valkey import EmbeddedValkey
-from gql.store import REPLY_GRACE
-from tasks.messages import PRIORITY_STEPS, queue_key
-from tasks.settings import Settings
+from gql.services.store import REPLY_GRACE
+from tasks.core.messages import PRIORITY_STEPS, queue_key
+from tasks.core.settings import Settings
 from tests.conftest import running_api, running_worker, service_env
 from tests.ledger import FULL, Ledger, scale
 from tests.native_tasks import RUNS_KEY

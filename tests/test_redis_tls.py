@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tasks import redis_clients
-from tasks.settings import Settings
+from tasks.core import redis_clients
+from tasks.core.settings import Settings
 from tests.clients import graphql_transport_ws
 from tests.conftest import ROOT, GraphQL, running_api, running_worker, service_env
 from tests.redis_servers import (

@@ -1,4 +1,4 @@
-"""A job's success stored with its record in one call (tasks.result_scripts), as the worker's
+"""A job's success stored with its record in one call (tasks.core.result_scripts), as the worker's
 tracer calls Celery's result backend, on a Valkey of its own: what a client reads from the
 record and what stock Celery reads from its result backend, and how many calls it took.
 """
@@ -18,10 +18,11 @@ from celery.app.task import Context
 from celery.backends.base import COMPRESSED_PAYLOAD_MAGIC
 
 from devtools.valkey import EmbeddedValkey
-from tasks import compat, events, records, redis_clients, results
-from tasks.app import create_celery_app
-from tasks.records import JobState
-from tasks.settings import Settings, get_settings
+from tasks.core import compat, events, records, redis_clients
+from tasks.core.records import JobState
+from tasks.core.settings import Settings, get_settings
+from tasks.worker import results
+from tasks.worker.app import create_celery_app
 
 TASK = "send_email"
 THRESHOLD = 1_000
@@ -178,7 +179,7 @@ def test_the_one_call_success_turns_off_loudly_when_the_tracer_changes(
     monkeypatch.setattr(trace, "build_tracer", build_tracer)
     settings = Settings(redis_url="redis://127.0.0.1:6390/0", env="test", fast_paths=True)  # type: ignore[arg-type]
 
-    with caplog.at_level(logging.WARNING, logger="tasks.compat"):
+    with caplog.at_level(logging.WARNING, logger="tasks.core.compat"):
         options = results.backend_options(settings)
 
     assert options[results.WITH_RECORD_KEY] is False

@@ -15,9 +15,9 @@ import redis
 from celery.backends.base import COMPRESSED_PAYLOAD_MAGIC, compress_payload
 
 from devtools.valkey import EmbeddedValkey
-from tasks import compat
-from tasks.app import create_celery_app
-from tasks.settings import Settings
+from tasks.core import compat
+from tasks.core.settings import Settings
+from tasks.worker.app import create_celery_app
 from tests.conftest import GraphQL, running_api, running_worker, service_env
 
 pytestmark = pytest.mark.slow

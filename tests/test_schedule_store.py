@@ -16,12 +16,10 @@ from celery import Celery
 from celery.schedules import schedule
 
 from devtools.valkey import EmbeddedValkey
-from gql.schedule_store import NameTaken, RedisScheduleStore, TooManySchedules
-from gql.store import connect
-from tasks import records, redis_clients
-from tasks.app import create_celery_app
-from tasks.beat import JobQLEntry, JobQLScheduler, RunStarter
-from tasks.schedules import (
+from gql.services.schedule_store import NameTaken, RedisScheduleStore, TooManySchedules
+from gql.services.store import connect
+from tasks.core import records, redis_clients
+from tasks.core.schedules import (
     DISABLED_SCORE,
     SCHEDULE_SET,
     Crontab,
@@ -31,7 +29,9 @@ from tasks.schedules import (
     ZonedCrontab,
     entry_key,
 )
-from tasks.settings import Settings, get_settings
+from tasks.core.settings import Settings, get_settings
+from tasks.worker.app import create_celery_app
+from tasks.worker.beat import JobQLEntry, JobQLScheduler, RunStarter
 
 
 @pytest.fixture

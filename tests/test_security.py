@@ -28,7 +28,7 @@ import redis
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from devtools.valkey import EmbeddedValkey
-from tasks.messages import task_message
+from tasks.core.messages import task_message
 from tests.clients import TRANSPORTS, receive, send, websocket
 from tests.conftest import JOB, GraphQL, running_api, service_env
 

@@ -1,4 +1,4 @@
-"""The key layout of job records (tasks.slots): every script call stays in one cluster slot,
+"""The key layout of job records (tasks.core.slots): every script call stays in one cluster slot,
 and a listing merged from several tags is the same exact listing."""
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from pydantic import ValidationError
 from redis.crc import key_slot
 
 from devtools.valkey import EmbeddedValkey
-from gql.store import connect
-from tasks import records, scripts, slots
-from tasks.records import JobState
-from tasks.scripts import PageQuery, ScriptCall
-from tasks.settings import Settings
+from gql.services.store import connect
+from tasks.core import records, scripts, slots
+from tasks.core.records import JobState
+from tasks.core.scripts import PageQuery, ScriptCall
+from tasks.core.settings import Settings
 from tests.conftest import ROOT
 from tests.test_records import store_with_ttl, write_job
 

@@ -24,7 +24,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from devtools.valkey import EmbeddedValkey
-from tasks.settings import Settings
+from tasks.core.settings import Settings
 from tests.clients import (
     LEGACY_WS,
     TRANSPORT_WS,

@@ -7,9 +7,11 @@ import logging
 import pytest
 from celery.worker import state as worker_state
 
-from tasks import broker, compat, poison
-from tasks.app import celery_config, create_celery_app
-from tasks.fast_paths import (
+from tasks.core import compat
+from tasks.core.settings import Settings
+from tasks.worker import broker, poison
+from tasks.worker.app import celery_config, create_celery_app
+from tasks.worker.fast_paths import (
     MESSAGE_WRITER,
     REDIS_TRANSPORT,
     broker_transport,
@@ -17,7 +19,6 @@ from tasks.fast_paths import (
     check_redis_transport,
     writes_messages,
 )
-from tasks.settings import Settings
 
 REDIS = "redis://127.0.0.1:6390/0"
 
@@ -79,7 +80,7 @@ def test_a_transport_that_queues_priorities_elsewhere_turns_the_writer_off_once(
         "sep": "\x06\x16",
     }
 
-    with caplog.at_level(logging.WARNING, logger="tasks.compat"):
+    with caplog.at_level(logging.WARNING, logger="tasks.core.compat"):
         first = writes_messages(app, settings)
         second = writes_messages(app, settings)
 
@@ -98,7 +99,7 @@ def test_the_transport_fix_turns_off_loudly_when_celery_no_longer_tracks_running
     changed shape, the whole fix says so at start-up rather than quietly let a job run twice."""
     monkeypatch.setattr(worker_state, "active_requests", set())
 
-    with caplog.at_level(logging.WARNING, logger="tasks.compat"):
+    with caplog.at_level(logging.WARNING, logger="tasks.core.compat"):
         assert broker_transport(_settings()) is None
 
     reason = str(compat.report()[REDIS_TRANSPORT.name]["reason"])
@@ -109,7 +110,7 @@ def test_the_transport_fix_turns_off_loudly_when_celery_no_longer_tracks_running
 
 
 def test_the_poison_message_consumer_is_a_fix_that_stays_on_without_fast_paths() -> None:
-    """tasks.poison overrides Celery's consumer handlers: their shape is checked, and
+    """tasks.worker.poison overrides Celery's consumer handlers: their shape is checked, and
     ``JOBQL_FAST_PATHS=false`` keeps it (stock Celery dies on a message of the wrong shape)."""
     poison.check_consumer()
     for fast_paths in (True, False):

@@ -5,7 +5,7 @@ With ``JOBQL_SCHEDULE_STORE=django`` the app's ``beat_scheduler`` is
 enabled ``PeriodicTask`` rows, and reloads them when ``PeriodicTasks.changed`` says a row
 changed (the API saves rows as the admin does), checking at least every
 ``JOBQL_BEAT_INTERVAL`` seconds. A ``PeriodicTask`` with a JobQL :class:`.models.Schedule`
-runs through :class:`tasks.beat.RunStarter`: a PENDING job of the schedule's owner, with the
+runs through :class:`tasks.worker.beat.RunStarter`: a PENDING job of the schedule's owner, with the
 schedule's id and name, one per tick (its idempotency key names the tick). Every other
 ``PeriodicTask`` (made in the admin, or Celery's ``beat_schedule``) runs as
 django-celery-beat runs it.
@@ -24,9 +24,9 @@ from django.db.models import Q
 from django_celery_beat.models import PeriodicTask
 from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 
-from tasks.beat import RunStarter, Sent
+from tasks.core.settings import get_settings
 from tasks.django_beat.models import Schedule
-from tasks.settings import get_settings
+from tasks.worker.beat import RunStarter, Sent
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class JobQLModelEntry(ModelEntry):  # type: ignore[misc]
 
 class JobQLDatabaseScheduler(DatabaseScheduler):  # type: ignore[misc]
     Entry = JobQLModelEntry
-    # RedBeat's beat_init handler (connected once redbeat is imported, as tasks.beat does)
+    # RedBeat's beat_init handler (connected once redbeat is imported, as tasks.worker.beat does)
     # takes a lock for any scheduler naming a key; django-celery-beat's runs unlocked.
     lock_key = None
 

@@ -1,12 +1,12 @@
 // Copies GraphiQL's built browser files, at the versions pinned in package-lock.json, into
-// gql/static/graphiql, so JobQL serves GraphiQL itself: no CDN, works offline and under a
+// gql/http/static/graphiql, so JobQL serves GraphiQL itself: no CDN, works offline and under a
 // strict Content-Security-Policy. Run `npm run build-graphiql` after changing a version.
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
-const target = join(here, "../../gql/static/graphiql");
+const target = join(here, "../../gql/http/static/graphiql");
 const files = {
   "react.production.min.js": "react/umd/react.production.min.js",
   "react-dom.production.min.js": "react-dom/umd/react-dom.production.min.js",
@@ -28,4 +28,4 @@ const versions = Object.fromEntries(
   ]),
 );
 writeFileSync(join(target, "VERSIONS.json"), JSON.stringify(versions, null, 2) + "\n");
-console.log(`GraphiQL assets written to gql/static/graphiql: ${JSON.stringify(versions)}`);
+console.log(`GraphiQL assets written to gql/http/static/graphiql: ${JSON.stringify(versions)}`);

@@ -7,9 +7,9 @@ from asgiref.sync import sync_to_async
 from django.db import transaction
 from django.db.models import Sum
 
-from gql.context import Info
-from gql.errors import BadUserInput
-from gql.types import Job
+from gql.schema.context import Info
+from gql.schema.types import Job
+from gql.services.errors import BadUserInput
 from orders.models import Order
 
 # Units one owner may have ordered in all: checked after the new order is written.

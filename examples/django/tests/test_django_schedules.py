@@ -134,8 +134,8 @@ async def test_a_database_that_does_not_answer_is_service_unavailable(database: 
     from django.db import connections
 
     from devtools.processes import free_port
-    from gql.django_schedule_store import DjangoScheduleStore
-    from gql.errors import ErrorCode, ServiceUnavailable
+    from gql.django.schedule_store import DjangoScheduleStore
+    from gql.services.errors import ErrorCode, ServiceUnavailable
 
     settings = connections.settings["default"]
     port = settings["PORT"]

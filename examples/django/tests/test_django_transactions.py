@@ -82,7 +82,7 @@ def test_a_rolled_back_save_leaves_no_record_message_or_event(
     from django.db import transaction
     from orders.models import Order
 
-    from tasks import records, slots
+    from tasks.core import records, slots
 
     owner = f"dave-{secrets.token_hex(3)}"
     events = blocking_jobs()._redis.pubsub()

@@ -1,0 +1,156 @@
+"""HTTP connections with small send buffers, so a slow client's backlog stays coalescible.
+
+On loopback and fast links Linux grows a socket's send buffer to megabytes: a subscriber
+that reads slowly would have thousands of stale progress events parked in the kernel,
+where nothing can merge them, and would read them for minutes. With the buffers kept
+small, writing blocks early, the subscription waits, and its bounded queue in
+``gql.live.broadcast`` coalesces progress (latest wins) while keeping every state change.
+
+Use it with ``uvicorn --http gql.http.sockets:BoundedHttpToolsProtocol``; a WebSocket upgrade
+keeps the same transport and so the same limits, and (with uvicorn's default WebSocket
+implementation) goes to :class:`CoalescingWebSocketsProtocol`, which sends everything a
+connection's subscriptions produced in one pass of the event loop in one write.
+
+An HTTP response goes out in one write too: uvicorn writes its head and its body apart.
+
+Both extend uvicorn's protocol classes, which are not a documented API: each change runs
+only when ``gql.compat.register`` found the shape it was verified on (and ``JOBQL_FAST_PATHS``
+allows it); otherwise the class behaves exactly as uvicorn's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from typing import Any
+
+from gql.compat import register as compat
+from gql.compat.register import HttpToolsProtocol, WebSocketsSansIOProtocol
+
+SEND_BUFFER_BYTES = 32 * 1024
+WRITE_HIGH_WATER_BYTES = 8 * 1024
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with small send buffers and coalescing WebSockets."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        coalescing = compat.COALESCING_WEBSOCKETS.active
+        if coalescing and self.ws_protocol_class is WebSocketsSansIOProtocol:
+            self.ws_protocol_class = CoalescingWebSocketsProtocol
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if compat.BOUNDED_SOCKETS.active:
+            _bound(transport)
+        super().connection_made(transport)
+
+    def on_headers_complete(self) -> None:
+        """A request's cycle writes its response's head together with what follows it:
+        head and body leave in one system call and one TCP segment."""
+        super().on_headers_complete()
+        cycle = self.cycle
+        if (
+            compat.JOINED_RESPONSES.active
+            and cycle is not None
+            and cycle.transport is self.transport
+            and not cycle.response_started
+        ):
+            cycle.transport = _HeadJoiningTransport(self.transport)  # type: ignore[assignment]
+
+    def shutdown(self) -> None:
+        """A response joined in this loop pass goes out before uvicorn closes the socket."""
+        cycle = self.cycle
+        if cycle is not None and isinstance(cycle.transport, _HeadJoiningTransport):
+            cycle.transport.flush()
+        super().shutdown()
+
+
+def _bound(transport: asyncio.Transport) -> None:
+    """Small kernel and transport buffers: a slow reader's backlog stays coalescible."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+    transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES)
+
+
+class CoalescingWebSocketsProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol, writing once per loop pass instead of once per message.
+
+    Each write to a socket is a system call, and on loopback the kernel delivers the data
+    to the reader inside that call: with thousands of subscriptions it was the largest
+    single cost of sending an event. Frames sent to one connection while the loop runs its
+    ready callbacks are joined and written when those callbacks are done, so a burst of
+    events costs one write per connection; a lone event waits for nothing but the end of
+    the current pass.
+    """
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(_CoalescingTransport(transport))  # type: ignore[arg-type]
+
+
+class _CoalescingTransport:
+    """The transport, with writes gathered until the loop's current pass ends."""
+
+    def __init__(self, transport: asyncio.BaseTransport) -> None:
+        self._transport: Any = transport
+        self._pending: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class _HeadJoiningTransport:
+    """A request cycle's transport: its first write (the response's head) is held until
+    the next one (the body), which takes it along at once; whatever comes later is written
+    as it comes. A head with nothing after it in this loop pass (a streamed response, or
+    ``100 Continue``) goes out when the pass ends. Holding only the head keeps a response's
+    latency: the body leaves exactly when uvicorn would have written it."""
+
+    def __init__(self, transport: asyncio.BaseTransport) -> None:
+        self._transport: Any = transport
+        self._head: bytes | None = None
+        self._held = False
+
+    def write(self, data: bytes) -> None:
+        if self._head is not None:
+            data, self._head = self._head + data, None
+        elif not self._held:
+            self._held = True
+            self._head = data
+            asyncio.get_running_loop().call_soon(self.flush)
+            return
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            if not self._transport.is_closing():
+                self._transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)

@@ -1,0 +1,112 @@
+"""One log line and a few counter increments per GraphQL operation, around its execution.
+
+A Strawberry schema extension (``on_operation`` wraps a query or mutation from parsing to
+its result, and a subscription for its whole life). Lines name the operation, its type,
+its outcome, its duration and the jobs it returned or watched: never its variables.
+
+Mutations, subscriptions and every failed operation log at INFO; a query that succeeded
+logs at DEBUG. Dashboards poll queries many times a second, and the line costs 17-20 µs
+(measured in process) of the few hundred a small query takes; its counters and histogram
+are in ``/metrics`` either way. ``JOBQL_LOG_LEVEL=DEBUG`` shows those lines too.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import Any
+
+from strawberry.extensions import SchemaExtension
+from strawberry.types.graphql import OperationType
+
+from gql.ops import metrics
+
+logger = logging.getLogger("gql.ops.operations")
+
+# Set by gql.http.endpoint for each exchange: http, multipart, sse, graphql-transport-ws...
+TRANSPORT: ContextVar[str] = ContextVar("jobql_transport", default="http")
+
+
+def _job_ids(data: Any) -> list[str]:
+    """Ids of the jobs a result's root fields hold (a job, or a list of them)."""
+    found: list[str] = []
+    for value in (data or {}).values() if isinstance(data, dict) else ():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, dict) and isinstance(item.get("id"), str):
+                found.append(item["id"])
+    return found
+
+
+class OperationObserver(SchemaExtension):
+    def on_operation(self) -> Iterator[None]:
+        started = time.perf_counter()
+        transport = TRANSPORT.get()
+        subscription = False
+        outcome = "error"
+        try:
+            try:
+                kind = self.execution_context.operation_type
+            except Exception:
+                kind = None  # not parsed yet; known after the yield when the query is valid
+            subscription = kind is OperationType.SUBSCRIPTION
+            if subscription:
+                metrics.SUBSCRIPTIONS.labels(transport).inc()
+            yield
+            result = self.execution_context.result
+            outcome = "error" if result is None or getattr(result, "errors", None) else "ok"
+        finally:
+            if subscription:
+                metrics.SUBSCRIPTIONS.labels(transport).dec()
+            self._record(started, transport, outcome)
+
+    def _record(self, started: float, transport: str, outcome: str) -> None:
+        context = self.execution_context
+        seconds = time.perf_counter() - started
+        try:
+            kind = context.operation_type.value
+        except Exception:
+            kind = "invalid"
+        name = metrics.operation_label(context.operation_name)
+        metrics.OPERATIONS.labels(name, kind, outcome).inc()
+        metrics.OPERATION_SECONDS.labels(name, kind).observe(seconds)
+        level = logging.DEBUG if kind == "query" and outcome == "ok" else logging.INFO
+        if not logger.isEnabledFor(level):
+            return
+        result = context.result
+        ids = _job_ids(getattr(result, "data", None))
+        if not ids and isinstance(context.variables, dict):
+            watched = context.variables.get("id")
+            ids = [watched] if isinstance(watched, str) else []
+        logger.log(
+            level,
+            "graphql %s %s",
+            kind,
+            name,
+            extra={
+                "operation": name,
+                "operation_type": kind,
+                "outcome": outcome,
+                "transport": transport,
+                "duration_ms": round(seconds * 1000, 3),
+                "job_id": ",".join(ids) if ids else None,
+                "owner": getattr(context.context, "owner", None),
+            },
+        )
+
+
+def job_enqueued(fields: dict[str, str]) -> None:
+    """Count one job recorded and sent (not an idempotent replay); log it at DEBUG.
+
+    The mutation's own line already carries the job's id, owner and request id at INFO: a
+    second line per enqueued job doubled the logging cost of the busiest path (P1).
+    """
+    metrics.JOBS_ENQUEUED.labels(fields["task"]).inc()
+    if not logger.isEnabledFor(logging.DEBUG):
+        return
+    logger.debug(
+        "job enqueued",
+        extra={"job_id": fields["id"], "task": fields["task"], "owner": fields["owner"],
+               "queue": fields["queue"], "state": fields["state"]},
+    )  # fmt: skip

@@ -1,0 +1,347 @@
+"""The GraphQL types of the contract (see DESIGN.md), with descriptions for GraphiQL and codegen."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Annotated, Any, NewType
+
+import strawberry
+from strawberry.scalars import JSON
+
+from gql.schema.descriptions import describe_values
+from gql.schema.webhook_types import WebhookDelivery, WebhookInput
+from gql.services.errors import BadUserInput
+from gql.services.jobs import EnqueueRequest
+from gql.services.webhooks import Webhook, deliveries
+from tasks.core.records import JobSnapshot, to_score
+from tasks.core.records import JobState as JobStateValue
+from tasks.core.registry import TaskSpec
+
+JobState = strawberry.enum(
+    JobStateValue,
+    name="JobState",
+    description="Where a job is in its life. SUCCESS, FAILURE and REVOKED are final.",
+)
+
+
+describe_values(
+    JobState,
+    {
+        "PENDING": "Enqueued, waiting for a worker.",
+        "STARTED": "A worker is running it.",
+        "PROGRESS": "Running, and it reported progress.",
+        "RETRY": "It failed and will be tried again.",
+        "SUCCESS": "Finished; `result` holds its return value.",
+        "FAILURE": "Failed for good; `error` says why.",
+        "REVOKED": "Cancelled before or while it ran.",
+    },
+)
+
+Email = strawberry.scalar(
+    NewType("Email", str),
+    name="Email",
+    description="An email address (RFC 5322 syntax).",
+    serialize=str,
+    parse_value=str,
+)
+
+
+@strawberry.type(description="How far a running job has got.")
+class Progress:
+    current: float = strawberry.field(description="Work done so far, in the task's own units.")
+    total: float | None = strawberry.field(description="Work in all, when the task knows it.")
+    percent: float | None = strawberry.field(description="current / total, 0..100.")
+    message: str | None = strawberry.field(description="What the task is doing now.")
+    data: JSON | None = strawberry.field(description="Anything else the task reported.")
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> Progress:
+        return cls(
+            current=float(value.get("current") or 0),
+            total=value.get("total"),
+            percent=value.get("percent"),
+            message=value.get("message"),
+            data=value.get("data"),
+        )
+
+
+@strawberry.type(description="Why a job failed or was revoked.")
+class JobError:
+    type: str = strawberry.field(description="The exception's type, e.g. ValueError, Revoked.")
+    message: str = strawberry.field(description="The exception's message.")
+
+
+@strawberry.type(description="One background job: a Celery task run with its input.")
+class Job:
+    id: strawberry.ID = strawberry.field(description="The Celery task id.")
+    task: str = strawberry.field(description='Registered task name, e.g. "generate_report".')
+    state: JobState = strawberry.field(description="Current state.")  # type: ignore[valid-type]
+    done: bool = strawberry.field(description="True once SUCCESS, FAILURE or REVOKED.")
+    sequence: int = strawberry.field(description="Grows by one with every change of this job.")
+    progress: Progress | None = strawberry.field(description="Latest progress report.")
+    result: JSON | None = strawberry.field(description="The task's return value, on SUCCESS.")
+    error: JobError | None = strawberry.field(description="Set on FAILURE and REVOKED.")
+    input: JSON | None = strawberry.field(description="The validated input, as camelCase JSON.")
+    retries: int = strawberry.field(description="How many times the task was retried.")
+    queue: str = strawberry.field(description="The queue the job was sent to.")
+    created_at: datetime = strawberry.field(description="When the job was enqueued (UTC).")
+    started_at: datetime | None = strawberry.field(description="When a worker first started it.")
+    finished_at: datetime | None = strawberry.field(description="When it reached a final state.")
+    workflow_id: strawberry.ID | None = strawberry.field(
+        default=None, description="The workflow this job is a step of, if any."
+    )
+    attempts: int = strawberry.field(
+        default=0,
+        description="How many times a worker started the job: a retry or a re-delivery "
+        "after a lost worker counts one more.",
+    )
+    redelivery: str | None = strawberry.field(
+        default=None,
+        description="Why the job was last delivered again to a worker (e.g. its worker was "
+        "lost); null when it never was.",
+    )
+    worker: str | None = strawberry.field(
+        default=None, description="The worker that started the job last."
+    )
+    schedule: str | None = strawberry.field(
+        default=None, description="The name of the periodic schedule this job is a run of."
+    )
+    schedule_id: strawberry.ID | None = strawberry.field(
+        default=None, description="That schedule's id (`schedule(id)`)."
+    )
+
+    @strawberry.field(description="Every attempt to deliver this job's webhook, oldest first.")
+    async def webhook_deliveries(self, info: strawberry.Info) -> list[WebhookDelivery]:
+        entries = await deliveries(info.context.jobs.store.client, "job", str(self.id))
+        return [WebhookDelivery.from_log(entry) for entry in entries]
+
+    @classmethod
+    def from_snapshot(cls, snapshot: JobSnapshot) -> Job:
+        error = snapshot.error
+        return cls(
+            id=strawberry.ID(snapshot.id),
+            task=snapshot.task,
+            state=snapshot.state,
+            done=snapshot.done,
+            sequence=snapshot.sequence,
+            progress=Progress.from_dict(snapshot.progress) if snapshot.progress else None,
+            result=snapshot.result,
+            error=JobError(type=error["type"], message=error["message"]) if error else None,
+            input=snapshot.input,
+            retries=snapshot.retries,
+            queue=snapshot.queue,
+            created_at=snapshot.created_at,
+            started_at=snapshot.started_at,
+            finished_at=snapshot.finished_at,
+            workflow_id=strawberry.ID(snapshot.workflow_id) if snapshot.workflow_id else None,
+            attempts=snapshot.attempts,
+            redelivery=snapshot.redelivery,
+            worker=snapshot.worker,
+            schedule=snapshot.schedule,
+            schedule_id=strawberry.ID(snapshot.schedule_id) if snapshot.schedule_id else None,
+        )
+
+
+@strawberry.type(description="An edge of a job connection.")
+class JobEdge:
+    cursor: str = strawberry.field(description="Pass as `after` to read the jobs after this one.")
+    node: Job = strawberry.field(description="The job.")
+
+
+@strawberry.type(description="Relay page information.")
+class PageInfo:
+    has_next_page: bool = strawberry.field(description="More jobs follow this page.")
+    has_previous_page: bool = strawberry.field(description="This page was read with `after`.")
+    start_cursor: str | None = strawberry.field(description="The first edge's cursor.")
+    end_cursor: str | None = strawberry.field(
+        description="The last edge's cursor: pass it as `after` for the next page."
+    )
+
+
+@strawberry.type(description="A page of jobs, newest first (Relay connection).")
+class JobConnection:
+    edges: list[JobEdge] = strawberry.field(description="The page's jobs with their cursors.")
+    page_info: PageInfo = strawberry.field(description="Where this page is in the list.")
+
+    @strawberry.field(description="The page's jobs without their edges.")
+    def nodes(self) -> list[Job]:
+        return [edge.node for edge in self.edges]
+
+
+def encode_cursor(snapshot: JobSnapshot) -> str:
+    raw = f"{to_score(snapshot.created_at)}:{snapshot.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        score, _, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
+        return int(score), job_id
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise BadUserInput.field("after", "not a cursor this API gave out") from None
+
+
+@strawberry.type(description="Limits a task runs under.")
+class TaskLimits:
+    soft_time_limit: float | None = strawberry.field(description="Seconds before SoftTimeLimit.")
+    time_limit: float | None = strawberry.field(description="Seconds before the run is killed.")
+    max_retries: int | None = strawberry.field(description="Retries before it fails for good.")
+    rate_limit: str | None = strawberry.field(description='Celery rate limit, e.g. "10/m".')
+
+
+@strawberry.type(description="A task that can be enqueued.")
+class TaskInfo:
+    name: str = strawberry.field(description='The name `enqueue` takes, e.g. "generate_report".')
+    description: str = strawberry.field(description="What the task does.")
+    typed: bool = strawberry.field(description="Whether it has its own typed mutation.")
+    mutation: str | None = strawberry.field(description="Name of that typed mutation.")
+    input_schema: JSON = strawberry.field(description="JSON Schema of `input`.")
+    output_schema: JSON | None = strawberry.field(description="JSON Schema of `result`.")
+    queue: str = strawberry.field(description="The queue its jobs go to unless told otherwise.")
+    limits: TaskLimits = strawberry.field(description="Time, retry and rate limits.")
+
+    @classmethod
+    def from_spec(cls, spec: TaskSpec, default_queue: str, mutation: str | None) -> TaskInfo:
+        return cls(
+            name=spec.name,
+            description=spec.description,
+            typed=spec.typed,
+            mutation=mutation,
+            input_schema=JSON(spec.input_schema()),
+            output_schema=JSON(output) if (output := spec.output_schema()) else None,
+            queue=spec.queue or default_queue,
+            limits=TaskLimits(
+                soft_time_limit=spec.soft_time_limit,
+                time_limit=spec.time_limit,
+                max_retries=spec.max_retries,
+                rate_limit=spec.rate_limit,
+            ),
+        )
+
+
+@strawberry.type(description="One dependency as this API process sees it now.")
+class ComponentHealth:
+    ok: bool = strawberry.field(description="It answered in time.")
+    latency_ms: float | None = strawberry.field(description="How long it took to answer.")
+    error: str | None = strawberry.field(description="Why it is not ok.")
+
+
+@strawberry.type(description="Whether jobs can be enqueued, run, read and watched.")
+class Health:
+    ok: bool = strawberry.field(description="All components answer and a worker is alive.")
+    broker: ComponentHealth = strawberry.field(description="Where jobs wait for a worker.")
+    result_backend: ComponentHealth = strawberry.field(description="Where job records live.")
+    broadcast: ComponentHealth = strawberry.field(description="Where progress is published.")
+    workers: list[str] = strawberry.field(description="Workers with a fresh heartbeat.")
+
+
+@strawberry.type(description="A Celery worker, as its last heartbeat (every few seconds) says.")
+class Worker:
+    name: str = strawberry.field(description="Celery's node name, e.g. celery@host.")
+    status: str = strawberry.field(description="online, or stopping during a warm shutdown.")
+    pid: int = strawberry.field(description="The worker's main process id.")
+    pool: str = strawberry.field(description="prefork, threads, solo...")
+    concurrency: int = strawberry.field(description="Jobs it can run at once.")
+    queues: list[str] = strawberry.field(description="The queues it consumes now.")
+    active: int = strawberry.field(description="Jobs running now.")
+    reserved: int = strawberry.field(description="Jobs received, waiting for a pool slot.")
+    processed: int = strawberry.field(description="Jobs it ran since it started.")
+    last_heartbeat: datetime = strawberry.field(description="When it last reported (UTC).")
+    started_at: datetime = strawberry.field(description="When it started (UTC).")
+
+    @classmethod
+    def from_beat(cls, beat: Any) -> Worker:
+        return cls(
+            name=beat["name"],
+            status=beat["status"],
+            pid=beat["pid"],
+            pool=beat["pool"],
+            concurrency=beat["concurrency"],
+            queues=list(beat["queues"]),
+            active=beat["active"],
+            reserved=beat["reserved"],
+            processed=beat["processed"],
+            last_heartbeat=datetime.fromisoformat(beat["heartbeat"]),
+            started_at=datetime.fromisoformat(beat["started_at"]),
+        )
+
+
+@strawberry.type(description="A queue jobs can be sent to.")
+class Queue:
+    name: str = strawberry.field(description="The queue's name, as `EnqueueOptions.queue` takes.")
+    pending: int = strawberry.field(description="Messages waiting in the broker for a worker.")
+    consumers: int = strawberry.field(description="Live workers consuming it.")
+    workers: list[str] = strawberry.field(description="Their names.")
+
+
+@strawberry.input(description="How and when to run a job (Celery's apply_async options).")
+class EnqueueOptions:
+    countdown: float | None = strawberry.field(default=None, description="Seconds to wait first.")
+    eta: datetime | None = strawberry.field(default=None, description="Run no earlier than this.")
+    expires: datetime | None = strawberry.field(
+        default=None, description="Revoke if not started by then."
+    )
+    priority: int | None = strawberry.field(default=None, description="0 (first) to 9.")
+    queue: str | None = strawberry.field(default=None, description="Queue to send it to.")
+    idempotency_key: str | None = strawberry.field(
+        default=None,
+        description="The same key within the retention window returns the same job.",
+    )
+    webhook: WebhookInput | None = strawberry.field(
+        default=None, description="POST the job (or workflow) here when it reaches an event."
+    )
+
+
+@strawberry.input(description="One job of an `enqueueMany` batch.")
+class EnqueueItem:
+    task: str = strawberry.field(description="A registered task name; `tasks` lists them.")
+    input: JSON = strawberry.field(
+        default_factory=dict, description="The task's input, camelCase keys."
+    )
+    options: EnqueueOptions | None = strawberry.field(
+        default=None, description="This item's options; each one given overrides the batch's."
+    )
+
+
+# Arguments that several fields take, described once.
+JobId = Annotated[strawberry.ID, strawberry.argument(description="The job's id (`Job.id`).")]
+Options = Annotated[
+    EnqueueOptions | None,
+    strawberry.argument(description="When, where and how to run it; defaults when omitted."),
+]
+Terminate = Annotated[
+    bool | None,
+    strawberry.argument(description="Also stop it if it is running (SIGTERM to the worker)."),
+]
+
+
+@strawberry.input(description="Which jobs to list or watch.")
+class JobFilter:
+    states: list[JobState] | None = strawberry.field(  # type: ignore[valid-type]
+        default=None, description="Only jobs in one of these states."
+    )
+    task: str | None = strawberry.field(default=None, description="Only jobs of this task.")
+    created_after: datetime | None = strawberry.field(
+        default=None, description="Only jobs enqueued after this time."
+    )
+    created_before: datetime | None = strawberry.field(
+        default=None, description="Only jobs enqueued before this time."
+    )
+
+
+def enqueue_request(options: EnqueueOptions | None) -> EnqueueRequest:
+    """``EnqueueOptions`` as the job service reads them (every field optional)."""
+    if options is None:
+        return EnqueueRequest()
+    hook = options.webhook
+    return EnqueueRequest(
+        countdown=options.countdown,
+        eta=options.eta,
+        expires=options.expires,
+        priority=options.priority,
+        queue=options.queue,
+        idempotency_key=options.idempotency_key,
+        webhook=Webhook(hook.url, tuple(e.value for e in hook.events)) if hook else None,
+    )

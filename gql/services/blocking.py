@@ -1,0 +1,142 @@
+"""Enqueueing from synchronous code: Django views, model signals, transactions, shells.
+
+The API enqueues on its event loop (:class:`gql.services.jobs.JobService`); code that runs in a
+thread of its own (a WSGI view, ``transaction.on_commit``, ``sync_to_async``) cannot await
+it and must never block a loop. This is the same enqueue in blocking form: the same checks
+(:class:`gql.services.plans.JobPlanner`), the same record-and-message script on a synchronous Redis
+client, the same PENDING event, so ``job(id)``, ``jobs`` and both subscriptions see a job
+started here exactly like one started by a mutation.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from celery import Celery
+
+from gql.ops.operations import job_enqueued
+from gql.services.errors import BadUserInput, NotFound
+from gql.services.plans import EnqueueRequest, JobPlanner, Prepared
+from gql.services.producer import send_task
+from tasks.core import events, records, redis_clients, scripts, slots
+from tasks.core.records import JobSnapshot
+from tasks.core.registry import TaskRegistry, TaskSpec
+from tasks.core.settings import Settings
+from tasks.worker.app import create_celery_app
+from tasks.worker.fast_paths import writes_messages
+
+logger = logging.getLogger(__name__)
+
+
+class BlockingJobs:
+    """Validate and enqueue jobs with blocking I/O; never call it on an event loop."""
+
+    def __init__(self, settings: Settings, registry: TaskRegistry) -> None:
+        self.settings = settings
+        self._app: Celery = create_celery_app(settings, producer=True)
+        self.planner = JobPlanner(settings, registry, direct=writes_messages(self._app, settings))
+        slots.configure(settings.layout)
+        self._redis: redis.Redis = (
+            redis_clients.sync_cluster(settings.records, settings)  # type: ignore[assignment]
+            if settings.records_cluster
+            else redis_clients.sync_client(settings.records, settings)
+        )
+        self._create = self._redis.register_script(scripts.CREATE_SCRIPT)
+
+    def prepare(
+        self,
+        task: TaskSpec | str,
+        data: Any,
+        owner: str,
+        options: EnqueueRequest | None = None,
+        job_id: str | None = None,
+    ) -> Prepared:
+        """The job checked and shaped, nothing written; raises :class:`BadUserInput`."""
+        options = options or EnqueueRequest()
+        if options.webhook is not None:
+            # Its URL check resolves names asynchronously; the API's mutations take it.
+            raise BadUserInput.field("options.webhook", "give webhooks through the API")
+        prepared = self.planner.prepare((task, data, options), owner, job_id)
+        if isinstance(prepared, BadUserInput):
+            raise prepared
+        return prepared
+
+    def write(self, prepared: Prepared) -> JobSnapshot:
+        """Record the job and send its message: both or neither, as the API does."""
+        fields = prepared.fields
+        call = scripts.create_call(
+            fields,
+            ttl=self.settings.job_retention_seconds,
+            idempotency=prepared.idempotency,
+            message=prepared.message,
+        )
+        existing = self._create(keys=call.keys, args=call.args)
+        if existing:
+            return self._replay(str(existing), fields["owner"])
+        if prepared.message is None:
+            self._publish_elsewhere(prepared)
+        job_enqueued(fields)
+        return JobSnapshot.from_hash(fields)
+
+    def enqueue(
+        self,
+        task: TaskSpec | str,
+        data: Any,
+        owner: str,
+        options: EnqueueRequest | None = None,
+    ) -> JobSnapshot:
+        return self.write(self.prepare(task, data, owner, options))
+
+    def get(self, job_id: str) -> JobSnapshot | None:
+        row: dict[str, str] = self._redis.hgetall(records.job_key(job_id))  # type: ignore[assignment]
+        return JobSnapshot.from_hash(row) if row else None
+
+    def _replay(self, job_id: str, owner: str) -> JobSnapshot:
+        snapshot = self.get(job_id)
+        if snapshot is None or snapshot.owner != owner:
+            raise NotFound(f"job {job_id} expired; retry without the idempotency key")
+        return snapshot
+
+    def _publish_elsewhere(self, prepared: Prepared) -> None:
+        """Another broker (RabbitMQ): the PENDING event, then Celery's producer (a worker's
+        STARTED never reaches a watcher first); a message that cannot be sent ends its job
+        (:func:`tasks.core.records.unsent`) and takes its record away again."""
+        fields, to = prepared.fields, prepared.delivery
+        events.announce(fields, on=self._redis)
+        try:
+            send_task(
+                self._app,
+                self.settings.broker,
+                prepared.spec.name,
+                fields["id"],
+                prepared.kwargs,
+                to,
+                fields["owner"],
+            )
+        except Exception:
+            try:
+                events.announce(records.unsent(fields), on=self._redis)
+            except Exception:
+                logger.exception("could not announce the end of unsent job %s", fields["id"])
+            self._discard(JobSnapshot.from_hash(fields))
+            raise
+
+    def _discard(self, snapshot: JobSnapshot) -> None:
+        tag = slots.tag_of(snapshot.id)
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(records.job_key(snapshot.id))
+            for index in records.indexes_of(snapshot.owner, snapshot.task, tag):
+                pipe.zrem(index, snapshot.id)
+            pipe.zrem(
+                records.expiry_key(snapshot.owner, tag),
+                records.expiry_member(snapshot.id, snapshot.task),
+            )
+            if snapshot.idempotency_key:
+                pipe.delete(records.idempotency_key(snapshot.owner, snapshot.idempotency_key))
+            pipe.execute()
+
+    def close(self) -> None:
+        self._redis.close()
+        self._app.close()

@@ -1,0 +1,150 @@
+"""Health of what jobs depend on: checked concurrently, bounded in time, cheap to probe.
+
+Nothing here pings workers: their liveness is their heartbeat (``tasks.worker.heartbeat``). Each
+answer is computed at most once per ``JOBQL_HEALTH_CACHE_SECONDS`` however many probes ask.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from gql.live.broadcast import PubSubBackend
+from gql.schema.types import ComponentHealth, Health
+from gql.services.cache import Cached
+from gql.services.producer import Producer
+from gql.services.workers import Broker, QueueState, WorkerDirectory
+from tasks.worker.heartbeat import WorkerBeat
+
+logger = logging.getLogger(__name__)
+
+
+async def _probe(check: Callable[[], Awaitable[object]], limit: float) -> ComponentHealth:
+    started = time.perf_counter()
+    try:
+        await asyncio.wait_for(check(), limit)
+    except Exception as exc:
+        return ComponentHealth(ok=False, latency_ms=None, error=type(exc).__name__)
+    return ComponentHealth(ok=True, latency_ms=(time.perf_counter() - started) * 1000, error=None)
+
+
+def _component(health: ComponentHealth) -> dict[str, Any]:
+    latency = None if health.latency_ms is None else round(health.latency_ms, 3)
+    return {"ok": health.ok, "latency_ms": latency, "error": health.error}
+
+
+class HealthCheck:
+    def __init__(
+        self,
+        records: aioredis.Redis,
+        broadcast: PubSubBackend,
+        producer: Producer,
+        timeout: float,
+        *,
+        broker: Broker,
+        directory: WorkerDirectory,
+        cache_seconds: float = 1.0,
+    ) -> None:
+        self._records = records
+        self._broadcast = broadcast
+        self._producer = producer
+        self._timeout = timeout
+        self._broker = broker
+        self.directory = directory
+        self._components = Cached(
+            self._check_components, cache_seconds, keep=lambda parts: all(p.ok for p in parts)
+        )
+
+    async def ready(self) -> tuple[bool, dict[str, Any]]:
+        """Jobs can be accepted and will run: every component answers and each known queue
+        has a live worker consuming it. The body says which part is missing."""
+        (broker, records, broadcast), queues = await asyncio.gather(
+            self._components.get(), self._queues_or_none()
+        )
+        consumers = {q.name: list(q.workers) for q in queues or []}
+        ok = (
+            broker.ok
+            and records.ok
+            and broadcast.ok
+            and queues is not None
+            and all(consumers.values())
+        )
+        return ok, {
+            "status": "ok" if ok else "unavailable",
+            "broker": _component(broker),
+            "result_backend": _component(records),
+            "broadcast": _component(broadcast),
+            "queues": consumers,
+        }
+
+    async def report(self) -> Health:
+        (broker, records, broadcast), workers = await asyncio.gather(
+            self._components.get(), self._workers_or_none()
+        )
+        names = [w["name"] for w in workers or []]
+        return Health(
+            ok=records.ok and broadcast.ok and broker.ok and bool(names),
+            broker=broker,
+            result_backend=records,
+            broadcast=broadcast,
+            workers=names,
+        )
+
+    async def workers(self) -> list[WorkerBeat]:
+        return await self.directory.workers()
+
+    async def queues(self) -> list[QueueState]:
+        return await self.directory.queues()
+
+    async def _check_components(
+        self,
+    ) -> tuple[ComponentHealth, ComponentHealth, ComponentHealth]:
+        broker, records, broadcast = await asyncio.gather(
+            _probe(lambda: self._broker.ping(self._producer.ping_broker), self._timeout * 2),
+            _probe(self._records.ping, self._timeout),
+            _probe(self._broadcast_alive, self._timeout),
+        )
+        return broker, records, broadcast
+
+    async def _broadcast_alive(self) -> None:
+        """Published events reach this process only while its pub/sub connection is up."""
+        if not self._broadcast.connected.is_set():
+            raise ConnectionError("the pub/sub connection is down")
+        try:
+            await self._broadcast.ping()
+        except (aioredis.ConnectionError, OSError):
+            # Its client does not retry: a pooled connection from before a Redis restart
+            # fails once, while the pub/sub connection itself is back. Ask on a fresh one.
+            await self._broadcast.ping()
+
+    async def _workers_or_none(self) -> list[WorkerBeat] | None:
+        try:
+            return await asyncio.wait_for(self.directory.workers(), self._timeout * 2)
+        except Exception:
+            return None
+
+    async def _queues_or_none(self) -> list[QueueState] | None:
+        try:
+            return await asyncio.wait_for(self.directory.queues(), self._timeout * 2)
+        except Exception:
+            return None
+
+    async def verify_at_startup(self) -> None:
+        """Say clearly, once, what this process cannot reach; it serves anyway and reports
+        SERVICE_UNAVAILABLE until the part is back (see ``jobql check``)."""
+        broker, records, broadcast = await self._check_components()
+        for name, health in (("broker", broker), ("Redis (job records)", records),
+                             ("broadcast", broadcast)):  # fmt: skip
+            if not health.ok:
+                logger.error(
+                    "cannot reach the %s (%s): jobs cannot be %s until it answers; "
+                    "`jobql check` tells what is configured",
+                    name,
+                    health.error,
+                    "enqueued" if name == "broker" else "recorded or watched",
+                )

@@ -1,0 +1,263 @@
+"""What the API does with jobs, as plain async functions the resolvers call."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from gql.ops.operations import job_enqueued
+from gql.services import webhooks
+from gql.services.errors import BadUserInput, NotFound, ServiceUnavailable
+from gql.services.plans import EnqueueRequest, JobPlanner, Prepared
+from gql.services.producer import Producer
+from gql.services.store import JobStore
+from tasks.core import records, slots
+from tasks.core.records import CANCELLABLE_STATES, JobSnapshot, JobState
+from tasks.core.registry import TaskRegistry, TaskSpec
+from tasks.core.scripts import PageQuery
+from tasks.core.settings import Settings
+
+__all__ = ["EnqueueRequest", "JobService"]
+
+logger = logging.getLogger(__name__)
+
+
+def _under(error: BadUserInput, path: str | None, index: int) -> list[dict[str, str]]:
+    """The error's field paths as the client wrote them: below ``items.<index>`` for
+    ``enqueueMany``, ``inputs.<index>`` in place of ``input`` for a typed batch (whose
+    options are the batch's own), unchanged for a single job."""
+    fields: list[dict[str, str]] = error.extensions["fields"]
+    if path is None:
+        return fields
+    if path == "inputs":
+        return [{**f, "path": re.sub(r"^input\b", f"inputs.{index}", f["path"])} for f in fields]
+    return [{**f, "path": f"{path}.{index}.{f['path']}"} for f in fields]
+
+
+def _batch_tag(items: Sequence[tuple[TaskSpec | str, Any, EnqueueRequest]], owner: str) -> str:
+    """One tag for a whole batch, so that it stays one atomic call on a Redis Cluster: the
+    first idempotency key's, or any. Only a batch whose keys fall on several tags is split
+    (see :meth:`gql.services.store.JobStore.create_many`)."""
+    for _, _, options in items:
+        if options.idempotency_key is not None:
+            return records.idempotency_tag(owner, options.idempotency_key)
+    return slots.tag_of(slots.new_id())
+
+
+def _refuse_repeated_keys(batch: list[Prepared], path: str) -> None:
+    """Two items of one batch with one idempotency key would be one job: say so instead."""
+    first: dict[str, int] = {}
+    for index, item in enumerate(batch):
+        key = item.idempotency
+        if key is None:
+            continue
+        if key in first:
+            raise BadUserInput.field(
+                f"{path}.{index}.options.idempotencyKey",
+                f"repeats the key of item {first[key]} in the same batch",
+            )
+        first[key] = index
+
+
+class JobService:
+    def __init__(
+        self, settings: Settings, store: JobStore, producer: Producer, registry: TaskRegistry
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.producer = producer
+        self.registry = registry
+        self.planner = JobPlanner(settings, registry, direct=producer.direct)
+
+    def spec(self, task: str) -> TaskSpec:
+        return self.planner.spec(task)
+
+    async def enqueue(
+        self, spec: TaskSpec, data: Any, options: EnqueueRequest, owner: str
+    ) -> JobSnapshot:
+        """Validate, record, then publish; a message that cannot be sent leaves no record."""
+        (snapshot,) = await self.enqueue_many([(spec, data, options)], owner, path=None)
+        return snapshot
+
+    async def enqueue_many(
+        self,
+        items: Sequence[tuple[TaskSpec | str, Any, EnqueueRequest]],
+        owner: str,
+        *,
+        path: str | None = "items",
+    ) -> list[JobSnapshot]:
+        """Every item validated first, then all recorded in one Redis call, or none at all.
+
+        ``items`` are ``(task or its name, input, options)``. Every invalid item is reported
+        at once, by its index under ``path``: ``items.3.input.userId`` for ``enqueueMany``,
+        ``inputs.3.userId`` for a typed batch, ``input.userId`` for one job (no path).
+        """
+        limit = self.settings.max_batch_size
+        if path is not None and not 1 <= len(items) <= limit:
+            raise BadUserInput.field(path, f"give 1 to {limit} items")
+        for index, (_, _, options) in enumerate(items):
+            if options.webhook is not None:
+                where = "options.webhook" if path is None else f"{path}.{index}.options.webhook"
+                await webhooks.check(options.webhook, self.settings, where)
+        tag = _batch_tag(items, owner)
+        batch = [self.planner.prepare(item, owner, tag=tag) for item in items]
+        errors: list[dict[str, str]] = []
+        for index, item in enumerate(batch):
+            if isinstance(item, BadUserInput):
+                errors += [f for f in _under(item, path, index) if f not in errors]
+        if errors:
+            summary = "; ".join(f"{e['path']}: {e['message']}" for e in errors)
+            raise BadUserInput(f"Invalid input: {summary}", errors)
+        prepared = [p for p in batch if isinstance(p, Prepared)]
+        _refuse_repeated_keys(prepared, path or "items")
+        existing = await self.store.create_many(
+            [(p.fields, p.idempotency, p.message) for p in prepared]
+        )
+        created = [p for p, found in zip(prepared, existing, strict=True) if found is None]
+        if created and created[0].message is None:
+            await self._publish_elsewhere(created)
+        for item in created:
+            job_enqueued(item.fields)
+        return [
+            JobSnapshot.from_hash(item.fields)
+            if found is None
+            else await self._replay(found, item.spec, item.shown_input, owner)
+            for item, found in zip(prepared, existing, strict=True)
+        ]
+
+    async def _publish_elsewhere(self, batch: list[Prepared]) -> None:
+        """A broker other than the records' Redis (RabbitMQ): Celery's own producer.
+
+        Each job is announced before its message is sent, so its PENDING reaches watchers
+        before any worker's STARTED can. A message that cannot be sent (refused, or not
+        taken within ``JOBQL_PUBLISH_TIMEOUT``: it may still land later) takes the whole
+        batch back (:meth:`gql.services.store.JobStore.withdraw`): the records go, whoever saw a
+        PENDING gets its end, and a message that lands anyway is skipped by its worker. So
+        SERVICE_UNAVAILABLE means no job is left that is visible or will run. Only a job a
+        worker started already stays: a single one is answered as enqueued (it was sent
+        after all); in a batch, SERVICE_UNAVAILABLE names them (``extensions.started``).
+        """
+        for index, item in enumerate(batch):
+            await self.store.announce(item.fields)
+            try:
+                await self.producer.publish(
+                    item.spec.name,
+                    item.fields["id"],
+                    item.kwargs,
+                    item.delivery,
+                    item.fields["owner"],
+                )
+            except Exception:
+                started = await self._take_back(batch, announced=index + 1)
+                if started and len(batch) == 1:
+                    return
+                if started:
+                    raise ServiceUnavailable(
+                        "the broker failed mid-batch; the jobs in extensions.started "
+                        "were taken by a worker already, the others were not sent",
+                        started=started,
+                    ) from None
+                raise
+
+    async def _take_back(self, batch: list[Prepared], *, announced: int) -> list[str]:
+        """Withdraw every job of a batch that failed to send; the ids a worker started."""
+        started = []
+        for index, item in enumerate(batch):
+            try:
+                outcome = await self.store.withdraw(item.fields, announce=index < announced)
+            except Exception:
+                # Redis too is away: the record stays PENDING, and a message that lands
+                # late would run it (README, Guarantees).
+                logger.exception("could not take back unsent job %s", item.fields["id"])
+                continue
+            if outcome not in ("ok", "missing"):
+                started.append(item.fields["id"])
+        return started
+
+    async def _replay(
+        self, job_id: str, spec: TaskSpec, shown_input: Any, owner: str
+    ) -> JobSnapshot:
+        """The same idempotency key returns the same job, if it was the same request."""
+        snapshot = await self.get(job_id, owner)
+        if snapshot is None:
+            raise NotFound(f"job {job_id} expired; retry without the idempotency key")
+        if snapshot.task != spec.name or snapshot.input != shown_input:
+            raise BadUserInput.field(
+                "options.idempotencyKey", "already used for a different task or input"
+            )
+        return snapshot
+
+    async def withdraw(self, fields: dict[str, str]) -> None:
+        """Tell watchers that saw a job's PENDING that it ended unsent (best effort)."""
+        try:
+            await self.store.announce(records.unsent(fields))
+        except Exception:
+            logger.exception("could not announce the end of unsent job %s", fields["id"])
+
+    # ``owner`` below is whose jobs the caller may see: its own, or None for an admin (all).
+    # Another owner's job and an unknown one are not told apart: both cost one read and
+    # both answer None / NOT_FOUND with the same message.
+
+    async def get(self, job_id: str, owner: str | None) -> JobSnapshot | None:
+        """The job, or None when unknown or someone else's (the two are not told apart)."""
+        snapshot = await self.store.get(job_id)
+        if snapshot is None or (owner is not None and snapshot.owner != owner):
+            return None
+        return snapshot
+
+    async def get_many(self, job_ids: list[str], owner: str | None) -> list[JobSnapshot]:
+        snapshots = await self.store.get_many(job_ids)
+        return [s for s in snapshots if owner is None or s.owner == owner]
+
+    async def require(self, job_id: str, owner: str | None) -> JobSnapshot:
+        snapshot = await self.get(job_id, owner)
+        if snapshot is None:
+            raise NotFound(f"no job {job_id!r}")
+        return snapshot
+
+    async def page(self, query: PageQuery, *, every_owner: bool = False) -> list[JobSnapshot]:
+        """A page of ``query.owner``'s jobs, or with ``every_owner`` (admins) of everyone's."""
+        if every_owner:
+            return await self.store.page_every_owner(query)
+        return await self.store.page(query)
+
+    async def cancel(self, job_id: str, owner: str | None, *, terminate: bool) -> JobSnapshot:
+        """Revoke a job: a waiting one never runs; a running one stops only with terminate."""
+        snapshot = await self.require(job_id, owner)
+        if snapshot.done:
+            return snapshot
+        if terminate:
+            await self.producer.revoke(job_id, terminate=True)
+        error = records.dumps({"type": "Revoked", "message": "the job was cancelled"})
+        outcome, hooks = await self.store.transition_hooked(
+            snapshot,
+            JobState.REVOKED,
+            {"error": error},
+            allowed_from=frozenset() if terminate else CANCELLABLE_STATES,
+        )
+        await webhooks.schedule(self.producer, self.settings, hooks)
+        if outcome not in ("ok", *records.TERMINAL_STATES):
+            raise BadUserInput.field(
+                "terminate", f"the job is {outcome}; pass terminate: true to stop a running job"
+            )
+        if not terminate:
+            try:
+                await self.producer.revoke(job_id, terminate=False)
+            except Exception:
+                # The record already says REVOKED and workers check it before running.
+                logger.warning("revoke of job %s not broadcast; the record still stops it", job_id)
+        return await self.require(job_id, owner)
+
+    async def retry(self, job_id: str, owner: str | None) -> JobSnapshot:
+        """A new job with the same task, input and queue as a finished one, owned by the
+        same owner (an admin's retry of someone's job is still theirs)."""
+        snapshot = await self.require(job_id, owner)
+        if not snapshot.done:
+            raise BadUserInput.field(
+                "id", f"the job is still {snapshot.state}; only done jobs rerun"
+            )
+        spec = self.spec(snapshot.task)
+        request = EnqueueRequest(queue=snapshot.queue)
+        return await self.enqueue(spec, snapshot.input, request, snapshot.owner)

@@ -1,0 +1,122 @@
+"""What the API does with workflows: validate the tree, record every step, send the canvas."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from gql.services import webhooks
+from gql.services.errors import BadUserInput, NotFound
+from gql.services.jobs import EnqueueRequest, JobService
+from gql.services.workflow_plan import Planner
+from gql.services.workflow_store import WorkflowStore
+from tasks.core import records, slots
+from tasks.core.canvas import signature, steps_of
+from tasks.core.records import CANCELLABLE_STATES, JobSnapshot, JobState
+from tasks.core.workflow_records import WorkflowSnapshot, new_workflow_record
+
+logger = logging.getLogger(__name__)
+
+Watched = tuple[WorkflowSnapshot, list[JobSnapshot]]
+
+
+class WorkflowService:
+    def __init__(self, jobs: JobService, store: WorkflowStore) -> None:
+        self.jobs = jobs
+        self.store = store
+
+    async def run(self, tree: Any, options: EnqueueRequest, name: str, owner: str) -> Watched:
+        """Check the whole tree, record the workflow and its steps in one call, then send
+        the canvas through Celery's producer; if it cannot be sent, no record is left."""
+        for option in ("countdown", "eta", "expires", "idempotency_key"):
+            if getattr(options, option) is not None:
+                label = "idempotencyKey" if option == "idempotency_key" else option
+                raise BadUserInput.field(f"options.{label}", "is not supported for workflows")
+        settings = self.jobs.settings
+        if options.webhook is not None:
+            await webhooks.check(options.webhook, settings, "options.webhook")
+        workflow_id = slots.new_id()
+        shared = EnqueueRequest(queue=options.queue, priority=options.priority)
+        planned = Planner(
+            workflow_id=workflow_id,
+            spec=self.jobs.registry.get,
+            delivery=lambda spec: self.jobs.planner.delivery(spec, shared),
+            max_steps=settings.workflow_max_steps,
+        ).plan(tree, "input.root")
+        steps = steps_of(planned.root)
+        created = records.now()
+        step_records = [
+            records.new_record(
+                job_id=step.job_id,
+                task=step.task,
+                owner=owner,
+                queue=step.queue,
+                input_json=planned.shown_inputs[step.job_id],
+                created_at=created,
+                workflow_id=workflow_id,
+            )
+            for step in steps
+        ]
+        workflow = new_workflow_record(
+            workflow_id=workflow_id,
+            name=name,
+            owner=owner,
+            steps=[(step.job_id, planned.weights[step.job_id]) for step in steps],
+            created_at=created,
+            webhook=options.webhook.as_fields() if options.webhook else None,
+        )
+        await self.store.create(workflow, step_records)
+        # Announced before the canvas is sent: a fast worker's STARTED of the first step
+        # must not reach a watcher before that step's PENDING.
+        for fields in step_records:
+            await self.jobs.store.announce(fields)
+        try:
+            await self.jobs.producer.send_canvas(lambda app: signature(app, planned.root))
+        except Exception:
+            for fields in step_records:
+                await self.jobs.withdraw(fields)
+            await self._discard(workflow_id, step_records)
+            raise
+        return WorkflowSnapshot.from_hash(workflow), [
+            JobSnapshot.from_hash(f) for f in step_records
+        ]
+
+    async def _discard(self, workflow_id: str, step_records: list[dict[str, str]]) -> None:
+        try:
+            await self.store.discard(workflow_id, [JobSnapshot.from_hash(f) for f in step_records])
+        except Exception:
+            logger.exception("could not remove the records of unsent workflow %s", workflow_id)
+
+    async def get(self, workflow_id: str, owner: str) -> Watched | None:
+        """The workflow and its steps, or None when unknown or someone else's."""
+        found = await self.store.get(workflow_id)
+        return found if found is not None and found[0].owner == owner else None
+
+    async def require(self, workflow_id: str, owner: str) -> Watched:
+        found = await self.get(workflow_id, owner)
+        if found is None:
+            raise NotFound(f"no workflow {workflow_id!r}")
+        return found
+
+    async def cancel(self, workflow_id: str, owner: str, *, terminate: bool) -> Watched:
+        """Revoke every step not finished: waiting ones never run; running ones stop only
+        with ``terminate`` (without it they finish, and nothing after them starts)."""
+        _, steps = await self.require(workflow_id, owner)
+        producer, settings = self.jobs.producer, self.jobs.settings
+        error = records.dumps({"type": "Revoked", "message": "the workflow was cancelled"})
+        for step in steps:
+            if step.done or (step.state not in CANCELLABLE_STATES and not terminate):
+                continue
+            if step.state not in CANCELLABLE_STATES:
+                await producer.revoke(step.id, terminate=True)
+            allowed = CANCELLABLE_STATES if step.state in CANCELLABLE_STATES else frozenset()
+            _, hooks = await self.jobs.store.transition_hooked(
+                step, JobState.REVOKED, {"error": error}, allowed
+            )
+            await webhooks.schedule(producer, settings, hooks)
+            if step.state in CANCELLABLE_STATES:
+                try:
+                    await producer.revoke(step.id, terminate=False)
+                except Exception:
+                    logger.warning("revoke of step %s not broadcast; its record stops it", step.id)
+        return await self.require(workflow_id, owner)

@@ -1,0 +1,102 @@
+"""Celery's task message (protocol 2) as kombu's Redis transport stores it, built without kombu.
+
+With Redis as the broker a task message is one JSON document pushed onto the queue's list
+(``queue`` or ``queue:<priority>``). Building it here lets the API write the job record, the
+message and the PENDING event in one atomic Redis call, on the event loop, with no thread
+and no lock; stock Celery workers read it exactly as if ``apply_async`` had sent it.
+``tasks.worker.fast_paths`` checks that at start-up against the installed Celery and kombu.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+
+# The Redis transport's priority queues: 0 is served first, a message with priority p > 0
+# waits in "<queue><SEP><p>" (see tasks.worker.app's broker_transport_options).
+PRIORITY_STEPS = list(range(10))
+PRIORITY_SEP = ":"
+
+_ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
+_REPLY_TO = str(uuid.uuid4())
+
+
+# The job's owner, in its Celery message: the worker names the owner's indexes in its
+# record updates, and would otherwise have to guess it (tasks.core.events). A hint only: the
+# update script checks it against the record, so a wrong or forged one costs a call.
+OWNER_HEADER = "jobql_owner"
+
+
+def queue_key(queue: str, priority: int | None) -> str:
+    return f"{queue}{PRIORITY_SEP}{priority}" if priority else queue
+
+
+def task_message(
+    *,
+    task: str,
+    job_id: str,
+    kwargs: dict[str, Any],
+    queue: str,
+    now: datetime,
+    countdown: float | None = None,
+    eta: datetime | None = None,
+    expires: datetime | None = None,
+    priority: int | None = None,
+    owner: str | None = None,
+) -> str:
+    """The JSON a Celery 5 producer would LPUSH for ``apply_async(kwargs=..., ...)``, with
+    the job's ``owner`` as the header :data:`OWNER_HEADER` (as ``headers=`` would add it)."""
+    if countdown is not None:
+        eta = now + timedelta(seconds=countdown)
+    body = [[], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    properties: dict[str, Any] = {
+        "correlation_id": job_id,
+        "reply_to": _REPLY_TO,
+        "delivery_mode": 2,
+        "delivery_info": {"exchange": "", "routing_key": queue},
+        "priority": priority or 0,
+        "body_encoding": "base64",
+        "delivery_tag": str(uuid.uuid4()),
+    }
+    if expires is not None:
+        properties["expiration"] = str(max(0, int((expires - now).total_seconds() * 1000)))
+    message: dict[str, Any] = {
+        "body": base64.b64encode(json.dumps(body).encode()).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {
+            "lang": "py",
+            "task": task,
+            "id": job_id,
+            "shadow": None,
+            "eta": eta.isoformat() if eta else None,
+            "expires": expires.isoformat() if expires else None,
+            "group": None,
+            "group_index": None,
+            "retries": 0,
+            "timelimit": [None, None],
+            "root_id": job_id,
+            "parent_id": None,
+            "argsrepr": "()",
+            "kwargsrepr": repr(kwargs)[:1024],
+            "origin": _ORIGIN,
+            "ignore_result": None,
+            "replaced_task_nesting": 0,
+            "stamped_headers": None,
+            "stamps": {},
+        },
+        "properties": properties,
+    }
+    if owner is not None:
+        message["headers"][OWNER_HEADER] = owner
+    # The envelope holds strings, small ints, None and empty containers only: orjson
+    # writes the JSON json.dumps would, bar non-ASCII kept as UTF-8 instead of \u escapes
+    # (in kwargsrepr), which any JSON reader, kombu's included, reads the same.
+    return orjson.dumps(message).decode()

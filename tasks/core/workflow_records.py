@@ -1,0 +1,108 @@
+"""The workflow record: one Redis hash per workflow, beside its steps' job records.
+
+The API writes it with every step's record in one script call (:mod:`tasks.core.scripts`); from
+then on the update script changes it in the same step as each of its steps' records: the
+step's state and percent, the aggregate state and progress, and a ``sequence`` that grows
+by one per step change. So a workflow's event always carries the step change that made it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from tasks.core import slots
+from tasks.core.records import PREFIX, dumps
+
+
+class WorkflowState(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    REVOKED = "REVOKED"
+
+
+WORKFLOW_KEY_PREFIX = f"{PREFIX}:workflow:"
+WORKFLOW_CHANNEL_PREFIX = f"{PREFIX}:events:workflow:"
+
+
+def workflow_key(workflow_id: str) -> str:
+    """Tagged by the workflow's id; its steps are given ids on the same tag (one slot)."""
+    return f"{WORKFLOW_KEY_PREFIX}{{{slots.tag_of(workflow_id)}}}:{workflow_id}"
+
+
+def workflow_channel(workflow_id: str) -> str:
+    return f"{WORKFLOW_CHANNEL_PREFIX}{{{slots.tag_of(workflow_id)}}}:{workflow_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowSnapshot:
+    """One workflow as readers see it. ``steps`` are its job ids, in the order given."""
+
+    id: str
+    name: str
+    owner: str
+    state: WorkflowState
+    done: bool
+    sequence: int
+    progress: float
+    steps: list[str]
+    weights: list[float]
+    failed_step: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def from_hash(cls, fields: dict[str, str]) -> WorkflowSnapshot:
+        steps = json.loads(fields["steps"])
+        finished = fields.get("finished_at")
+        return cls(
+            id=fields["id"],
+            name=fields.get("name", ""),
+            owner=fields["owner"],
+            state=WorkflowState(fields["state"]),
+            done=fields.get("done") == "1",
+            sequence=int(fields.get("sequence") or 0),
+            progress=float(fields.get("progress") or 0),
+            steps=[str(step[0]) for step in steps],
+            weights=[float(step[1]) for step in steps],
+            failed_step=fields.get("failed_step") or None,
+            created_at=datetime.fromisoformat(fields["created_at"]),
+            finished_at=datetime.fromisoformat(finished) if finished else None,
+        )
+
+
+def new_workflow_record(
+    *,
+    workflow_id: str,
+    name: str,
+    owner: str,
+    steps: list[tuple[str, float]],
+    created_at: datetime,
+    webhook: tuple[str, str] | None = None,
+) -> dict[str, str]:
+    """A PENDING workflow of ``steps`` (job id, weight); every step starts PENDING at 0%."""
+    fields = {
+        "id": workflow_id,
+        "name": name,
+        "owner": owner,
+        "state": WorkflowState.PENDING.value,
+        "done": "0",
+        "sequence": "0",
+        "progress": "0",
+        "steps": dumps([[job_id, weight] for job_id, weight in steps]),
+        "failed_step": "",
+        "created_at": created_at.isoformat(),
+    }
+    if webhook:
+        fields["webhook_url"], fields["webhook_events"] = webhook
+    return fields
+
+
+def public_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """The record without the per-step bookkeeping (``s:<id>``, ``p:<id>``)."""
+    return {k: v for k, v in fields.items() if ":" not in k}

@@ -1,0 +1,144 @@
+"""The base class of every task in JobQL's Celery app, typed or written the usual Celery way.
+
+Its hooks record each state change. Celery's tracer (``celery.app.trace``, verified on 5.7)
+runs ``before_start`` inside the trace, so raising ``Ignore`` there skips the body; and it
+calls ``on_success``, ``on_failure`` and ``on_retry`` right after the result backend stored
+the outcome and right before the matching signal, in the same thread as the run.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from celery import Task, states
+from celery.exceptions import BackendStoreError, Ignore
+
+from tasks.core import events
+from tasks.core.messages import OWNER_HEADER
+from tasks.core.records import TERMINAL_STATES
+from tasks.core.settings import get_settings
+from tasks.worker import heartbeat
+from tasks.worker.results import checked_json
+
+logger = logging.getLogger(__name__)
+
+
+class JobTask(Task):  # type: ignore[misc]
+    """Records starts, ``update_state`` progress, results, failures and retries as job events."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """The run, with its result measured before anything stores or forwards it.
+
+        Celery's tracer calls this instead of ``run`` once it is overridden, inside the
+        request it pushed (``Task.__call__`` would push a second, empty one). A result over
+        ``JOBQL_MAX_RESULT_BYTES`` raises :class:`tasks.worker.results.ResultTooLarge` here: the
+        job fails with that type, and neither the result backend, the record nor a chain's
+        next step ever receives the result.
+        """
+        if self.request.called_directly:
+            return super().__call__(*args, **kwargs)
+        result = self.run(*args, **kwargs)
+        if _builtin(self.name):
+            return result
+        self.request.jobql_result_json = checked_json(result, get_settings().max_result_bytes)
+        return result
+
+    def before_start(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        # A job cancelled while it waited never runs, whichever worker holds it, and a
+        # redelivered message of a finished job does not run it twice. A job whose runs
+        # keep killing their worker (a poison job) fails after a bounded number of them.
+        if _builtin(self.name):
+            return
+        delivery = self.request.delivery_info or {}
+        try:
+            if delivery.get("redelivered"):
+                lost = events.losses(task_id)
+                if lost > get_settings().max_worker_losses:
+                    logger.error("job %s lost its worker %d times; failing it", task_id, lost)
+                    events.gave_up(task_id, self.name, lost)
+                    raise Ignore()
+            outcome = events.started(
+                task_id,
+                self.name,
+                self.request.retries or 0,
+                kwargs,
+                delivery.get("routing_key") or "",
+                self.request.hostname or "",
+                owner_hint(self.request),
+                heartbeat.incarnation(),
+            )
+        except redis.RedisError:
+            logger.exception("could not record the start of job %s", task_id)
+            return
+        if outcome in TERMINAL_STATES:
+            logger.info("job %s is already %s; not running it again", task_id, outcome)
+            raise Ignore()
+
+    def on_success(
+        self, retval: Any, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        # Recorded already when Celery's result backend stored the success with the record.
+        if not _builtin(self.name) and not getattr(self.request, "jobql_recorded", False):
+            payload = getattr(self.request, "jobql_result_json", None)
+            events.succeeded(task_id, self.name, retval, payload)
+
+    def on_failure(
+        self,
+        exc: BaseException,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        einfo: Any,
+    ) -> None:
+        if not _builtin(self.name):
+            events.failed(task_id, self.name, exc)
+
+    def on_retry(
+        self,
+        exc: BaseException,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        einfo: Any,
+    ) -> None:
+        if not _builtin(self.name):
+            events.retrying(task_id, self.name, (self.request.retries or 0) + 1)
+
+    def update_state(
+        self,
+        task_id: str | None = None,
+        state: str | None = None,
+        meta: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        """Celery's ``self.update_state(state="PROGRESS", meta=...)``, broadcast as progress."""
+        job_id = task_id or self.request.id
+        if not job_id or state in states.ALL_STATES:
+            super().update_state(task_id=job_id, state=state, meta=meta, **kwargs)
+            return
+        events.progressed(job_id, self.name, meta)
+        if get_settings().celery_results != "all":  # Celery's backend gets no progress copy
+            return
+        try:
+            # Not retried (max_retries=0): a progress report is best-effort, and the backend
+            # otherwise retries for the whole outage tolerance inside the task body.
+            super().update_state(task_id=job_id, state=state, meta=meta, max_retries=0, **kwargs)
+        except (redis.RedisError, OSError, BackendStoreError):
+            # The job record has the progress already; Celery's own copy (for AsyncResult
+            # and Flower) may miss one report, but a Redis blip must not fail the job. Seen
+            # in the Redis-restart test: the report raised and the job ended in FAILURE.
+            logger.warning("progress of job %s not stored in Celery's result backend", job_id)
+
+
+def owner_hint(request: Any) -> str | None:
+    """The owner the job's message names (Celery makes a message's own headers attributes
+    of the request); None for a message sent without it (plain Celery, an older API)."""
+    owner = getattr(request, OWNER_HEADER, None)
+    return owner if isinstance(owner, str) else None
+
+
+def _builtin(name: str) -> bool:
+    """Celery's own tasks (``celery.chord_unlock``, ``celery.backend_cleanup``) are no jobs."""
+    return name.startswith("celery.")

@@ -1,0 +1,224 @@
+"""Worker liveness: each worker writes what it is doing to Redis every few seconds, with a TTL.
+
+Celery's own answers cost the workers work: a control ping or an inspect is a broadcast
+every worker must answer, and the API would wait out its timeout for the slowest. Here each
+worker writes one key (``jobql:worker:<broker>:<name>``) that expires after three missed
+beats, holding its queues, pool, concurrency and active/reserved counts; the API reads all
+of them in one script call. Keys are scoped by the broker, so workers that serve another
+broker through the same Redis (a RabbitMQ stack beside a Redis one) are not counted.
+
+The writer is a worker bootstep running a small thread in the worker's main process: it
+beats while tasks run, whatever the pool, and says ``stopping`` once a warm shutdown began.
+
+A name is not an identity: ``make run``, a container restart or a Kubernetes StatefulSet
+start a worker under the name of the one that died. So each start of a worker draws an
+incarnation id, beats it under a key of its own (``jobql:incarnation:<broker>:<id>``) and
+stamps it on the records of the jobs it starts; the reaper (:mod:`tasks.worker.reaper`) asks
+whether that incarnation beats, not whether some worker of that name does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypedDict
+
+import redis
+from celery import bootsteps
+from celery.signals import worker_shutdown, worker_shutting_down
+from celery.worker import state
+
+from tasks.core import redis_clients
+from tasks.core.durability import warn_if_not_durable
+from tasks.core.records import PREFIX
+from tasks.core.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerBeat(TypedDict):
+    """One worker as its last heartbeat described it."""
+
+    name: str
+    status: str  # "online", or "stopping" once a warm shutdown began
+    pid: int
+    pool: str
+    concurrency: int
+    queues: list[str]
+    active: int  # tasks running now
+    reserved: int  # tasks received and waiting for a pool slot
+    processed: int  # tasks this worker ran since it started
+    heartbeat: str  # ISO-8601, UTC, the worker's clock
+    started_at: str
+    incarnation: str  # drawn at each start: a restart under the same name has a new one
+
+
+def broker_scope(settings: Settings) -> str:
+    """A short name for the broker (its URL hashed: no credentials in key names)."""
+    return hashlib.sha256(settings.broker.encode()).hexdigest()[:12]
+
+
+def workers_key(settings: Settings) -> str:
+    """The set of worker names that beat for this broker."""
+    return f"{PREFIX}:workers:{broker_scope(settings)}"
+
+
+def worker_key(settings: Settings, name: str) -> str:
+    return f"{PREFIX}:worker:{broker_scope(settings)}:{name}"
+
+
+# KEYS[1]: the set of names; ARGV[1]: the prefix of a worker's key. Returns every live beat
+# and forgets the names whose key expired: one round trip, whatever the number of workers.
+READ_SCRIPT = """
+local beats = {}
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local beat = redis.call('GET', ARGV[1] .. name)
+  if beat then
+    beats[#beats + 1] = beat
+  else
+    redis.call('SREM', KEYS[1], name)
+  end
+end
+return beats
+"""
+
+
+def worker_prefix(settings: Settings) -> str:
+    return worker_key(settings, "")
+
+
+def incarnation_prefix(settings: Settings) -> str:
+    """Where each incarnation beats: the key holds the worker's name, with the same TTL."""
+    return f"{PREFIX}:incarnation:{broker_scope(settings)}:"
+
+
+_incarnation = ""
+
+
+def incarnation() -> str:
+    """This worker's incarnation id, in its main process and in the pool children it forks;
+    '' outside a worker (or in a child that was not forked from it), which the reaper reads
+    as "judge by the name alone", as before incarnations existed."""
+    return _incarnation
+
+
+def _queues(worker: Any) -> list[str]:
+    """The queues the worker consumes now: ``cancel_consumer`` takes one out of this set."""
+    return sorted(worker.app.amqp.queues.consume_from or worker.app.amqp.queues)
+
+
+def _pool_name(worker: Any) -> str:
+    pool = getattr(worker, "pool", None)
+    module = type(pool).__module__ if pool is not None else str(worker.pool_cls)
+    return module.rsplit(".", 1)[-1]
+
+
+class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Writes this worker's :class:`WorkerBeat` every ``JOBQL_WORKER_HEARTBEAT_INTERVAL``."""
+
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._client: redis.Redis | None = None
+        self._started_at = datetime.now(UTC).isoformat()
+        # Drawn here, in the main process before the pool forks: every child inherits it.
+        global _incarnation
+        _incarnation = uuid.uuid4().hex[:16]
+
+    def start(self, worker: Any) -> None:
+        settings = get_settings()
+        # The process's one client, shared with the job events and the reaper.
+        self._client = redis_clients.worker_client()
+        warn_if_not_durable(self._client, "the Redis holding jobs")
+        self._thread = threading.Thread(
+            target=self._beat_forever, args=(worker, settings), name="jobql-heartbeat", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, worker: Any) -> None:
+        """A warm shutdown: beat on until the pool has finished the running jobs.
+
+        Celery stops this step before the pool, whose own stop waits for the jobs. A worker
+        that went quiet here was taken for lost by another worker's reaper, and a job still
+        running here started a second time there (measured: an 8 s job, SIGTERM, a second
+        worker alive: two runs at once). ``worker_shutdown``, which Celery sends once the
+        pool is done, ends the beat; a cold shutdown kills the jobs and lets the beat expire.
+        """
+        _finishing.append(lambda: self._finish(worker))
+
+    def _finish(self, worker: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._client is not None:
+            settings = get_settings()
+            try:
+                with self._client.pipeline(transaction=False) as pipe:
+                    pipe.delete(worker_key(settings, worker.hostname))
+                    pipe.delete(incarnation_prefix(settings) + _incarnation)
+                    pipe.srem(workers_key(settings), worker.hostname)
+                    pipe.execute()
+            except redis.RedisError:
+                logger.warning("could not remove the heartbeat of %s; it expires by itself",
+                               worker.hostname)  # fmt: skip
+
+    shutdown = stop
+
+    def _beat_forever(self, worker: Any, settings: Settings) -> None:
+        while not self._stop.is_set():
+            try:
+                self.beat(worker, settings)
+            except Exception as exc:
+                logger.warning("heartbeat of %s not written: %s", worker.hostname, exc)
+            self._stop.wait(settings.worker_heartbeat_interval)
+
+    def beat(self, worker: Any, settings: Settings) -> None:
+        assert self._client is not None
+        active = len(state.active_requests)
+        beat = WorkerBeat(
+            name=worker.hostname,
+            status="stopping" if _stopping.is_set() else "online",
+            pid=os.getpid(),
+            pool=_pool_name(worker),
+            concurrency=int(worker.concurrency or 0),
+            queues=_queues(worker),
+            active=active,
+            reserved=max(0, len(state.reserved_requests) - active),
+            processed=sum(state.total_count.values()),
+            heartbeat=datetime.now(UTC).isoformat(),
+            started_at=self._started_at,
+            incarnation=_incarnation,
+        )
+        ttl = int(settings.heartbeat_ttl * 1000)
+        with self._client.pipeline(transaction=False) as pipe:
+            pipe.set(worker_key(settings, worker.hostname), json.dumps(beat), px=ttl)
+            pipe.set(incarnation_prefix(settings) + _incarnation, worker.hostname, px=ttl)
+            pipe.sadd(workers_key(settings), worker.hostname)
+            pipe.execute()
+
+
+_stopping = threading.Event()
+
+
+@worker_shutting_down.connect
+def _on_shutting_down(**_: Any) -> None:
+    _stopping.set()
+
+
+# The beats to end once the worker's pool has stopped (see Heartbeat.stop).
+_finishing: list[Callable[[], None]] = []
+
+
+@worker_shutdown.connect
+def _on_shutdown(**_: Any) -> None:
+    while _finishing:
+        _finishing.pop()()

@@ -1,0 +1,348 @@
+"""Celery's result backends as JobQL configures them: Redis (default) or a SQL database.
+
+JobQL reads jobs from its own records (``tasks.core.records``), never from Celery's results.
+The result backend still matters: the worker's tracer stores every outcome there (for
+``AsyncResult`` users and Flower), chords count their parts in it, and a chord's sender
+needs one. Three things are added to Celery's own backends:
+
+- **Compression above a threshold.** Celery's ``result_compression`` compresses every
+  result; here only payloads larger than ``JOBQL_COMPRESSION_THRESHOLD_BYTES`` are, in
+  Celery's own self-describing format (a marker, the codec, the body), so any stock Celery
+  reader decodes them and small results cost nothing.
+- **One round trip per store on Redis.** Celery reads the stored state (a success is never
+  overwritten), then writes and announces the new one in a MULTI pipeline: two round trips
+  per outcome, on the worker's path. Here both are one script (a fast path: see
+  :data:`ONE_CALL_STORE`); a stored value the script cannot read goes to Celery's own store.
+  When the job records share that Redis, a job's success and its record's SUCCESS update
+  are one script too (:data:`ONE_CALL_SUCCESS`): a successful job's end is one round trip.
+- **No pickle from the database.** Celery 5.7's database backend unpickles a stored row it
+  cannot decode if its first byte looks like a pickle (rows from before celery#3025):
+  anyone who can write that table could run code on every reader. Here it is an error.
+
+A database keeps results until something deletes them (Redis expires them itself); Celery
+leaves that to ``celery.backend_cleanup`` run by beat. Each JobQL worker runs the cleanup
+itself instead, every ``JOBQL_RESULT_CLEANUP_INTERVAL`` (see :class:`ResultCleanup`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import re
+import threading
+from typing import Any
+
+import redis
+from celery import bootsteps, states
+from celery.app import trace
+from celery.backends.base import BaseBackend, compress_payload
+from celery.backends.database import DatabaseBackend as CeleryDatabaseBackend
+from celery.backends.redis import RedisBackend as CeleryRedisBackend
+from celery.exceptions import BackendStoreError
+
+from tasks.core import compat, events, redis_clients
+from tasks.core.result_scripts import STORE_SCRIPT
+from tasks.core.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# Keys of JobQL's own in the Celery configuration, read by the backends below.
+COMPRESSION_KEY = "jobql_result_compression"
+THRESHOLD_KEY = "jobql_result_compression_threshold"
+WITH_RECORD_KEY = "jobql_result_with_record"
+
+
+class ResultTooLarge(Exception):
+    """A job's result is larger than ``JOBQL_MAX_RESULT_BYTES``: the job fails unwritten."""
+
+
+def checked_json(result: Any, limit: int) -> str:
+    """The result as the job record stores it; raises :class:`ResultTooLarge` over ``limit``."""
+    payload = json.dumps(result, default=str, separators=(",", ":"))
+    size = len(payload.encode())
+    if size > limit:
+        raise ResultTooLarge(
+            f"the result is {size} bytes of JSON, more than JOBQL_MAX_RESULT_BYTES ({limit}); "
+            "store large outputs elsewhere and return a reference"
+        )
+    return payload
+
+
+class _ThresholdCompression:
+    """``encode`` compresses only payloads above the configured size.
+
+    Celery's own compression (``self.compression``) stays off; its public ``encode`` and
+    ``compress_payload`` do the work, and its ``decode`` reads either form.
+    """
+
+    app: Any
+    compression: str | None
+
+    def _setup_compression(self) -> None:
+        conf = self.app.conf
+        method = conf.get(COMPRESSION_KEY) or None
+        self._method = method if method and method != "none" else None
+        self._threshold = int(conf.get(THRESHOLD_KEY) or 0)
+        self.compression = None
+
+    def encode(self, data: Any) -> Any:
+        payload = super().encode(data)  # type: ignore[misc]
+        if self._method and len(payload) > self._threshold:
+            payload = compress_payload(payload, self._method)
+        return payload
+
+
+ONE_CALL_STORE = compat.FastPath(
+    name="celery.redis_backend_one_call_store",
+    library="celery",
+    verified="celery 5.7.0",
+    fallback="Celery's own store: a GET of the stored state, then SETEX and PUBLISH",
+)
+
+
+def _check_one_call_store() -> None:
+    """``_store_result`` is still the hook, and what it does is still: the meta, Celery's
+    success rule, the expiry by state, then SETEX and PUBLISH on the key (its source)."""
+    hook = getattr(CeleryRedisBackend, "_store_result", None)
+    params = ["self", "task_id", "result", "state", "traceback", "request", "kwargs"]
+    if hook is None or list(inspect.signature(hook).parameters) != params:
+        raise LookupError("_store_result(task_id, result, state, traceback, request) is gone")
+    source = inspect.getsource(hook) + inspect.getsource(CeleryRedisBackend._set)
+    for part in ("_get_result_meta", "_get_task_meta_for", "states.SUCCESS", "setex", "publish"):
+        if part not in source:
+            raise LookupError(f"the result store no longer uses {part}")
+    for name in ("_set_with_state", "get_key_for_task", "_MAX_STR_VALUE_SIZE", "ensure"):
+        if not hasattr(CeleryRedisBackend, name):
+            raise LookupError(f"RedisBackend.{name} is gone")
+
+
+ONE_CALL_SUCCESS = compat.FastPath(
+    name="celery.redis_backend_success_with_record",
+    library="celery",
+    verified="celery 5.7.0",
+    fallback="Celery's store of a success, then the record's SUCCESS update: two calls",
+)
+
+
+def _check_one_call_success() -> None:
+    """The one-call store's shape, and the tracer's order: it stores a success through
+    ``mark_as_done`` with the request the task ran in (where ``JobTask.__call__`` left the
+    result's JSON), and only then calls ``on_success`` (which records it otherwise)."""
+    _check_one_call_store()
+    tracer = inspect.getsource(trace.build_tracer)
+    steps = [
+        re.search(pattern, tracer)
+        for pattern in (
+            r"push_request\(task_request\)",
+            r"mark_as_done\(\s*uuid, retval, task_request,",
+            r"task_on_success\(retval, uuid, args, kwargs\)",
+        )
+    ]
+    at = [step.start() if step else -1 for step in steps]
+    if not 0 <= at[0] < at[1] < at[2]:
+        raise LookupError(
+            "the tracer no longer stores a success (with its request) before on_success"
+        )
+    if "self.store_result(task_id, result, state, request=request)" not in inspect.getsource(
+        BaseBackend.mark_as_done
+    ) or "request=request" not in inspect.getsource(BaseBackend.store_result):
+        raise LookupError("mark_as_done no longer hands the request to _store_result")
+
+
+class RedisBackend(_ThresholdCompression, CeleryRedisBackend):  # type: ignore[misc]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._setup_compression()
+        self._store_script: Any = None
+        self._with_record = bool(self.app.conf.get(WITH_RECORD_KEY))
+
+    def _store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: Any = None,
+        request: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Celery's store in one round trip: its read of the stored state (a success stays)
+        and its SETEX and PUBLISH, in one script instead of a GET and a MULTI pipeline.
+
+        A job's success goes with its record's SUCCESS update, in the same script, when
+        both live in this Redis (see :data:`ONE_CALL_SUCCESS`).
+        """
+        if not ONE_CALL_STORE.active:
+            return super()._store_result(task_id, result, state, traceback, request, **kwargs)
+        meta = self._get_result_meta(
+            result=result, state=state, traceback=traceback, request=request
+        )
+        meta["task_id"] = task_id.decode() if isinstance(task_id, bytes) else task_id
+        value = self.encode(meta)
+        if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
+            raise BackendStoreError(
+                "value too large for Redis backend", state=state, task_id=task_id
+            )
+        expires = self.failure_expires if state == states.FAILURE else self.expires
+        key = self.get_key_for_task(task_id)
+        stored: Any = "undecided"
+        payload = getattr(request, "jobql_result_json", None)
+        if self._with_record and payload is not None and state == states.SUCCESS:
+            stored = self._with_success(meta["task_id"], request, payload, key, value, expires)
+        if stored in ("undecided", b"undecided"):
+            try:
+                stored = self.ensure(self._store_once, (key, value, int(expires or 0)))
+            except redis.ResponseError:
+                # Scripts refused (an ACL on a result backend of its own), or Redis out of
+                # memory: Celery's own store then works, or fails as it would have anyway.
+                stored = "undecided"
+        if stored in ("undecided", b"undecided"):
+            ONE_CALL_STORE.count_fallback()
+            return super()._store_result(task_id, result, state, traceback, request, **kwargs)
+        return result
+
+    def _with_success(
+        self, job_id: str, request: Any, payload: str, key: Any, value: Any, expires: Any
+    ) -> str:
+        """Store the success and record it in one call: 'stored', or 'undecided' when the
+        record is left to ``JobTask.on_success`` (the store was not decided, or refused)."""
+        if not ONE_CALL_SUCCESS.active:
+            return "undecided"
+        celery_result = (key.decode() if isinstance(key, bytes) else key, value, int(expires or 0))
+        try:
+            done = self.ensure(
+                events.succeeded_and_stored, (job_id, request.task, payload, celery_result)
+            )
+        except redis.ResponseError:
+            done = False  # as in the one-call store: Celery's own steps decide
+        if not done:
+            ONE_CALL_SUCCESS.count_fallback()
+            return "undecided"
+        request.jobql_recorded = True
+        return "stored"
+
+    def _store_once(self, key: Any, value: Any, expires: int) -> Any:
+        client = self.client
+        if self._store_script is None or self._store_script.registered_client is not client:
+            self._store_script = client.register_script(STORE_SCRIPT)
+        return self._store_script(keys=[key], args=[value, expires])
+
+
+class DatabaseBackend(_ThresholdCompression, CeleryDatabaseBackend):  # type: ignore[misc]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._setup_compression()
+
+    def _decode_stored_result(self, payload: Any) -> Any:
+        """Decoded with the configured serializer only: never unpickled.
+
+        Overrides a private method of Celery's (registered as a fix in ``tasks.core.compat``:
+        its start-up check warns if the method is gone, and the fix with it).
+        """
+        return None if payload is None else self.decode(bytes(payload))
+
+
+NO_PICKLE = compat.FastPath(
+    name="celery.database_backend_no_pickle",
+    library="celery",
+    verified="celery 5.7.0",
+    fallback="Celery's own decoding of stored rows (which unpickles legacy-looking rows)",
+    fix=True,
+)
+
+
+def _check_no_pickle() -> None:
+    method = getattr(CeleryDatabaseBackend, "_decode_stored_result", None)
+    if method is None or list(inspect.signature(method).parameters) != ["self", "payload"]:
+        raise LookupError("DatabaseBackend._decode_stored_result(payload) is gone")
+
+
+def is_database(url: str) -> bool:
+    return url.startswith("db+")
+
+
+def is_redis(url: str) -> bool:
+    """A Redis that Celery's plain Redis backend speaks to (Sentinel has a backend of its own)."""
+    return redis_clients.is_redis(url) and not redis_clients.is_sentinel(url)
+
+
+def worker_backend(settings: Settings) -> str:
+    """The worker's result backend: JobQL's subclass of Celery's, for the URL's kind."""
+    url = settings.result_backend
+    if is_redis(url):
+        return f"{__name__}:RedisBackend+{url}"
+    if is_database(url):
+        compat.enable(NO_PICKLE, _check_no_pickle, allowed=True)
+        return f"{__name__}:DatabaseBackend+{url.removeprefix('db+')}"
+    return url  # another Celery backend, as Celery knows it
+
+
+def backend_options(settings: Settings) -> dict[str, Any]:
+    """Celery settings for the result backend, derived from JobQL's."""
+    options: dict[str, Any] = {
+        COMPRESSION_KEY: settings.compression,
+        THRESHOLD_KEY: settings.compression_threshold_bytes,
+    }
+    if is_database(settings.result_backend):
+        # The tables are made at the first use, not at a worker's start.
+        options["database_create_tables_at_setup"] = False
+    if is_redis(settings.result_backend):  # decided in every process, so the API lists it
+        compat.enable(ONE_CALL_STORE, _check_one_call_store, allowed=settings.fast_paths)
+        if settings.records == settings.result_backend and not settings.records_cluster:
+            options[WITH_RECORD_KEY] = compat.enable(
+                ONE_CALL_SUCCESS, _check_one_call_success, allowed=settings.fast_paths
+            )
+    return options
+
+
+class ResultCleanup(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Deletes expired results from a database backend, as ``celery.backend_cleanup`` does.
+
+    Every worker runs it on its own timer (a DELETE of rows past ``result_expires`` is
+    idempotent, so two workers running it at once do no harm), so no beat is needed.
+    """
+
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def include_if(self, worker: Any) -> bool:
+        from tasks.core.settings import get_settings
+
+        settings = get_settings()
+        return is_database(settings.result_backend) and settings.result_cleanup_interval > 0
+
+    def start(self, worker: Any) -> None:
+        from tasks.core.settings import get_settings
+
+        interval = get_settings().result_cleanup_interval
+        self._thread = threading.Thread(
+            target=self._run, args=(worker.app, interval), name="jobql-result-cleanup", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, worker: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    shutdown = stop
+
+    def _run(self, app: Any, interval: float) -> None:
+        while True:
+            cleanup(app)
+            if self._stop.wait(interval):
+                return
+
+
+def cleanup(app: Any) -> None:
+    """Delete the results that expired; a database that does not answer is logged."""
+    try:
+        app.backend.cleanup()
+    except Exception:
+        logger.exception("could not delete expired results from the result backend")
+    else:
+        logger.debug("deleted expired results from the result backend")
