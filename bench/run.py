@@ -248,8 +248,8 @@ async def longest_stall(port: int, seconds: int) -> float:
 async def raw_enqueue_rate(stack: Stack, count: int) -> float:
     """P1b and P11's baseline: ``send_task`` in a loop in one Python process, no HTTP at all,
     the same producer settings as the API's (no result backend, JSON), jobs per second."""
+    from tasks.core.app import create_celery_app
     from tasks.core.settings import Settings
-    from tasks.worker.app import create_celery_app
 
     producer = create_celery_app(Settings(redis_url=stack.valkey.url), producer=True)
 
@@ -388,8 +388,8 @@ async def start_latencies(stack: Stack, samples: int) -> tuple[float, float]:
     """p50 seconds from enqueue to start: raw ``send_task`` and JobQL's ``enqueue``."""
     import redis.asyncio as aioredis
 
+    from tasks.core.app import create_celery_app
     from tasks.core.settings import Settings
-    from tasks.worker.app import create_celery_app
 
     client = aioredis.Redis.from_url(stack.valkey.url, decode_responses=True)
     producer = create_celery_app(Settings(redis_url=stack.valkey.url), producer=True)

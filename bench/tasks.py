@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pydantic import Field
 
+from tasks.core.app import job
 from tasks.core.models import JobModel
 from tasks.core.progress import JobContext
-from tasks.worker.app import job
 
 
 class TickInput(JobModel):

@@ -67,8 +67,8 @@ def main() -> None:
     os.environ["JOBQL_REDIS_URL"] = valkey.url  # this process as a worker process
     try:
         from tasks.core import events, records
+        from tasks.core.app import create_celery_app
         from tasks.core.settings import Settings
-        from tasks.worker.app import create_celery_app
 
         client = redis.Redis.from_url(valkey.url)
         task = "bench.trivial"

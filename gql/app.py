@@ -43,9 +43,9 @@ from gql.services.workflow_store import WorkflowStore
 from gql.services.workflows import WorkflowService
 from tasks.core import compat as fast_paths
 from tasks.core import slots
+from tasks.core.app import registry
 from tasks.core.logs import configure_logging
 from tasks.core.settings import Settings, get_settings
-from tasks.worker.app import registry
 
 logger = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ def worker_argv(extra: Sequence[str]) -> list[str]:
         "-m",
         "celery",
         "-A",
-        "tasks.worker.app",
+        "tasks.core.app",
         "worker",
         "--loglevel=INFO",
         *extra,
@@ -53,7 +53,7 @@ def worker_argv(extra: Sequence[str]) -> list[str]:
 def beat_argv(extra: Sequence[str]) -> list[str]:
     """Celery beat on JobQL's scheduler (RedBeat: schedules in Redis, one beat at a time)."""
     return [
-        sys.executable, "-m", "celery", "-A", "tasks.worker.app", "beat", "--loglevel=INFO",
+        sys.executable, "-m", "celery", "-A", "tasks.core.app", "beat", "--loglevel=INFO",
         "--scheduler", "tasks.worker.beat:JobQLScheduler", *extra,
     ]  # fmt: skip
 

@@ -6,8 +6,8 @@ import sys
 
 from gql.app import load_task_modules
 from gql.schema.root import build_schema
+from tasks.core.app import registry
 from tasks.core.settings import Settings
-from tasks.worker.app import registry
 
 
 def sdl(settings: Settings | None = None) -> str:

@@ -13,10 +13,10 @@ from typing import Annotated
 
 from pydantic import Field, JsonValue, ValidatorFunctionWrapHandler, WrapValidator
 
+from tasks.core.app import job
 from tasks.core.models import Email, JobModel
 from tasks.core.progress import JobContext
 from tasks.core.settings import get_settings
-from tasks.worker.app import job
 
 
 class ProcessDataInput(JobModel):

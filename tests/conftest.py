@@ -18,8 +18,8 @@ import pytest
 
 from devtools.processes import api_command, free_port, stop_all, wait_for_port, worker_command
 from devtools.valkey import EmbeddedValkey
+from tasks.core.app import create_celery_app
 from tasks.core.settings import Settings
-from tasks.worker.app import create_celery_app
 from tests.ledger import (  # noqa: F401  (the fault ledger and its hooks)
     ledger,
     pytest_sessionfinish,

@@ -7,7 +7,7 @@ import signal
 import time
 from typing import Any
 
-from tasks.worker.app import celery_app
+from tasks.core.app import celery_app
 
 
 @celery_app.task(bind=True, name="native.countdown")

@@ -10,9 +10,9 @@ from celery.backends.redis import RedisBackend as StockRedisBackend
 from pydantic import ValidationError
 
 from tasks.core import rabbitmq
+from tasks.core.app import celery_config, create_celery_app
+from tasks.core.records import ResultTooLarge, checked_json
 from tasks.core.settings import Settings
-from tasks.worker.app import celery_config, create_celery_app
-from tasks.worker.results import ResultTooLarge, checked_json
 
 REDIS = "redis://127.0.0.1:6399/0"
 AMQP = "amqp://127.0.0.1:5672//"

@@ -40,7 +40,7 @@ def _assert_runs_jobql_or_celery(command: list[str]) -> None:
         parsed, extra = build_parser().parse_known_args(args)
         assert parsed.command in ("api", "worker", "beat") or not extra, command
     else:
-        assert program == "celery" and args[:2] == ["-A", "tasks.worker.app"], command
+        assert program == "celery" and args[:2] == ["-A", "tasks.core.app"], command
 
 
 def test_compose_runs_redis_api_worker_beat_and_flower_with_health_checks() -> None:

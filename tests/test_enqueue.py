@@ -167,7 +167,7 @@ def test_a_task_written_the_usual_celery_way_shows_its_progress(api: GraphQL) ->
 
 
 def test_a_job_sent_with_plain_celery_is_readable_too(api: GraphQL, settings: object) -> None:
-    from tasks.worker.app import create_celery_app
+    from tasks.core.app import create_celery_app
 
     producer = create_celery_app(settings, producer=True)  # type: ignore[arg-type]
     sent = producer.send_task("native.countdown", kwargs={"n": 2, "delay": 0}, queue="jobql")

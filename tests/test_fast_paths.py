@@ -22,8 +22,8 @@ from gql.schema.context import Context
 from gql.schema.root import build_schema
 from gql.services.store import connect
 from tasks.core import compat as register
+from tasks.core.app import registry
 from tasks.core.settings import Settings
-from tasks.worker.app import registry
 from tests.conftest import ROOT, running_api, service_env
 
 # The passes of `make test` that run this module again (tests/conftest.py).

@@ -18,8 +18,8 @@ from gql.services.auth import Principal
 from gql.services.errors import RateLimited
 from gql.services.limits import Limits
 from gql.services.store import connect
+from tasks.core.app import registry
 from tasks.core.settings import Settings
-from tasks.worker.app import registry
 
 
 @dataclass

@@ -21,9 +21,9 @@ import redis
 
 from devtools.processes import free_port
 from devtools.valkey import EmbeddedValkey
+from tasks.core.app import create_celery_app
 from tasks.core.records import job_channel, job_key
 from tasks.core.settings import Settings
-from tasks.worker.app import create_celery_app
 from tests.conftest import running_api, running_worker, service_env
 from tests.ledger import FULL, Ledger
 from tests.native_tasks import EFFECTS_KEY, RUNS_KEY

@@ -17,11 +17,11 @@ from celery.app.task import Context
 from celery.worker.request import Request
 
 from devtools.valkey import EmbeddedValkey
+from tasks.core.app import create_celery_app
+from tasks.core.base import owner_hint
+from tasks.core.message_writer import differences, offline_channel, sample_options, stock_message
 from tasks.core.messages import queue_key, task_message
 from tasks.core.settings import Settings
-from tasks.worker.app import create_celery_app
-from tasks.worker.base import owner_hint
-from tasks.worker.fast_paths import differences, offline_channel, sample_options, stock_message
 from tests.conftest import JOB_FIELDS, GraphQL, running_api, running_worker, service_env
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)

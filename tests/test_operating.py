@@ -16,8 +16,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from devtools.valkey import EmbeddedValkey
+from tasks.core.app import create_celery_app
 from tasks.core.settings import Settings
-from tasks.worker.app import create_celery_app
 from tests.clients import TRANSPORT_WS, receive, send, websocket
 from tests.conftest import GraphQL, running_api, running_worker, service_env
 

@@ -101,7 +101,7 @@ def test_the_installed_commands_run_from_any_directory(tmp_path: Path) -> None:
     )
     assert version.returncode == 0, version.stderr
     assert version.stdout.strip() == f"jobql {importlib.metadata.version('jobql')}"
-    for module in ("devtools.run", "gql.app", "tasks.worker.app"):
+    for module in ("devtools.run", "gql.app", "tasks.core.app"):
         imported = subprocess.run(
             [sys.executable, "-c", f"import {module}"], capture_output=True, text=True,
             cwd=tmp_path, env=env,

@@ -13,9 +13,10 @@ from pydantic import ValidationError
 
 from gql.ops.checks import _safe
 from tasks.core import redis_clients
+from tasks.core.app import celery_config
 from tasks.core.settings import Settings
 from tasks.worker import broker
-from tasks.worker.app import celery_config
+from tasks.worker.app import worker_config
 
 SENTINELS = "sentinel://:s3cret@10.0.0.1:26379/2;sentinel://10.0.0.2:26380/2"
 
@@ -50,7 +51,7 @@ def test_sentinel_urls_name_the_master_for_celery_and_use_the_fixed_transport() 
 
     assert config["broker_transport_options"]["master_name"] == "jobs"
     assert config["result_backend_transport_options"]["master_name"] == "jobs"
-    assert config["broker_transport"] == broker.SENTINEL_TRANSPORT
+    assert worker_config(settings)["broker_transport"] == broker.SENTINEL_TRANSPORT
     hosts, master = redis_clients.sentinel_hosts(SENTINELS)
     assert hosts == [("10.0.0.1", 26379), ("10.0.0.2", 26380)]
     assert master == {"password": "s3cret", "db": 2}
@@ -80,7 +81,7 @@ def test_beat_reads_its_schedules_over_tls_and_through_sentinel_like_the_records
     from celery import Celery
     from redbeat.schedulers import get_redis
 
-    from tasks.worker.app import beat_config
+    from tasks.core.app import beat_config
 
     tls = Settings(redis_url="rediss://:pw@redis.internal:6380/0",
                    redis_tls_ca_certs=tmp_path / "ca.pem")  # fmt: skip

@@ -11,8 +11,8 @@ import os
 
 import pytest
 
+from tasks.core.app import create_celery_app
 from tasks.core.settings import Settings
-from tasks.worker.app import create_celery_app
 from tests.conftest import GraphQL
 
 # The passes of `make test` that run this module again (tests/conftest.py).

@@ -19,10 +19,11 @@ from celery.backends.base import COMPRESSED_PAYLOAD_MAGIC
 
 from devtools.valkey import EmbeddedValkey
 from tasks.core import compat, events, records, redis_clients
+from tasks.core.app import create_celery_app
 from tasks.core.records import JobState
+from tasks.core.result_backends import WITH_RECORD_KEY
 from tasks.core.settings import Settings, get_settings
 from tasks.worker import results
-from tasks.worker.app import create_celery_app
 
 TASK = "send_email"
 THRESHOLD = 1_000
@@ -180,13 +181,13 @@ def test_the_one_call_success_turns_off_loudly_when_the_tracer_changes(
     settings = Settings(redis_url="redis://127.0.0.1:6390/0", env="test", fast_paths=True)  # type: ignore[arg-type]
 
     with caplog.at_level(logging.WARNING, logger="tasks.core.compat"):
-        options = results.backend_options(settings)
+        options = results.worker_options(settings)
 
-    assert options[results.WITH_RECORD_KEY] is False
+    assert options[WITH_RECORD_KEY] is False
     path = compat.report()[results.ONE_CALL_SUCCESS.name]
     assert path["active"] is False and "on_success" in str(path["reason"])
     assert any(results.ONE_CALL_SUCCESS.name in r.getMessage() for r in caplog.records)
     # The plain one-call store leans on none of that: it stays on.
     assert results.ONE_CALL_STORE.active
     monkeypatch.undo()
-    assert results.backend_options(settings)[results.WITH_RECORD_KEY] is True
+    assert results.worker_options(settings)[WITH_RECORD_KEY] is True

@@ -16,8 +16,8 @@ from celery.backends.base import COMPRESSED_PAYLOAD_MAGIC, compress_payload
 
 from devtools.valkey import EmbeddedValkey
 from tasks.core import compat
+from tasks.core.app import create_celery_app
 from tasks.core.settings import Settings
-from tasks.worker.app import create_celery_app
 from tests.conftest import GraphQL, running_api, running_worker, service_env
 
 pytestmark = pytest.mark.slow

@@ -18,8 +18,8 @@ import pytest
 import sqlalchemy
 
 from devtools.valkey import EmbeddedValkey
+from tasks.core.app import create_celery_app
 from tasks.core.settings import Settings
-from tasks.worker.app import create_celery_app
 from tests.conftest import ROOT, GraphQL, running_api, running_worker, service_env
 from tests.servers import postgres_database, postgres_unavailable
 

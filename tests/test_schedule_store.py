@@ -19,6 +19,7 @@ from devtools.valkey import EmbeddedValkey
 from gql.services.schedule_store import NameTaken, RedisScheduleStore, TooManySchedules
 from gql.services.store import connect
 from tasks.core import records, redis_clients
+from tasks.core.app import create_celery_app
 from tasks.core.schedules import (
     DISABLED_SCORE,
     SCHEDULE_SET,
@@ -30,7 +31,6 @@ from tasks.core.schedules import (
     entry_key,
 )
 from tasks.core.settings import Settings, get_settings
-from tasks.worker.app import create_celery_app
 from tasks.worker.beat import JobQLEntry, JobQLScheduler, RunStarter
 
 

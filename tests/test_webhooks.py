@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tasks.core.webhook_signing import refused_address, signature
+from tasks.core.webhooks import refused_address, signature
 from tests.conftest import WEBHOOK_SECRET, AsyncGraphQL
 
 DELIVERIES = """

@@ -8,17 +8,12 @@ import pytest
 from celery.worker import state as worker_state
 
 from tasks.core import compat
+from tasks.core.app import celery_config, create_celery_app
+from tasks.core.message_writer import MESSAGE_WRITER, check_message_writer, writes_messages
 from tasks.core.settings import Settings
 from tasks.worker import broker, poison
-from tasks.worker.app import celery_config, create_celery_app
-from tasks.worker.fast_paths import (
-    MESSAGE_WRITER,
-    REDIS_TRANSPORT,
-    broker_transport,
-    check_message_writer,
-    check_redis_transport,
-    writes_messages,
-)
+from tasks.worker.app import worker_config
+from tasks.worker.fast_paths import REDIS_TRANSPORT, broker_transport, check_redis_transport
 
 REDIS = "redis://127.0.0.1:6390/0"
 
@@ -39,7 +34,7 @@ def test_both_fast_paths_are_on_and_reported_with_their_versions() -> None:
     settings = _settings()
     app = create_celery_app(settings, producer=True)
 
-    assert celery_config(settings)["broker_transport"] == broker.TRANSPORT
+    assert worker_config(settings)["broker_transport"] == broker.TRANSPORT
     assert writes_messages(app, settings) is True
     report = compat.report()
     for path in (REDIS_TRANSPORT, MESSAGE_WRITER):
@@ -56,7 +51,7 @@ def test_the_setting_turns_the_writer_off_but_not_the_transport_fix() -> None:
     assert report[MESSAGE_WRITER.name]["active"] is False
     assert report[MESSAGE_WRITER.name]["reason"] == "JOBQL_FAST_PATHS=false"
     # Stock kombu lets a worker die on a Redis restart: the fix stays on.
-    assert celery_config(settings)["broker_transport"] == broker.TRANSPORT
+    assert worker_config(settings)["broker_transport"] == broker.TRANSPORT
     assert report[REDIS_TRANSPORT.name]["active"] is True
     assert report[REDIS_TRANSPORT.name]["kind"] == "fix"
 
@@ -114,7 +109,9 @@ def test_the_poison_message_consumer_is_a_fix_that_stays_on_without_fast_paths()
     ``JOBQL_FAST_PATHS=false`` keeps it (stock Celery dies on a message of the wrong shape)."""
     poison.check_consumer()
     for fast_paths in (True, False):
-        config = celery_config(_settings(fast_paths=fast_paths))
+        config = worker_config(_settings(fast_paths=fast_paths))
         assert config["worker_consumer"] == poison.CONSUMER
+    # The API's apps, declared or producer, never name it: the worker adds it as it starts.
+    assert "worker_consumer" not in celery_config(_settings())
     assert "worker_consumer" not in celery_config(_settings(), producer=True)
     assert compat.report()[poison.POISON_MESSAGES.name]["kind"] == "fix"

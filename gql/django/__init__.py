@@ -40,9 +40,9 @@ from gql.services.auth import Principal
 from gql.services.blocking import BlockingJobs
 from gql.services.plans import EnqueueRequest
 from gql.services.schedule_store import ScheduleStore
+from tasks.core.app import celery_app, registry
 from tasks.core.registry import TaskSpec
 from tasks.core.settings import Settings, get_settings
-from tasks.worker.app import celery_app, registry
 
 # What JobQL answers; every other path goes to the project's application.
 JOBQL_PATHS = ("/graphql", graphiql.ASSETS_PATH, "/health/", "/metrics")

@@ -16,9 +16,9 @@ from pydantic import ValidationError
 
 from tasks.core import rabbitmq, records, redis_clients
 from tasks.core.durability import durability_warnings
+from tasks.core.liveness import worker_key
+from tasks.core.result_backends import is_database
 from tasks.core.settings import Settings
-from tasks.worker.heartbeat import worker_key
-from tasks.worker.results import is_database
 
 
 def _safe(url: str) -> str:
@@ -184,7 +184,7 @@ def _importer(module: str) -> Callable[[], object]:
 
 def _broker(settings: Settings) -> None:
     """Connect as the producer does: Celery's configuration carries TLS and Sentinel options."""
-    from tasks.worker.app import create_celery_app
+    from tasks.core.app import create_celery_app
 
     app = create_celery_app(settings, producer=True)
     timeout = settings.connect_timeout

@@ -42,9 +42,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gql.live.broadcast import JobBroadcast
-from tasks.worker import job_metrics
-from tasks.worker.job_metrics import METRICS_KEY
-from tasks.worker.job_metrics import Histogram as JobHistogram
+from tasks.core import job_figures
+from tasks.core.job_figures import METRICS_KEY
+from tasks.core.job_figures import Histogram as JobHistogram
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def operation_label(name: str | None) -> str:
 class _JobFigures:
     """The workers' job counters, as read from Redis for one scrape."""
 
-    def __init__(self, figures: job_metrics.JobFigures) -> None:
+    def __init__(self, figures: job_figures.JobFigures) -> None:
         self._figures = figures
 
     def collect(self) -> Iterator[Metric]:
@@ -170,7 +170,7 @@ async def metrics(request: Request) -> Response:
     shared: list[Any] = []
     try:
         fields: dict[str, str] = await records.hgetall(METRICS_KEY)  # type: ignore[assignment]
-        shared.append(_JobFigures(job_metrics.parse(fields)))
+        shared.append(_JobFigures(job_figures.parse(fields)))
         workers, queues = await asyncio.gather(state.health.workers(), state.health.queues())
         shared.append(_Workers(len(workers), {q.name: q.pending for q in queues}))
     except Exception as exc:  # Redis down: this process's figures still help

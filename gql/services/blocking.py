@@ -21,11 +21,11 @@ from gql.services.errors import BadUserInput, NotFound
 from gql.services.plans import EnqueueRequest, JobPlanner, Prepared
 from gql.services.producer import send_task
 from tasks.core import events, records, redis_clients, scripts, slots
+from tasks.core.app import create_celery_app
+from tasks.core.message_writer import writes_messages
 from tasks.core.records import JobSnapshot
 from tasks.core.registry import TaskRegistry, TaskSpec
 from tasks.core.settings import Settings
-from tasks.worker.app import create_celery_app
-from tasks.worker.fast_paths import writes_messages
 
 logger = logging.getLogger(__name__)
 

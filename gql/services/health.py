@@ -19,7 +19,7 @@ from gql.schema.types import ComponentHealth, Health
 from gql.services.cache import Cached
 from gql.services.producer import Producer
 from gql.services.workers import Broker, QueueState, WorkerDirectory
-from tasks.worker.heartbeat import WorkerBeat
+from tasks.core.liveness import WorkerBeat
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Celery's producer behind one async facade: its calls block, so they run on a thread pool.
 
 It publishes through the producer-side app (no result backend, so no result subscription
-per message: see ``tasks.worker.app``) and carries the control commands (revoke, ping) too.
+per message: see ``tasks.core.app``) and carries the control commands (revoke, ping) too.
 
 A broker that accepts connections and never answers (a black hole: a dead host behind a
 load balancer, a partition) held each publish for the socket timeout and its retry, and
@@ -26,11 +26,11 @@ from celery import Celery
 from celery.canvas import Signature
 
 from gql.services.errors import ServiceUnavailable
+from tasks.core.app import create_celery_app, ready_result_backend
+from tasks.core.message_writer import writes_messages
 from tasks.core.messages import OWNER_HEADER
 from tasks.core.rabbitmq import priority
 from tasks.core.settings import Settings
-from tasks.worker.app import create_celery_app, ready_result_backend
-from tasks.worker.fast_paths import writes_messages
 
 T = TypeVar("T")
 

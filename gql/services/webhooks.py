@@ -17,8 +17,14 @@ from gql.services.errors import BadUserInput
 from gql.services.producer import Delivery, Producer
 from tasks.core.scripts import Hooks
 from tasks.core.settings import Settings
-from tasks.core.webhook_signing import check_scheme, refused_address
-from tasks.worker.webhooks import ANY_CHANGE, DELIVERY_TASK, deliveries_key, delivery_kwargs
+from tasks.core.webhooks import (
+    ANY_CHANGE,
+    DELIVERY_TASK,
+    check_scheme,
+    deliveries_key,
+    delivery_kwargs,
+    refused_address,
+)
 
 TERMINAL_EVENTS = ("SUCCESS", "FAILURE", "REVOKED")
 

@@ -17,9 +17,9 @@ import redis.asyncio as aioredis
 
 from gql.services.cache import Cached
 from tasks.core import redis_clients
+from tasks.core.liveness import READ_SCRIPT, WorkerBeat, worker_prefix, workers_key
 from tasks.core.messages import PRIORITY_STEPS, queue_key
 from tasks.core.settings import Settings
-from tasks.worker.heartbeat import READ_SCRIPT, WorkerBeat, worker_prefix, workers_key
 
 
 @dataclass(frozen=True, slots=True)

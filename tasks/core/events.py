@@ -1,6 +1,6 @@
 """The worker's writer of job records: every state change updates the snapshot and publishes it.
 
-A plain module: it knows records and Redis, not who calls it. :class:`tasks.worker.base.JobTask`'s
+A plain module: it knows records and Redis, not who calls it. :class:`tasks.core.base.JobTask`'s
 hooks call it, and :mod:`tasks.worker.signals` where Celery has no hook. Each change is one call of
 the update script, so the sequence grows by one per change and the event equals the
 snapshot it announces.

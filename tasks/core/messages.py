@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 # The Redis transport's priority queues: 0 is served first, a message with priority p > 0
-# waits in "<queue><SEP><p>" (see tasks.worker.app's broker_transport_options).
+# waits in "<queue><SEP><p>" (see tasks.core.app's broker_transport_options).
 PRIORITY_STEPS = list(range(10))
 PRIORITY_SEP = ":"
 

@@ -336,3 +336,19 @@ def unsent(fields: dict[str, str]) -> dict[str, str]:
 
 def flatten(fields: dict[str, str]) -> list[str]:
     return [item for pair in fields.items() for item in pair]
+
+
+class ResultTooLarge(Exception):
+    """A job's result is larger than ``JOBQL_MAX_RESULT_BYTES``: the job fails unwritten."""
+
+
+def checked_json(result: Any, limit: int) -> str:
+    """The result as the job record stores it; raises :class:`ResultTooLarge` over ``limit``."""
+    payload = json.dumps(result, default=str, separators=(",", ":"))
+    size = len(payload.encode())
+    if size > limit:
+        raise ResultTooLarge(
+            f"the result is {size} bytes of JSON, more than JOBQL_MAX_RESULT_BYTES ({limit}); "
+            "store large outputs elsewhere and return a reference"
+        )
+    return payload

@@ -1,6 +1,6 @@
 """Celery beat for JobQL: RedBeat's Redis scheduler, every run recorded as an ordinary job.
 
-``jobql beat`` runs ``celery -A tasks.worker.app beat`` with :class:`JobQLScheduler`. RedBeat
+``jobql beat`` runs ``celery -A tasks.core.app beat`` with :class:`JobQLScheduler`. RedBeat
 (celery-redbeat, chosen over a scheduler of our own: maintained, Celery 5 compatible, JSON
 only) reads the entries that are due from Redis on every tick, at most
 ``JOBQL_BEAT_INTERVAL`` apart, so a schedule the API creates, changes or disables takes
@@ -43,6 +43,7 @@ from redis.exceptions import LockNotOwnedError
 from redis.lock import Lock
 
 from tasks.core import compat, events, rabbitmq, records, redis_clients, slots
+from tasks.core.message_writer import ShapeError, writes_messages
 from tasks.core.messages import OWNER_HEADER, queue_key, task_message
 from tasks.core.schedules import (
     DISABLED_SCORE,
@@ -54,7 +55,6 @@ from tasks.core.schedules import (
     timing_from_json,
 )
 from tasks.core.settings import get_settings
-from tasks.worker.fast_paths import ShapeError, writes_messages
 
 logger = logging.getLogger(__name__)
 
@@ -202,10 +202,10 @@ class RunStarter:
     ) -> None:
         """Another broker (RabbitMQ): the PENDING event, then Celery's producer, from an app
         without a result backend (a long-lived sender must not subscribe to every result:
-        see tasks.worker.app); as the API does (gql.services.jobs), an unsent run is ended and
+        see tasks.core.app); as the API does (gql.services.jobs), an unsent run is ended and
         taken away."""
         if self._sender is None:
-            from tasks.worker.app import create_celery_app
+            from tasks.core.app import create_celery_app
 
             self._sender = create_celery_app(get_settings(), producer=True)
         events.announce(fields)

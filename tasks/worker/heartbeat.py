@@ -19,15 +19,13 @@ whether that incarnation beats, not whether some worker of that name does.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import threading
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypedDict
+from typing import Any
 
 import redis
 from celery import bootsteps
@@ -36,76 +34,16 @@ from celery.worker import state
 
 from tasks.core import redis_clients
 from tasks.core.durability import warn_if_not_durable
-from tasks.core.records import PREFIX
+from tasks.core.liveness import (
+    WorkerBeat,
+    begin_incarnation,
+    incarnation_prefix,
+    worker_key,
+    workers_key,
+)
 from tasks.core.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
-
-
-class WorkerBeat(TypedDict):
-    """One worker as its last heartbeat described it."""
-
-    name: str
-    status: str  # "online", or "stopping" once a warm shutdown began
-    pid: int
-    pool: str
-    concurrency: int
-    queues: list[str]
-    active: int  # tasks running now
-    reserved: int  # tasks received and waiting for a pool slot
-    processed: int  # tasks this worker ran since it started
-    heartbeat: str  # ISO-8601, UTC, the worker's clock
-    started_at: str
-    incarnation: str  # drawn at each start: a restart under the same name has a new one
-
-
-def broker_scope(settings: Settings) -> str:
-    """A short name for the broker (its URL hashed: no credentials in key names)."""
-    return hashlib.sha256(settings.broker.encode()).hexdigest()[:12]
-
-
-def workers_key(settings: Settings) -> str:
-    """The set of worker names that beat for this broker."""
-    return f"{PREFIX}:workers:{broker_scope(settings)}"
-
-
-def worker_key(settings: Settings, name: str) -> str:
-    return f"{PREFIX}:worker:{broker_scope(settings)}:{name}"
-
-
-# KEYS[1]: the set of names; ARGV[1]: the prefix of a worker's key. Returns every live beat
-# and forgets the names whose key expired: one round trip, whatever the number of workers.
-READ_SCRIPT = """
-local beats = {}
-for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local beat = redis.call('GET', ARGV[1] .. name)
-  if beat then
-    beats[#beats + 1] = beat
-  else
-    redis.call('SREM', KEYS[1], name)
-  end
-end
-return beats
-"""
-
-
-def worker_prefix(settings: Settings) -> str:
-    return worker_key(settings, "")
-
-
-def incarnation_prefix(settings: Settings) -> str:
-    """Where each incarnation beats: the key holds the worker's name, with the same TTL."""
-    return f"{PREFIX}:incarnation:{broker_scope(settings)}:"
-
-
-_incarnation = ""
-
-
-def incarnation() -> str:
-    """This worker's incarnation id, in its main process and in the pool children it forks;
-    '' outside a worker (or in a child that was not forked from it), which the reaper reads
-    as "judge by the name alone", as before incarnations existed."""
-    return _incarnation
 
 
 def _queues(worker: Any) -> list[str]:
@@ -130,9 +68,7 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         self._thread: threading.Thread | None = None
         self._client: redis.Redis | None = None
         self._started_at = datetime.now(UTC).isoformat()
-        # Drawn here, in the main process before the pool forks: every child inherits it.
-        global _incarnation
-        _incarnation = uuid.uuid4().hex[:16]
+        self._incarnation = begin_incarnation()
 
     def start(self, worker: Any) -> None:
         settings = get_settings()
@@ -164,7 +100,7 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
             try:
                 with self._client.pipeline(transaction=False) as pipe:
                     pipe.delete(worker_key(settings, worker.hostname))
-                    pipe.delete(incarnation_prefix(settings) + _incarnation)
+                    pipe.delete(incarnation_prefix(settings) + self._incarnation)
                     pipe.srem(workers_key(settings), worker.hostname)
                     pipe.execute()
             except redis.RedisError:
@@ -196,12 +132,12 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
             processed=sum(state.total_count.values()),
             heartbeat=datetime.now(UTC).isoformat(),
             started_at=self._started_at,
-            incarnation=_incarnation,
+            incarnation=self._incarnation,
         )
         ttl = int(settings.heartbeat_ttl * 1000)
         with self._client.pipeline(transaction=False) as pipe:
             pipe.set(worker_key(settings, worker.hostname), json.dumps(beat), px=ttl)
-            pipe.set(incarnation_prefix(settings) + _incarnation, worker.hostname, px=ttl)
+            pipe.set(incarnation_prefix(settings) + self._incarnation, worker.hostname, px=ttl)
             pipe.sadd(workers_key(settings), worker.hostname)
             pipe.execute()
 

@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -29,31 +29,13 @@ import redis
 from celery.signals import task_postrun, task_prerun, task_revoked, worker_process_shutdown
 
 from tasks.core import events
-from tasks.core.records import PREFIX, JobState, job_key
+from tasks.core.job_figures import METRICS_KEY, SECONDS_BUCKETS, SEP
+from tasks.core.records import JobState, job_key
 
 logger = logging.getLogger(__name__)
 
-METRICS_KEY = f"{PREFIX}:metrics:jobs"
 FLUSH_SECONDS = 0.5
-SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
-_SEP = "|"
 _FINISHED_STATES = frozenset({JobState.SUCCESS.value, JobState.FAILURE.value})
-
-
-@dataclass
-class Histogram:
-    """Cumulative counts per upper bound, as Prometheus wants them."""
-
-    buckets: dict[float, int] = field(default_factory=dict)
-    count: int = 0
-    sum: float = 0.0
-
-
-@dataclass
-class JobFigures:
-    finished: dict[tuple[str, str], int] = field(default_factory=dict)  # (task, state)
-    run_seconds: dict[str, Histogram] = field(default_factory=lambda: defaultdict(Histogram))
-    queue_wait_seconds: dict[str, Histogram] = field(default_factory=lambda: defaultdict(Histogram))
 
 
 def _observe(
@@ -64,12 +46,12 @@ def _observe(
     Buckets are stored apart (``b``) and made cumulative when read: writing every bound a
     value is under cost up to 13 increments per observation, per job.
     """
-    base = f"{kind}{_SEP}{task}{_SEP}"
+    base = f"{kind}{SEP}{task}{SEP}"
     counts[base + "count"] += 1
     sums[base + "sum"] += seconds
     bound = next((bound for bound in SECONDS_BUCKETS if seconds <= bound), None)
     if bound is not None:  # above the last bound: only in the count (+Inf)
-        counts[f"{base}b{_SEP}{bound}"] += 1
+        counts[f"{base}b{SEP}{bound}"] += 1
 
 
 @dataclass
@@ -134,7 +116,7 @@ def _write(runs: list[_Run], counts: Counter[str]) -> None:
     for run in runs:
         _observe(counts, sums, "run", run.task, run.seconds)
     for run, (created, first_start) in zip(finished, times, strict=True):
-        counts[f"finished{_SEP}{run.task}{_SEP}{run.state}"] += 1
+        counts[f"finished{SEP}{run.task}{SEP}{run.state}"] += 1
         if created and first_start:
             wait = max(0.0, (_moment(first_start) - _moment(created)).total_seconds())
             _observe(counts, sums, "wait", run.task, wait)
@@ -164,45 +146,6 @@ os.register_at_fork(after_in_child=_forget_in_child)
 def _on_process_shutdown(**_: Any) -> None:
     _gathered.cancel()
     _gathered.flush()
-
-
-def parse(fields: dict[str, str]) -> JobFigures:
-    """The hash as figures; every bucket bound is present, a missing one counts zero.
-
-    Fields are ``finished|<task>|<state>``, ``run|<task>|count``, ``run|<task>|sum`` and
-    ``run|<task>|b|<bound>``, one value per bucket, not cumulative (``wait`` likewise); a
-    task name may hold the separator. ``run|<task>|le|<bound>``, cumulative, is how
-    earlier workers wrote them: both add up.
-    """
-    figures = JobFigures()
-    for name, value in fields.items():
-        kind, _, rest = name.partition(_SEP)
-        head, _, last = rest.rpartition(_SEP)
-        if kind == "finished":
-            figures.finished[(head, last)] = int(value)
-            continue
-        target = {"run": figures.run_seconds, "wait": figures.queue_wait_seconds}.get(kind)
-        if target is None:
-            continue
-        if last == "count":
-            target[head].count = int(value)
-        elif last == "sum":
-            target[head].sum = float(value)
-        else:
-            task, _, marker = head.rpartition(_SEP)
-            buckets = target[task].buckets
-            bound = float(last)
-            if marker == "b":  # counts every bound from this one up
-                for upper in SECONDS_BUCKETS:
-                    if upper >= bound:
-                        buckets[upper] = buckets.get(upper, 0) + int(value)
-            else:
-                buckets[bound] = buckets.get(bound, 0) + int(value)
-    for histograms in (figures.run_seconds, figures.queue_wait_seconds):
-        for histogram in histograms.values():
-            for bound in SECONDS_BUCKETS:
-                histogram.buckets.setdefault(bound, 0)
-    return figures
 
 
 _runs: dict[str, tuple[float, str | None]] = {}  # job id -> (run began, owner)
@@ -243,7 +186,7 @@ def _on_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
     if request is None:
         return
     task = getattr(sender, "name", "") or ""
-    _gathered.add(count=f"finished{_SEP}{task}{_SEP}{JobState.REVOKED.value}")
+    _gathered.add(count=f"finished{SEP}{task}{SEP}{JobState.REVOKED.value}")
     logger.info(
         "job revoked",
         extra={"job_id": request.id, "task": task, "state": JobState.REVOKED.value},

@@ -29,9 +29,9 @@ import redis
 from celery import bootsteps
 
 from tasks.core import events, redis_clients, slots
+from tasks.core.liveness import broker_scope, incarnation_prefix, worker_prefix
 from tasks.core.records import PREFIX, RUNNING_STATES, JobState, job_prefix
 from tasks.core.settings import Settings, get_settings
-from tasks.worker.heartbeat import broker_scope, incarnation_prefix, worker_prefix
 
 logger = logging.getLogger(__name__)
 

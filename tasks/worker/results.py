@@ -27,7 +27,6 @@ itself instead, every ``JOBQL_RESULT_CLEANUP_INTERVAL`` (see :class:`ResultClean
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import re
 import threading
@@ -41,32 +40,18 @@ from celery.backends.database import DatabaseBackend as CeleryDatabaseBackend
 from celery.backends.redis import RedisBackend as CeleryRedisBackend
 from celery.exceptions import BackendStoreError
 
-from tasks.core import compat, events, redis_clients
+from tasks.core import compat, events
+from tasks.core.result_backends import (
+    COMPRESSION_KEY,
+    THRESHOLD_KEY,
+    WITH_RECORD_KEY,
+    is_database,
+    is_redis,
+)
 from tasks.core.result_scripts import STORE_SCRIPT
 from tasks.core.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-# Keys of JobQL's own in the Celery configuration, read by the backends below.
-COMPRESSION_KEY = "jobql_result_compression"
-THRESHOLD_KEY = "jobql_result_compression_threshold"
-WITH_RECORD_KEY = "jobql_result_with_record"
-
-
-class ResultTooLarge(Exception):
-    """A job's result is larger than ``JOBQL_MAX_RESULT_BYTES``: the job fails unwritten."""
-
-
-def checked_json(result: Any, limit: int) -> str:
-    """The result as the job record stores it; raises :class:`ResultTooLarge` over ``limit``."""
-    payload = json.dumps(result, default=str, separators=(",", ":"))
-    size = len(payload.encode())
-    if size > limit:
-        raise ResultTooLarge(
-            f"the result is {size} bytes of JSON, more than JOBQL_MAX_RESULT_BYTES ({limit}); "
-            "store large outputs elsewhere and return a reference"
-        )
-    return payload
 
 
 class _ThresholdCompression:
@@ -257,36 +242,13 @@ def _check_no_pickle() -> None:
         raise LookupError("DatabaseBackend._decode_stored_result(payload) is gone")
 
 
-def is_database(url: str) -> bool:
-    return url.startswith("db+")
-
-
-def is_redis(url: str) -> bool:
-    """A Redis that Celery's plain Redis backend speaks to (Sentinel has a backend of its own)."""
-    return redis_clients.is_redis(url) and not redis_clients.is_sentinel(url)
-
-
-def worker_backend(settings: Settings) -> str:
-    """The worker's result backend: JobQL's subclass of Celery's, for the URL's kind."""
-    url = settings.result_backend
-    if is_redis(url):
-        return f"{__name__}:RedisBackend+{url}"
-    if is_database(url):
-        compat.enable(NO_PICKLE, _check_no_pickle, allowed=True)
-        return f"{__name__}:DatabaseBackend+{url.removeprefix('db+')}"
-    return url  # another Celery backend, as Celery knows it
-
-
-def backend_options(settings: Settings) -> dict[str, Any]:
-    """Celery settings for the result backend, derived from JobQL's."""
-    options: dict[str, Any] = {
-        COMPRESSION_KEY: settings.compression,
-        THRESHOLD_KEY: settings.compression_threshold_bytes,
-    }
+def worker_options(settings: Settings) -> dict[str, Any]:
+    """What the worker's backends add to :func:`tasks.core.result_backends.backend_options`:
+    the fixes and fast paths, each decided (and checked) once, in the worker."""
+    options: dict[str, Any] = {}
     if is_database(settings.result_backend):
-        # The tables are made at the first use, not at a worker's start.
-        options["database_create_tables_at_setup"] = False
-    if is_redis(settings.result_backend):  # decided in every process, so the API lists it
+        compat.enable(NO_PICKLE, _check_no_pickle, allowed=True)
+    if is_redis(settings.result_backend):
         compat.enable(ONE_CALL_STORE, _check_one_call_store, allowed=settings.fast_paths)
         if settings.records == settings.result_backend and not settings.records_cluster:
             options[WITH_RECORD_KEY] = compat.enable(

@@ -1,4 +1,4 @@
-"""Recording what :class:`tasks.worker.base.JobTask`'s hooks cannot see, through Celery's signals.
+"""Recording what :class:`tasks.core.base.JobTask`'s hooks cannot see, through Celery's signals.
 
 A revocation has no task hook: the worker decides it before (or instead of) running the
 task. Tasks not built on JobTask (an explicit ``base=``) have no JobQL hooks: their runs are
@@ -13,9 +13,8 @@ from typing import Any
 import redis
 from celery.signals import task_failure, task_prerun, task_retry, task_revoked, task_success
 
-from tasks.core import events
-from tasks.worker import heartbeat
-from tasks.worker.base import JobTask, owner_hint
+from tasks.core import events, liveness
+from tasks.core.base import JobTask, owner_hint
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +58,7 @@ def _on_prerun(
                 delivery.get("routing_key") or "",
                 sender.request.hostname or "",
                 owner_hint(sender.request),
-                heartbeat.incarnation(),
+                liveness.incarnation(),
             )
         except redis.RedisError:
             logger.exception("could not record the start of job %s", task_id)

@@ -11,45 +11,32 @@ timestamp and signature, as the Standard Webhooks specification describes.
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import time
 import urllib.error
 import urllib.request
-import uuid
 from datetime import datetime
 from typing import Any
 
 from celery import Task
 
 from tasks.core import events, records
+from tasks.core.app import celery_app
 from tasks.core.records import JobSnapshot
 from tasks.core.scripts import Hooks
 from tasks.core.settings import get_settings
-from tasks.core.webhook_signing import check_scheme, refused_address, signature
+from tasks.core.webhooks import (
+    DELIVERY_TASK,
+    check_scheme,
+    deliveries_key,
+    delivery_kwargs,
+    refused_address,
+    signature,
+)
 from tasks.core.workflow_records import WorkflowSnapshot, public_fields
-from tasks.worker.app import celery_app
 
 logger = logging.getLogger(__name__)
-
-DELIVERY_TASK = "jobql.deliver_webhook"
-# Every event a webhook may ask for: the terminal states, or every change of state.
-ANY_CHANGE = "ANY"
-
-
-def deliveries_key(kind: str, record_id: str) -> str:
-    return f"{records.PREFIX}:deliveries:{kind}:{record_id}"
-
-
-def delivery_kwargs(kind: str, record: str) -> dict[str, Any]:
-    """The delivery task's arguments for one event: ``record`` is the JSON record."""
-    return {
-        "kind": kind,
-        "record": json.loads(record),
-        "message_id": f"msg_{uuid.uuid4().hex}",
-        "first_at": time.time(),
-    }
 
 
 def schedule(hooks: Hooks) -> None:

@@ -8,9 +8,9 @@ from celery import shared_task
 from pydantic import Field
 
 from orders.models import Order
+from tasks.core.app import job
 from tasks.core.models import JobModel
 from tasks.core.progress import JobContext
-from tasks.worker.app import job
 
 
 class FulfilOrderInput(JobModel):

@@ -38,8 +38,8 @@ os.environ.update(
 )
 
 from devtools.processes import free_port, stop_all, wait_for_port  # noqa: E402
+from tasks.core.app import create_celery_app  # noqa: E402
 from tasks.core.settings import Settings, get_settings  # noqa: E402
-from tasks.worker.app import create_celery_app  # noqa: E402
 from tests import conftest as jobql_conftest  # noqa: E402
 from tests.conftest import GraphQL  # noqa: E402
 

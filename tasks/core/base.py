@@ -15,12 +15,10 @@ import redis
 from celery import Task, states
 from celery.exceptions import BackendStoreError, Ignore
 
-from tasks.core import events
+from tasks.core import events, liveness
 from tasks.core.messages import OWNER_HEADER
-from tasks.core.records import TERMINAL_STATES
+from tasks.core.records import TERMINAL_STATES, checked_json
 from tasks.core.settings import get_settings
-from tasks.worker import heartbeat
-from tasks.worker.results import checked_json
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +31,7 @@ class JobTask(Task):  # type: ignore[misc]
 
         Celery's tracer calls this instead of ``run`` once it is overridden, inside the
         request it pushed (``Task.__call__`` would push a second, empty one). A result over
-        ``JOBQL_MAX_RESULT_BYTES`` raises :class:`tasks.worker.results.ResultTooLarge` here: the
+        ``JOBQL_MAX_RESULT_BYTES`` raises :class:`tasks.core.records.ResultTooLarge` here: the
         job fails with that type, and neither the result backend, the record nor a chain's
         next step ever receives the result.
         """
@@ -67,7 +65,7 @@ class JobTask(Task):  # type: ignore[misc]
                 delivery.get("routing_key") or "",
                 self.request.hostname or "",
                 owner_hint(self.request),
-                heartbeat.incarnation(),
+                liveness.incarnation(),
             )
         except redis.RedisError:
             logger.exception("could not record the start of job %s", task_id)

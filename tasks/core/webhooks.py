@@ -1,5 +1,7 @@
-"""Standard Webhooks (standardwebhooks.com): signing, and the URL check that keeps a caller
-from making JobQL probe the internal network. Plain functions, shared by API and worker."""
+"""Webhooks as API and worker both know them: Standard Webhooks (standardwebhooks.com)
+signing, the URL check that keeps a caller from making JobQL probe the internal network, and
+the delivery task's name and arguments. Plain functions; the delivery itself is the worker's
+(``tasks.worker.webhooks``)."""
 
 from __future__ import annotations
 
@@ -7,8 +9,14 @@ import base64
 import hashlib
 import hmac
 import ipaddress
+import json
+import time
+import uuid
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlsplit
+
+from tasks.core import records
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's prefix, not a secret
 
@@ -53,3 +61,24 @@ def refused_address(addresses: Iterable[str], allowed_networks: Iterable[str]) -
         if internal and not any(address in net for net in allowed):
             return str(address)
     return None
+
+
+DELIVERY_TASK = "jobql.deliver_webhook"
+
+
+# Every event a webhook may ask for: the terminal states, or every change of state.
+ANY_CHANGE = "ANY"
+
+
+def deliveries_key(kind: str, record_id: str) -> str:
+    return f"{records.PREFIX}:deliveries:{kind}:{record_id}"
+
+
+def delivery_kwargs(kind: str, record: str) -> dict[str, Any]:
+    """The delivery task's arguments for one event: ``record`` is the JSON record."""
+    return {
+        "kind": kind,
+        "record": json.loads(record),
+        "message_id": f"msg_{uuid.uuid4().hex}",
+        "first_at": time.time(),
+    }
