@@ -7,13 +7,13 @@ PORT ?= 8000
 # uv installs from the lock; it is itself pinned and bootstrapped with pip into .tools.
 UV_VERSION := 0.13.9
 UV := .tools/bin/uv
-EXTRAS := --extra dev --extra embedded --extra django
+EXTRAS := --extra dev --extra embedded --extra django --extra docs
 SYNC = UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --quiet --python $(PYTHON) $(EXTRAS)
 # pytest-xdist: the live tests mostly wait on real processes, so three run at once on two cores.
 PARALLEL ?= -n 3
 
-.PHONY: run test test-fast test-latest test-contract lock sync lint format schema bench bench-dev \
-	reliability worker beat api clean
+.PHONY: run test test-fast test-latest test-contract lock sync lint format schema docs bench \
+	bench-dev reliability worker beat api clean
 
 $(UV):
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "JobQL needs Python 3.11+"'
@@ -44,8 +44,8 @@ CONTRACT_VENV ?= $(if $(filter $(CONTRACT_PYTHON),$(PYTHON)),$(VENV),.venv-contr
 # Passes that share no server run side by side; each prints its output when it ends.
 SIDE_BY_SIDE := $(MAKE) --no-print-directory --output-sync=target
 
-test: sync  ## lint, type-check, the tests against real services: fast paths on and off; RabbitMQ; results in PostgreSQL and Django; the Django example
-	$(SIDE_BY_SIDE) -j2 lint test-main
+test: sync  ## lint, type-check, build the docs, the tests against real services: fast paths on and off; RabbitMQ; results in PostgreSQL and Django; the Django example
+	$(SIDE_BY_SIDE) -j2 lint test-main docs
 	$(SIDE_BY_SIDE) -j3 test-contract-pass test-django-results test-django-example test-rabbitmq \
 		test-postgres
 
@@ -96,7 +96,12 @@ format: sync
 schema: sync  ## rewrite schema.graphql from the code
 	$(BIN)/jobql export-schema > schema.graphql
 
-# The fault, load and bad-input scenarios (README "Guarantees"); `make test` runs each in
+# The documentation site (mkdocs.yml, docs/) in var/site, git-ignored; offline, no plugin
+# fetches anything. Strict: a broken link or anchor, or a page missing from the nav, fails.
+docs: sync  ## build the documentation site into var/site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict  # without Material's end-of-life banner
+
+# The fault, load and bad-input scenarios (docs/operating/guarantees.md); `make test` runs each in
 # its smallest form, this runs them at full size and writes the ledger.
 RELIABILITY_TESTS := tests/test_faults.py tests/test_lost_worker.py tests/test_redis_outage.py \
 	tests/test_dead_letter.py tests/test_durability.py tests/test_broker_faults.py \
