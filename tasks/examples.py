@@ -13,9 +13,8 @@ from typing import Annotated
 
 from pydantic import Field, JsonValue, ValidatorFunctionWrapHandler, WrapValidator
 
-from tasks.core.app import job
-from tasks.core.models import Email, JobModel
-from tasks.core.progress import JobContext
+from tasks import JobContext, JobModel, job
+from tasks.core.models import Email
 from tasks.core.settings import get_settings
 
 

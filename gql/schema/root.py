@@ -30,7 +30,6 @@ from gql.schema.subscriptions import Subscription
 from gql.schema.types import (
     EnqueueItem,
     EnqueueOptions,
-    Health,
     Job,
     JobConnection,
     JobEdge,
@@ -48,6 +47,7 @@ from gql.schema.types import (
 )
 from gql.schema.workflows import WorkflowQuery, WorkflowSubscription, workflow_mutations
 from gql.services.errors import BadUserInput, ErrorCode, OperationRules, classify
+from gql.services.health import Health
 from gql.services.jobs import EnqueueRequest
 from tasks.core.registry import TaskRegistry, TaskSpec
 from tasks.core.scripts import PageQuery

@@ -221,22 +221,6 @@ class TaskInfo:
         )
 
 
-@strawberry.type(description="One dependency as this API process sees it now.")
-class ComponentHealth:
-    ok: bool = strawberry.field(description="It answered in time.")
-    latency_ms: float | None = strawberry.field(description="How long it took to answer.")
-    error: str | None = strawberry.field(description="Why it is not ok.")
-
-
-@strawberry.type(description="Whether jobs can be enqueued, run, read and watched.")
-class Health:
-    ok: bool = strawberry.field(description="All components answer and a worker is alive.")
-    broker: ComponentHealth = strawberry.field(description="Where jobs wait for a worker.")
-    result_backend: ComponentHealth = strawberry.field(description="Where job records live.")
-    broadcast: ComponentHealth = strawberry.field(description="Where progress is published.")
-    workers: list[str] = strawberry.field(description="Workers with a fresh heartbeat.")
-
-
 @strawberry.type(description="A Celery worker, as its last heartbeat (every few seconds) says.")
 class Worker:
     name: str = strawberry.field(description="Celery's node name, e.g. celery@host.")

@@ -13,15 +13,32 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
+import strawberry
 
 from gql.live.broadcast import PubSubBackend
-from gql.schema.types import ComponentHealth, Health
 from gql.services.cache import Cached
 from gql.services.producer import Producer
 from gql.services.workers import Broker, QueueState, WorkerDirectory
 from tasks.core.liveness import WorkerBeat
 
 logger = logging.getLogger(__name__)
+
+
+# The answer's types, decorated for the schema, which serves them as they are.
+@strawberry.type(description="One dependency as this API process sees it now.")
+class ComponentHealth:
+    ok: bool = strawberry.field(description="It answered in time.")
+    latency_ms: float | None = strawberry.field(description="How long it took to answer.")
+    error: str | None = strawberry.field(description="Why it is not ok.")
+
+
+@strawberry.type(description="Whether jobs can be enqueued, run, read and watched.")
+class Health:
+    ok: bool = strawberry.field(description="All components answer and a worker is alive.")
+    broker: ComponentHealth = strawberry.field(description="Where jobs wait for a worker.")
+    result_backend: ComponentHealth = strawberry.field(description="Where job records live.")
+    broadcast: ComponentHealth = strawberry.field(description="Where progress is published.")
+    workers: list[str] = strawberry.field(description="Workers with a fresh heartbeat.")
 
 
 async def _probe(check: Callable[[], Awaitable[object]], limit: float) -> ComponentHealth:

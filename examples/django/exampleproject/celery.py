@@ -13,7 +13,7 @@ os.environ.setdefault("JOBQL_TASK_MODULES", "[]")
 # Schedules live in django-celery-beat's tables, where this project's beat reads them.
 os.environ.setdefault("JOBQL_SCHEDULE_STORE", "django")
 
-from tasks.core.app import celery_app as app
+from tasks import celery_app as app
 
 # Imports <app>.tasks of every INSTALLED_APPS entry, in the worker and in the API alike.
 app.autodiscover_tasks()

@@ -8,9 +8,7 @@ from celery import shared_task
 from pydantic import Field
 
 from orders.models import Order
-from tasks.core.app import job
-from tasks.core.models import JobModel
-from tasks.core.progress import JobContext
+from tasks import JobContext, JobModel, job
 
 
 class FulfilOrderInput(JobModel):
