@@ -43,7 +43,7 @@ def test_a_profile_is_read_by_library_and_by_function(tmp_path: Path) -> None:
 
     raw = tmp_path / "api-1.raw"
     raw.write_text(
-        "process 1;run (asyncio/runners.py:1);execute (gql/schema/root.py:9);pack (r/c.py:3) 3\n"
+        "process 1;run (asyncio/r.py:1);execute (gql/schema/root.py:9);pack (redis/c.py:3) 3\n"
         "process 1;run (asyncio/runners.py:1);execute (gql/schema/root.py:10) 1\n"
     )
     text = summarise([raw], top=5)
