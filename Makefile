@@ -103,11 +103,7 @@ docs: sync  ## build the documentation site into var/site
 
 # The fault, load and bad-input scenarios (docs/operating/guarantees.md); `make test` runs each in
 # its smallest form, this runs them at full size and writes the ledger.
-RELIABILITY_TESTS := tests/test_faults.py tests/test_lost_worker.py tests/test_redis_outage.py \
-	tests/test_dead_letter.py tests/test_durability.py tests/test_broker_faults.py \
-	tests/test_broker_blips.py tests/test_redis_stalls.py tests/test_beat_outages.py \
-	tests/test_fuzz.py tests/test_subscription_faults.py tests/test_load.py \
-	tests/test_poison_messages.py tests/test_run.py
+RELIABILITY_TESTS := tests/faults
 
 reliability: sync  ## every fault scenario at full size; writes bench/results/reliability.md
 	JOBQL_RELIABILITY=full JOBQL_LEDGER_OUT=bench/results/reliability.md \

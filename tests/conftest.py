@@ -20,13 +20,13 @@ from devtools.processes import api_command, free_port, stop_all, wait_for_port, 
 from devtools.valkey import EmbeddedValkey
 from tasks.core.app import create_celery_app
 from tasks.core.settings import Settings
-from tests.ledger import (  # noqa: F401  (the fault ledger and its hooks)
+from tests.support.ledger import (  # noqa: F401  (the fault ledger and its hooks)
     ledger,
     pytest_sessionfinish,
     pytest_terminal_summary,
     pytest_testnodedown,
 )
-from tests.servers import (
+from tests.support.servers import (
     postgres_database,
     postgres_unavailable,
     rabbitmq_unavailable,
@@ -46,12 +46,16 @@ def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that needs the session's worker (the ``api`` fixture does) is a slow one.
+    """A test under ``tests/live`` or ``tests/faults``, or one that needs the session's worker
+    (the ``api`` fixture does), is a slow one; the in-process tests mirror the packages
+    (``tests/gql/...``, ``tests/tasks/...``) and the repository's own files (``tests/project``).
 
-    Tests that start their own processes say so with ``pytest.mark.slow``.
+    Tests elsewhere that start their own processes say so with ``pytest.mark.slow``.
     """
+    apart = (ROOT / "tests" / "live", ROOT / "tests" / "faults")
     for item in items:
-        if "worker" in getattr(item, "fixturenames", ()):
+        live = any(item.path.is_relative_to(folder) for folder in apart)
+        if live or "worker" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
 
 
@@ -202,7 +206,7 @@ def service_env(redis_url: str, data_dir: Path, **overrides: str) -> dict[str, s
         PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
         JOBQL_ENV="test",
         JOBQL_REDIS_URL=redis_url,
-        JOBQL_TASK_MODULES='["tasks.examples", "tests.native_tasks"]',
+        JOBQL_TASK_MODULES='["tasks.examples", "tests.support.native_tasks"]',
         JOBQL_EXTRA_QUEUES='["reports"]',
         JOBQL_DATA_DIR=str(data_dir),
         # Webhooks: the test's receivers listen on loopback, refused outside the tests.
@@ -291,7 +295,7 @@ def django_results() -> Iterator[None]:
     if os.environ.get("JOBQL_RESULT_BACKEND_URL") != "django-db":
         yield
         return
-    from tests.django_results import throwaway_database
+    from tests.support.django_results import throwaway_database
 
     with throwaway_database():
         yield

@@ -3,7 +3,7 @@
 :class:`MakeRun` starts the README's own command (``make run``, ``PORT`` on a free port) in
 a process group of its own, like a terminal's foreground job, and finds what it started by
 the pid file the runner writes (``<data dir>/run.json``), not by what ``ps`` prints.
-``tests/test_run.py`` drives it; CI runs this module after the tests
+``tests/faults/test_run.py`` drives it; CI runs this module after the tests
 (``python -m tests.newcomer``), on its clean clone with nothing set by hand: the README
 tour's first mutation over HTTP, its subscription to SUCCESS over graphql-transport-ws,
 one Ctrl-C, and every process gone.
@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from devtools.processes import free_port
-from tests.clients import graphql_transport_ws
+from tests.support.clients import graphql_transport_ws
 
 ROOT = Path(__file__).resolve().parent.parent
 PROCESSES = ("valkey", "worker", "beat", "api")

@@ -1,0 +1,166 @@
+"""Job records and the broadcast on a Redis Cluster: three Valkey primaries, no replicas.
+
+Celery's broker stays a single Valkey (its Redis transport has no cluster support); the
+records and their events live on the cluster (``JOBQL_RECORDS_URL``), spread over 16 hash
+tags, events on sharded pub/sub. The stack is this module's own, so restarting a primary
+cannot disturb the rest of the suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import redis
+from redis.crc import key_slot
+
+from devtools.valkey import EmbeddedValkey, EmbeddedValkeyCluster
+from tasks.core import records, slots
+from tasks.core.settings import Settings
+from tests.conftest import AsyncGraphQL, running_api, running_worker, service_env
+from tests.live.test_live import _watch_until_progress
+from tests.live.test_subscriptions import WATCH, _assert_well_ordered, _report
+from tests.support.clients import graphql_transport_ws, sse
+
+pytestmark = pytest.mark.slow
+
+EVERY_JOB = "subscription { jobs { id state } }"
+ENQUEUE = """mutation { enqueue(task: "process_data", input: {data: 1, delay: 0}) { id } }"""
+
+
+@dataclass(frozen=True)
+class Services:
+    cluster: EmbeddedValkeyCluster
+    broker: EmbeddedValkey
+    url: str
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    data_dir = tmp_path_factory.mktemp("cluster")
+    broker = EmbeddedValkey(data_dir / "broker").start()
+    cluster = EmbeddedValkeyCluster(data_dir / "records")
+    try:
+        cluster.start()
+        env = service_env(
+            broker.url,
+            data_dir,
+            JOBQL_RECORDS_URL=cluster.url,
+            JOBQL_RECORDS_CLUSTER="true",
+            JOBQL_KEEP_ALIVE_INTERVAL="0.5",
+        )
+        settings = Settings(redis_url=broker.url)
+        with running_worker(env, data_dir, settings), running_api(env, data_dir) as api:
+            yield Services(cluster, broker, api.base_url)
+    finally:
+        cluster.stop()
+        broker.stop()
+
+
+@pytest.fixture
+async def api(services: Services) -> AsyncIterator[AsyncGraphQL]:
+    async with AsyncGraphQL(services.url) as client:
+        yield client
+
+
+def _job_key(job_id: str) -> str:
+    """A job's key as the services name it (16 tags on a cluster)."""
+    return records.job_prefix(slots.tag_for(job_id, 16)) + job_id
+
+
+def _node_of(cluster: EmbeddedValkeyCluster, key: str) -> int:
+    """Which of the cluster's nodes serves ``key``'s slot."""
+    client = redis.RedisCluster.from_url(cluster.url)
+    try:
+        node = client.get_node_from_key(key)
+        return next(i for i, n in enumerate(cluster.nodes) if n.port == node.port)
+    finally:
+        client.close()
+
+
+async def test_jobs_run_listed_and_watched_through_the_cluster(
+    services: Services, api: AsyncGraphQL
+) -> None:
+    seen: list[dict[str, Any]] = []
+    every = asyncio.create_task(
+        graphql_transport_ws(
+            services.url, EVERY_JOB, {}, within=60, on_result=lambda r: seen.append(r["data"])
+        )
+    )
+    await asyncio.sleep(1.0)  # the firehose listens on each of the 16 tags' channels
+    job_id = await _report(api, steps=8, delay=0.05, countdown=0.3)
+    stream = await graphql_transport_ws(services.url, WATCH, {"id": job_id})
+    assert stream.completed and not stream.errors, stream.errors
+    assert [j["state"] for j in stream.jobs][:2] == ["PENDING", "STARTED"]
+    assert stream.jobs[-1]["state"] == "SUCCESS"
+    _assert_well_ordered(stream.jobs)
+
+    ids = [(await api.data(ENQUEUE))["enqueue"]["id"] for _ in range(12)]
+    for each in ids:
+        assert (await api.wait_done(each))["state"] == "SUCCESS"
+    keys = [_job_key(each) for each in [job_id, *ids]]
+    assert len({_node_of(services.cluster, key) for key in keys}) > 1, "spread over the nodes"
+    listed = await api.data("{ jobs(first: 100) { edges { node { id state } } } }")
+    newest_first = [edge["node"]["id"] for edge in listed["jobs"]["edges"]]
+    assert newest_first[:13] == [*reversed(ids), job_id]
+    done = await api.data(
+        "{ jobs(first: 5, filter: {states: [SUCCESS]}) { edges { node { id } } } }"
+    )
+    assert [edge["node"]["id"] for edge in done["jobs"]["edges"]] == list(reversed(ids))[:5]
+
+    every.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await every
+    finished = {event["jobs"]["id"] for event in seen if event["jobs"]["state"] == "SUCCESS"}
+    assert finished >= {job_id, *ids}, "the firehose hears every tag's shard"
+    broker = redis.Redis.from_url(services.broker.url)
+    try:
+        assert not broker.keys("jobql:job:*"), "no job record on the broker's Valkey"
+    finally:
+        broker.close()
+
+
+async def test_a_job_and_its_watchers_reach_the_end_across_a_primary_restart(
+    services: Services, api: AsyncGraphQL
+) -> None:
+    job_id = await _report(api, steps=60, delay=0.05)
+    watch_ws = await _watch_until_progress(graphql_transport_ws, services.url, job_id)
+    watch_sse = await _watch_until_progress(sse, services.url, job_id)
+    node = _node_of(services.cluster, _job_key(job_id))
+
+    await asyncio.to_thread(services.cluster.restart, node, 0.5)
+
+    for watch in (watch_ws, watch_sse):
+        stream: Any = await asyncio.wait_for(watch, 90)
+        assert stream.completed and not stream.errors, stream.errors
+        assert stream.jobs[-1]["state"] == "SUCCESS"
+        _assert_well_ordered(stream.jobs)
+    assert (await api.wait_done(job_id))["state"] == "SUCCESS"
+    stats = (await api.http.get("/health/stats")).json()
+    assert stats["reconnects"] >= 1
+
+
+async def test_watchers_follow_a_job_whose_slot_moves_to_another_primary(
+    services: Services, api: AsyncGraphQL
+) -> None:
+    job_id = await _report(api, steps=60, delay=0.05)
+    watch = await _watch_until_progress(graphql_transport_ws, services.url, job_id)
+    key = _job_key(job_id)
+    before = (await api.http.get("/health/stats")).json()["reconnects"]
+    source = _node_of(services.cluster, key)
+
+    target = (source + 1) % len(services.cluster.nodes)
+    await asyncio.to_thread(services.cluster.move_slot, key_slot(key.encode()), target)
+
+    assert _node_of(services.cluster, key) == target
+    stream: Any = await asyncio.wait_for(watch, 90)
+    assert stream.completed and not stream.errors, stream.errors
+    assert stream.jobs[-1]["state"] == "SUCCESS"
+    _assert_well_ordered(stream.jobs)
+    after = (await api.http.get("/health/stats")).json()["reconnects"]
+    assert after > before, "the reader followed the slot (and told its subscribers to resync)"
+    again = await graphql_transport_ws(services.url, WATCH, {"id": job_id})
+    assert again.completed and again.jobs[-1]["state"] == "SUCCESS"
