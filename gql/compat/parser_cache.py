@@ -4,7 +4,7 @@ Strawberry 0.341.2's ``ParserCache.on_parse`` parses in the hook itself, before 
 ``try`` that turns a ``GraphQLError`` into an answer. Over HTTP that path has a second
 guard, but a multipart or SSE request whose query does not parse raised out of the
 already-started stream: the client saw its connection cut (found by the fuzz in
-``tests/test_fuzz.py``). Here a document that does not parse is not cached and not set,
+``tests/faults/test_fuzz.py``). Here a document that does not parse is not cached and not set,
 so Strawberry parses it again inside its guard and answers ``GRAPHQL_PARSE_FAILED``.
 """
 

@@ -62,7 +62,7 @@ def ending_at_the_end(stream: Callable[[], AsyncIterator[str]]) -> Callable[[], 
     Strawberry's ``merge_stream_with_heartbeat`` (0.341) lets a heartbeat that was waiting
     for the queue slip in between the stream's ending and its end marker, so a heartbeat
     part went out after multipart's closing ``--graphql--``: a strict client reads it as a
-    malformed part (seen under load in tests/test_subscription_faults.py).
+    malformed part (seen under load in tests/faults/test_subscription_faults.py).
     """
 
     async def ended() -> AsyncIterator[str]:
@@ -119,12 +119,12 @@ class JobQLGraphQL(GraphQL[Context, None]):
         except ClientDisconnect:
             # The client left before its body was read (Strawberry reads a multipart or SSE
             # request's body itself): nobody is left to answer, and nothing went wrong here.
-            # Unhandled, uvicorn logged it as an exception (found by ``tests/test_load.py``).
+            # Unhandled, uvicorn logged it as an exception (found by ``tests/faults/test_load.py``).
             return
 
     def parse_json(self, data: str | bytes) -> Any:
         """A body that is JSON but not an object (``false``, ``1``) is the caller's error:
-        Strawberry 0.341.2 answered it with a 500 (found by ``tests/test_fuzz.py``)."""
+        Strawberry 0.341.2 answered it with a 500 (found by ``tests/faults/test_fuzz.py``)."""
         parsed = super().parse_json(data)
         if not isinstance(parsed, dict | list):
             raise HTTPException(400, "The request body must be a JSON object")

@@ -1,7 +1,8 @@
 """The schema: the contract's queries and mutations, plus one typed mutation per task."""
 
 # Resolver annotations must stay real objects: typed mutations are built at run time.
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Callable, Iterable, Sequence
 from typing import Annotated, Any, TypeVar
 
 import strawberry
@@ -28,6 +29,7 @@ from gql.schema.inputs import InputTypes, mutation_name, to_data
 from gql.schema.schedules import ScheduleQuery, schedule_mutations
 from gql.schema.subscriptions import Subscription
 from gql.schema.types import (
+    SCALARS,
     EnqueueItem,
     EnqueueOptions,
     Job,
@@ -299,7 +301,7 @@ class JobQLSchema(strawberry.Schema):
 
         Strawberry 0.341.2 lets a subscription sent as a plain POST (or GET) through to
         ``execute``, which completes the generator as if it were a job: a traceback in the
-        log and ``INTERNAL_SERVER_ERROR`` (found by ``tests/test_fuzz.py``). It is the
+        log and ``INTERNAL_SERVER_ERROR`` (found by ``tests/faults/test_fuzz.py``). It is the
         client's error, answered as a request error without ``data``, as the GraphQL-over-
         HTTP reference server (graphql-http) answers it: 200 under ``application/json``,
         400 under ``application/graphql-response+json`` (``gql.http.conventions``). Not 405:
@@ -324,18 +326,18 @@ class JobQLSchema(strawberry.Schema):
             return ExecutionResult(data=None, errors=[_needs_a_stream()])
 
 
-def operation_rules(settings: Settings | None) -> OperationRules:
+def operation_rules(settings: Settings | None) -> Callable[[], OperationRules]:
     """Input errors tagged, and the depth, alias and token limits when settings are given.
 
-    Strawberry's limiters build the rules; :class:`gql.services.errors.OperationRules` applies them
-    in its one hook. It comes before the caches: a cached parse or validation was made under the
-    same rules.
+    Strawberry's limiters build the rules once; :class:`gql.services.errors.OperationRules`
+    applies them in its one hook, a fresh extension per operation. It comes before the caches:
+    a cached parse or validation was made under the same rules.
     """
     if settings is None:
-        return OperationRules()
+        return OperationRules
     depth = QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules
     aliases = MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules
-    return OperationRules(settings.max_tokens, [*depth, *aliases])
+    return functools.partial(OperationRules, settings.max_tokens, [*depth, *aliases])
 
 
 def build_schema(
@@ -380,14 +382,16 @@ def build_schema(
         query=Query,
         mutation=mutation,
         subscription=RootSubscription,
-        config=StrawberryConfig(auto_camel_case=True),
+        config=StrawberryConfig(auto_camel_case=True, scalar_map=SCALARS),
         execution_context_class=execution_context_class(),
-        # Instances, not classes: each cache lives in its instance and must outlive a request.
+        # Classes and factories: Strawberry builds a fresh extension per operation, so none
+        # shares per-request state with another; the caches' LRUs are Strawberry's own,
+        # shared by every instance of the same size.
         extensions=[
-            operation_rules(settings),  # type: ignore[list-item]
-            *([DisableIntrospection()] if settings and not settings.introspection else []),  # type: ignore[list-item]
-            OperationObserver,  # a class: one instance per operation, for its timing
-            ReportingParserCache(maxsize=1024),  # type: ignore[list-item]
-            ValidationCache(maxsize=1024),  # type: ignore[list-item]
+            operation_rules(settings),
+            *([DisableIntrospection] if settings and not settings.introspection else []),
+            OperationObserver,  # its timing is per operation
+            lambda: ReportingParserCache(maxsize=1024),
+            lambda: ValidationCache(maxsize=1024),
         ],
     )

@@ -8,8 +8,8 @@ import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from tests.clients import TRANSPORTS, websocket
 from tests.conftest import JOB_FIELDS, GraphQL
+from tests.support.clients import TRANSPORTS, websocket
 
 PLACE = """
 mutation($item: String!, $quantity: Int!) {

@@ -10,8 +10,8 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from gql.django import blocking_jobs
-from tests.clients import graphql_transport_ws
 from tests.conftest import AsyncGraphQL, GraphQL
+from tests.support.clients import graphql_transport_ws
 
 PLACE = 'mutation($q: Int!) { placeOrder(item: "tea", quantity: $q) { id jobId } }'
 EVERY_JOB = "subscription { jobs { id state } }"
