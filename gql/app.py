@@ -74,7 +74,7 @@ def create_app(
         )
     configure_logging(settings)
     load_task_modules(settings)
-    compat.enable(settings.fast_paths)
+    compat.decide_all(settings)
     slots.configure(settings.layout)
     if not settings.auth_methods:
         logger.warning(

@@ -1,40 +1,13 @@
-"""The executor every operation runs on: graphql-core's, with three costs of it removed.
+"""The executor every operation runs on: graphql-core's, without its two leaks, and with
+subscription events projected instead of executed.
 
-1. Subscription events without graphql-core's per-event executor, where that is safe.
-
-graphql-core executes a subscription's whole selection set again for every event: it builds a
-per-event executor, collects the root fields anew and walks every field through its generic
-completion machinery. For a dashboard watching thousands of jobs that is most of the API's
-CPU. Worse, graphql-core 3.3 memoizes sub-field collection on the identity of field lists it
-builds afresh for every event, in a dict shared by all events of the subscription: a
-long-lived subscription's memo grows by an entry or two per event and never shrinks.
-
-A job's fields are plain data: no arguments, no resolvers of their own. So the first event
-of a subscription compiles its selection set (fragments, aliases and ``@skip``/``@include``
-already applied by graphql-core's own field collection) into a projection of the yielded
-object, and every event is the projection of its payload, coerced by the schema's own scalar
-and enum types. Anything the projection does not cover takes graphql-core's path unchanged:
-a field with a resolver or arguments, a list, an interface or union, a type with its own
-type check, middleware, an abort signal, and any value the projection finds off-contract (a
-null in a non-null field, a scalar that does not coerce), so errors keep their exact form.
-
-2. No reference cycle through the executor (see :func:`_weak_helpers`): an ended
-operation, above all a long-lived subscription, is freed by reference counting instead of
-waiting for a full collection that pauses every stream.
-
-3. Objects in queries and mutations completed by the same kind of projection, compiled once
-per selection: a page of 50 jobs is 50 cheap projections instead of 50 walks through
-graphql-core's field machinery. Same fallbacks as above. The parser cache hands every
-request of one query text the same document, so a selection's projection is kept with its
-operation (see :class:`_SharedPlans`) and the next request of that query compiles nothing;
-an operation whose directives take variables (``@include(if: $x)``) selects per request,
-so it compiles per request as before.
-
-No slow path is silent: every event or object that takes graphql-core's path counts on the
-``executor`` fast path's ``fallbacks`` (``/health/stats``), logged once per selection. The executor
-overrides graphql-core internals, so it runs only where :mod:`gql.compat.register` decided it may
-(``JOBQL_FAST_PATHS``, and a start-up check of those internals); the private names it uses come from
-there.
+:class:`LeakFreeExecutor` is a fix, always on: graphql-core binds its resolver helpers to the
+executor (a reference cycle, so a long subscription's executor waits for a full collection),
+and memoizes sub-field collection per subscription on field lists it builds afresh for every
+event (a memo that only grows). :class:`JobQLExecutor` adds the speed-up behind
+``JOBQL_FAST_PATHS``: a job's fields are plain data, so a subscription's first event compiles
+its selection into a projection of the yielded object, shared by every subscription of the
+same document, and anything it does not cover takes graphql-core's path, counted and logged.
 """
 
 from __future__ import annotations
@@ -87,34 +60,48 @@ class Uncompilable(Exception):
     """The selection set uses something the projection does not cover."""
 
 
-class JobQLExecutor(StockExecutionContext):
-    """Strawberry's executor: objects and subscription events completed by compiled
-    projections where safe, and no reference cycle through the executor."""
+class LeakFreeExecutor(StockExecutionContext):
+    """Strawberry's executor without a reference cycle through itself, and with a fresh
+    memo for every subscription event (see the module docstring)."""
 
     # Out of the instance dict: graphql-core's executor sets 32 attributes and CPython 3.11
     # shares one key table between instances only up to 30, so each executor paid for a
-    # dict of its own (1.6 KiB, measured), and a subscription holds its executor for life.
-    __slots__ = ("_event_plan", "_object_plans", "defer_usage_set", "groups", "streams", "tasks")
+    # dict of its own, and a subscription holds its executor for life.
+    __slots__ = ("defer_usage_set", "groups", "streams", "tasks")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.async_helpers = _weak_helpers(self)
+
+    def __copy__(self) -> LeakFreeExecutor:
+        """A shallow copy (graphql-core makes one per event and per deferred group), as
+        ``copy.copy`` would make it, without its slow path for slots."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        for cls in type(self).__mro__:
+            for name in cls.__dict__.get("__slots__", ()):
+                setattr(clone, name, getattr(self, name))
+        return clone
+
+    def execute_operation(self, serially: bool | None = None) -> Any:
+        if self.operation.operation is OperationType.SUBSCRIPTION:
+            # Only events run a subscription's operation (subscribing has its own call).
+            self._relevant_sub_fields = {}
+        return super().execute_operation(serially)
+
+
+class JobQLExecutor(LeakFreeExecutor):
+    """The leak-free executor, with subscription events completed by a compiled projection
+    where safe."""
+
+    __slots__ = ("_event_plan",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Shared with every per-event copy (they are shallow): compiled on the first event.
         self._event_plan: list[Plan] = []
-        # Per selection of an object type, kept with the field list its key refers to.
-        self._object_plans: dict[tuple[str, int], Plan] = {}
-        self.async_helpers = _weak_helpers(self)
-
-    def __copy__(self) -> JobQLExecutor:
-        """A shallow copy (graphql-core makes one per event and per deferred group), as
-        ``copy.copy`` would make it, without its slow path for slots."""
-        clone = object.__new__(type(self))
-        clone.__dict__.update(self.__dict__)
-        for name in JobQLExecutor.__slots__:
-            setattr(clone, name, getattr(self, name))
-        return clone
 
     def execute_operation(self, serially: bool | None = None) -> Any:
-        # Only events run a subscription's operation: the subscribe step has its own call.
         if self.operation.operation is not OperationType.SUBSCRIPTION:
             return super().execute_operation(serially)
         if not self._event_plan:
@@ -127,55 +114,7 @@ class JobQLExecutor(StockExecutionContext):
                 return ExecutionResult(data=plan.project(self.root_value), errors=None)
             except Exception as exc:  # off-contract values go the full way, which reports them
                 _fell_back(plan, exc)
-        # Fresh memos per event: see the module docstring.
-        self._relevant_sub_fields = {}
-        self._object_plans = {}
         return super().execute_operation(serially)
-
-    def complete_object_value(
-        self,
-        return_type: GraphQLObjectType,
-        field_details_list: Any,
-        info: Any,
-        path: Any,
-        result: Any,
-        position_context: Any,
-    ) -> Any:
-        plan = self._object_plan(return_type, field_details_list)
-        if plan.project is None:
-            _fell_back(plan)
-        else:
-            try:
-                return plan.project(result)
-            except Exception as exc:
-                _fell_back(plan, exc)
-        return super().complete_object_value(
-            return_type, field_details_list, info, path, result, position_context
-        )
-
-    def _object_plan(self, type_: GraphQLObjectType, details: Any) -> Plan:
-        # graphql-core passes the same field list for every item of a list: its identity is
-        # the selection, as in graphql-core's own memo of sub-fields.
-        key = (type_.name, id(details))
-        plan = self._object_plans.get(key)
-        if plan is None:
-            try:
-                self._unsupported()
-            except Uncompilable as exc:
-                plan = Plan(type_.name, details)
-                plan.why = str(exc)
-            else:
-                plan = _SHARED.plan(self, type_, details)
-            self._object_plans[key] = plan
-        return plan
-
-    def _compile_object(self, type_: GraphQLObjectType, details: Any) -> Plan:
-        plan = Plan(type_.name, details)
-        try:
-            plan.project = self._object(type_, details)
-        except Uncompilable as exc:
-            plan.why = str(exc)  # not the exception: its traceback holds the executor
-        return plan
 
     def _unsupported(self) -> None:
         if self.abort_signal is not None:
@@ -298,8 +237,8 @@ class Plan:
 
 
 class _SharedPlans:
-    """Object and event plans kept per (schema, operation), for the next request (or
-    subscription) of the same document.
+    """Event plans kept per (schema, operation), for the next subscription of the same
+    document.
 
     A plan depends on the schema, the operation's fields and fragments and, through
     ``@skip``/``@include``/``@defer``, on variables: operations whose directives take
@@ -312,18 +251,6 @@ class _SharedPlans:
 
     def __init__(self) -> None:
         self._operations: OrderedDict[tuple[int, int], _OperationPlans] = OrderedDict()
-
-    def plan(self, executor: JobQLExecutor, type_: GraphQLObjectType, details: Any) -> Plan:
-        if any(d.defer_usage is not None or d.fragment_variable_values for d in details):
-            return executor._compile_object(type_, details)
-        entry = self._entry(executor)
-        if entry.varies:
-            return executor._compile_object(type_, details)
-        plan_key = (type_.name, *(id(d.node) for d in details))
-        plan = entry.plans.get(plan_key)
-        if plan is None:
-            plan = entry.plans[plan_key] = executor._compile_object(type_, details)
-        return plan
 
     def event_plan(self, executor: JobQLExecutor) -> Plan:
         """A subscription's event plan: held by thousands of subscriptions of one document,
@@ -356,7 +283,7 @@ class _SharedPlans:
 
 
 class _OperationPlans:
-    __slots__ = ("event", "operation", "plans", "schema", "varies")
+    __slots__ = ("event", "operation", "schema", "varies")
 
     def __init__(self, schema: Any, operation: OperationDefinitionNode, fragments: Any) -> None:
         self.schema = schema
@@ -371,7 +298,6 @@ class _OperationPlans:
                 [operation, *(fragment.definition for fragment in fragments.values())]
             )
         )
-        self.plans: dict[tuple[Any, ...], Plan] = {}
         self.event: Plan | None = None
 
 
@@ -507,6 +433,8 @@ class _WeakExecutor:
 
 
 def execution_context_class() -> type[StockExecutionContext] | None:
-    """JobQL's executor when its fast path is on (see :func:`gql.compat.register.enable`); ``None``
-    leaves Strawberry's stock one."""
-    return JobQLExecutor if compat.EXECUTOR.active else None
+    """JobQL's executor when its speed-up is on, the leak-free one when only the fix is, and
+    ``None`` (Strawberry's stock executor) when not even the fix's check passed."""
+    if compat.EXECUTOR.active:
+        return JobQLExecutor
+    return LeakFreeExecutor if compat.EXECUTOR_LEAKS.active else None

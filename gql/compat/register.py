@@ -1,32 +1,11 @@
-"""The API's uses of library internals: each one a fast path in :mod:`tasks.core.compat`'s register.
+"""The API's touches of library internals, each an entry of :mod:`tasks.core.compat`'s register.
 
-Every private name the API imports is imported here and nowhere else. The classes built on
+Every private name the API imports is imported here and nowhere else; the classes built on
 them stay beside the code they serve (:mod:`gql.compat.execution`, :mod:`gql.http.sockets`,
-:mod:`gql.http.transports`), and run only when :func:`enable`, called once by the app factory,
-found the internal in the shape it was verified on and ``JOBQL_FAST_PATHS`` allows it.
-Otherwise the library's stock behaviour runs, after one warning naming what changed.
-
-- ``executor``: graphql-core's executor internals and Strawberry's marker on plain
-  attribute resolvers, for :class:`gql.compat.execution.JobQLExecutor`. Stock: Strawberry's
-  execution context.
-- ``content_type_cache``: Strawberry's view parses every request's Content-Type through a
-  module global, replaced by a cached copy. Stock: parsed on every request.
-- ``stream_transport_cache``: Strawberry's view picks a streaming transport by parsing every
-  request's Accept header (with the email package, for multipart); the pick is remembered
-  per Accept value. Stock: parsed on every request.
-- ``bounded_sockets``: uvicorn's httptools protocol, with small send buffers. Stock:
-  uvicorn's protocol as it is.
-- ``coalescing_websockets``: uvicorn's websockets-sansio protocol, one write per connection
-  per loop pass. Stock: one write per message.
-- ``joined_responses``: uvicorn's httptools request cycle, an HTTP response's head and body
-  in one write. Stock: two writes (two system calls, two segments) per response.
-- ``hiredis_packing``: redis-py's asyncio connections pack commands with hiredis, as its
-  blocking client does (``gql.compat.packing``). Stock: packed in Python, a buffer re-joined per
-  argument.
-
-A private module that moved away fails the import at start-up, loudly: the pins in
-``pyproject.toml`` keep that from happening by surprise, and ``make test-latest`` shows it
-before an upgrade.
+:mod:`gql.compat.packing`) and run only where :func:`decide_all`, called once by the app
+factory, found the internal in the shape it was verified on. A private module that moved away
+fails the import at start-up, loudly: the pins in ``pyproject.toml`` keep that from happening
+by surprise, and ``make test-latest`` shows it before an upgrade.
 """
 
 from __future__ import annotations
@@ -46,7 +25,6 @@ from graphql.execution.collect_fields import (
     collect_subfields,
 )
 from strawberry.http import async_base_view
-from strawberry.http.base import BaseView
 from strawberry.http.parse_content_type import parse_content_type
 from strawberry.permission import BasePermission
 from strawberry.resolvers import is_default_resolver
@@ -57,8 +35,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from gql.compat import packing
-from tasks.core.compat import FastPath
-from tasks.core.compat import enable as register
+from tasks.core import compat
+from tasks.core.settings import Settings
 
 __all__ = [
     "CollectedFields",
@@ -77,59 +55,61 @@ GRAPHQL = "graphql-core 3.3.2, strawberry-graphql 0.341.2"
 STRAWBERRY = "strawberry-graphql 0.341.2"
 UVICORN = "uvicorn 0.54.0"
 
-EXECUTOR = FastPath(
-    name="executor",
-    library="graphql-core, strawberry-graphql",
-    verified=GRAPHQL,
-    fallback="Strawberry's stock execution context",
+EXECUTOR_LEAKS = compat.fix(
+    "graphql_core.executor_leaks",
+    "graphql-core",
+    GRAPHQL,
+    "Strawberry's stock executor: each executor a reference cycle, each subscription's "
+    "sub-field memo growing by an entry or two per event",
+    upstream="graphql-core binds its resolver helpers to the executor and memoizes sub-field "
+    "collection per subscription on per-event lists (graphql-python/graphql-core#190 is the "
+    "garbage-collection cost of such cycles; the memo is not reported yet)",
 )
-CONTENT_TYPE_CACHE = FastPath(
-    name="content_type_cache",
-    library="strawberry-graphql",
-    verified=STRAWBERRY,
-    fallback="Content-Type parsed on every request",
+EXECUTOR = compat.speed_up(
+    "executor",
+    "graphql-core, strawberry-graphql",
+    GRAPHQL,
+    "graphql-core executes each subscription event's selection set anew",
+    figure="P6 / P13: the API's CPU per delivered progress event",
 )
-STREAM_TRANSPORT_CACHE = FastPath(
-    name="stream_transport_cache",
-    library="strawberry-graphql",
-    verified=STRAWBERRY,
-    fallback="the Accept header parsed on every request",
+CONTENT_TYPE_CACHE = compat.speed_up(
+    "content_type_cache",
+    "strawberry-graphql",
+    STRAWBERRY,
+    "Content-Type parsed on every request",
+    figure="P1 / P14: the API's CPU per mutation",
 )
-BOUNDED_SOCKETS = FastPath(
-    name="bounded_sockets",
-    library="uvicorn",
-    verified=UVICORN,
-    fallback="uvicorn's httptools protocol with the kernel's send buffers",
+BOUNDED_SOCKETS = compat.speed_up(
+    "bounded_sockets",
+    "uvicorn",
+    UVICORN,
+    "uvicorn's httptools protocol with the kernel's send buffers",
+    figure="P7: progress delivered to slow readers, coalesced rather than parked in the kernel",
 )
-COALESCING_WEBSOCKETS = FastPath(
-    name="coalescing_websockets",
-    library="uvicorn",
-    verified=UVICORN,
-    fallback="uvicorn's websockets-sansio protocol, one write per message",
+COALESCING_WEBSOCKETS = compat.speed_up(
+    "coalescing_websockets",
+    "uvicorn",
+    UVICORN,
+    "uvicorn's websockets-sansio protocol, one write per message",
+    figure="P6 / P13: one write per connection per loop pass",
 )
-JOINED_RESPONSES = FastPath(
-    name="joined_responses",
-    library="uvicorn",
-    verified=UVICORN,
-    fallback="uvicorn's httptools protocol, a response's head and body written apart",
-)
-HIREDIS_PACKING = FastPath(
-    name="hiredis_packing",
-    library="redis, hiredis",
-    verified="redis 8.1.0, hiredis 3.5.0",
-    fallback="redis-py's asyncio command packing, in Python",
+HIREDIS_PACKING = compat.speed_up(
+    "hiredis_packing",
+    "redis, hiredis",
+    "redis 8.1.0, hiredis 3.5.0",
+    "redis-py's asyncio command packing, in Python",
+    figure="P1 / P11: the API's CPU per Redis script call",
 )
 
 
-def enable(fast_paths: bool) -> None:
-    """Decide every API fast path once, at start-up: on, or stock with one warning."""
-    register(EXECUTOR, _check_executor, allowed=fast_paths)
-    register(CONTENT_TYPE_CACHE, _check_content_type, allowed=fast_paths)
-    register(STREAM_TRANSPORT_CACHE, _check_stream_transport, allowed=fast_paths)
-    register(BOUNDED_SOCKETS, _check_http_protocol, allowed=fast_paths)
-    register(COALESCING_WEBSOCKETS, _check_websockets_protocol, allowed=fast_paths)
-    register(JOINED_RESPONSES, _check_request_cycle, allowed=fast_paths)
-    register(HIREDIS_PACKING, _check_packing, allowed=fast_paths)
+def decide_all(settings: Settings) -> None:
+    """Decide every API internal once, at start-up: on, or stock with one warning."""
+    leak_free = compat.decide(EXECUTOR_LEAKS, _check_executor_leaks, settings)
+    compat.decide(EXECUTOR, _check_executor if leak_free else _needs_leak_fix, settings)
+    compat.decide(CONTENT_TYPE_CACHE, _check_content_type, settings)
+    compat.decide(BOUNDED_SOCKETS, _check_http_protocol, settings)
+    compat.decide(COALESCING_WEBSOCKETS, _check_websockets_protocol, settings)
+    compat.decide(HIREDIS_PACKING, _check_packing, settings)
     async_base_view.parse_content_type = (  # type: ignore[attr-defined]
         _cached_parse_content_type if CONTENT_TYPE_CACHE.active else parse_content_type
     )
@@ -153,12 +133,28 @@ def is_plain_attribute(field: GraphQLField) -> bool:
 _cached_parse_content_type = functools.lru_cache(maxsize=64)(parse_content_type)
 
 
-def _check_executor() -> None:
-    _parameters(
-        StockExecutionContext.complete_object_value,
-        "self return_type field_details_list info path result position_context",
-    )
+def _check_executor_leaks() -> None:
+    """A real executor, built by graphql-core, has the helpers and the memo the fix replaces,
+    and the attributes its slots take out of the instance dict."""
     _parameters(StockExecutionContext.execute_operation, "self serially")
+    executor = StockExecutionContext.build(build_schema("type Query { a: Int }"), parse("{ a }"))
+    if isinstance(executor, list):
+        raise TypeError(f"could not build an executor: {executor}")
+    if not isinstance(getattr(executor, "_relevant_sub_fields", None), dict):
+        raise AttributeError("the executor keeps no _relevant_sub_fields memo")
+    for name in (
+        "async_helpers", "gather_async_work", "track_async_work", "defer_usage_set",
+        "groups", "streams", "tasks",
+    ):  # fmt: skip
+        if not hasattr(executor, name):
+            raise AttributeError(f"the executor has no {name!r}")
+
+
+def _needs_leak_fix() -> None:
+    raise LookupError(f"it builds on {EXECUTOR_LEAKS.name}, which is off")
+
+
+def _check_executor() -> None:
     _parameters(
         collect_fields,
         "schema fragments variable_values runtime_type operation hide_suggestions",
@@ -175,10 +171,8 @@ def _check_executor() -> None:
     if isinstance(executor, list):
         raise TypeError(f"could not build an executor: {executor}")
     for name in (
-        "_relevant_sub_fields", "async_helpers", "abort_signal", "middleware_manager",
-        "hide_suggestions", "fragments", "variable_values", "operation", "root_value",
-        "gather_async_work", "track_async_work", "defer_usage_set", "groups", "streams",
-        "tasks",
+        "abort_signal", "middleware_manager", "hide_suggestions", "fragments",
+        "variable_values", "operation", "root_value",
     ):  # fmt: skip
         if not hasattr(executor, name):
             raise AttributeError(f"the executor has no {name!r}")
@@ -214,13 +208,6 @@ def _check_content_type() -> None:
     _parameters(parse_content_type, "content_type")
 
 
-def _check_stream_transport() -> None:
-    _parameters(BaseView._get_stream_transport_from_headers, "self headers")
-    _source_mentions(async_base_view.AsyncBaseHTTPView.parse_http_body,
-                     "self._get_stream_transport_from_headers(request.headers)")  # fmt: skip
-    _source_mentions(BaseView._get_stream_transport_from_headers, 'key.lower() == "accept"')
-
-
 def _check_http_protocol() -> None:
     _parameters(HttpToolsProtocol.connection_made, "self transport")
     _source_mentions(HttpToolsProtocol.__init__, "self.ws_protocol_class")
@@ -229,15 +216,6 @@ def _check_http_protocol() -> None:
 def _check_websockets_protocol() -> None:
     _parameters(WebSocketsSansIOProtocol.connection_made, "self transport")
     _source_mentions(WebSocketsSansIOProtocol.connection_made, "self.transport = transport")
-
-
-def _check_request_cycle() -> None:
-    _parameters(HttpToolsProtocol.on_headers_complete, "self")
-    _parameters(HttpToolsProtocol.shutdown, "self")
-    _source_mentions(HttpToolsProtocol.on_headers_complete, "self.cycle = RequestResponseCycle(")
-    _source_mentions(HttpToolsProtocol.on_headers_complete, "transport=self.transport")
-    _source_mentions(RequestResponseCycle.__init__, "self.transport = transport")
-    _source_mentions(RequestResponseCycle.send, "self.transport.write(")
 
 
 def _check_packing() -> None:

@@ -11,8 +11,6 @@ keeps the same transport and so the same limits, and (with uvicorn's default Web
 implementation) goes to :class:`CoalescingWebSocketsProtocol`, which sends everything a
 connection's subscriptions produced in one pass of the event loop in one write.
 
-An HTTP response goes out in one write too: uvicorn writes its head and its body apart.
-
 Both extend uvicorn's protocol classes, which are not a documented API: each change runs
 only when ``gql.compat.register`` found the shape it was verified on (and ``JOBQL_FAST_PATHS``
 allows it); otherwise the class behaves exactly as uvicorn's own.
@@ -45,26 +43,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if compat.BOUNDED_SOCKETS.active:
             _bound(transport)
         super().connection_made(transport)
-
-    def on_headers_complete(self) -> None:
-        """A request's cycle writes its response's head together with what follows it:
-        head and body leave in one system call and one TCP segment."""
-        super().on_headers_complete()
-        cycle = self.cycle
-        if (
-            compat.JOINED_RESPONSES.active
-            and cycle is not None
-            and cycle.transport is self.transport
-            and not cycle.response_started
-        ):
-            cycle.transport = _HeadJoiningTransport(self.transport)  # type: ignore[assignment]
-
-    def shutdown(self) -> None:
-        """A response joined in this loop pass goes out before uvicorn closes the socket."""
-        cycle = self.cycle
-        if cycle is not None and isinstance(cycle.transport, _HeadJoiningTransport):
-            cycle.transport.flush()
-        super().shutdown()
 
 
 def _bound(transport: asyncio.Transport) -> None:
@@ -113,43 +91,6 @@ class _CoalescingTransport:
 
     def close(self) -> None:
         self._flush()
-        self._transport.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
-class _HeadJoiningTransport:
-    """A request cycle's transport: its first write (the response's head) is held until
-    the next one (the body), which takes it along at once; whatever comes later is written
-    as it comes. A head with nothing after it in this loop pass (a streamed response, or
-    ``100 Continue``) goes out when the pass ends. Holding only the head keeps a response's
-    latency: the body leaves exactly when uvicorn would have written it."""
-
-    def __init__(self, transport: asyncio.BaseTransport) -> None:
-        self._transport: Any = transport
-        self._head: bytes | None = None
-        self._held = False
-
-    def write(self, data: bytes) -> None:
-        if self._head is not None:
-            data, self._head = self._head + data, None
-        elif not self._held:
-            self._held = True
-            self._head = data
-            asyncio.get_running_loop().call_soon(self.flush)
-            return
-        if not self._transport.is_closing():
-            self._transport.write(data)
-
-    def flush(self) -> None:
-        if self._head is not None:
-            head, self._head = self._head, None
-            if not self._transport.is_closing():
-                self._transport.write(head)
-
-    def close(self) -> None:
-        self.flush()
         self._transport.close()
 
     def __getattr__(self, name: str) -> Any:

@@ -17,7 +17,6 @@ from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLHTTPResponse
 from strawberry.http.streaming import (
-    HTTPStreamTransport,
     MultipartSubscriptionTransport,
     SSETransport,
 )
@@ -30,7 +29,6 @@ from strawberry.subscriptions import (
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET, UnsetType
 
-from gql.compat import register as compat
 from gql.http import graphiql
 from gql.http.web import PRINCIPAL
 from gql.http.ws_handlers import LegacyWsHandler, TransportWsHandler
@@ -39,7 +37,6 @@ from gql.services.auth import ANONYMOUS_PRINCIPAL, Authenticator, credential_of
 from gql.services.errors import ErrorCode, Unauthenticated
 
 _ACK = cast(UnsetType, UNSET)  # a plain connection_ack, without a payload
-_ACCEPT_VALUES = 64  # distinct Accept headers whose streaming transport is remembered
 
 SUBSCRIPTION_PROTOCOLS = (
     GRAPHQL_TRANSPORT_WS_PROTOCOL,  # graphql-ws: Apollo's GraphQLWsLink, GraphiQL
@@ -98,7 +95,6 @@ class JobQLGraphQL(GraphQL[Context, None]):
         self.authenticator = authenticator
         self._admission = asyncio.Semaphore(max_concurrent) if max_concurrent else None
         self._ping_interval: float = kwargs.get("keep_alive_interval", 15.0)
-        self._transports_by_accept: dict[str, HTTPStreamTransport | None] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Plain HTTP operations take a turn at a bounded number of slots: the rest park
@@ -131,20 +127,6 @@ class JobQLGraphQL(GraphQL[Context, None]):
         if isinstance(parsed, dict) and not isinstance(parsed.get("operationName"), str | None):
             raise HTTPException(400, "The GraphQL operation's `operationName` must be a string")
         return parsed
-
-    def _get_stream_transport_from_headers(
-        self, headers: Mapping[str, str]
-    ) -> HTTPStreamTransport | None:
-        """The streaming transport an Accept value asks for, worked out once per value."""
-        if not compat.STREAM_TRANSPORT_CACHE.active:
-            return super()._get_stream_transport_from_headers(headers)
-        accept = headers.get("accept", "")
-        known = self._transports_by_accept
-        if accept not in known:
-            if len(known) >= _ACCEPT_VALUES:
-                known.clear()
-            known[accept] = super()._get_stream_transport_from_headers({"accept": accept})
-        return known[accept]
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket

@@ -77,8 +77,7 @@ class JobTask(Task):  # type: ignore[misc]
     def on_success(
         self, retval: Any, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
-        # Recorded already when Celery's result backend stored the success with the record.
-        if not _builtin(self.name) and not getattr(self.request, "jobql_recorded", False):
+        if not _builtin(self.name):
             payload = getattr(self.request, "jobql_result_json", None)
             events.succeeded(task_id, self.name, retval, payload)
 

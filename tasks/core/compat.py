@@ -1,38 +1,42 @@
-"""The register of fast paths: every place JobQL leans on a library's internals.
+"""The register of every place JobQL leans on a library's internals, of three kinds.
 
-Each fast path names the library versions it was verified on, checks at start-up that the
-internal it relies on still has the expected shape, and otherwise falls back to the
-library's stock behaviour with one warning in the log. ``JOBQL_FAST_PATHS=false`` turns
-every one off. ``/health/stats`` reports what is on, and why anything is off.
-
-This module holds only the register (no library is imported here): the worker-side fast
-paths live beside it in ``tasks/``, the API-side ones in ``gql/compat/register.py``.
+A **fix** works around a library bug (each names its upstream issue) and is always on; a
+**speed-up** earns its place on a named bench figure and runs only while
+``JOBQL_FAST_PATHS`` allows; the **design** entry is the enqueue design's own lean on Celery's
+message format. Each checks at start-up that the internal still has the shape it was verified
+on and otherwise falls back, loudly, to the library's stock behaviour; ``/health/stats``
+reports each with its kind, its reason and its fallbacks. The touches themselves live beside
+the code they serve (``gql.compat``, ``tasks.worker``, ``tasks.core.message_writer``); this
+module imports no library.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
 logger = logging.getLogger(__name__)
 
+Kind = Literal["fix", "speed-up", "design"]
+
 
 @dataclass
-class FastPath:
-    """One use of a library internal, and what happens when it cannot be used."""
+class Internal:
+    """One use of a library internal, and what runs when it cannot be used."""
 
     name: str
     library: str
     verified: str  # the versions it was verified on, e.g. "graphql-core 3.3.2"
     fallback: str  # what runs instead: the library's stock behaviour
-    # A fix of a library bug rather than a shortcut: JOBQL_FAST_PATHS leaves it on, since
-    # the stock behaviour is the bug. Only its own check failing turns it off.
-    fix: bool = False
+    kind: Kind
+    # A fix: its upstream issue or PR. A speed-up: the bench figure it earns on. Design: why.
+    why: str
     active: bool = False
     reason: str | None = None  # why it is off, when it is
-    fallbacks: int = 0  # events that took the stock path although the fast path is on
+    fallbacks: int = 0  # events that took the stock path although it is on
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count_fallback(self) -> None:
@@ -42,7 +46,8 @@ class FastPath:
     def as_dict(self) -> dict[str, object]:
         return {
             "active": self.active,
-            "kind": "fix" if self.fix else "fast path",
+            "kind": self.kind,
+            "why": self.why,
             "library": self.library,
             "verified": self.verified,
             "fallback": self.fallback,
@@ -51,36 +56,66 @@ class FastPath:
         }
 
 
-REGISTER: dict[str, FastPath] = {}
+def fix(name: str, library: str, verified: str, fallback: str, *, upstream: str) -> Internal:
+    """A library bug worked around: on whatever ``JOBQL_FAST_PATHS`` says."""
+    return Internal(name, library, verified, fallback, "fix", upstream)
 
 
-def enable(path: FastPath, check: Callable[[], object], *, allowed: bool) -> bool:
-    """Turn ``path`` on if allowed and its ``check`` passes; warn once why it is off."""
-    REGISTER[path.name] = path
-    if not allowed and not path.fix:
-        path.active, path.reason = False, "JOBQL_FAST_PATHS=false"
+def speed_up(name: str, library: str, verified: str, fallback: str, *, figure: str) -> Internal:
+    """A shortcut through an internal: on only while ``JOBQL_FAST_PATHS`` allows."""
+    return Internal(name, library, verified, fallback, "speed-up", figure)
+
+
+def design(name: str, library: str, verified: str, fallback: str, *, why: str) -> Internal:
+    """How JobQL is built, leaning on an internal: on whatever ``JOBQL_FAST_PATHS`` says."""
+    return Internal(name, library, verified, fallback, "design", why)
+
+
+REGISTER: dict[str, Internal] = {}
+
+
+class Switches(Protocol):
+    """What decides whether a speed-up may run (the settings have both)."""
+
+    @property
+    def fast_paths(self) -> bool: ...
+
+    @property
+    def fast_paths_off(self) -> Sequence[str]: ...
+
+
+def decide(internal: Internal, check: Callable[[], object], switches: Switches) -> bool:
+    """Register ``internal`` and turn it on if the switches allow its kind and its ``check``
+    passes; warn once why it is off."""
+    REGISTER[internal.name] = internal
+    if internal.kind == "speed-up" and not switches.fast_paths:
+        internal.active, internal.reason = False, "JOBQL_FAST_PATHS=false"
+        return False
+    if internal.kind == "speed-up" and internal.name in switches.fast_paths_off:
+        internal.active, internal.reason = False, "JOBQL_FAST_PATHS_OFF"
         return False
     try:
         check()
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"
-        known = not path.active and path.reason == reason
-        path.active, path.reason = False, reason
+        known = not internal.active and internal.reason == reason
+        internal.active, internal.reason = False, reason
         if known:  # decided again (another app, another client): warned already
             return False
         logger.warning(
-            "fast path %r is off: %s no longer has the shape verified on %s (%s); using %s instead",
-            path.name,
-            path.library,
-            path.verified,
-            path.reason,
-            path.fallback,
+            "%s %r is off: %s no longer has the shape verified on %s (%s); using %s instead",
+            internal.kind,
+            internal.name,
+            internal.library,
+            internal.verified,
+            internal.reason,
+            internal.fallback,
         )
         return False
-    path.active, path.reason = True, None
+    internal.active, internal.reason = True, None
     return True
 
 
 def report() -> dict[str, dict[str, object]]:
-    """Every registered fast path, for ``/health/stats``."""
-    return {name: path.as_dict() for name, path in sorted(REGISTER.items())}
+    """Every registered internal, for ``/health/stats``."""
+    return {name: internal.as_dict() for name, internal in sorted(REGISTER.items())}

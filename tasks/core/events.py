@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from tasks.core import records, redis_clients, result_scripts, scripts, slots
+from tasks.core import records, redis_clients, scripts, slots
 from tasks.core.records import CANCELLABLE_STATES, RUNNING_STATES, JobState
 from tasks.core.settings import get_settings
 from tasks.core.workflow_records import WorkflowSnapshot, workflow_key
@@ -42,19 +42,6 @@ def _scripts() -> tuple[redis.Redis, Any, Any]:
                 current.register_script(scripts.UPDATE_SCRIPT),
             )
         return _registered
-
-
-_success_registered: tuple[redis.Redis, Any] | None = None
-
-
-def _success_script() -> Any:
-    """The SUCCESS update joined to Celery's result store, on this process's client."""
-    global _success_registered
-    current = client()
-    with _scripts_lock:
-        if _success_registered is None or _success_registered[0] is not current:
-            _success_registered = (current, current.register_script(result_scripts.SUCCESS_SCRIPT))
-        return _success_registered[1]
 
 
 def client() -> redis.Redis:
@@ -123,7 +110,6 @@ def transition(
     task: str = "",
     allowed_from: frozenset[JobState] = frozenset(),
     workflow: str = "",
-    celery_result: tuple[str, str | bytes, int] | None = None,
     owner: str | None = None,
 ) -> str:
     """Move a job to ``state``; returns 'ok', 'missing' or the state that refused the move.
@@ -132,9 +118,6 @@ def transition(
     remembered, or ``owner`` (the one its message names), or guessed: a wrong one costs one
     more call, answered with the right one. A webhook the change triggers is scheduled
     here, on the worker side.
-    With ``celery_result`` (Celery's result key, encoded meta, seconds to keep it), the
-    first call stores that result too (see :mod:`tasks.core.result_scripts`); 'undecided' means
-    it did not, and nothing was written.
     """
     _, _, update = _scripts()
     owner, task, workflow, guessed = _guess(job_id, task, workflow, owner)
@@ -149,14 +132,7 @@ def transition(
             allowed_from=allowed_from,
             workflow=workflow,
         )
-        if celery_result is None:
-            reply = update(keys=call.keys, args=call.args)
-        else:
-            joined = result_scripts.success_call(*celery_result, update=call)
-            stored, *rest = _success_script()(keys=joined.keys, args=joined.args)
-            if stored == "undecided":
-                return "undecided"
-            reply, celery_result = rest[0], None  # stored: a second call updates only
+        reply = update(keys=call.keys, args=call.args)
         if (actual := scripts.moved(reply)) is None:
             outcome, hooks = scripts.settled(reply)
             if outcome != "missing" and not state.done:
@@ -338,22 +314,6 @@ def succeeded(job_id: str | None, task: str, result: Any, payload: str | None = 
     if payload is None:
         payload = json.dumps(result, default=str, separators=(",", ":"))
     _safely(job_id, task, JobState.SUCCESS, {"result": payload, "error": ""})
-
-
-def succeeded_and_stored(
-    job_id: str, task: str, payload: str, celery_result: tuple[str, str | bytes, int]
-) -> bool:
-    """Record a success and store Celery's result (key, encoded meta, seconds to keep it)
-    in one call; False when the store was left undecided and nothing was written.
-
-    Raises ``redis.RedisError``: the caller (Celery's result backend) retries as it does
-    its own store. Calling it again after a lost reply writes nothing twice: the stored
-    success stays, and the record is SUCCESS already.
-    """
-    _progress.flush(job_id)
-    fields = {"result": payload, "error": ""}
-    outcome = transition(job_id, JobState.SUCCESS, fields, task=task, celery_result=celery_result)
-    return outcome != "undecided"
 
 
 def failed(job_id: str | None, task: str, exception: BaseException | None) -> None:

@@ -31,11 +31,13 @@ if TYPE_CHECKING:
 VERIFIED = "celery 5.7.0, kombu 5.7.0"
 
 
-MESSAGE_WRITER = compat.FastPath(
-    name="celery.message_writer",
-    library="celery",
-    verified=VERIFIED,
-    fallback="Celery's producer on a thread, then the job's PENDING announcement",
+MESSAGE_WRITER = compat.design(
+    "celery.message_writer",
+    "celery, kombu",
+    VERIFIED,
+    "Celery's producer on a thread, then the job's PENDING announcement",
+    why="the enqueue design: a job's record and its Celery message in one atomic Redis call, "
+    "so no job is recorded but never sent, or sent but never recorded",
 )
 
 
@@ -58,7 +60,7 @@ def writes_messages(app: Celery, settings: Settings) -> bool:
     if settings.broker != settings.records or not redis_clients.is_redis(settings.broker):
         return False
     check = functools.partial(check_message_writer, app)
-    return compat.enable(MESSAGE_WRITER, check, allowed=settings.fast_paths)
+    return compat.decide(MESSAGE_WRITER, check, settings)
 
 
 @contextlib.contextmanager

@@ -22,9 +22,6 @@ COMPRESSION_KEY = "jobql_result_compression"
 THRESHOLD_KEY = "jobql_result_compression_threshold"
 
 
-WITH_RECORD_KEY = "jobql_result_with_record"
-
-
 def is_database(url: str) -> bool:
     return url.startswith("db+")
 

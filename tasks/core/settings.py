@@ -124,8 +124,11 @@ class Settings(BaseSettings):
     # FastAPI's native OpenTelemetry. Off, it costs nothing; on, FastAPI checks for
     # configured providers on every request (~3% of a small query's CPU, measured).
     opentelemetry: bool = False
-    # Every use of a library's internals (see tasks.core.compat); false runs stock behaviour.
+    # The speed-ups through libraries' internals (tasks.core.compat); false runs the stock
+    # code. Fixes of library bugs stay on either way. ``fast_paths_off`` turns single
+    # speed-ups off by name (an A/B, or one that misbehaves): '["hiredis_packing"]'.
     fast_paths: bool = True
+    fast_paths_off: list[str] = []
 
     # Periodic jobs (tasks.worker.beat): beat reads the schedules at least this often (seconds),
     # so a created, changed or disabled schedule takes effect within it.

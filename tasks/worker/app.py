@@ -26,7 +26,7 @@ def worker_config(settings: Settings) -> dict[str, Any]:
     """The Celery configuration a worker adds: its consumer, its transport, its backends'."""
     config: dict[str, Any] = {
         # A task message the worker cannot run is set aside, never fatal (tasks.worker.poison).
-        "worker_consumer": poison.consumer_class(settings.fast_paths),
+        "worker_consumer": poison.consumer_class(settings),
         # Our patched Redis transport (tasks.worker.broker) on Redis, while its check passes.
         "broker_transport": broker_transport(settings),
     }

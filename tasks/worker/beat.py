@@ -67,13 +67,13 @@ end
 """
 
 
-# A fix, not a shortcut: JOBQL_FAST_PATHS=false leaves it on; only its check turns it off.
-BEAT_OUTAGE = compat.FastPath(
-    name="redbeat.outage",
-    library="celery-redbeat",
-    verified="celery-redbeat 2.4.2, celery 5.7.0, redis 8.2.0",
-    fallback="RedBeat's stock tick: a Redis outage ends beat (its supervisor restarts it)",
-    fix=True,
+BEAT_OUTAGE = compat.fix(
+    "redbeat.outage",
+    "celery-redbeat",
+    "celery-redbeat 2.4.2, celery 5.7.0, redis 8.2.0",
+    "RedBeat's stock tick: a Redis outage ends beat (its supervisor restarts it)",
+    upstream="RedBeat's tick lets a Redis error escape and beat exits; its retry_period "
+    "covers only the lock (not reported yet)",
 )
 
 
@@ -239,7 +239,7 @@ class JobQLScheduler(RedBeatScheduler):  # type: ignore[misc]
         self._runs = RunStarter(app)
         settings = get_settings()
         self._tolerance = settings.redis_outage_tolerance
-        compat.enable(BEAT_OUTAGE, check_beat_outage, allowed=settings.fast_paths)
+        compat.decide(BEAT_OUTAGE, check_beat_outage, settings)
         self._down_since: float | None = None  # monotonic time Redis was first missed
         self._standby = False  # the lock expired during an outage: not ours until retaken
         self._told_standby = False

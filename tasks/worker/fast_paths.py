@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlparse
 
 from billiard.pool import ApplyResult  # type: ignore[import-untyped]
@@ -37,18 +37,15 @@ from tasks.core.message_writer import VERIFIED, offline_channel, require
 from tasks.core.settings import Settings
 from tasks.worker import broker
 
-if TYPE_CHECKING:
-    pass
-
-REDIS_TRANSPORT = compat.FastPath(
-    name="kombu.redis_transport",
-    library="kombu",
-    verified=VERIFIED,
-    fallback=(
-        "kombu's stock Redis transport (a Redis restart may stop a worker, and a broker "
-        "reconnect may start a second run of a running job)"
-    ),
-    fix=True,
+REDIS_TRANSPORT = compat.fix(
+    "kombu.redis_transport",
+    "kombu",
+    VERIFIED,
+    "kombu's stock Redis transport (a Redis restart may stop a worker, and a broker "
+    "reconnect may start a second run of a running job)",
+    upstream="a worker that loses Redis mid-job exits or stops consuming "
+    "(celery/celery#10205, celery/celery#1307); after a reconnect kombu restores the "
+    "message of a job still running, which then runs twice (as celery/celery#4671 on AMQP)",
 )
 
 
@@ -58,7 +55,7 @@ def broker_transport(settings: Settings) -> str | None:
     scheme = urlparse(settings.broker).scheme
     if scheme not in ("redis", "rediss", "sentinel"):
         return None
-    on = compat.enable(REDIS_TRANSPORT, check_redis_transport, allowed=settings.fast_paths)
+    on = compat.decide(REDIS_TRANSPORT, check_redis_transport, settings)
     if not on:
         return None
     if scheme == "sentinel":

@@ -30,21 +30,21 @@ from celery.worker import state as worker_state
 from celery.worker.consumer import Consumer as CeleryConsumer
 
 from tasks.core import compat, events
+from tasks.core.settings import Settings
 from tasks.worker.broker import DEAD_LETTER_KEY, DEAD_LETTERS_KEPT, dead_letter_entry
 
 logger = logging.getLogger(__name__)
 
 VERIFIED = "celery 5.7.0"
 
-POISON_MESSAGES = compat.FastPath(
-    name="celery.poison_messages",
-    library="celery",
-    verified=VERIFIED,
-    fallback=(
-        "Celery's consumer (a task message of the wrong shape ends the worker; an "
-        "unregistered or undecodable one is dropped with its job left PENDING)"
-    ),
-    fix=True,
+POISON_MESSAGES = compat.fix(
+    "celery.poison_messages",
+    "celery",
+    VERIFIED,
+    "Celery's consumer (a task message of the wrong shape ends the worker; an "
+    "unregistered or undecodable one is dropped with its job left PENDING)",
+    upstream="Celery 5.7's consumer raises out of its loop on a task message whose body is "
+    "not (args, kwargs, embed) and the worker exits (not reported yet)",
 )
 
 CONSUMER = f"{__name__}:Consumer"
@@ -246,7 +246,7 @@ def check_consumer() -> None:
             raise RuntimeError(f"Consumer.{name}{tuple(found)}, not {tuple(parameters)}")
 
 
-def consumer_class(fast_paths: bool) -> str:
+def consumer_class(settings: Settings) -> str:
     """The worker's ``worker_consumer``: ours while its check passes, else Celery's."""
-    on = compat.enable(POISON_MESSAGES, check_consumer, allowed=fast_paths)
+    on = compat.decide(POISON_MESSAGES, check_consumer, settings)
     return CONSUMER if on else CELERY_CONSUMER

@@ -13,8 +13,6 @@ needs one. Three things are added to Celery's own backends:
   overwritten), then writes and announces the new one in a MULTI pipeline: two round trips
   per outcome, on the worker's path. Here both are one script (a fast path: see
   :data:`ONE_CALL_STORE`); a stored value the script cannot read goes to Celery's own store.
-  When the job records share that Redis, a job's success and its record's SUCCESS update
-  are one script too (:data:`ONE_CALL_SUCCESS`): a successful job's end is one round trip.
 - **No pickle from the database.** Celery 5.7's database backend unpickles a stored row it
   cannot decode if its first byte looks like a pickle (rows from before celery#3025):
   anyone who can write that table could run code on every reader. Here it is an error.
@@ -28,23 +26,20 @@ from __future__ import annotations
 
 import inspect
 import logging
-import re
 import threading
 from typing import Any
 
 import redis
 from celery import bootsteps, states
-from celery.app import trace
-from celery.backends.base import BaseBackend, compress_payload
+from celery.backends.base import compress_payload
 from celery.backends.database import DatabaseBackend as CeleryDatabaseBackend
 from celery.backends.redis import RedisBackend as CeleryRedisBackend
 from celery.exceptions import BackendStoreError
 
-from tasks.core import compat, events
+from tasks.core import compat
 from tasks.core.result_backends import (
     COMPRESSION_KEY,
     THRESHOLD_KEY,
-    WITH_RECORD_KEY,
     is_database,
     is_redis,
 )
@@ -78,11 +73,12 @@ class _ThresholdCompression:
         return payload
 
 
-ONE_CALL_STORE = compat.FastPath(
-    name="celery.redis_backend_one_call_store",
-    library="celery",
-    verified="celery 5.7.0",
-    fallback="Celery's own store: a GET of the stored state, then SETEX and PUBLISH",
+ONE_CALL_STORE = compat.speed_up(
+    "celery.redis_backend_one_call_store",
+    "celery",
+    "celery 5.7.0",
+    "Celery's own store: a GET of the stored state, then SETEX and PUBLISH",
+    figure="P10: jobs a worker finishes per second (one round trip per outcome, not two)",
 )
 
 
@@ -102,45 +98,11 @@ def _check_one_call_store() -> None:
             raise LookupError(f"RedisBackend.{name} is gone")
 
 
-ONE_CALL_SUCCESS = compat.FastPath(
-    name="celery.redis_backend_success_with_record",
-    library="celery",
-    verified="celery 5.7.0",
-    fallback="Celery's store of a success, then the record's SUCCESS update: two calls",
-)
-
-
-def _check_one_call_success() -> None:
-    """The one-call store's shape, and the tracer's order: it stores a success through
-    ``mark_as_done`` with the request the task ran in (where ``JobTask.__call__`` left the
-    result's JSON), and only then calls ``on_success`` (which records it otherwise)."""
-    _check_one_call_store()
-    tracer = inspect.getsource(trace.build_tracer)
-    steps = [
-        re.search(pattern, tracer)
-        for pattern in (
-            r"push_request\(task_request\)",
-            r"mark_as_done\(\s*uuid, retval, task_request,",
-            r"task_on_success\(retval, uuid, args, kwargs\)",
-        )
-    ]
-    at = [step.start() if step else -1 for step in steps]
-    if not 0 <= at[0] < at[1] < at[2]:
-        raise LookupError(
-            "the tracer no longer stores a success (with its request) before on_success"
-        )
-    if "self.store_result(task_id, result, state, request=request)" not in inspect.getsource(
-        BaseBackend.mark_as_done
-    ) or "request=request" not in inspect.getsource(BaseBackend.store_result):
-        raise LookupError("mark_as_done no longer hands the request to _store_result")
-
-
 class RedisBackend(_ThresholdCompression, CeleryRedisBackend):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._setup_compression()
         self._store_script: Any = None
-        self._with_record = bool(self.app.conf.get(WITH_RECORD_KEY))
 
     def _store_result(
         self,
@@ -152,11 +114,7 @@ class RedisBackend(_ThresholdCompression, CeleryRedisBackend):  # type: ignore[m
         **kwargs: Any,
     ) -> Any:
         """Celery's store in one round trip: its read of the stored state (a success stays)
-        and its SETEX and PUBLISH, in one script instead of a GET and a MULTI pipeline.
-
-        A job's success goes with its record's SUCCESS update, in the same script, when
-        both live in this Redis (see :data:`ONE_CALL_SUCCESS`).
-        """
+        and its SETEX and PUBLISH, in one script instead of a GET and a MULTI pipeline."""
         if not ONE_CALL_STORE.active:
             return super()._store_result(task_id, result, state, traceback, request, **kwargs)
         meta = self._get_result_meta(
@@ -170,41 +128,16 @@ class RedisBackend(_ThresholdCompression, CeleryRedisBackend):  # type: ignore[m
             )
         expires = self.failure_expires if state == states.FAILURE else self.expires
         key = self.get_key_for_task(task_id)
-        stored: Any = "undecided"
-        payload = getattr(request, "jobql_result_json", None)
-        if self._with_record and payload is not None and state == states.SUCCESS:
-            stored = self._with_success(meta["task_id"], request, payload, key, value, expires)
-        if stored in ("undecided", b"undecided"):
-            try:
-                stored = self.ensure(self._store_once, (key, value, int(expires or 0)))
-            except redis.ResponseError:
-                # Scripts refused (an ACL on a result backend of its own), or Redis out of
-                # memory: Celery's own store then works, or fails as it would have anyway.
-                stored = "undecided"
+        try:
+            stored = self.ensure(self._store_once, (key, value, int(expires or 0)))
+        except redis.ResponseError:
+            # Scripts refused (an ACL on a result backend of its own), or Redis out of
+            # memory: Celery's own store then works, or fails as it would have anyway.
+            stored = "undecided"
         if stored in ("undecided", b"undecided"):
             ONE_CALL_STORE.count_fallback()
             return super()._store_result(task_id, result, state, traceback, request, **kwargs)
         return result
-
-    def _with_success(
-        self, job_id: str, request: Any, payload: str, key: Any, value: Any, expires: Any
-    ) -> str:
-        """Store the success and record it in one call: 'stored', or 'undecided' when the
-        record is left to ``JobTask.on_success`` (the store was not decided, or refused)."""
-        if not ONE_CALL_SUCCESS.active:
-            return "undecided"
-        celery_result = (key.decode() if isinstance(key, bytes) else key, value, int(expires or 0))
-        try:
-            done = self.ensure(
-                events.succeeded_and_stored, (job_id, request.task, payload, celery_result)
-            )
-        except redis.ResponseError:
-            done = False  # as in the one-call store: Celery's own steps decide
-        if not done:
-            ONE_CALL_SUCCESS.count_fallback()
-            return "undecided"
-        request.jobql_recorded = True
-        return "stored"
 
     def _store_once(self, key: Any, value: Any, expires: int) -> Any:
         client = self.client
@@ -227,12 +160,13 @@ class DatabaseBackend(_ThresholdCompression, CeleryDatabaseBackend):  # type: ig
         return None if payload is None else self.decode(bytes(payload))
 
 
-NO_PICKLE = compat.FastPath(
-    name="celery.database_backend_no_pickle",
-    library="celery",
-    verified="celery 5.7.0",
-    fallback="Celery's own decoding of stored rows (which unpickles legacy-looking rows)",
-    fix=True,
+NO_PICKLE = compat.fix(
+    "celery.database_backend_no_pickle",
+    "celery",
+    "celery 5.7.0",
+    "Celery's own decoding of stored rows (which unpickles legacy-looking rows)",
+    upstream="Celery's DatabaseBackend unpickles a stored row whose first byte looks like a "
+    "pickle, for rows from before celery/celery#3025 (not reported yet)",
 )
 
 
@@ -244,17 +178,12 @@ def _check_no_pickle() -> None:
 
 def worker_options(settings: Settings) -> dict[str, Any]:
     """What the worker's backends add to :func:`tasks.core.result_backends.backend_options`:
-    the fixes and fast paths, each decided (and checked) once, in the worker."""
-    options: dict[str, Any] = {}
+    the fix and the speed-up, each decided (and checked) once, in the worker."""
     if is_database(settings.result_backend):
-        compat.enable(NO_PICKLE, _check_no_pickle, allowed=True)
+        compat.decide(NO_PICKLE, _check_no_pickle, settings)
     if is_redis(settings.result_backend):
-        compat.enable(ONE_CALL_STORE, _check_one_call_store, allowed=settings.fast_paths)
-        if settings.records == settings.result_backend and not settings.records_cluster:
-            options[WITH_RECORD_KEY] = compat.enable(
-                ONE_CALL_SUCCESS, _check_one_call_success, allowed=settings.fast_paths
-            )
-    return options
+        compat.decide(ONE_CALL_STORE, _check_one_call_store, settings)
+    return {}
 
 
 class ResultCleanup(bootsteps.StartStopStep):  # type: ignore[misc]

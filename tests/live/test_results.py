@@ -19,6 +19,7 @@ from tasks.core import compat
 from tasks.core.app import create_celery_app
 from tasks.core.settings import Settings
 from tests.conftest import GraphQL, running_api, running_worker, service_env
+from tests.support.apps import worker_app
 
 pytestmark = pytest.mark.slow
 
@@ -122,7 +123,7 @@ def test_a_result_over_the_limit_fails_the_job_unwritten(
 def backend(tmp_path: Path) -> Iterator[tuple[Any, redis.Redis]]:
     """The worker's result backend on a Valkey of its own (its calls are counted)."""
     server = EmbeddedValkey(tmp_path / "valkey", persist=False).start()
-    app = create_celery_app(Settings(redis_url=server.url))
+    app = worker_app(Settings(redis_url=server.url))
     client = redis.Redis.from_url(server.url)
     try:
         yield app.backend, client
@@ -181,7 +182,7 @@ def test_a_result_backend_that_refuses_scripts_still_gets_every_outcome(
     )  # fmt: skip
     where = client.connection_pool.connection_kwargs
     url = f"redis://noscripts:{password}@{where['host']}:{where['port']}/0"
-    app = create_celery_app(Settings(redis_url=url))
+    app = worker_app(Settings(redis_url=url))
     try:
         job_id = str(uuid.uuid4())
         app.backend.mark_as_done(job_id, {"n": 3})
