@@ -10,9 +10,11 @@ by surprise, and ``make test-latest`` shows it before an upgrade.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import strawberry
@@ -31,8 +33,10 @@ from strawberry.resolvers import is_default_resolver
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.schema.schema_converter import GraphQLCoreConverter
 from strawberry.types.field import StrawberryField
+from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
 
 from gql.compat import packing
 from tasks.core import compat
@@ -209,13 +213,45 @@ def _check_content_type() -> None:
 
 
 def _check_http_protocol() -> None:
+    """A real protocol, built as uvicorn builds one, picks its WebSocket class where the
+    subclass swaps it."""
     _parameters(HttpToolsProtocol.connection_made, "self transport")
-    _source_mentions(HttpToolsProtocol.__init__, "self.ws_protocol_class")
+    with _uvicorn_protocol(HttpToolsProtocol) as protocol:
+        if getattr(protocol, "ws_protocol_class", None) is not WebSocketsSansIOProtocol:
+            raise AttributeError("HttpToolsProtocol no longer keeps ws_protocol_class")
 
 
 def _check_websockets_protocol() -> None:
+    """A real protocol keeps the transport ``connection_made`` gives it, which the subclass
+    wraps."""
     _parameters(WebSocketsSansIOProtocol.connection_made, "self transport")
-    _source_mentions(WebSocketsSansIOProtocol.connection_made, "self.transport = transport")
+    with _uvicorn_protocol(WebSocketsSansIOProtocol) as protocol:
+        transport = _ProbeTransport()
+        protocol.connection_made(transport)
+        if getattr(protocol, "transport", None) is not transport:
+            raise AttributeError("connection_made no longer keeps its transport")
+        protocol.connections.discard(protocol)
+
+
+class _ProbeTransport:
+    """No socket behind: enough for a protocol to read its peer's (absent) addresses."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+@contextlib.contextmanager
+def _uvicorn_protocol(cls: type[Any]) -> Iterator[Any]:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        pass
+
+    config = Config(app=app, http="httptools", ws="websockets-sansio", log_config=None)
+    config.load()
+    loop = asyncio.new_event_loop()
+    try:
+        yield cls(config, ServerState(), {}, loop)
+    finally:
+        loop.close()
 
 
 def _check_packing() -> None:
@@ -237,8 +273,3 @@ def _require(owner: object, attribute: str, members: tuple[str, ...] | None) -> 
     missing = [member for member in members or () if member not in value]
     if missing:
         raise AttributeError(f"{owner!r}.{attribute} lacks {missing}")
-
-
-def _source_mentions(function: Callable[..., Any], text: str) -> None:
-    if text not in inspect.getsource(function):
-        raise AttributeError(f"{function.__qualname__} no longer sets {text.split()[0]!r}")

@@ -1,11 +1,11 @@
 """Enqueueing from synchronous code: Django views, model signals, transactions, shells.
 
-The API enqueues on its event loop (:class:`gql.services.jobs.JobService`); code that runs in a
-thread of its own (a WSGI view, ``transaction.on_commit``, ``sync_to_async``) cannot await
-it and must never block a loop. This is the same enqueue in blocking form: the same checks
-(:class:`gql.services.plans.JobPlanner`), the same record-and-message script on a synchronous Redis
-client, the same PENDING event, so ``job(id)``, ``jobs`` and both subscriptions see a job
-started here exactly like one started by a mutation.
+Code that runs in a thread of its own (a WSGI view, ``transaction.on_commit``,
+``sync_to_async``) cannot await the API's :class:`gql.services.jobs.JobService` and must never
+block a loop. This is the blocking adapter of the same enqueue core
+(:mod:`gql.services.plans`): the same checks and replay rule, the same record-and-message and
+take-back scripts on a synchronous Redis client, so ``job(id)``, ``jobs`` and both
+subscriptions see a job started here exactly like one started by a mutation.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import redis
 from celery import Celery
 
 from gql.ops.operations import job_enqueued
-from gql.services.errors import BadUserInput, NotFound
-from gql.services.plans import EnqueueRequest, JobPlanner, Prepared
+from gql.services.errors import BadUserInput
+from gql.services.plans import EnqueueRequest, JobPlanner, Prepared, replayed
 from gql.services.producer import send_task
 from tasks.core import events, records, redis_clients, scripts, slots
 from tasks.core.app import create_celery_app
@@ -44,6 +44,7 @@ class BlockingJobs:
             else redis_clients.sync_client(settings.records, settings)
         )
         self._create = self._redis.register_script(scripts.CREATE_SCRIPT)
+        self._withdraw = self._redis.register_script(scripts.WITHDRAW_SCRIPT)
 
     def prepare(
         self,
@@ -58,10 +59,14 @@ class BlockingJobs:
         if options.webhook is not None:
             # Its URL check resolves names asynchronously; the API's mutations take it.
             raise BadUserInput.field("options.webhook", "give webhooks through the API")
-        prepared = self.planner.prepare((task, data, options), owner, job_id)
-        if isinstance(prepared, BadUserInput):
-            raise prepared
-        return prepared
+        if job_id is None:
+            (prepared,) = self.planner.prepare_batch([(task, data, options)], owner, path=None)
+            return prepared
+        # A job promised earlier, inside a transaction, keeps the id it was given.
+        found = self.planner.prepare((task, data, options), owner, job_id)
+        if isinstance(found, BadUserInput):
+            raise found
+        return found
 
     def write(self, prepared: Prepared) -> JobSnapshot:
         """Record the job and send its message: both or neither, as the API does."""
@@ -74,7 +79,7 @@ class BlockingJobs:
         )
         existing = self._create(keys=call.keys, args=call.args)
         if existing:
-            return self._replay(str(existing), fields["owner"])
+            return replayed(self.get(str(existing)), str(existing), prepared, fields["owner"])
         if prepared.message is None:
             self._publish_elsewhere(prepared)
         job_enqueued(fields)
@@ -93,16 +98,11 @@ class BlockingJobs:
         row: dict[str, str] = self._redis.hgetall(records.job_key(job_id))  # type: ignore[assignment]
         return JobSnapshot.from_hash(row) if row else None
 
-    def _replay(self, job_id: str, owner: str) -> JobSnapshot:
-        snapshot = self.get(job_id)
-        if snapshot is None or snapshot.owner != owner:
-            raise NotFound(f"job {job_id} expired; retry without the idempotency key")
-        return snapshot
-
     def _publish_elsewhere(self, prepared: Prepared) -> None:
         """Another broker (RabbitMQ): the PENDING event, then Celery's producer (a worker's
-        STARTED never reaches a watcher first); a message that cannot be sent ends its job
-        (:func:`tasks.core.records.unsent`) and takes its record away again."""
+        STARTED never reaches a watcher first). A message that cannot be sent takes its job
+        back with the API's script (:meth:`gql.services.store.JobStore.withdraw`): the record
+        goes, whoever saw its PENDING gets its end, unless a worker started it already."""
         fields, to = prepared.fields, prepared.delivery
         events.announce(fields, on=self._redis)
         try:
@@ -116,26 +116,17 @@ class BlockingJobs:
                 fields["owner"],
             )
         except Exception:
-            try:
-                events.announce(records.unsent(fields), on=self._redis)
-            except Exception:
-                logger.exception("could not announce the end of unsent job %s", fields["id"])
-            self._discard(JobSnapshot.from_hash(fields))
-            raise
-
-    def _discard(self, snapshot: JobSnapshot) -> None:
-        tag = slots.tag_of(snapshot.id)
-        with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(records.job_key(snapshot.id))
-            for index in records.indexes_of(snapshot.owner, snapshot.task, tag):
-                pipe.zrem(index, snapshot.id)
-            pipe.zrem(
-                records.expiry_key(snapshot.owner, tag),
-                records.expiry_member(snapshot.id, snapshot.task),
+            call = scripts.withdraw_call(
+                fields, records.unsent(fields), ttl=self.settings.job_retention_seconds
             )
-            if snapshot.idempotency_key:
-                pipe.delete(records.idempotency_key(snapshot.owner, snapshot.idempotency_key))
-            pipe.execute()
+            try:
+                outcome = str(self._withdraw(keys=call.keys, args=call.args))
+            except Exception:
+                logger.exception("could not take back unsent job %s", fields["id"])
+                raise
+            if outcome in ("ok", "missing"):
+                raise
+            logger.info("job %s was not sent but a worker took it already", fields["id"])
 
     def close(self) -> None:
         self._redis.close()

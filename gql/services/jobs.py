@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from typing import Any
 
 from gql.ops.operations import job_enqueued
 from gql.services import webhooks
 from gql.services.errors import BadUserInput, NotFound, ServiceUnavailable
-from gql.services.plans import EnqueueRequest, JobPlanner, Prepared
+from gql.services.plans import EnqueueRequest, JobPlanner, Prepared, replayed
 from gql.services.producer import Producer
 from gql.services.store import JobStore
-from tasks.core import records, slots
+from tasks.core import records
 from tasks.core.records import CANCELLABLE_STATES, JobSnapshot, JobState
 from tasks.core.registry import TaskRegistry, TaskSpec
 from tasks.core.scripts import PageQuery
@@ -22,43 +21,6 @@ from tasks.core.settings import Settings
 __all__ = ["EnqueueRequest", "JobService"]
 
 logger = logging.getLogger(__name__)
-
-
-def _under(error: BadUserInput, path: str | None, index: int) -> list[dict[str, str]]:
-    """The error's field paths as the client wrote them: below ``items.<index>`` for
-    ``enqueueMany``, ``inputs.<index>`` in place of ``input`` for a typed batch (whose
-    options are the batch's own), unchanged for a single job."""
-    fields: list[dict[str, str]] = error.extensions["fields"]
-    if path is None:
-        return fields
-    if path == "inputs":
-        return [{**f, "path": re.sub(r"^input\b", f"inputs.{index}", f["path"])} for f in fields]
-    return [{**f, "path": f"{path}.{index}.{f['path']}"} for f in fields]
-
-
-def _batch_tag(items: Sequence[tuple[TaskSpec | str, Any, EnqueueRequest]], owner: str) -> str:
-    """One tag for a whole batch, so that it stays one atomic call on a Redis Cluster: the
-    first idempotency key's, or any. Only a batch whose keys fall on several tags is split
-    (see :meth:`gql.services.store.JobStore.create_many`)."""
-    for _, _, options in items:
-        if options.idempotency_key is not None:
-            return records.idempotency_tag(owner, options.idempotency_key)
-    return slots.tag_of(slots.new_id())
-
-
-def _refuse_repeated_keys(batch: list[Prepared], path: str) -> None:
-    """Two items of one batch with one idempotency key would be one job: say so instead."""
-    first: dict[str, int] = {}
-    for index, item in enumerate(batch):
-        key = item.idempotency
-        if key is None:
-            continue
-        if key in first:
-            raise BadUserInput.field(
-                f"{path}.{index}.options.idempotencyKey",
-                f"repeats the key of item {first[key]} in the same batch",
-            )
-        first[key] = index
 
 
 class JobService:
@@ -94,24 +56,12 @@ class JobService:
         at once, by its index under ``path``: ``items.3.input.userId`` for ``enqueueMany``,
         ``inputs.3.userId`` for a typed batch, ``input.userId`` for one job (no path).
         """
-        limit = self.settings.max_batch_size
-        if path is not None and not 1 <= len(items) <= limit:
-            raise BadUserInput.field(path, f"give 1 to {limit} items")
+        self.planner.check_size(items, path)  # before any webhook's URL is resolved
         for index, (_, _, options) in enumerate(items):
             if options.webhook is not None:
                 where = "options.webhook" if path is None else f"{path}.{index}.options.webhook"
                 await webhooks.check(options.webhook, self.settings, where)
-        tag = _batch_tag(items, owner)
-        batch = [self.planner.prepare(item, owner, tag=tag) for item in items]
-        errors: list[dict[str, str]] = []
-        for index, item in enumerate(batch):
-            if isinstance(item, BadUserInput):
-                errors += [f for f in _under(item, path, index) if f not in errors]
-        if errors:
-            summary = "; ".join(f"{e['path']}: {e['message']}" for e in errors)
-            raise BadUserInput(f"Invalid input: {summary}", errors)
-        prepared = [p for p in batch if isinstance(p, Prepared)]
-        _refuse_repeated_keys(prepared, path or "items")
+        prepared = self.planner.prepare_batch(items, owner, path=path)
         existing = await self.store.create_many(
             [(p.fields, p.idempotency, p.message) for p in prepared]
         )
@@ -123,7 +73,7 @@ class JobService:
         return [
             JobSnapshot.from_hash(item.fields)
             if found is None
-            else await self._replay(found, item.spec, item.shown_input, owner)
+            else replayed(await self.store.get(found), found, item, owner)
             for item, found in zip(prepared, existing, strict=True)
         ]
 
@@ -175,19 +125,6 @@ class JobService:
             if outcome not in ("ok", "missing"):
                 started.append(item.fields["id"])
         return started
-
-    async def _replay(
-        self, job_id: str, spec: TaskSpec, shown_input: Any, owner: str
-    ) -> JobSnapshot:
-        """The same idempotency key returns the same job, if it was the same request."""
-        snapshot = await self.get(job_id, owner)
-        if snapshot is None:
-            raise NotFound(f"job {job_id} expired; retry without the idempotency key")
-        if snapshot.task != spec.name or snapshot.input != shown_input:
-            raise BadUserInput.field(
-                "options.idempotencyKey", "already used for a different task or input"
-            )
-        return snapshot
 
     async def withdraw(self, fields: dict[str, str]) -> None:
         """Tell watchers that saw a job's PENDING that it ended unsent (best effort)."""

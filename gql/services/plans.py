@@ -1,23 +1,28 @@
-"""Turning a request into a job, with no I/O: validation, the record and the Celery message.
+"""The enqueue core, with no I/O: a batch checked, each job's record and Celery message
+shaped, and what a replayed idempotency key answers.
 
-The API's :class:`gql.services.jobs.JobService` (async, on the event loop) and
-:class:`gql.services.blocking.BlockingJobs` (synchronous code: Django views, signals, transactions)
-both enqueue through it, so a job is checked and shaped the same way wherever it starts.
+Its adapters do only the I/O, in the same order: :class:`gql.services.jobs.JobService` on the
+event loop, :class:`gql.services.blocking.BlockingJobs` in synchronous code (Django views,
+signals, transactions). A job is checked, recorded, replayed and taken back the same way
+wherever it starts.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
-from gql.services.errors import BadUserInput
+from gql.services.errors import BadUserInput, NotFound
 from gql.services.producer import Delivery
 from gql.services.webhooks import Webhook
 from tasks.core import records, slots
 from tasks.core.messages import PRIORITY_STEPS, queue_key, task_message
+from tasks.core.records import JobSnapshot
 from tasks.core.registry import TaskRegistry, TaskSpec
 from tasks.core.settings import Settings
 
@@ -61,6 +66,32 @@ class JobPlanner:
         self.direct = direct
         # Task modules are imported before the planner is built: the set is fixed from here.
         self._queues = frozenset({*settings.queues, *(s.queue for s in registry.typed if s.queue)})
+
+    def prepare_batch(
+        self, items: Sequence[Item], owner: str, *, path: str | None = "items"
+    ) -> list[Prepared]:
+        """Every item checked before anything is written; raises one :class:`BadUserInput`
+        naming every invalid field by its index under ``path``: ``items.3.input.userId`` for
+        ``enqueueMany``, ``inputs.3.userId`` for a typed batch, ``input.userId`` for one job
+        (no path). A batch shares one slot tag, so it stays one atomic call on a Cluster."""
+        self.check_size(items, path)
+        tag = _batch_tag(items, owner)
+        batch = [self.prepare(item, owner, tag=tag) for item in items]
+        errors: list[dict[str, str]] = []
+        for index, item in enumerate(batch):
+            if isinstance(item, BadUserInput):
+                errors += [f for f in _under(item, path, index) if f not in errors]
+        if errors:
+            summary = "; ".join(f"{e['path']}: {e['message']}" for e in errors)
+            raise BadUserInput(f"Invalid input: {summary}", errors)
+        prepared = [p for p in batch if isinstance(p, Prepared)]
+        _refuse_repeated_keys(prepared, path or "items")
+        return prepared
+
+    def check_size(self, items: Sequence[Item], path: str | None) -> None:
+        limit = self.settings.max_batch_size
+        if path is not None and not 1 <= len(items) <= limit:
+            raise BadUserInput.field(path, f"give 1 to {limit} items")
 
     def spec(self, task: str) -> TaskSpec:
         spec = self.registry.get(task)
@@ -153,3 +184,54 @@ class JobPlanner:
             expires=options.expires,
             priority=options.priority,
         )
+
+
+Item = tuple[TaskSpec | str, Any, EnqueueRequest]
+
+
+def replayed(found: JobSnapshot | None, job_id: str, item: Prepared, owner: str) -> JobSnapshot:
+    """What a request whose idempotency key names an existing job gets: that job, if it was
+    the same request by the same owner; else why not."""
+    if found is None or found.owner != owner:
+        raise NotFound(f"job {job_id} expired; retry without the idempotency key")
+    if found.task != item.spec.name or found.input != item.shown_input:
+        raise BadUserInput.field(
+            "options.idempotencyKey", "already used for a different task or input"
+        )
+    return found
+
+
+def _under(error: BadUserInput, path: str | None, index: int) -> list[dict[str, str]]:
+    """The error's field paths as the client wrote them: below ``items.<index>`` for
+    ``enqueueMany``, ``inputs.<index>`` in place of ``input`` for a typed batch (whose
+    options are the batch's own), unchanged for a single job."""
+    fields: list[dict[str, str]] = error.extensions["fields"]
+    if path is None:
+        return fields
+    if path == "inputs":
+        return [{**f, "path": re.sub(r"^input\b", f"inputs.{index}", f["path"])} for f in fields]
+    return [{**f, "path": f"{path}.{index}.{f['path']}"} for f in fields]
+
+
+def _batch_tag(items: Sequence[Item], owner: str) -> str:
+    """One tag for a whole batch: the first idempotency key's, or any. Only a batch whose keys
+    fall on several tags is split (see :meth:`gql.services.store.JobStore.create_many`)."""
+    for _, _, options in items:
+        if options.idempotency_key is not None:
+            return records.idempotency_tag(owner, options.idempotency_key)
+    return slots.tag_of(slots.new_id())
+
+
+def _refuse_repeated_keys(batch: list[Prepared], path: str) -> None:
+    """Two items of one batch with one idempotency key would be one job: say so instead."""
+    first: dict[str, int] = {}
+    for index, item in enumerate(batch):
+        key = item.idempotency
+        if key is None:
+            continue
+        if key in first:
+            raise BadUserInput.field(
+                f"{path}.{index}.options.idempotencyKey",
+                f"repeats the key of item {first[key]} in the same batch",
+            )
+        first[key] = index

@@ -50,3 +50,33 @@ def test_the_operations_the_readme_shows_beyond_its_tour_are_the_guides() -> Non
     guide = "\n".join(page.read_text() for page in DOCS)
     missing = [block for block in beyond_the_tour if block not in guide]
     assert not missing, f"in the README, not in docs/ as they are: {missing}"
+
+
+def test_every_library_internal_is_in_the_register_page_under_its_kind() -> None:
+    """docs/operating/library-internals.md lists each entry of the register, in the section
+    of its kind: a new touch of an internal is documented, with its upstream issue or figure."""
+    import importlib
+
+    from tasks.core.compat import Internal
+
+    modules = [
+        "gql.compat.register",
+        "tasks.core.message_writer",
+        "tasks.worker.beat",
+        "tasks.worker.fast_paths",
+        "tasks.worker.poison",
+        "tasks.worker.results",
+    ]
+    internals = [
+        value
+        for name in modules
+        for value in vars(importlib.import_module(name)).values()
+        if isinstance(value, Internal)
+    ]
+    page = (ROOT / "docs" / "operating" / "library-internals.md").read_text()
+    sections = dict(re.findall(r"^## (\w[\w-]*)\n(.*?)(?=^## |\Z)", page, re.S | re.M))
+    heading = {"fix": "Fixes", "speed-up": "Speed-ups", "design": "Design"}
+    missing = [
+        f"{i.name} ({i.kind})" for i in internals if f"`{i.name}`" not in sections[heading[i.kind]]
+    ]
+    assert len(internals) >= 12 and not missing
