@@ -102,7 +102,7 @@ def schedule_store(settings: Settings) -> ScheduleStore | None:
         )
     from gql.django.schedule_store import DjangoScheduleStore  # imports the models
 
-    return DjangoScheduleStore()
+    return DjangoScheduleStore(settings.default_queue)
 
 
 def load_tasks() -> None:

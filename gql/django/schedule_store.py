@@ -34,7 +34,6 @@ from gql.services.errors import ServiceUnavailable
 from gql.services.schedule_store import Change, NameTaken, TooManySchedules
 from tasks.core.records import dumps
 from tasks.core.schedules import Crontab, Interval, ScheduleRecord, Timing
-from tasks.core.settings import get_settings
 from tasks.django_beat.models import Schedule, ScheduleOwner
 
 logger = logging.getLogger(__name__)
@@ -97,7 +96,7 @@ def timing_of(task: PeriodicTask) -> Timing | None:
     return Interval(seconds=every.total_seconds())
 
 
-def record_of(row: Schedule) -> ScheduleRecord | None:
+def record_of(row: Schedule, default_queue: str) -> ScheduleRecord | None:
     """The schedule as the API shows it, read from beat's rows and JobQL's; None (and a
     warning) for one re-timed in the admin to a timing JobQL cannot show."""
     task: PeriodicTask = row.periodic_task
@@ -117,7 +116,7 @@ def record_of(row: Schedule) -> ScheduleRecord | None:
         timing=timing,
         timezone=str(task.crontab.timezone) if task.crontab_id is not None else row.timezone,
         enabled=task.enabled,
-        queue=task.queue or get_settings().default_queue,
+        queue=task.queue or default_queue,
         priority=task.priority,
         created_at=row.created_at,
         updated_at=row.updated_at,
@@ -169,6 +168,9 @@ def _parse(schedule_id: str) -> uuid.UUID | None:
 class DjangoScheduleStore:
     """JobQL's schedules in django-celery-beat's tables (see the module's docstring)."""
 
+    def __init__(self, default_queue: str) -> None:
+        self.default_queue = default_queue  # where a row that names no queue sends its runs
+
     async def list(self, owner: str | None) -> list[ScheduleRecord]:
         return await _off_loop(self._list, owner)
 
@@ -184,17 +186,15 @@ class DjangoScheduleStore:
     async def delete(self, schedule_id: str) -> bool:
         return await _off_loop(self._delete, schedule_id)
 
-    @staticmethod
-    def _list(owner: str | None) -> builtins.list[ScheduleRecord]:
+    def _list(self, owner: str | None) -> builtins.list[ScheduleRecord]:
         rows = _rows() if owner is None else _rows().filter(owner=owner)
-        found = [record_of(row) for row in rows]
+        found = [record_of(row, self.default_queue) for row in rows]
         return sorted((r for r in found if r is not None), key=lambda r: (r.name, r.owner, r.id))
 
-    @staticmethod
-    def _get(schedule_id: str) -> ScheduleRecord | None:
+    def _get(self, schedule_id: str) -> ScheduleRecord | None:
         key = _parse(schedule_id)
         row = None if key is None else _rows().filter(pk=key).first()
-        return None if row is None else record_of(row)
+        return None if row is None else record_of(row, self.default_queue)
 
     @staticmethod
     def _create(record: ScheduleRecord, limit: int) -> None:
@@ -222,8 +222,7 @@ class DjangoScheduleStore:
                 updated_at=record.updated_at,
             )
 
-    @staticmethod
-    def _update(schedule_id: str, change: Change) -> ScheduleRecord | None:
+    def _update(self, schedule_id: str, change: Change) -> ScheduleRecord | None:
         key = _parse(schedule_id)
         if key is None:
             return None
@@ -238,7 +237,7 @@ class DjangoScheduleStore:
             row = locked.filter(pk=key).first()
             if row is None:
                 return None
-            current = record_of(row)
+            current = record_of(row, self.default_queue)
             if current is None:
                 return None
             changed = change(current)
@@ -255,7 +254,7 @@ class DjangoScheduleStore:
             row.timezone = changed.timezone
             row.updated_at = changed.updated_at
             row.save(update_fields=["name", "input", "timezone", "updated_at"])
-            return record_of(_rows().get(pk=key))
+            return record_of(_rows().get(pk=key), self.default_queue)
 
     @staticmethod
     def _delete(schedule_id: str) -> bool:

@@ -142,7 +142,7 @@ async def test_a_database_that_does_not_answer_is_service_unavailable(database: 
     settings["PORT"] = str(free_port())  # nothing listens there: connections are refused
     try:
         with pytest.raises(ServiceUnavailable) as refused:
-            await DjangoScheduleStore().list("alice")
+            await DjangoScheduleStore("jobql").list("alice")
     finally:
         settings["PORT"] = port
     assert refused.value.extensions["code"] == ErrorCode.SERVICE_UNAVAILABLE
