@@ -51,7 +51,9 @@ def _sender_backend(settings: Settings) -> str | None:
     if url.startswith("django-"):
         return url
     if result_backends.is_database(url):
-        return result_backends.worker_backend(settings)  # a database has nothing to subscribe to
+        # Nothing to subscribe to; Celery's own backend writes a chord's group as the
+        # worker's reads it, and keeps the API off the worker's classes.
+        return url
     return None
 
 
