@@ -1,5 +1,5 @@
-"""Development tools: ``make run``'s process supervisor and the embedded Valkey.
-
-Tests and benchmarks start their services with these too. Nothing here ships in the
-production image: it runs from a checkout, with the ``embedded`` extra installed.
+"""Development tools: ``make run``'s process supervisor (``jobql dev``) and the embedded Valkey,
+which the tests and the bench start their services with too. They ship in the package, but the
+embedded Valkey needs the ``embedded`` extra, which the production image leaves out: production
+points at a real Redis.
 """

@@ -1,18 +1,9 @@
-"""``make run``: Valkey (when no Redis is configured), a Celery worker, beat and the API.
-
-Every process it starts is kept alive: one that exits by itself (a crash, an out-of-memory
-kill, a SIGTERM meant for it alone) is started again after a back-off that doubles while
-it keeps failing, and the others stay up meanwhile. The embedded Valkey comes back on its
-port with its append-only file.
-
-One Ctrl-C, or SIGTERM to the process group, stops all of it: the API and beat at once,
-the worker after a warm shutdown (its running jobs finish, up to the task time limit), the
-embedded Valkey last, so nothing is cut off. A second Ctrl-C cuts the running jobs; their
-messages stay unacknowledged and the next start's reaper puts them back on the queue.
-
-Where things are, for ``jobql check``, the tests and a developer's shell: ``<data dir>/dev.env``
-holds ``JOBQL_REDIS_URL`` of the embedded Valkey, ``<data dir>/run.json`` the pid of each
-process once all are up (rewritten on every restart, removed at the end).
+"""``make run`` (``jobql dev``): Valkey when no Redis is configured, a Celery worker, beat and
+the API, each started again after a doubling back-off when it exits by itself, so one crash does
+not end a developer's session. One Ctrl-C (or SIGTERM) stops them in an order that cuts nothing
+off: the API and beat, the worker after a warm shutdown, the embedded Valkey last; a second
+Ctrl-C cuts the running jobs, which the next start puts back on the queue. ``<data dir>/dev.env``
+and ``<data dir>/run.json`` tell ``jobql check``, the tests and a shell where things are.
 """
 
 from __future__ import annotations

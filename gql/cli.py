@@ -1,15 +1,14 @@
-"""``jobql``: the commands an operator runs, installed with the package.
+"""``jobql``: the commands an operator runs, installed with the package. ``api``, ``worker`` and
+``beat`` replace this process with uvicorn or Celery, so signals reach them directly; ``check``
+says, one line per problem, what the configuration cannot reach::
 
     jobql api [--host H] [--port P] [--workers N] [uvicorn options...]
     jobql worker [celery worker options...]
     jobql beat [celery beat options...]
-    jobql dev [--host H] [--port P]     (a checkout with the `embedded` extra: make run)
+    jobql dev [--host H] [--port P]     (make run: the `embedded` extra, or REDIS_URL set)
     jobql export-schema
     jobql check [--worker NAME]
     jobql --version
-
-``api``, ``worker`` and ``beat`` replace this process with uvicorn or Celery (signals reach them
-directly); ``check`` tells, one line per problem, what the configuration cannot reach.
 """
 
 from __future__ import annotations

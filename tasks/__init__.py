@@ -1,8 +1,7 @@
-"""JobQL's Celery side: ``tasks.core``, the kernel the API and the worker share, and
-``tasks.worker``, what runs inside a worker (the API never imports it).
-
-What a project writing tasks needs is here, read lazily so that importing any part of
-``tasks.core`` does not build the Celery app::
+"""JobQL's Celery side: :mod:`tasks.core`, the kernel the API and the worker share, and
+:mod:`tasks.worker`, what runs inside a worker (the API never imports it). What a project writing
+tasks needs is here, read lazily so that importing any part of ``tasks.core`` does not build the
+Celery app::
 
     from tasks import JobContext, JobModel, celery_app, job
 """

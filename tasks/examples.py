@@ -1,7 +1,6 @@
-"""The reference guide's example tasks, declared the JobQL way.
-
-Each body is plain code: it reads a validated model, reports progress through ``job`` and
-returns a model. Celery handles delivery and retries; JobQL types, records and broadcasts.
+"""The reference guide's example tasks, declared the JobQL way: each body is plain code that
+reads a validated model, reports progress through ``job`` and returns a model, while Celery
+handles delivery and retries and JobQL types, records and broadcasts.
 """
 
 from __future__ import annotations

@@ -1,13 +1,10 @@
 """The executor every operation runs on: graphql-core's, without its two leaks, and with
-subscription events projected instead of executed.
-
-:class:`LeakFreeExecutor` is a fix, always on: graphql-core binds its resolver helpers to the
-executor (a reference cycle, so a long subscription's executor waits for a full collection),
-and memoizes sub-field collection per subscription on field lists it builds afresh for every
-event (a memo that only grows). :class:`JobQLExecutor` adds the speed-up behind
-``JOBQL_FAST_PATHS``: a job's fields are plain data, so a subscription's first event compiles
-its selection into a projection of the yielded object, shared by every subscription of the
-same document, and anything it does not cover takes graphql-core's path, counted and logged.
+subscription events projected instead of executed. :class:`LeakFreeExecutor` is a fix, always on:
+it breaks the reference cycle graphql-core builds through the executor (a long subscription's
+would wait for a full collection) and gives each event a fresh sub-field memo (graphql-core's
+only grows). :class:`JobQLExecutor` adds the ``executor`` speed-up: a job's fields are plain
+data, so a subscription's selection is compiled once per document into a projection of the
+yielded object, and what it does not cover takes graphql-core's path, counted and logged.
 """
 
 from __future__ import annotations

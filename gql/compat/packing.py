@@ -1,14 +1,8 @@
-"""Commands to Redis packed by hiredis in C, as redis-py's own blocking client packs them.
-
-redis-py 8.1's asyncio connection packs every command in Python, re-joining a growing
-buffer per argument: 22 µs for a job's create script (40 arguments) and 2.5 ms for an
-``enqueueMany`` of 100 (4,000 arguments), a fifth of that mutation's CPU in the API. Its
-blocking client uses ``hiredis.pack_command`` (``redis.connection.HiredisRespSerializer``)
-when hiredis is installed: 3 µs and 0.25 ms. This does the same for the API's connections
-(upstream: redis/redis-py#4176, PR #4191; drop this module once a release packs so).
-
-A fast path (``hiredis_packing``, see :mod:`gql.compat.register`): on only when a start-up check
-finds that hiredis packs a sample command to the very bytes redis-py's own code does.
+"""Commands to Redis packed by hiredis in C, as redis-py's own blocking client packs them,
+because redis-py's asyncio connection packs in Python, re-joining a buffer per argument: a fair
+share of a large ``enqueueMany``'s CPU (upstream: redis/redis-py#4176, PR #4191; drop this module
+once a release packs so). The ``hiredis_packing`` speed-up (:mod:`gql.compat.register`) turns it
+on only when hiredis packs a sample command to the very bytes redis-py's own code does.
 """
 
 from __future__ import annotations

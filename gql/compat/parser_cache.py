@@ -1,11 +1,8 @@
-"""Strawberry's ``ParserCache``, with a syntax error left where Strawberry reports it.
-
-Strawberry 0.341.2's ``ParserCache.on_parse`` parses in the hook itself, before the
-``try`` that turns a ``GraphQLError`` into an answer. Over HTTP that path has a second
-guard, but a multipart or SSE request whose query does not parse raised out of the
-already-started stream: the client saw its connection cut (found by the fuzz in
-``tests/faults/test_fuzz.py``). Here a document that does not parse is not cached and not set,
-so Strawberry parses it again inside its guard and answers ``GRAPHQL_PARSE_FAILED``.
+"""Strawberry's ``ParserCache``, with a syntax error left where Strawberry reports it: Strawberry
+0.341.2's hook parses before the ``try`` that turns a ``GraphQLError`` into an answer, so a
+multipart or SSE request whose query did not parse cut the client's already-started stream (found
+by ``tests/faults/test_fuzz.py``). Here a document that does not parse is neither cached nor set,
+and Strawberry parses it again inside its guard to answer ``GRAPHQL_PARSE_FAILED``.
 """
 
 from __future__ import annotations

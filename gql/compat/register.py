@@ -1,11 +1,10 @@
-"""The API's touches of library internals, each an entry of :mod:`tasks.core.compat`'s register.
-
-Every private name the API imports is imported here and nowhere else; the classes built on
-them stay beside the code they serve (:mod:`gql.compat.execution`, :mod:`gql.http.sockets`,
-:mod:`gql.compat.packing`) and run only where :func:`decide_all`, called once by the app
-factory, found the internal in the shape it was verified on. A private module that moved away
-fails the import at start-up, loudly: the pins in ``pyproject.toml`` keep that from happening
-by surprise, and ``make test-latest`` shows it before an upgrade.
+"""The API's touches of library internals, each an entry of :mod:`tasks.core.compat`'s register:
+the private names they need are imported here, and :func:`decide_all`, called once by the app
+factory, turns each on only where its check finds the internal as it was verified (and, for a
+speed-up, where ``JOBQL_FAST_PATHS`` allows), else the stock code runs after one warning. The
+classes built on them stay beside the code they serve (:mod:`gql.compat.execution`,
+:mod:`gql.http.sockets`, :mod:`gql.compat.packing`); a private module that moved fails the import
+at start-up, loudly.
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
-"""JobQL inside a Django project: one ASGI application, the Django user as owner, jobs on commit.
-
-- :func:`application` serves JobQL at ``/graphql`` (every transport: HTTP, multipart, SSE,
-  both WebSocket protocols) beside the project's own Django (or Channels) application,
-  with JobQL's lifespan. Callers sign in with Django: the session cookie names the owner
-  (``JOBQL_AUTH_MODE=external``; add ``jwt`` or ``api_key`` for token callers).
-- With ``JOBQL_SCHEDULE_STORE=django``, schedules are django-celery-beat's ``PeriodicTask``
-  rows (:mod:`gql.django.schedule_store`), run by its beat scheduler (:mod:`tasks.django_beat`).
-- :func:`enqueue_on_commit` starts a job from Django code inside a transaction: the record
-  and the Celery message are written when the transaction commits, never on rollback.
-
-Django is imported here and in the modules named above only: the rest of JobQL knows
-nothing of it.
+"""JobQL inside a Django project, so its users, transactions and beat are JobQL's too:
+:func:`application` serves JobQL's paths beside the project's ASGI app, callers signed in by
+their Django session; :func:`enqueue_on_commit` starts a job when the transaction commits;
+``JOBQL_SCHEDULE_STORE=django`` keeps schedules in django-celery-beat
+(:mod:`gql.django.schedule_store`, :mod:`tasks.django_beat`). Django is imported only there and,
+for the ``django-db`` result backend, in :mod:`tasks.core.app`.
 """
 
 from __future__ import annotations

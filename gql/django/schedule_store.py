@@ -1,17 +1,9 @@
-"""Schedules kept in django-celery-beat's models, where a Django project's beat reads them.
-
-:class:`DjangoScheduleStore` is the :class:`~gql.services.schedule_store.ScheduleStore` of a Django
-project (``JOBQL_SCHEDULE_STORE=django``; :mod:`gql.django` picks it): each schedule is a
-``PeriodicTask`` with its ``IntervalSchedule`` or ``CrontabSchedule`` (the crontab in the
-schedule's time zone) and a :class:`tasks.django_beat.models.Schedule` row with JobQL's own
-fields. Every query runs in Django's thread for sync code (``sync_to_async``), never on the
-event loop; a database that does not answer is ``SERVICE_UNAVAILABLE``.
-
-What beat does is read back from beat's own rows: an interval, the last run it counts
-from (``PeriodicTask.last_run_at``, else the last change), the run count. Saving a
-``PeriodicTask`` fires django-celery-beat's change signal, so beat reloads its schedule on
-its next tick; rows are locked while a change is applied, so beat's record of a run and
-an edit never overwrite each other.
+"""Schedules kept in django-celery-beat's models, so a Django project's own beat runs them and
+its admin shows them: :class:`DjangoScheduleStore` (``JOBQL_SCHEDULE_STORE=django``) keeps each
+as a ``PeriodicTask`` plus a :class:`tasks.django_beat.models.Schedule` row for JobQL's fields,
+and reads the last run and run count back from beat's rows. Queries run in Django's thread for
+sync code, never on the loop; rows are locked while a change is applied, so beat's record of a
+run and an edit never overwrite each other.
 """
 
 from __future__ import annotations

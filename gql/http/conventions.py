@@ -1,15 +1,9 @@
-"""What Apollo Client and the GraphQL-over-HTTP spec expect of /graphql, in front of Strawberry.
-
-- **Media type.** A client that accepts ``application/graphql-response+json`` gets it, and
-  then a response without ``data`` (the request failed before execution) has a 4xx/5xx
-  status; a client asking for ``application/json`` gets 200 for every GraphQL error, as
-  that media type requires.
-- **Persisted queries** (:mod:`gql.services.persisted`) over GET and POST.
-- **Batching:** a JSON array of operations in one POST (Apollo's ``BatchHttpLink``) is
-  answered by an array, in order. Each operation runs as a request of its own through
-  the view, so it takes its own admission slot and counts against the rate limits.
-
-Multipart and SSE subscriptions, WebSockets and GraphiQL's page pass through untouched.
+"""What Apollo Client and the GraphQL-over-HTTP spec expect of ``/graphql``, in front of
+Strawberry's view: the ``application/graphql-response+json`` media type and its status codes,
+automatic persisted queries over GET and POST (:mod:`gql.services.persisted`), and batches (a
+JSON array answered by an array), each operation run as a request of its own, so it takes its own
+admission slot and counts against the rate limits. Streams, WebSockets and GraphiQL's page pass
+through untouched.
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
-"""Graceful shutdown: on SIGTERM, tell every subscriber at once, before uvicorn drains.
-
-uvicorn, on SIGTERM, stops listening, closes idle connections and waits (up to
-``--timeout-graceful-shutdown``) for the open ones; only then does the app's lifespan end.
-A subscription would hold its connection for that whole wait and then be cut. So this
-chains onto uvicorn's signal handler: the moment the signal arrives, every WebSocket is
-closed with 1001 (going away: clients reconnect elsewhere) and every multipart or SSE
-stream gets its normal end, while plain operations in flight finish; new ones get 503.
+"""Graceful shutdown that tells every subscriber at once: uvicorn, on SIGTERM, waits up to
+``--timeout-graceful-shutdown`` for open connections before the app's lifespan ends, so a
+subscription would hold its connection for the whole wait and then be cut. :class:`Drain` chains
+onto the SIGTERM and SIGINT handlers: at once every WebSocket is closed with 1001 (going away:
+clients reconnect elsewhere) and every multipart or SSE stream gets its normal end, while plain
+operations in flight finish and new ones get 503.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
-"""What wraps ``/graphql``: a request id and a transport per exchange, and its end at shutdown.
-
-Each HTTP request or WebSocket gets a request id (the client's ``X-Request-ID`` when it
-sends a sane one) that every log line of the exchange carries and the response echoes.
-Long-lived exchanges register with :class:`gql.http.drain.Drain`, which ends them on SIGTERM:
-a WebSocket is closed with 1001, a multipart or SSE stream gets the same end a completed
-subscription gets, and the application behind sees its client leave and cleans up.
+"""What wraps ``/graphql``: each HTTP request or WebSocket gets a request id (the client's
+``X-Request-ID`` when it sends a sane one) that every log line of the exchange carries and the
+response echoes, and its transport is named for the metrics. Long-lived exchanges register with
+:class:`gql.http.drain.Drain`, which ends them on SIGTERM the way a completed subscription ends,
+so the application behind sees its client leave and cleans up.
 """
 
 from __future__ import annotations

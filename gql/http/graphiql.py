@@ -1,10 +1,9 @@
-"""GraphiQL at /graphql, served by JobQL itself: no CDN, so it works on a machine without
-internet and under a strict Content-Security-Policy.
-
-The page loads GraphiQL, its Explorer plugin and React from ``/graphiql/`` (files built from
-the npm packages pinned in ``tests/e2e/package-lock.json`` by ``tests/e2e/build-graphiql.mjs``;
-``VERSIONS.json`` says which), then ``jobql-graphiql.js``: the README's tour as the first tab,
-the Explorer, and a Headers tab whose values reach graphql-ws's ``connection_init`` too.
+"""GraphiQL at ``/graphql``, served by JobQL itself with no CDN, so it works on a machine without
+internet and under a strict Content-Security-Policy: the page loads GraphiQL, its Explorer plugin
+and React from ``/graphiql/`` (built from the npm packages pinned in
+``tests/e2e/package-lock.json`` by ``tests/e2e/build-graphiql.mjs``; ``VERSIONS.json`` says
+which), then ``jobql-graphiql.js``: the README's tour as the first tab, and a Headers tab whose
+values reach graphql-ws's ``connection_init`` too.
 """
 
 from __future__ import annotations

@@ -1,19 +1,9 @@
-"""HTTP connections with small send buffers, so a slow client's backlog stays coalescible.
-
-On loopback and fast links Linux grows a socket's send buffer to megabytes: a subscriber
-that reads slowly would have thousands of stale progress events parked in the kernel,
-where nothing can merge them, and would read them for minutes. With the buffers kept
-small, writing blocks early, the subscription waits, and its bounded queue in
-``gql.live.broadcast`` coalesces progress (latest wins) while keeping every state change.
-
-Use it with ``uvicorn --http gql.http.sockets:BoundedHttpToolsProtocol``; a WebSocket upgrade
-keeps the same transport and so the same limits, and (with uvicorn's default WebSocket
-implementation) goes to :class:`CoalescingWebSocketsProtocol`, which sends everything a
-connection's subscriptions produced in one pass of the event loop in one write.
-
-Both extend uvicorn's protocol classes, which are not a documented API: each change runs
-only when ``gql.compat.register`` found the shape it was verified on (and ``JOBQL_FAST_PATHS``
-allows it); otherwise the class behaves exactly as uvicorn's own.
+"""HTTP connections with small send buffers, so a slow subscriber's backlog waits in its bounded
+queue (:mod:`gql.live.broadcast`), where progress coalesces, not in a kernel buffer Linux grows
+to megabytes, where nothing can merge it; and a WebSocket protocol that writes a connection's
+whole loop pass in one write. Both extend uvicorn's undocumented protocol classes, so each runs
+only as :mod:`gql.compat.register` allows and otherwise behaves exactly as uvicorn's own
+(``jobql api`` passes ``--http gql.http.sockets:BoundedHttpToolsProtocol``).
 """
 
 from __future__ import annotations

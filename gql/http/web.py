@@ -1,10 +1,9 @@
-"""The HTTP door of /graphql: body size, CSRF prevention and authentication, before Strawberry.
-
-One pass over the request headers decides. A rejection is a GraphQL-shaped JSON error with its
-``extensions.code``; an accepted request carries its :class:`~gql.services.auth.Principal` in
-the ASGI scope, where ``get_context`` finds it. WebSocket upgrades pass through: their Origin is
-checked by Strawberry against the same allow-list as CORS, their credential in
-``connection_init`` (see ``JobQLGraphQL.on_ws_connect``).
+"""The HTTP door of ``/graphql``: body size, CSRF prevention and authentication, decided in one
+pass over the request headers before Strawberry parses anything. A rejection is a GraphQL-shaped
+JSON error with its ``extensions.code``; an accepted request carries its
+:class:`~gql.services.auth.Principal` in the ASGI scope, where ``get_context`` finds it.
+WebSocket upgrades pass through: Strawberry checks their Origin against the CORS allow-list, and
+``JobQLGraphQL.on_ws_connect`` their credential.
 """
 
 from __future__ import annotations

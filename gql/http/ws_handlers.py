@@ -1,13 +1,9 @@
-"""Strawberry's two WebSocket protocol handlers, with each message's shape checked first.
-
-Strawberry 0.341.2 reads fields of a client's message without checking that it is an
-object with fields of the right types: a frame of ``null`` or ``[1]``, or a ``subscribe``
-whose ``id`` is a list, raised out of the handler and the socket closed abnormally (1006)
-with a traceback in the log (found by ``tests/faults/test_fuzz.py``, like the repeated legacy
-``connection_init`` below). Here such a message is
-refused the way each protocol refuses a bad message: 4400 on graphql-transport-ws, an
-``error`` message (or nothing) on the legacy protocol, whose specification has no close
-code for it.
+"""Strawberry's two WebSocket protocol handlers, with each message's shape checked first:
+Strawberry 0.341.2 reads a client message's fields unchecked, so a frame of ``null`` or ``[1]``,
+or a ``subscribe`` whose ``id`` is a list, closed the socket abnormally (1006) with a traceback
+(found by ``tests/faults/test_fuzz.py``). Such a message is refused the way each protocol refuses
+a bad one (4400 on graphql-transport-ws, an ``error`` or nothing on the legacy one); a repeated
+legacy ``connection_init`` is ignored, and query texts are interned.
 """
 
 from __future__ import annotations

@@ -1,21 +1,9 @@
-"""Job events fanned out to the subscribers of this process.
-
-JobQL owns its fan-out rather than building on ``broadcaster``. Measured with broadcaster
-0.3.1, its Redis listener dies for good when Redis restarts or kills the pub/sub connection
-(subscribers then hang), concurrent first subscriptions to one channel overwrite each other,
-it does not wait for Redis to confirm a subscription, and each subscriber's queue grows
-without bound. Its public API cannot carry the fixes: ``Broadcast.subscribe`` owns the
-subscriber set and gives each subscriber an unbounded queue of raw events, and every event
-passes from ``next_published`` through a listener task into those queues, a hop per event
-the performance work measured. Fixing that meant overriding its private ``_listener`` and
-``subscribe`` with another signature: a dependency JobQL only pretended to use. So:
-
-- :class:`~gql.live.pubsub.RedisPubSubBackend` is the one pub/sub connection of the
-  process: confirmed subscriptions, reconnection, then a call for a resync;
-- :class:`EventQueue` is one subscriber's bounded queue that coalesces progress;
-- :class:`JobBroadcast` counts subscriptions per channel under a lock, decodes each event
-  once and puts it in its subscribers' queues straight from the reader (no queue, no task
-  hop in between).
+"""Job events fanned out to the subscribers of this process: one pub/sub connection
+(:mod:`gql.live.pubsub`), each event decoded once and put straight from the reader into every
+subscriber's bounded :class:`EventQueue`, which coalesces progress and never drops a state
+change. JobQL owns this fan-out rather than building on ``broadcaster``, whose Redis listener
+dies for good when Redis restarts, whose queues grow without bound, and whose public API could
+not carry the fixes.
 """
 
 from __future__ import annotations

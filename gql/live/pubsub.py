@@ -1,10 +1,9 @@
-"""One self-healing Redis pub/sub connection per process, read by a single task.
-
-Redis forgets a pub/sub connection's subscriptions when the connection ends (a restart, or
-``client-output-buffer-limit`` killing a slow reader), and every event published meanwhile
-is lost. So the reader reconnects with backoff, subscribes its channels again and then asks
-for a resync; and a subscription counts only once Redis confirmed it, so an event published
-after :meth:`RedisPubSubBackend.subscribe` returns is never missed.
+"""One self-healing Redis pub/sub connection per process, read by a single task, because Redis
+forgets a connection's subscriptions when it ends (a restart, or ``client-output-buffer-limit``
+killing a slow reader) and every event published meanwhile is lost: the reader reconnects with
+backoff, subscribes its channels again and then asks for a resync, and a subscription counts only
+once Redis confirmed it, so an event published after :meth:`RedisPubSubBackend.subscribe` returns
+is never missed.
 """
 
 from __future__ import annotations

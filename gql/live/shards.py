@@ -1,19 +1,9 @@
-"""Sharded pub/sub on a Redis Cluster: one self-healing connection per primary.
-
-On a cluster the update script SPUBLISHes a job's events on its slot's shard only, so the
-API must SSUBSCRIBE each channel on the primary that serves its slot. redis-py 8.1's
-asyncio ``ClusterPubSub`` has ``ssubscribe`` and ``get_sharded_message``, but it polls the
-nodes' connections one after another (a timeout per node while the others wait), and it
-reconnects and resubscribes a node's connection by itself, without telling anyone: events
-published meanwhile are lost and no subscriber knows to re-read its snapshot. So each
-primary gets a :class:`~gql.live.pubsub.RedisPubSubBackend` in sharded mode (its own reader
-task, confirmed subscriptions, a resync after a reconnect), and this class routes every
-channel to the primary of its slot, found from redis-py's slot map.
-
-A slot that moves (the server drops our subscription with ``sunsubscribe``, an SSUBSCRIBE
-answers ``-MOVED``, or a node's connection is lost, as in a failover) makes it re-read the
-slot map, subscribe the moved channels on their new primaries and tell every subscriber
-to resync: the same re-read of snapshots as after a reconnect, so no state change is lost.
+"""Sharded pub/sub on a Redis Cluster, one self-healing connection per primary: the update script
+SPUBLISHes a job's events on its slot's shard only, and redis-py 8.1's asyncio ``ClusterPubSub``
+polls the nodes one after another and resubscribes after a reconnect without telling anyone, so
+events are lost unnoticed. Each primary gets a sharded
+:class:`~gql.live.pubsub.RedisPubSubBackend`, every channel is routed to its slot's primary from
+redis-py's slot map, and a slot that moves makes every subscriber resync, as after a reconnect.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
-"""``jobql check``: what the configuration says and whether what it names answers.
-
-One line per check, ``ok`` or ``FAIL`` with what to do; the exit status is 1 if any failed.
-URLs are shown without their credentials.
+"""``jobql check``: what the configuration says and whether what it names answers, one line per
+check (``ok``, ``warn``, or ``FAIL`` with what to do), URLs shown without their credentials; the
+exit status is 1 if any check failed, so a deploy script can stop on it.
 """
 
 from __future__ import annotations

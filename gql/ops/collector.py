@@ -1,27 +1,9 @@
-"""The cyclic garbage collector, tuned for an API that holds many subscriptions.
-
-CPython's collector stops the world, so each collection is a loop stall as long as the
-objects it walks. An API holding 10,000 ``job(id)`` subscriptions keeps about a million
-tracked objects alive, and measured on it:
-
-- a young collection walks what was allocated since the last one: ``gen0_threshold``
-  objects, a few ms per 10,000;
-- the middle generation gathers up to 10 young collections' survivors: with a young
-  threshold of 100,000 (this module's former default) that was a million objects and a
-  0.8-5 s stall, falling due at a random moment (10,000 subscriptions closing, in the bench);
-- a full collection walks every live object (0.8 s at 10,000 subscriptions). Python runs
-  one whenever the objects that survived to the old generation grew by a quarter since the
-  last, so while subscriptions come and go it can run every few seconds.
-
-So what start-up allocated is frozen (never walked again), both young generations are
-kept small, and a full collection may run at most once per ``full_interval`` seconds, when
-Python's own rule wants one: a window opens on a timer and closes when one has run.
-Cyclic garbage that reached the old generation (rare here: measured, a few objects per
-thousand closed subscriptions) waits for the next window instead of a quarter's growth.
-
-Python 3.12 and 3.13 collect as 3.11 does. 3.14.0-3.14.4 shipped an incremental collector
-that ignores the third threshold (the window then changes nothing); 3.14.5 and 3.15 went
-back to 3.13's. A generational incremental collector is proposed for 3.16 (PEP 848).
+"""The cyclic garbage collector, tuned for an API that holds many subscriptions: CPython's
+collector stops the world, and thousands of held subscriptions keep a great many tracked objects
+alive, so a middle or full collection falling due at a random moment stalled every stream for as
+long as it walked them. So what start-up allocated is frozen, both young generations are kept
+small, and a full collection runs at most once per ``full_interval``
+(``JOBQL_GC_FULL_INTERVAL``), when Python's own rule wants one.
 """
 
 from __future__ import annotations

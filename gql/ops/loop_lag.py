@@ -1,11 +1,9 @@
-"""How late the event loop runs a timer: the longest stall, for operators and the bench.
-
-A stall (a slow callback, a long garbage collection, a blocking call by mistake) delays
-every request, subscription event and health probe on the loop by as much. A timer is set to
-fire every ``INTERVAL``; how late it fires is the loop's lag at that moment, observed on
-``jobql_event_loop_lag_seconds``. The longest lag of each second is kept for ``KEPT``
-seconds, so ``/health/stats`` tells the longest stall of the last 10, 60 and 300 seconds
-without a reset; the bench reads it right after a flood. About 100 wake-ups a second.
+"""How late the event loop runs a timer, because a stall (a slow callback, a long garbage
+collection, a blocking call by mistake) delays every request, event and probe on the loop by as
+much: a plain timer due every ``INTERVAL`` observes its lateness on
+``jobql_event_loop_lag_seconds``, and the longest lag of each second is kept for ``KEPT``
+seconds, so ``/health/stats`` and the bench read the longest stall of the last 10, 60 and 300
+seconds without a reset.
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
-"""``GET /metrics`` in Prometheus' text format, with prometheus-client.
-
-Two kinds of figures:
-
-- this process's own (GraphQL operations, jobs it enqueued, live subscriptions, events it
-  delivered): prometheus-client metrics. Under ``jobql api --workers N`` they live in
-  ``PROMETHEUS_MULTIPROC_DIR`` files and any process's ``/metrics`` adds up all of them;
-- the jobs' (finished by task and state, run time, queue wait), counted once by the
-  worker that ran each job in a Redis hash (``tasks.worker.job_metrics``): every process serves
-  the same figures, read when scraped.
-
-The hot paths pay a counter increment per operation. Events are counted with plain
-integers in the broadcast and copied into the counters every second (:func:`sync_forever`).
+"""``GET /metrics`` in Prometheus' text format: this process's own figures (operations, jobs
+enqueued, live subscriptions, events delivered), summed over ``jobql api --workers N`` through
+``PROMETHEUS_MULTIPROC_DIR``, and the jobs' (finished, run time, queue wait), counted once by the
+worker that ran each job in a Redis hash (:mod:`tasks.worker.job_metrics`), so every process
+serves the same. Hot paths pay one counter increment; events are tallied in plain integers and
+copied into the counters every second (:func:`sync_forever`).
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
-"""One log line and a few counter increments per GraphQL operation, around its execution.
-
-A Strawberry schema extension (``on_operation`` wraps a query or mutation from parsing to
-its result, and a subscription for its whole life). Lines name the operation, its type,
-its outcome, its duration and the jobs it returned or watched: never its variables.
-
-Mutations, subscriptions and every failed operation log at INFO; a query that succeeded
-logs at DEBUG. Dashboards poll queries many times a second, and the line costs 17-20 µs
-(measured in process) of the few hundred a small query takes; its counters and histogram
-are in ``/metrics`` either way. ``JOBQL_LOG_LEVEL=DEBUG`` shows those lines too.
+"""One log line and a few counter increments per GraphQL operation, from a Strawberry schema
+extension around its execution (a subscription's whole life): the line names the operation, its
+type, outcome and duration and the jobs it returned or watched, never its variables. Mutations,
+subscriptions and failures log at INFO and a successful query at DEBUG, because dashboards poll
+queries many times a second and the line would be a fair share of a small query's time
+(``JOBQL_LOG_LEVEL=DEBUG`` shows them); ``/metrics`` counts every one either way.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
-"""GraphQL input types derived from a task's Pydantic input model.
-
-Field names are the model's camelCase aliases; simple defaults appear in the SDL; types
-GraphQL cannot express exactly (unions, constrained or free-form values) become ``JSON``
-and Pydantic validates them, reporting the offending path.
+"""GraphQL input types derived from a task's Pydantic input model, so a task is declared once:
+field names are the model's camelCase aliases, simple defaults appear in the SDL, and types
+GraphQL cannot express exactly (unions, constrained or free-form values) become ``JSON``, which
+Pydantic validates, reporting the offending path.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The GraphQL types of the contract (see DESIGN.md), with descriptions for GraphiQL and codegen."""
+"""The contract's GraphQL types (see ``docs/design.md``), described for GraphiQL and codegen."""
 
 from __future__ import annotations
 

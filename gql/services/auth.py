@@ -1,9 +1,8 @@
-"""Who is asking: a bearer JWT or an API key, checked once per request or WebSocket.
-
-The verified subject is the owner every read, list, stream and write is scoped by. What can
-be cached is: key objects are loaded once, a JWKS is fetched off the event loop and kept,
-and a token already verified is remembered until it expires, so a client that sends the
-same token with every request pays one signature check, not one per request.
+"""Who is asking, checked once per request or WebSocket: a bearer JWT, an API key, or whoever the
+host application signed in (``external``: a Django session, see :mod:`gql.django`). The verified
+subject is the owner every read, list, stream and write is scoped by. Key objects are loaded
+once, a JWKS is fetched off the event loop and kept, and a verified token is remembered until it
+expires, so a client sending one token with every request pays one signature check.
 """
 
 from __future__ import annotations

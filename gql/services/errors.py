@@ -1,11 +1,9 @@
-"""One error vocabulary, mapped to ``extensions.code`` at one boundary.
-
-Resolvers raise the small exceptions below. :func:`classify` (called for every error of
-every operation and every streamed event, by ``JobQLSchema.process_errors``) gives each its
-code; whatever it does not recognise is logged once with its traceback and masked in place,
-so no traceback or internal detail reaches a client. Masking here rather than with
-Strawberry's ``MaskErrors`` extension spares every request and every subscription event
-that extension's hooks, which showed in the profiles of the busiest paths.
+"""One error vocabulary, mapped to ``extensions.code`` at one boundary: resolvers raise the small
+exceptions below, and :func:`classify` (called by ``JobQLSchema.process_errors`` for every error
+of every operation and streamed event) gives each its code and masks whatever it does not
+recognise, logged with its traceback, so no internal detail reaches a client. Masking here rather
+than with Strawberry's ``MaskErrors`` spares every request and event that extension's hooks,
+which showed in the profiles of the busiest paths.
 """
 
 from __future__ import annotations

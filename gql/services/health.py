@@ -1,7 +1,7 @@
-"""Health of what jobs depend on: checked concurrently, bounded in time, cheap to probe.
-
-Nothing here pings workers: their liveness is their heartbeat (``tasks.worker.heartbeat``). Each
-answer is computed at most once per ``JOBQL_HEALTH_CACHE_SECONDS`` however many probes ask.
+"""Health of what jobs depend on, checked concurrently and bounded in time, and cheap to probe:
+each answer is computed at most once per ``JOBQL_HEALTH_CACHE_SECONDS`` however many probes ask,
+and workers are never pinged, since their liveness is their heartbeat
+(:mod:`tasks.worker.heartbeat`) and a ping is a broadcast every worker must answer.
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
-"""Abuse limits kept while a request runs: mutations per owner, live subscriptions.
-
-The mutation rate lives in Redis, so it holds across every API replica. A busy owner's
-mutations are not each a Redis round trip: a replica takes a few of the owner's budget in
-one script call (a lease: at most 1 % of the limit, at most ``rate_limit_lease``) and spends
-them locally. Redis never grants more than the budget, so the only slack is what replicas
-hold unspent: at most one lease per owner and replica. The subscription caps count what this
-process serves.
+"""Abuse limits kept while a request runs: mutations per owner, and live subscriptions. The
+mutation rate lives in Redis, so it holds across every API replica, yet a busy owner's mutations
+are not each a round trip: a replica leases a few of the owner's budget per script call (at most
+``rate_limit_lease``, at most a hundredth of the limit) and spends them locally, so the only
+slack is one unspent lease per owner and replica. The subscription caps count what this process
+serves; the per-owner limits apply only when authentication is on.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
-"""Automatic persisted queries (Apollo's APQ): a query sent once, then only its sha256 hash.
-
-The queries live in Redis, so a hash registered through one API replica is known to all.
-A request naming an unknown hash gets ``PERSISTED_QUERY_NOT_FOUND``, on which Apollo's
+"""Automatic persisted queries (Apollo's APQ), so a client sends a query once and then only its
+sha256 hash. The queries live in Redis, so a hash registered through one API replica is known to
+all; a request naming an unknown hash gets ``PERSISTED_QUERY_NOT_FOUND``, on which Apollo's
 ``PersistedQueryLink`` sends the hash again with the full query.
 """
 

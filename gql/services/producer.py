@@ -1,14 +1,9 @@
-"""Celery's producer behind one async facade: its calls block, so they run on a thread pool.
-
-It publishes through the producer-side app (no result backend, so no result subscription
-per message: see ``tasks.core.app``) and carries the control commands (revoke, ping) too.
-
-A broker that accepts connections and never answers (a black hole: a dead host behind a
-load balancer, a partition) held each publish for the socket timeout and its retry, and
-queued every other one behind the blocked threads: 50 concurrent mutations took 21 s to
-fail, measured. Now a publish answers within ``JOBQL_PUBLISH_TIMEOUT``, and once one has
-failed the next ones fail at once (no I/O) until ``_BROKER_DOWN_FOR`` passed, when one
-tries again.
+"""Celery's producer behind one async facade: its calls block, so they run on a thread pool,
+through producer-side apps that never subscribe to a result channel (see :mod:`tasks.core.app`),
+and it carries the control commands (revoke, a broker ping) too. A broker that accepts
+connections and never answers would hold each publish for the socket timeout and queue the rest
+behind it, so a publish answers within ``JOBQL_PUBLISH_TIMEOUT``, and once one failed the next
+fail at once, without I/O, for ``_BROKER_DOWN_FOR`` seconds.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
-"""Where schedules are kept: the interface the API uses, and its Redis implementation.
-
-:class:`ScheduleStore` is all the schedule service needs, so a deployment whose beat reads
-its schedules elsewhere (``django-celery-beat``'s models in a Django project) plugs its own
-implementation in beside :class:`RedisScheduleStore`. A store knows nothing of owners'
-permissions (the service checks them; a schedule's owner never changes) but keeps names
-unique per owner, since only it can do so atomically.
+"""Where schedules are kept: :class:`ScheduleStore`, all the schedule service needs, and
+:class:`RedisScheduleStore`, its implementation on RedBeat's entries. An interface so that a
+deployment whose beat reads schedules elsewhere (django-celery-beat's models,
+:mod:`gql.django.schedule_store`) plugs in its own; a store knows nothing of owners' permissions
+(the service checks them) but keeps names unique per owner, since only it can do so atomically.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
-"""What the API does with periodic schedules: validate, keep owners apart, store.
-
-A schedule's input is validated by its task's own model, as an enqueue's is, and its queue
-and priority as an enqueue's options are, so every run beat starts is one the API would
-have accepted. Another owner's schedule answers exactly as an unknown id.
+"""What the API does with periodic schedules: validate, keep owners apart, store. A schedule's
+input is validated by its task's own model, and its queue and priority as an enqueue's options
+are, so every run beat starts is one the API would have accepted; another owner's schedule
+answers exactly as an unknown id.
 """
 
 from __future__ import annotations

@@ -1,17 +1,9 @@
-"""Job records read and written with redis-py's asyncio client: the loop never waits on I/O.
-
-The scripts' KEYS and ARGV come from the builders in :mod:`tasks.core.scripts`, shared with
-the worker.
-
-An enqueue must answer exactly, even while Redis is paused (a stall, not a refusal): either
-its job exists or nothing of it does. Waiting for the socket timeout and then saying
-SERVICE_UNAVAILABLE was wrong twice over (issue 30): the paused Redis ran the script when
-it woke, so the job ran after all, and redis-py's retry sent it a second time. So the
-create script carries a deadline on Redis's own clock (:func:`tasks.core.scripts.guarded`): the
-API waits for its reply until a little past that deadline, and a script Redis runs later
-writes nothing. The one window left: Redis runs the script in time and then freezes before
-its reply is read; a reply that comes after the API answered takes the job back again
-(:meth:`JobStore.withdraw`) unless a worker started it already, and logs it.
+"""Job records read and written with redis-py's asyncio client, so the loop never waits on I/O,
+through the script builders of :mod:`tasks.core.scripts` it shares with the worker. An enqueue
+answers exactly even while Redis is paused (issue 30): its create script carries a deadline on
+Redis's own clock (:func:`tasks.core.scripts.guarded`), so a script Redis runs late writes
+nothing, and a reply that arrives after the API answered takes the job back
+(:meth:`JobStore.withdraw`) unless a worker started it already.
 """
 
 from __future__ import annotations

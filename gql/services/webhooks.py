@@ -1,7 +1,6 @@
-"""Webhooks on the API side: the URL check at enqueue time, and scheduling a delivery.
-
-The API never POSTs: a delivery is a task message for the worker (see ``tasks.worker.webhooks``),
-sent through Celery's producer on its thread pool.
+"""Webhooks on the API side: the URL check at enqueue time, and scheduling a delivery as a task
+message for the worker (:mod:`tasks.worker.webhooks`), sent through Celery's producer on its
+thread pool, because the API never POSTs from its event loop.
 """
 
 from __future__ import annotations

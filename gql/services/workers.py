@@ -1,9 +1,8 @@
-"""Workers and queues as the API sees them: heartbeats and queue lengths, never a broadcast.
-
-Workers are read from their heartbeat keys (``tasks.worker.heartbeat``) in one script call; queue
-lengths from the broker: one pipelined LLEN per priority list on Redis, a passive declare
-on RabbitMQ (on a thread: kombu blocks). Both answers are cached a few seconds
-(``JOBQL_INSPECT_CACHE_SECONDS``), so dashboards polling them cannot load Redis or workers.
+"""Workers and queues as the API sees them, never through a broadcast: workers from their
+heartbeat keys (:mod:`tasks.worker.heartbeat`) in one script call, queue lengths from the broker
+(one pipelined LLEN per priority list on Redis, a passive declare on RabbitMQ, on a thread since
+kombu blocks), both cached for ``JOBQL_INSPECT_CACHE_SECONDS``, so dashboards polling them cannot
+load Redis or the workers.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
-"""A workflow tree from the client, checked whole before anything is recorded or sent.
-
-Every error names the path of the offending step as the client wrote it
-(``input.root.chain.1.task.resultTo``), and all errors are reported at once. What a step
-receives is checked against what the step before it returns: the previous task's output
-model (or, after a group, a list) against the JSON Schema of the field that takes it.
+"""A workflow tree from the client, checked whole before anything is recorded or sent, so a bad
+tree starts nothing: every error names the path of the offending step as the client wrote it
+(``input.root.chain.1.task.resultTo``), all are reported at once, and what a step receives is
+checked against what the step before it returns (the previous task's output model, or a list
+after a group) through the JSON Schema of the field that takes it.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
-"""Running ``async def`` task bodies in a worker, which Celery 5 does not do by itself.
-
-Each worker process keeps one event loop on a background thread for its whole life, so
-coroutines share connections and clients across jobs instead of paying ``asyncio.run``
-per job, and a thread-pool worker can run several of them at once.
+"""Running ``async def`` task bodies in a worker, which Celery 5 does not do by itself: each
+worker process keeps one event loop on a background thread for its whole life, so coroutines
+share connections and clients across jobs instead of paying ``asyncio.run`` per job, and a
+thread-pool worker can run several of them at once.
 """
 
 from __future__ import annotations

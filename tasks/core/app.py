@@ -1,15 +1,9 @@
-"""The Celery apps: the one tasks are declared on, and the API's producer-side twin without a
-result backend.
-
-The declared app (:data:`celery_app`, where ``@job()`` registers) is what a worker runs; the
-worker's own parts (heartbeat, reaper, poison-message consumer, patched transport, result
-backends) are attached when a worker starts (Celery's ``celeryd_init``), by
-``tasks.worker.app``, so the API, which declares the same tasks, never loads them.
-
-The producer app matters: with a Redis result backend, every ``apply_async`` in a long-lived
-process subscribes to that task's result channel and nothing ever reads it, until the
-producer blocks for good (Celery issues #3808 and #6963). The API therefore publishes
-through an app whose backend is disabled, and reads state from the job records instead.
+"""The Celery apps: :data:`celery_app`, where ``@job()`` declares tasks and which a worker runs
+(its worker-only parts attached on ``celeryd_init`` by :mod:`tasks.worker.app`, so the API never
+loads them), and the API's producer-side twins, which never subscribe to a result channel: with a
+Redis backend every ``apply_async`` in a long-lived process subscribes to one nothing reads,
+until the producer blocks for good (Celery issues #3808 and #6963). So jobs go out with no result
+backend, and workflows' chords with a send-only one (:mod:`tasks.core.canvas`).
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
-"""The base class of every task in JobQL's Celery app, typed or written the usual Celery way.
-
-Its hooks record each state change. Celery's tracer (``celery.app.trace``, verified on 5.7)
-runs ``before_start`` inside the trace, so raising ``Ignore`` there skips the body; and it
-calls ``on_success``, ``on_failure`` and ``on_retry`` right after the result backend stored
-the outcome and right before the matching signal, in the same thread as the run.
+"""The base class of every task in JobQL's Celery app, typed or written the usual Celery way,
+whose hooks record each state change. It relies on Celery's tracer (``celery.app.trace``,
+verified on 5.7) running ``before_start`` inside the trace, so raising ``Ignore`` there skips the
+body, and calling ``on_success``, ``on_failure`` and ``on_retry`` right after the result backend
+stored the outcome and right before the matching signal, in the run's own thread.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
-"""A workflow as Celery's own canvas (``chain``, ``group``, ``chord``), so stock workers run it.
-
-The API validates a workflow into a tree of :class:`Step`, :class:`Chain`, :class:`Group` and
+"""A workflow as Celery's own canvas (``chain``, ``group``, ``chord``), so stock workers run it:
+the API validates a workflow into a tree of :class:`Step`, :class:`Chain`, :class:`Group` and
 :class:`Chord`, records every step, and turns the tree into signatures here. Celery passes a
-step's result to the next one as a positional argument; a typed task takes keyword input
-only, so each step carries, in the reserved keyword argument ``WORKFLOW_KWARG``, its
-workflow's id and the input field that receives that result (see :func:`receive`).
+step's result to the next one positionally while a typed task takes keyword input only, so each
+step carries in ``WORKFLOW_KWARG`` its workflow's id and the field that receives that result (see
+:func:`receive`). The send-only result backends a chord's sender needs are here too.
 """
 
 from __future__ import annotations

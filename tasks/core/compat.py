@@ -1,13 +1,10 @@
-"""The register of every place JobQL leans on a library's internals, of three kinds.
-
-A **fix** works around a library bug (each names its upstream issue) and is always on; a
-**speed-up** earns its place on a named bench figure and runs only while
-``JOBQL_FAST_PATHS`` allows; the **design** entry is the enqueue design's own lean on Celery's
-message format. Each checks at start-up that the internal still has the shape it was verified
-on and otherwise falls back, loudly, to the library's stock behaviour; ``/health/stats``
-reports each with its kind, its reason and its fallbacks. The touches themselves live beside
-the code they serve (``gql.compat``, ``tasks.worker``, ``tasks.core.message_writer``); this
-module imports no library.
+"""The register of every place JobQL leans on a library's internals, in three kinds: a fix works
+around a library bug (naming its upstream issue) and is always on; a speed-up earns its place on
+a named bench figure and runs only while ``JOBQL_FAST_PATHS`` allows; the design entry is the
+enqueue design's lean on Celery's message format. Each is checked at start-up, falling back
+loudly to the stock behaviour, so an upgrade degrades instead of breaking. The touches live
+beside their code (:mod:`gql.compat`, :mod:`tasks.worker`, :mod:`tasks.core.message_writer`);
+this module imports no library.
 """
 
 from __future__ import annotations

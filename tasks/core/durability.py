@@ -1,10 +1,8 @@
-"""Whether the Redis holding jobs keeps them across a crash and never evicts them.
-
-A Redis without persistence comes back empty after a crash (the job records and their
-messages gone, subscribers answered ``NOT_FOUND``); one with an evicting
-``maxmemory-policy`` drops queued messages and records under memory pressure. Neither is
-an error JobQL can refuse (a cache-only Redis may be what a test wants), so the worker's
-start-up and ``jobql check`` warn about them.
+"""Whether the Redis holding jobs keeps them across a crash and never evicts them: a Redis
+without persistence comes back empty after a crash (the records and their messages gone,
+subscribers answered ``NOT_FOUND``), and an evicting ``maxmemory-policy`` drops queued messages
+and records under memory pressure. Neither is an error JobQL can refuse (a cache-only Redis may
+be what a test wants), so the worker's start-up and ``jobql check`` warn about them.
 """
 
 from __future__ import annotations

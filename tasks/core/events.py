@@ -1,9 +1,8 @@
-"""The worker's writer of job records: every state change updates the snapshot and publishes it.
-
-A plain module: it knows records and Redis, not who calls it. :class:`tasks.core.base.JobTask`'s
-hooks call it, and :mod:`tasks.worker.signals` where Celery has no hook. Each change is one call of
-the update script, so the sequence grows by one per change and the event equals the
-snapshot it announces.
+"""The worker's writer of job records: every state change updates the snapshot and publishes it
+in one call of the update script, so the sequence grows by one per change and the event equals
+the snapshot it announces. A plain module that knows records and Redis, not who calls it
+(:class:`tasks.core.base.JobTask`'s hooks, and :mod:`tasks.worker.signals` where Celery has no
+hook).
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
-"""Logs of the API and the worker: one line per record, JSON or readable, with job fields.
-
-Lines carry what lets one job be followed from its mutation to the worker and back to a
-subscription: the job id, the task, the owner, and in the API the request id of the HTTP
-request or WebSocket that asked. Callers pass them as ``extra={"job_id": ..., ...}``; the
-request id comes from :data:`REQUEST_ID`, set by the API for each exchange. Inputs and
-results are never logged here: only the names in :data:`FIELDS` reach a line.
+"""Logs of the API and the worker, one line per record (JSON or readable), carrying what lets one
+job be followed from its mutation to the worker and back to a subscription: the job id, the task,
+the owner and, in the API, the request id of the exchange (:data:`REQUEST_ID`). Callers pass them
+as ``extra={"job_id": ..., ...}``; only the names in :data:`FIELDS` reach a line, so inputs and
+results are never logged.
 """
 
 from __future__ import annotations

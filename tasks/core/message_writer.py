@@ -1,10 +1,8 @@
-"""The enqueue design's one lean on Celery's internals: the API writes Celery's messages itself.
-
-``tasks.core.messages`` writes Celery's protocol-2 message as kombu's Redis transport stores
-it, so the API pushes it in the same atomic call as the job record. This module decides
-whether it may (the broker is the records' Redis, and :func:`check_message_writer` finds the
-installed Celery and kombu write the same message, without any I/O); otherwise the API
-publishes through Celery's own producer on a thread.
+"""The enqueue design's one lean on Celery's internals: the API (and beat) write Celery's
+messages themselves (:mod:`tasks.core.messages`), so a job's record and message go in one atomic
+call. This module decides whether they may: the broker must be the records' Redis, and
+:func:`check_message_writer` must find, without any I/O, that the installed Celery and kombu
+write the same message; otherwise Celery's own producer publishes, on a thread.
 """
 
 from __future__ import annotations

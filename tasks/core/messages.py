@@ -1,10 +1,8 @@
-"""Celery's task message (protocol 2) as kombu's Redis transport stores it, built without kombu.
-
-With Redis as the broker a task message is one JSON document pushed onto the queue's list
-(``queue`` or ``queue:<priority>``). Building it here lets the API write the job record, the
-message and the PENDING event in one atomic Redis call, on the event loop, with no thread
-and no lock; stock Celery workers read it exactly as if ``apply_async`` had sent it.
-``tasks.worker.fast_paths`` checks that at start-up against the installed Celery and kombu.
+"""Celery's task message (protocol 2) as kombu's Redis transport stores it, built without kombu,
+so the API can write the job record, the message and the PENDING event in one atomic Redis call
+on the event loop, with no thread and no lock; stock Celery workers read it exactly as if
+``apply_async`` had sent it. :mod:`tasks.core.message_writer` checks at start-up that the
+installed Celery and kombu write the same message.
 """
 
 from __future__ import annotations

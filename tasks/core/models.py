@@ -1,8 +1,6 @@
-"""Base model and field types for task inputs and outputs.
-
-Fields are snake_case in Python and camelCase on the wire, as GraphQL clients expect; both
-spellings are accepted when validating, so existing Celery callers passing keyword
-arguments keep working.
+"""Base model and field types for task inputs and outputs: fields are snake_case in Python and
+camelCase on the wire, as GraphQL clients expect, and both spellings validate, so existing Celery
+callers passing keyword arguments keep working.
 """
 
 from __future__ import annotations

@@ -1,19 +1,9 @@
-"""RabbitMQ as the broker: the queues' arguments, JobQL's priorities, what the server can do.
-
-JobQL's priorities run from 0 (served first, the default) to 9, as kombu's Redis transport
-serves them; AMQP serves the highest number first, so a message carries ``9 - priority``
-and a message sent with none (a plain ``.delay()``, a webhook) is given 9, like an
-unprioritised message on Redis. Classic queues are declared with ``x-max-priority`` 9;
-quorum queues refuse that argument (RabbitMQ 3.10 answers PRECONDITION_FAILED) and serve
-two levels from 3.13 (AMQP priority above 4, that is JobQL 0-4, before the rest) and none
-before. Quorum queues use topic exchanges: Celery's native delayed delivery, which a
-countdown on a quorum queue needs, binds only to those.
-
-Every queue also carries ``x-consumer-timeout``: RabbitMQ closes the channel of a consumer
-that holds a message unacknowledged longer (``task_acks_late``: for the whole run, and for
-a countdown's wait) and redelivers it, as the Redis transport's visibility timeout does.
-Servers before 3.11.15 ignore the argument and apply their server-wide
-``consumer_timeout`` (30 minutes by default): :func:`server_warnings` says so.
+"""RabbitMQ as the broker, made to behave as the Redis transport does: the queues' arguments,
+JobQL's priorities, what the server can do. AMQP serves the highest priority first, so a message
+carries ``9 - priority``; quorum queues take no ``x-max-priority`` and use topic exchanges, the
+only ones Celery's delayed delivery binds to; and every queue carries ``x-consumer-timeout``, the
+counterpart of the Redis transport's visibility timeout, which older servers ignore
+(:func:`server_warnings` says so).
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
-"""The job record: one Redis hash per job, shared by the API (async) and the worker (sync).
-
-Every write goes through a Lua script (:mod:`tasks.core.scripts`) so that the snapshot, its
-``sequence``, its indexes and the event announcing it change in one step: a reader never
-sees an event newer than the snapshot it can read. Fields hold strings; JSON fields hold
-JSON text; an empty string means "not set".
+"""The job record: one Redis hash per job, shared by the API (async) and the worker (sync). Every
+write goes through a Lua script (:mod:`tasks.core.scripts`), so the snapshot, its ``sequence``,
+its indexes and the event announcing it change in one step and a reader never sees an event newer
+than the snapshot it can read. Fields hold strings, JSON fields JSON text, and an empty string
+means "not set".
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
-"""Every Redis client JobQL opens is made here, from the settings: plain, TLS, Sentinel, or a
-Cluster (job records and their events only: ``JOBQL_RECORDS_CLUSTER``).
-
-A call site chooses only what is its own (decoded replies, its retry policy, its pool); the
-address, the password, TLS and Sentinel are read from the URL and the settings the same way
-for the API, the worker and ``jobql check``. Celery's broker and result backend get the same
-TLS and Sentinel options from :func:`celery_redis_options`.
-
-URLs: ``redis://[:password@]host:port/db``, ``rediss://`` (TLS: ``JOBQL_REDIS_TLS_*``),
-``unix://``, and Celery's Sentinel form ``sentinel://[:password@]host:port;sentinel://
-host:port/db`` (the master named by ``JOBQL_REDIS_SENTINEL_MASTER``; the password and
-database are the first address's, as in Celery, and are the master's, not the sentinels').
+"""Every Redis client JobQL opens is made here, from the settings, so the address, the password,
+TLS and Sentinel are read the same way for the API, the worker and ``jobql check``: plain, TLS
+(``rediss://``), Sentinel (Celery's ``sentinel://`` form) or a Cluster (job records and their
+events only: ``JOBQL_RECORDS_CLUSTER``). A call site chooses only what is its own (decoded
+replies, its retry policy, its pool); Celery's broker and result backend get the same TLS and
+Sentinel options from :func:`celery_redis_options`.
 """
 
 from __future__ import annotations

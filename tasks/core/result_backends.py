@@ -1,8 +1,7 @@
-"""Which Celery result backend a URL names, and the options JobQL gives it.
-
-Configuration only, shared by the API's producer apps and the worker: the backend classes
-themselves (compression above a threshold, one-call stores, no pickle) are the worker's
-(``tasks.worker.results``), named here by their dotted path so the API never imports them.
+"""Which Celery result backend a URL names, and the options JobQL gives it: configuration only,
+shared by the API's producer apps and the worker. The backend classes themselves (compression
+above a threshold, one-call stores, no pickle) are the worker's (:mod:`tasks.worker.results`),
+named here by their dotted path so the API never imports them.
 """
 
 from __future__ import annotations

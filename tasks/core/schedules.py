@@ -1,19 +1,9 @@
-"""A periodic schedule as JobQL keeps it: a RedBeat entry in Redis, where beat reads it.
-
-The API writes entries in the format RedBeat documents (a hash holding a ``definition``
-and a ``meta`` JSON document, encoded by RedBeat's own encoder, and the entry's key in
-RedBeat's sorted set scored by its next run); :mod:`tasks.worker.beat` runs them. JobQL's part of
-an entry (owner, name, the input as clients read it, time zone, queue) sits under
-``options["jobql"]``. Keys, all in the one hash slot ``{beat}`` so that a Redis Cluster
-can run a script over them:
-
-- ``jobql:{beat}:<id>``: RedBeat's entry hash (``definition``, ``meta``), plus JobQL's
-  ``last_run_at`` and ``last_job`` (RedBeat's ``meta`` counts runs from the creation or
-  the last change of timing, which is what the next run is computed from);
-- ``jobql:{beat}::schedule``: RedBeat's sorted set, entry keys by next run (Unix seconds;
-  -1 for a disabled schedule, which RedBeat never loads);
-- ``jobql:{beat}::lock``: RedBeat's lock, so that one beat process runs them at a time;
-- ``jobql:{beat}:owner:<owner>``: JobQL's, an owner's schedules by name (name -> id).
+"""A periodic schedule as JobQL keeps it: a RedBeat entry in Redis, written in the format RedBeat
+documents, so RedBeat (:mod:`tasks.worker.beat`) runs what the API writes with no restart.
+JobQL's part of an entry (owner, name, the input as clients read it, time zone, queue) sits under
+``options["jobql"]``, and every key (:data:`BEAT_PREFIX`, :data:`SCHEDULE_SET`, :data:`LOCK_KEY`,
+:func:`names_key`) is in the one hash slot ``{beat}``, so a Redis Cluster can run a script over
+them.
 """
 
 from __future__ import annotations

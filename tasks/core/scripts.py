@@ -1,12 +1,9 @@
-"""The Lua scripts that write and read job records, and one builder per script call.
-
-Each builder returns the KEYS and ARGV of one call, used as they are by the worker's sync
-client and the API's async one. Every key a script writes is declared in KEYS; the page and
-sweep comments name the one kind of read that cannot be declared.
-
-The listing indexes (see :func:`tasks.core.records.index_key`) change in the same script as the
-record, so a page is exact: a filter reads the sets of exactly the matching jobs, merged
-newest first, and a page costs O(k * limit * log N) for k sets, whatever N is stored.
+"""The Lua scripts that write and read job records, and one builder per script call returning its
+KEYS and ARGV, used as they are by the worker's sync client and the API's async one. Every key a
+script writes is declared in KEYS (the page and sweep comments name the one kind of read that
+cannot be), and the listing indexes (:func:`tasks.core.records.index_key`) change in the same
+script as the record, so a page is exact and costs O(k * limit * log N) for k sets, whatever N is
+stored.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
-"""The one settings object: read from the environment (prefix ``JOBQL_``), validated at start-up.
-
-The API and the worker both build their configuration from it, so a broker URL is never
+"""The one settings object, read from the environment (prefix ``JOBQL_``) and validated at
+start-up; the API and the worker both build their configuration from it, so a broker URL is never
 written twice. It lives in ``tasks`` because the worker needs it and ``gql`` depends on
-``tasks``, never the other way. Nothing else in the project reads ``os.environ``.
+``tasks``, never the other way. No other module reads a JobQL setting from ``os.environ``.
 """
 
 from __future__ import annotations

@@ -1,24 +1,9 @@
-"""Which hash tag each job-record key carries: one job's keys, and its scripts, in one slot.
-
-Redis Cluster runs a script on one node and refuses keys of another slot, so everything a
-script touches carries the same ``{tag}``. The records are spread over ``shards`` tags:
-
-- a job's tag comes from its id (``crc32(id) % shards``), so a read by id needs nothing
-  else: not the owner, which an admin, a webhook or the worker does not know;
-- each owner's listing indexes, expiry set and the set of owners are kept once per tag:
-  the update script moves a job between its owner's indexes of its own tag, in the same
-  atomic step as the record (a page is never wrong, only merged from ``shards`` parts);
-- a job the caller must find by something other than its id (an idempotency key, a
-  workflow's step) is given an id that falls on that thing's tag.
-
-Why not tag by owner: with authentication off every job is ``anonymous``'s, and a busy
-tenant would be one hot slot on one node. Tagging by job spreads every owner evenly; the
-price is that a page reads ``shards`` slots (one call each, merged exactly by the API).
-
-The tags are chosen so that tag ``i`` hashes into the ``i``-th of ``shards`` equal slot
-ranges: a cluster whose primaries split the slots evenly gets ``shards / primaries`` tags
-each. ``shards`` must not change while records exist (ids would move to other tags); one
-Redis runs with one tag, exactly as before the cluster layout.
+"""Which hash tag each job-record key carries, so that one job's keys, and the scripts that touch
+them, fall in one Redis Cluster slot. A job's tag comes from its id, so a read by id needs
+nothing else, and each owner's indexes are kept once per tag, moved in the same atomic step as
+the record; tagging by job rather than by owner spreads every owner evenly (with authentication
+off every job is ``anonymous``'s), at the price of a page reading ``shards`` slots, merged
+exactly by the API.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
-"""The workflow record: one Redis hash per workflow, beside its steps' job records.
-
-The API writes it with every step's record in one script call (:mod:`tasks.core.scripts`); from
-then on the update script changes it in the same step as each of its steps' records: the
-step's state and percent, the aggregate state and progress, and a ``sequence`` that grows
-by one per step change. So a workflow's event always carries the step change that made it.
+"""The workflow record, one Redis hash per workflow beside its steps' job records: the API writes
+it with every step's record in one script call (:mod:`tasks.core.scripts`), and from then on the
+update script changes it in the same step as each step's record (the step's state and percent,
+the aggregate state and progress, a ``sequence`` that grows by one per step change), so a
+workflow's event always carries the step change that made it.
 """
 
 from __future__ import annotations

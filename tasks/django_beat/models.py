@@ -1,7 +1,6 @@
-"""JobQL's part of a schedule kept in django-celery-beat: who owns it and what they gave.
-
-Everything beat needs stays on the ``PeriodicTask``; these rows hold only what JobQL adds,
-so a schedule edited in the Django admin (re-timed, disabled) is the schedule JobQL shows.
+"""JobQL's part of a schedule kept in django-celery-beat, who owns it and what they gave:
+everything beat needs stays on the ``PeriodicTask`` and these rows hold only what JobQL adds, so
+a schedule edited in the Django admin (re-timed, disabled) is the schedule JobQL shows.
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
-"""Celery beat on django-celery-beat's models, every run of a JobQL schedule an ordinary job.
-
-With ``JOBQL_SCHEDULE_STORE=django`` the app's ``beat_scheduler`` is
-:class:`JobQLDatabaseScheduler`, django-celery-beat's ``DatabaseScheduler``: it reads the
-enabled ``PeriodicTask`` rows, and reloads them when ``PeriodicTasks.changed`` says a row
-changed (the API saves rows as the admin does), checking at least every
-``JOBQL_BEAT_INTERVAL`` seconds. A ``PeriodicTask`` with a JobQL :class:`.models.Schedule`
-runs through :class:`tasks.worker.beat.RunStarter`: a PENDING job of the schedule's owner, with the
-schedule's id and name, one per tick (its idempotency key names the tick). Every other
-``PeriodicTask`` (made in the admin, or Celery's ``beat_schedule``) runs as
-django-celery-beat runs it.
+"""Celery beat on django-celery-beat's models, every run of a JobQL schedule an ordinary job:
+:class:`JobQLDatabaseScheduler` (the ``beat_scheduler`` with ``JOBQL_SCHEDULE_STORE=django``) is
+django-celery-beat's ``DatabaseScheduler``, which reloads when a row changes (the API saves rows
+as the admin does). A ``PeriodicTask`` with a JobQL :class:`.models.Schedule` runs through
+:class:`tasks.worker.beat.RunStarter`, a PENDING job of the schedule's owner, one per tick (its
+idempotency key names the tick); every other ``PeriodicTask`` runs as django-celery-beat runs it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
-"""The worker: the Celery app a worker runs and what runs inside it.
-
-The task base that records each run, the broker transport that survives a Redis restart,
-heartbeats and the reaper of lost workers, poison messages, result backends, beat, webhook
-deliveries, and the worker-side fast paths. The API never imports it.
+"""The worker: what runs inside a Celery worker, apart from :mod:`tasks.core` so the API never
+imports it. The broker transport that survives a Redis restart and its start-up checks, the
+heartbeats and the reaper of lost workers, poison messages, result backends, job metrics, beat,
+webhook deliveries, and the signal receivers that record what the task base cannot see.
 """

@@ -1,9 +1,8 @@
-"""What a worker adds to the declared app when it starts: its bootsteps, its signal receivers,
-and the configuration only a worker needs.
-
-Called from Celery's ``celeryd_init`` (see :func:`tasks.core.app.create_celery_app`), before
-the worker reads its consumer class, opens a connection or forks its pool, whichever command
-started it (``jobql worker``, or ``celery -A yourproject worker`` in a Django project).
+"""What a worker adds to the declared app when it starts (its bootsteps, its signal receivers,
+the configuration only a worker needs), attached from Celery's ``celeryd_init`` (see
+:func:`tasks.core.app.create_celery_app`) before the worker reads its consumer class, opens a
+connection or forks its pool, whichever command started it (``jobql worker``, or
+``celery -A yourproject worker`` in a Django project).
 """
 
 from __future__ import annotations

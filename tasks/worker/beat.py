@@ -1,26 +1,9 @@
-"""Celery beat for JobQL: RedBeat's Redis scheduler, every run recorded as an ordinary job.
-
-``jobql beat`` runs ``celery -A tasks.core.app beat`` with :class:`JobQLScheduler`. RedBeat
-(celery-redbeat, chosen over a scheduler of our own: maintained, Celery 5 compatible, JSON
-only) reads the entries that are due from Redis on every tick, at most
-``JOBQL_BEAT_INTERVAL`` apart, so a schedule the API creates, changes or disables takes
-effect without a restart; and it holds a lock with a TTL (``JOBQL_BEAT_LOCK_TIMEOUT``), so
-of two beat processes one runs the schedules and the other waits to take over.
-
-A run of a JobQL schedule is written the way the API enqueues: a PENDING record owned by
-the schedule's owner and carrying the schedule's id and name, its Celery message pushed in
-the same Redis call when the broker is that Redis. Its idempotency key names the tick (the
-schedule and the run it follows), so even two beats that both believed they held the lock
-would start one job per tick. Entries JobQL did not write (``beat_schedule``) run as
-RedBeat runs them.
-
-A Redis outage does not end beat (issue 30, item 5): stock RedBeat let any Redis error of
-a tick (renewing its lock, reading the due entries) escape Celery's beat loop, and the
-process exited on every outage, a 1 s restart included; RedBeat's own retries cover only
-its single commands. :meth:`JobQLScheduler.tick` rides the outage out for up to
-``JOBQL_REDIS_OUTAGE_TOLERANCE`` and takes its lock back if it expired meanwhile; and a run
-is started before its tick is recorded, so a tick cut by the outage is started once, late,
-and never skipped (the tick's idempotency key stops a second job).
+"""Celery beat on RedBeat's Redis scheduler (``jobql beat`` runs :class:`JobQLScheduler`), which
+reads the due entries on every tick, so the API's changes apply without a restart, and holds a
+lock, so one beat of several runs them. A run is written as the API enqueues, a PENDING job of
+the schedule's owner under an idempotency key naming the tick, so even two beats start one job
+per tick; a Redis outage of up to ``JOBQL_REDIS_OUTAGE_TOLERANCE`` is ridden out where stock
+RedBeat exited (issue 30).
 """
 
 from __future__ import annotations

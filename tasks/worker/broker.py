@@ -1,33 +1,9 @@
-"""kombu's Redis transport, made to survive a Redis restart while late-acked tasks run.
-
-Measured with Celery 5.7.0 and kombu 5.7.0: when Redis restarts while a worker holds an
-unacknowledged message (``task_acks_late``), the worker's consumer closes its channel,
-the channel disconnects its pools first and then tries to restore the unacked messages
-through a new pool built from a connection that is already released
-(``AttributeError: 'NoneType' object has no attribute 'hostname'`` in ``_connparams``).
-The error escapes the consumer and the whole worker process exits. After a reconnect, a
-task that finishes acks through its old, closed channel and fails the same way.
-
-Skipping those calls on a dead channel is safe: the messages stay in Redis's unacked
-index, and kombu restores them after ``visibility_timeout``; a message of a job that
-finished meanwhile is then skipped by ``JobTask.before_start``. The worker itself
-reconnects and goes on. ``tasks.worker.fast_paths`` checks kombu's shape before it is used.
-
-Never twice at once (issue 13): on any broken broker connection (its pub/sub connection
-killed, its BRPOP connection killed, Redis restarted) Celery's consumer closes the channel
-and kombu restores every unacknowledged message to its queue, the message of a job still
-running in this worker's pool included; the reconnected consumer took it again and a second
-run started beside the first. Here the messages of requests running in this worker are
-held instead: they stay unacknowledged in Redis, and their run's ack (or a requeue, when
-its pool process died) is done on a fresh connection when the run ends. Messages reserved
-but not started are restored at once, as before (Celery drops its copies of them).
-
-A second fix: kombu decodes each envelope it pops (``_brpop_read``) with no guard, so one
-message that is not a JSON object of the expected shape raised out of the consumer and
-ended the worker. Here such a message is set aside on ``DEAD_LETTER_KEY`` (with its queue,
-reason and raw text) and logged with its size, and the job it names, if recorded and still
-waiting, fails with the reason; the worker goes on with the next one. A readable envelope
-whose task cannot run is the consumer's to set aside (``tasks.worker.poison``).
+"""kombu's Redis (and Sentinel) transport, made to survive a broken broker connection while
+late-acked tasks run: stock kombu 5.7.0 let the worker exit when Redis restarted, ran a job twice
+at once after a reconnect (issue 13), and died on one envelope of the wrong shape. Here a dead
+channel's restore and ack are skipped (kombu restores the messages after ``visibility_timeout``),
+running jobs' messages are held and settled on a fresh connection when the run ends, and an
+unreadable envelope is set aside on ``DEAD_LETTER_KEY``.
 """
 
 from __future__ import annotations

@@ -1,19 +1,9 @@
-"""The worker-side fast paths, and the start-up checks that keep them honest.
-
-The worker leans on kombu's internals in one place (see ``tasks.core.compat`` for the register):
-
-- ``kombu.redis_transport``: ``tasks.worker.broker`` subclasses kombu's Redis transport (and its
-  Sentinel transport) so a worker survives a Redis restart or a Sentinel failover, and never
-  runs a job twice at once after a broker reconnect (it reads Celery's worker state to hold
-  running jobs' messages). It is a fix, not a shortcut: ``JOBQL_FAST_PATHS=false`` leaves it
-  on (stock kombu 5.7.0 lets the worker die on a Redis restart and on a failover, and runs a
-  job twice at once after a reconnect, all measured); only a failed check turns it off, and
-  Celery then uses kombu's stock ``redis`` (``sentinel``) transport.
-- ``celery.message_writer`` is the enqueue design's, and lives with it in
-  ``tasks.core.message_writer``.
-
-Each check builds what it relies on from the installed libraries, without any I/O, and
-raises :class:`ShapeError` where they no longer match.
+"""The fix of kombu's Redis transport (``kombu.redis_transport``, :mod:`tasks.worker.broker`) and
+the start-up checks that keep it honest, building what they rely on from the installed libraries
+without I/O. A fix, so ``JOBQL_FAST_PATHS=false`` leaves it on; only a failed check turns it off
+(Celery then uses kombu's stock transport). The worker's other register entries live beside their
+code (:mod:`tasks.worker.results`, :mod:`tasks.worker.poison`, :mod:`tasks.worker.beat`,
+:mod:`tasks.core.message_writer`).
 """
 
 from __future__ import annotations

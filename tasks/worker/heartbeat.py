@@ -1,20 +1,9 @@
-"""Worker liveness: each worker writes what it is doing to Redis every few seconds, with a TTL.
-
-Celery's own answers cost the workers work: a control ping or an inspect is a broadcast
-every worker must answer, and the API would wait out its timeout for the slowest. Here each
-worker writes one key (``jobql:worker:<broker>:<name>``) that expires after three missed
-beats, holding its queues, pool, concurrency and active/reserved counts; the API reads all
-of them in one script call. Keys are scoped by the broker, so workers that serve another
-broker through the same Redis (a RabbitMQ stack beside a Redis one) are not counted.
-
-The writer is a worker bootstep running a small thread in the worker's main process: it
-beats while tasks run, whatever the pool, and says ``stopping`` once a warm shutdown began.
-
-A name is not an identity: ``make run``, a container restart or a Kubernetes StatefulSet
-start a worker under the name of the one that died. So each start of a worker draws an
-incarnation id, beats it under a key of its own (``jobql:incarnation:<broker>:<id>``) and
-stamps it on the records of the jobs it starts; the reaper (:mod:`tasks.worker.reaper`) asks
-whether that incarnation beats, not whether some worker of that name does.
+"""Worker liveness without a broadcast: each worker writes its state to one Redis key every few
+seconds with a TTL of three beats, and the API reads them all in one script call, where Celery's
+ping or inspect makes every worker answer and waits for the slowest. A thread of the worker's
+main process beats whatever the pool; each start draws an incarnation id, beaten and stamped on
+the jobs it starts, since a restarted worker reuses its name and :mod:`tasks.worker.reaper` must
+know whether a run's own worker lives.
 """
 
 from __future__ import annotations

@@ -1,16 +1,8 @@
-"""What workers tell about the jobs they run: a log line per transition, and exact counters.
-
-The counters live in one Redis hash (``jobql:metrics:jobs``), incremented by the worker that
-ran the job, once per run or per job: they add up across any number of workers and API
-processes, and every API process serves the same figures on ``/metrics`` (``gql.ops.metrics``).
-A job counts as finished when a worker ends it: SUCCESS or FAILURE after its last run, or
-REVOKED when a worker drops or terminates it. Run time is measured around each run in the
-worker; queue wait is from the job's creation (countdown and ETA included) to its first
-start, taken from its record once it finished.
-
-A worker process gathers its figures and writes them at most every ``FLUSH_SECONDS``, in one
-pipeline (and at its shutdown): a job then costs it no Redis round trip of its own for
-metrics. A process killed outright loses at most that long of figures.
+"""What workers tell about the jobs they run: a log line per transition, and exact counters in
+one Redis hash (``jobql:metrics:jobs``), incremented once per run or job by the worker that ran
+it, so they add up over any number of workers and every API process serves the same figures
+(:mod:`gql.ops.metrics`). Each process writes its figures in one pipeline at most every
+``FLUSH_SECONDS`` (and at shutdown), so a job costs no round trip of its own for metrics.
 """
 
 from __future__ import annotations

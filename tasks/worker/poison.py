@@ -1,19 +1,9 @@
-"""Poison messages: a task message the worker cannot turn into a run is set aside, never fatal.
-
-Measured with Celery 5.7.0 (issue 30): a message whose envelope is fine but whose body is
-JSON of the wrong shape (``{"a": 1}``, ``[1]``, ``null``) raised out of Celery's consumer
-while it built the request ("Unrecoverable error"): the worker's main process exited, the
-message went back on the queue and the restarted worker died on it again, so one bad
-message stopped the whole queue. The messages Celery does catch (an unregistered task, an
-undecodable body, kwargs that are not a mapping) it dropped with a log line, and their
-jobs stayed PENDING for good.
-
-Here the worker's consumer checks each task message before Celery reads it, and also
-catches whatever Celery's reading still raises: a message that cannot become a run is
-acknowledged, pushed to ``jobql:dead-letter`` with its reason (as :mod:`tasks.worker.broker` does
-for envelopes it cannot read), and its job, if one is recorded and still waiting, ends in
-FAILURE with a readable error (``NotRegistered`` or ``InvalidMessage``). Broker connection
-errors still go to Celery, which reconnects. It is a fix, on whatever the broker.
+"""Poison messages: a task message the worker cannot turn into a run is set aside, never fatal,
+because with stock Celery 5.7.0 one body of the wrong shape ended the worker on every redelivery,
+stopping the whole queue, and the messages Celery did catch left their jobs PENDING for good
+(issue 30). The consumer checks each message before Celery reads it and catches what Celery's
+reading still raises: the message is acknowledged and pushed to ``jobql:dead-letter``, and its
+job, if still waiting, fails with a readable error.
 """
 
 from __future__ import annotations

@@ -1,21 +1,9 @@
-"""Lost workers: their running jobs go back on the queue in seconds, not after an hour.
-
-With ``task_acks_late`` a job's message stays in kombu's ``unacked`` hash until the worker
-acknowledges it; if the worker's main process dies (SIGKILL, a lost machine), kombu puts the
-message back only after ``visibility_timeout`` (an hour by default). The worker heartbeats
-(:mod:`tasks.worker.heartbeat`) say sooner who is gone. Every live worker runs this reaper once
-per heartbeat interval; a lock keeps two scans from running at once. A job is re-queued
-when its record says it is running on a worker whose heartbeat expired and then stayed
-missing for ``JOBQL_REQUEUE_LOST_AFTER`` more seconds, as seen by the reaper (a Redis
-restart expires every heartbeat at once: live workers beat again within an interval and
-are spared). A worker is identified by its incarnation, not its name: a worker killed and
-started again under the same name (``make run``, a container restart) has a new
-incarnation, and the jobs the dead one was running are re-queued like any lost worker's.
-
-Never twice at once: a prefork worker's pool children die with its main process (Celery
-sets their parent-death signal to SIGKILL), and the job's record moves to RETRY before its
-message is restored, so a second reaper finds nothing to do. The message is put back by
-kombu's own ``QoS.restore_by_tag``, the call its visibility-timeout restore makes.
+"""Lost workers: their running jobs go back on the queue in seconds, not after kombu's
+``visibility_timeout`` (an hour by default). Every live worker scans once per heartbeat interval
+and re-queues a job whose record names an incarnation (:mod:`tasks.worker.heartbeat`) gone for
+``JOBQL_REQUEUE_LOST_AFTER`` past its heartbeat's expiry, moving the record to RETRY before
+kombu's ``QoS.restore_by_tag`` puts the message back, so no job runs twice at once. It runs where
+one Redis, under one hash tag, holds the broker, the heartbeats and the records.
 """
 
 from __future__ import annotations

@@ -1,25 +1,8 @@
-"""Celery's result backends as JobQL configures them: Redis (default) or a SQL database.
-
-JobQL reads jobs from its own records (``tasks.core.records``), never from Celery's results.
-The result backend still matters: the worker's tracer stores every outcome there (for
-``AsyncResult`` users and Flower), chords count their parts in it, and a chord's sender
-needs one. Three things are added to Celery's own backends:
-
-- **Compression above a threshold.** Celery's ``result_compression`` compresses every
-  result; here only payloads larger than ``JOBQL_COMPRESSION_THRESHOLD_BYTES`` are, in
-  Celery's own self-describing format (a marker, the codec, the body), so any stock Celery
-  reader decodes them and small results cost nothing.
-- **One round trip per store on Redis.** Celery reads the stored state (a success is never
-  overwritten), then writes and announces the new one in a MULTI pipeline: two round trips
-  per outcome, on the worker's path. Here both are one script (a fast path: see
-  :data:`ONE_CALL_STORE`); a stored value the script cannot read goes to Celery's own store.
-- **No pickle from the database.** Celery 5.7's database backend unpickles a stored row it
-  cannot decode if its first byte looks like a pickle (rows from before celery#3025):
-  anyone who can write that table could run code on every reader. Here it is an error.
-
-A database keeps results until something deletes them (Redis expires them itself); Celery
-leaves that to ``celery.backend_cleanup`` run by beat. Each JobQL worker runs the cleanup
-itself instead, every ``JOBQL_RESULT_CLEANUP_INTERVAL`` (see :class:`ResultCleanup`).
+"""Celery's result backends as JobQL configures them: Redis (default) or a SQL database. JobQL
+reads jobs from its own records, but the backend still matters (the tracer stores every outcome
+there, chords count their parts in it), so Celery's backends gain compression above a threshold
+in Celery's own format, one round trip per store on Redis, no pickle from a database, and a
+cleanup each worker runs itself (:class:`ResultCleanup`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
-"""Recording what :class:`tasks.core.base.JobTask`'s hooks cannot see, through Celery's signals.
-
-A revocation has no task hook: the worker decides it before (or instead of) running the
-task. Tasks not built on JobTask (an explicit ``base=``) have no JobQL hooks: their runs are
-recorded from the matching signals, as plain Celery jobs owned by ``anonymous``.
+"""Recording what :class:`tasks.core.base.JobTask`'s hooks cannot see, through Celery's signals:
+a revocation, which the worker decides before (or instead of) running the task, and the runs of
+tasks not built on JobTask (an explicit ``base=``), recorded as plain Celery jobs owned by
+``anonymous``.
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
-"""Webhook deliveries: a Celery task on its own queue, POSTing signed JSON with retries.
-
-The record writer (:mod:`tasks.core.events`) schedules a delivery when the update script says a
-job or workflow reached a state its webhook asked for; the API does the same for the
-changes it makes (a cancel). The POST itself always happens here, on a worker, never on
-the API's event loop. Each attempt is logged on the job or workflow
-(``webhookDeliveries``); a non-2xx answer or a timeout is retried with exponential
-backoff for ``JOBQL_WEBHOOK_RETRY_FOR`` seconds, with the same id, body and a fresh
-timestamp and signature, as the Standard Webhooks specification describes.
+"""Webhook deliveries as a Celery task on its own queue, so the POST always happens on a worker,
+never on the API's event loop. The record writer (:mod:`tasks.core.events`) schedules one when a
+job or workflow reaches a state its webhook asked for, and the API for the changes it makes (a
+cancel); each attempt is logged on the job or workflow (``webhookDeliveries``), and a non-2xx
+answer or a timeout is retried with exponential backoff for ``JOBQL_WEBHOOK_RETRY_FOR`` seconds,
+as the Standard Webhooks specification describes.
 """
 
 from __future__ import annotations
