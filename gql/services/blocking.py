@@ -1,12 +1,7 @@
-"""Enqueueing from synchronous code: Django views, model signals, transactions, shells.
-
-Code that runs in a thread of its own (a WSGI view, ``transaction.on_commit``,
-``sync_to_async``) cannot await the API's :class:`gql.services.jobs.JobService` and must never
-block a loop. This is the blocking adapter of the same enqueue core
-(:mod:`gql.services.plans`): the same checks and replay rule, the same record-and-message and
-take-back scripts on a synchronous Redis client, so ``job(id)``, ``jobs`` and both
-subscriptions see a job started here exactly like one started by a mutation.
-"""
+"""Enqueueing from synchronous code (Django views, signals, ``transaction.on_commit``, shells),
+which cannot await the API's service and must never block a loop: the blocking adapter of the
+enqueue core (:mod:`gql.services.plans`), with the same checks, replay rule, and
+record-and-message and take-back scripts on a synchronous Redis client."""
 
 from __future__ import annotations
 

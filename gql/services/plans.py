@@ -1,11 +1,7 @@
-"""The enqueue core, with no I/O: a batch checked, each job's record and Celery message
-shaped, and what a replayed idempotency key answers.
-
-Its adapters do only the I/O, in the same order: :class:`gql.services.jobs.JobService` on the
-event loop, :class:`gql.services.blocking.BlockingJobs` in synchronous code (Django views,
-signals, transactions). A job is checked, recorded, replayed and taken back the same way
-wherever it starts.
-"""
+"""The enqueue core, with no I/O: a batch checked, each job's record and Celery message shaped,
+and what a replayed idempotency key answers; :class:`gql.services.jobs.JobService` (on the loop)
+and :class:`gql.services.blocking.BlockingJobs` (synchronous code) are its adapters, doing only
+the I/O, so a job is checked, recorded, replayed and taken back alike wherever it starts."""
 
 from __future__ import annotations
 
