@@ -174,7 +174,7 @@ WEBHOOK_SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
 # JOBQL_FAST_PATHS=false checks the stock paths end to end, one with
 # JOBQL_RESULT_BACKEND_URL=django-db the contract with Celery's results in
 # django-celery-results (`make test` runs both). Every other JOBQL_ is the test's.
-PASSED_THROUGH = ("JOBQL_FAST_PATHS", "JOBQL_RESULT_BACKEND_URL")
+PASSED_THROUGH = ("JOBQL_FAST_PATHS", "JOBQL_FAST_PATHS_OFF", "JOBQL_RESULT_BACKEND_URL")
 
 # Another broker or result backend under the same tests (the Makefile's RABBITMQ_TESTS and
 # POSTGRES_TESTS passes): JOBQL_TEST_BROKER=rabbitmq, JOBQL_TEST_RESULTS=postgres. The
