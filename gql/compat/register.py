@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -25,8 +24,6 @@ from graphql.execution.collect_fields import (
     collect_fields,
     collect_subfields,
 )
-from strawberry.http import async_base_view
-from strawberry.http.parse_content_type import parse_content_type
 from strawberry.permission import BasePermission
 from strawberry.resolvers import is_default_resolver
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
@@ -75,19 +72,14 @@ EXECUTOR = compat.speed_up(
     "graphql-core executes each subscription event's selection set anew",
     figure="P6 / P13: the API's CPU per delivered progress event",
 )
-CONTENT_TYPE_CACHE = compat.speed_up(
-    "content_type_cache",
-    "strawberry-graphql",
-    STRAWBERRY,
-    "Content-Type parsed on every request",
-    figure="P1 / P14: the API's CPU per mutation",
-)
-BOUNDED_SOCKETS = compat.speed_up(
+BOUNDED_SOCKETS = compat.design(
     "bounded_sockets",
     "uvicorn",
     UVICORN,
     "uvicorn's httptools protocol with the kernel's send buffers",
-    figure="P7: progress delivered to slow readers, coalesced rather than parked in the kernel",
+    why="progress coalesces for slow readers: with small send buffers a reader's backlog "
+    "stays in its bounded queue, where the latest progress wins; without, the kernel holds "
+    "it all (a stopped reader then got 2986 of 3000 stale reports instead of at most 158)",
 )
 COALESCING_WEBSOCKETS = compat.speed_up(
     "coalescing_websockets",
@@ -109,13 +101,9 @@ def decide_all(settings: Settings) -> None:
     """Decide every API internal once, at start-up: on, or stock with one warning."""
     leak_free = compat.decide(EXECUTOR_LEAKS, _check_executor_leaks, settings)
     compat.decide(EXECUTOR, _check_executor if leak_free else _needs_leak_fix, settings)
-    compat.decide(CONTENT_TYPE_CACHE, _check_content_type, settings)
     compat.decide(BOUNDED_SOCKETS, _check_http_protocol, settings)
     compat.decide(COALESCING_WEBSOCKETS, _check_websockets_protocol, settings)
     compat.decide(HIREDIS_PACKING, _check_packing, settings)
-    async_base_view.parse_content_type = (  # type: ignore[attr-defined]
-        _cached_parse_content_type if CONTENT_TYPE_CACHE.active else parse_content_type
-    )
 
 
 def is_plain_attribute(field: GraphQLField) -> bool:
@@ -129,11 +117,6 @@ def is_plain_attribute(field: GraphQLField) -> bool:
         and not field.args
         and is_default_resolver(field.resolve)  # type: ignore[arg-type]
     )
-
-
-# Strawberry parses Content-Type with the email package (~4% of a small query's CPU,
-# measured); the answer depends only on the header's text.
-_cached_parse_content_type = functools.lru_cache(maxsize=64)(parse_content_type)
 
 
 def _check_executor_leaks() -> None:
@@ -202,13 +185,6 @@ def _check_plain_attributes() -> None:
     seen = {name: is_plain_attribute(field) for name, field in fields.items()}
     if seen != {"bare": True, "guarded": False, "computed": False}:
         raise ValueError(f"plain attribute fields misread: {seen}")
-
-
-def _check_content_type() -> None:
-    current = getattr(async_base_view, "parse_content_type", None)
-    if current not in (parse_content_type, _cached_parse_content_type):
-        raise AttributeError("strawberry.http.async_base_view no longer uses parse_content_type")
-    _parameters(parse_content_type, "content_type")
 
 
 def _check_http_protocol() -> None:

@@ -141,8 +141,7 @@ async def test_the_api_reports_its_fast_paths(app: FastAPI) -> None:
     kinds = {
         "graphql_core.executor_leaks": "fix",
         "executor": "speed-up",
-        "content_type_cache": "speed-up",
-        "bounded_sockets": "speed-up",
+        "bounded_sockets": "design",
         "coalescing_websockets": "speed-up",
         "hiredis_packing": "speed-up",
     }
