@@ -45,9 +45,7 @@ def _sender_backend(settings: Settings) -> str | None:
     if url.startswith("django-"):
         return url
     if result_backends.is_database(url):
-        # Nothing to subscribe to; Celery's own backend writes a chord's group as the
-        # worker's reads it, and keeps the API off the worker's classes.
-        return url
+        return result_backends.database_backend(settings)  # nothing to subscribe to
     return None
 
 

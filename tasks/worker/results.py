@@ -1,8 +1,8 @@
-"""Celery's result backends as JobQL configures them: Redis (default) or a SQL database. JobQL
-reads jobs from its own records, but the backend still matters (the tracer stores every outcome
-there, chords count their parts in it), so Celery's backends gain compression above a threshold
-in Celery's own format, one round trip per store on Redis, no pickle from a database, and a
-cleanup each worker runs itself (:class:`ResultCleanup`).
+"""Celery's Redis result backend as the worker runs it: one round trip per store (a speed-up),
+compression above a threshold in Celery's own format, and a cleanup of a database backend each
+worker runs itself (:class:`ResultCleanup`). JobQL reads jobs from its own records, but the
+backend still matters: the tracer stores every outcome there, and chords count their parts in it.
+The database backend every reader of the table needs is in :mod:`tasks.core.result_backends`.
 """
 
 from __future__ import annotations
@@ -14,46 +14,15 @@ from typing import Any
 
 import redis
 from celery import bootsteps, states
-from celery.backends.base import compress_payload
-from celery.backends.database import DatabaseBackend as CeleryDatabaseBackend
 from celery.backends.redis import RedisBackend as CeleryRedisBackend
 from celery.exceptions import BackendStoreError
 
 from tasks.core import compat
-from tasks.core.result_backends import (
-    COMPRESSION_KEY,
-    THRESHOLD_KEY,
-    is_database,
-    is_redis,
-)
+from tasks.core.result_backends import ThresholdCompression, is_database, is_redis
 from tasks.core.result_scripts import STORE_SCRIPT
 from tasks.core.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-
-class _ThresholdCompression:
-    """``encode`` compresses only payloads above the configured size.
-
-    Celery's own compression (``self.compression``) stays off; its public ``encode`` and
-    ``compress_payload`` do the work, and its ``decode`` reads either form.
-    """
-
-    app: Any
-    compression: str | None
-
-    def _setup_compression(self) -> None:
-        conf = self.app.conf
-        method = conf.get(COMPRESSION_KEY) or None
-        self._method = method if method and method != "none" else None
-        self._threshold = int(conf.get(THRESHOLD_KEY) or 0)
-        self.compression = None
-
-    def encode(self, data: Any) -> Any:
-        payload = super().encode(data)  # type: ignore[misc]
-        if self._method and len(payload) > self._threshold:
-            payload = compress_payload(payload, self._method)
-        return payload
 
 
 ONE_CALL_STORE = compat.speed_up(
@@ -81,7 +50,7 @@ def _check_one_call_store() -> None:
             raise LookupError(f"RedisBackend.{name} is gone")
 
 
-class RedisBackend(_ThresholdCompression, CeleryRedisBackend):  # type: ignore[misc]
+class RedisBackend(ThresholdCompression, CeleryRedisBackend):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._setup_compression()
@@ -129,41 +98,10 @@ class RedisBackend(_ThresholdCompression, CeleryRedisBackend):  # type: ignore[m
         return self._store_script(keys=[key], args=[value, expires])
 
 
-class DatabaseBackend(_ThresholdCompression, CeleryDatabaseBackend):  # type: ignore[misc]
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._setup_compression()
-
-    def _decode_stored_result(self, payload: Any) -> Any:
-        """Decoded with the configured serializer only: never unpickled.
-
-        Overrides a private method of Celery's (registered as a fix in ``tasks.core.compat``:
-        its start-up check warns if the method is gone, and the fix with it).
-        """
-        return None if payload is None else self.decode(bytes(payload))
-
-
-NO_PICKLE = compat.fix(
-    "celery.database_backend_no_pickle",
-    "celery",
-    "celery 5.7.0",
-    "Celery's own decoding of stored rows (which unpickles legacy-looking rows)",
-    upstream="Celery's DatabaseBackend unpickles a stored row whose first byte looks like a "
-    "pickle, for rows from before celery/celery#3025 (not reported yet)",
-)
-
-
-def _check_no_pickle() -> None:
-    method = getattr(CeleryDatabaseBackend, "_decode_stored_result", None)
-    if method is None or list(inspect.signature(method).parameters) != ["self", "payload"]:
-        raise LookupError("DatabaseBackend._decode_stored_result(payload) is gone")
-
-
 def worker_options(settings: Settings) -> dict[str, Any]:
     """What the worker's backends add to :func:`tasks.core.result_backends.backend_options`:
-    the fix and the speed-up, each decided (and checked) once, in the worker."""
-    if is_database(settings.result_backend):
-        compat.decide(NO_PICKLE, _check_no_pickle, settings)
+    the speed-up, decided (and checked) once, in the worker (the database backend's fix is
+    decided wherever its class is named: :func:`tasks.core.result_backends.database_backend`)."""
     if is_redis(settings.result_backend):
         compat.decide(ONE_CALL_STORE, _check_one_call_store, settings)
     return {}
