@@ -18,7 +18,8 @@ from celery.backends.redis import RedisBackend as CeleryRedisBackend
 from celery.exceptions import BackendStoreError
 
 from tasks.core import compat
-from tasks.core.result_backends import ThresholdCompression, is_database, is_redis
+from tasks.core.result_backends import is_database, is_redis
+from tasks.core.result_compression import ThresholdCompression
 from tasks.core.result_scripts import STORE_SCRIPT
 from tasks.core.settings import Settings
 

@@ -62,7 +62,7 @@ def test_every_library_internal_is_in_the_register_page_under_its_kind() -> None
     modules = [
         "gql.compat.register",
         "tasks.core.message_writer",
-        "tasks.core.result_backends",
+        "tasks.core.database_backend",
         "tasks.worker.beat",
         "tasks.worker.fast_paths",
         "tasks.worker.poison",

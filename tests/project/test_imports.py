@@ -78,3 +78,16 @@ def test_an_api_process_loads_no_worker_module() -> None:
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_api_builds_without_the_optional_extras() -> None:
+    """A plain ``pip install jobql`` has no SQLAlchemy (the ``postgres`` extra brings it):
+    the API and the declared Celery app import and build without it."""
+    script = (
+        "import sys; sys.modules['sqlalchemy'] = None; "  # as if not installed
+        "import tasks.core.app; from gql.app import create_app; create_app(); print('built')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert done.stdout.strip().endswith("built"), done.stderr[-2000:]

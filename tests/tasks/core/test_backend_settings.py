@@ -101,7 +101,7 @@ def test_a_database_result_backend_is_jobql_s_subclass() -> None:
     url = "db+postgresql+psycopg://jobql@127.0.0.1:5432/jobql"
     settings = _settings(result_backend_url=url)
     config = celery_config(settings)
-    assert config["result_backend"] == "tasks.core.result_backends:DatabaseBackend+" + url[3:]
+    assert config["result_backend"] == "tasks.core.database_backend:DatabaseBackend+" + url[3:]
     assert config["result_expires"] == settings.job_retention_seconds, "records agree"
     sender = celery_config(settings, producer=True, canvas=True)
     assert sender["result_backend"] == config["result_backend"], "a chord's sender needs it"
