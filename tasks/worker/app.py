@@ -7,10 +7,12 @@ connection or forks its pool, whichever command started it (``jobql worker``, or
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
 
+from tasks.core import compat
 from tasks.core.settings import Settings
 
 # Imported for their receivers: revocations and tasks not built on JobTask are recorded in
@@ -19,6 +21,8 @@ from tasks.worker import job_metrics, poison, results, signals  # noqa: F401
 from tasks.worker.fast_paths import broker_transport
 from tasks.worker.heartbeat import Heartbeat
 from tasks.worker.reaper import Reaper
+
+logger = logging.getLogger(__name__)
 
 
 def worker_config(settings: Settings) -> dict[str, Any]:
@@ -34,6 +38,12 @@ def worker_config(settings: Settings) -> dict[str, Any]:
 
 def attach(app: Celery, settings: Settings) -> None:
     app.conf.update(worker_config(settings))
+    # The API's /health/stats lists its own entries; a worker's are in its log.
+    decided = compat.report()
+    logger.info(
+        "library internals: %s",
+        ", ".join(f"{name} {'on' if e['active'] else 'off'}" for name, e in decided.items()),
+    )
     # Each worker writes its liveness and load to Redis (tasks.worker.heartbeat), read by
     # /health; re-queues the running jobs of a worker whose heartbeat stopped
     # (tasks.worker.reaper); deletes expired results from a database backend.

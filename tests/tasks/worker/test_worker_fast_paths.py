@@ -121,3 +121,23 @@ def test_the_poison_message_consumer_is_a_fix_that_stays_on_without_fast_paths()
     assert "worker_consumer" not in celery_config(_settings())
     assert "worker_consumer" not in celery_config(_settings(), producer=True)
     assert compat.report()[poison.POISON_MESSAGES.name]["kind"] == "fix"
+
+
+def test_a_starting_worker_takes_its_parts_and_logs_its_internals(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What ``celeryd_init`` does in a worker: its consumer, transport and bootsteps, and
+    one line naming each library internal it decided (the API's /health/stats lists only
+    the API's)."""
+    from tasks.worker.app import attach
+    from tasks.worker.heartbeat import Heartbeat
+
+    settings = _settings()
+    app = create_celery_app(settings)
+    with caplog.at_level(logging.INFO, logger="tasks.worker.app"):
+        attach(app, settings)
+    assert app.conf.worker_consumer == poison.CONSUMER
+    assert app.conf.broker_transport == broker.TRANSPORT
+    assert Heartbeat in app.steps["worker"]
+    line = next(r.getMessage() for r in caplog.records if r.name == "tasks.worker.app")
+    assert "kombu.redis_transport on" in line and "celery.poison_messages on" in line
