@@ -123,13 +123,19 @@ class MakeRun:
         """Seconds until make and every process it started are gone; fails past ``within``."""
         assert self.process is not None
         started = time.monotonic()
-        self.process.wait(within)
+        try:
+            self.process.wait(within)
+        except subprocess.TimeoutExpired:
+            left = {name: pid for name, pid in pids.items() if alive(pid)}
+            raise AssertionError(
+                f"make still running {within} s after Ctrl-C, with {left}:\n{self.log()[-6000:]}"
+            ) from None
         while time.monotonic() - started < within:
             left = {name: pid for name, pid in pids.items() if alive(pid)}
             if not left:
                 return time.monotonic() - started
             time.sleep(0.05)
-        raise AssertionError(f"still running {within} s after Ctrl-C: {left}")
+        raise AssertionError(f"still running {within} s after Ctrl-C: {left}\n{self.log()[-6000:]}")
 
     def kill(self) -> None:
         """The test's own clean-up: whatever is left, gone."""
