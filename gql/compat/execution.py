@@ -75,9 +75,8 @@ class LeakFreeExecutor(StockExecutionContext):
         ``copy.copy`` would make it, without its slow path for slots."""
         clone = object.__new__(type(self))
         clone.__dict__.update(self.__dict__)
-        for cls in type(self).__mro__:
-            for name in cls.__dict__.get("__slots__", ()):
-                setattr(clone, name, getattr(self, name))
+        for name in _slot_names(type(self)):
+            setattr(clone, name, getattr(self, name))
         return clone
 
     def execute_operation(self, serially: bool | None = None) -> Any:
@@ -85,6 +84,19 @@ class LeakFreeExecutor(StockExecutionContext):
             # Only events run a subscription's operation (subscribing has its own call).
             self._relevant_sub_fields = {}
         return super().execute_operation(serially)
+
+
+_SLOTS: dict[type, tuple[str, ...]] = {}
+
+
+def _slot_names(cls: type) -> tuple[str, ...]:
+    """Every slot of ``cls`` and its bases: worked out once per class, not on every event."""
+    names = _SLOTS.get(cls)
+    if names is None:
+        names = _SLOTS[cls] = tuple(
+            name for base in cls.__mro__ for name in base.__dict__.get("__slots__", ())
+        )
+    return names
 
 
 class JobQLExecutor(LeakFreeExecutor):

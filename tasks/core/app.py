@@ -8,6 +8,7 @@ backend, and workflows' chords with a send-only one (:mod:`tasks.core.canvas`).
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from celery import Celery
@@ -214,15 +215,24 @@ def create_celery_app(
         lambda: celery_config(settings or get_settings(), producer=producer, canvas=canvas)
     )
     if not producer:
-
-        def starting_worker(instance: Any = None, **_: Any) -> None:
-            if getattr(instance, "app", None) is app:
-                from tasks.worker.app import attach  # the worker's parts, in a worker only
-
-                attach(app, settings or get_settings())
-
-        celeryd_init.connect(starting_worker, weak=False)
+        _DECLARED[app] = settings
     return app
+
+
+# The apps tasks are declared on, and the settings each was made with: a worker started on one
+# of them gets the worker's parts. Weak: an app nobody holds any more is forgotten.
+_DECLARED: weakref.WeakKeyDictionary[Celery, Settings | None] = weakref.WeakKeyDictionary()
+
+
+def _starting_worker(instance: Any = None, **_: Any) -> None:
+    app = getattr(instance, "app", None)
+    if app in _DECLARED:
+        from tasks.worker.app import attach  # the worker's parts, in a worker only
+
+        attach(app, _DECLARED[app] or get_settings())
+
+
+celeryd_init.connect(_starting_worker)
 
 
 # The app every task is declared on, and the worker's entry point (``jobql worker`` runs
