@@ -19,11 +19,9 @@ from strawberry.types.field import StrawberryField
 
 from gql.compat import register as compat
 from gql.http import graphiql
-from gql.http.conventions import HTTPConventions
 from gql.http.drain import Drain
-from gql.http.endpoint import ObservedEndpoint
-from gql.http.transports import SUBSCRIPTION_PROTOCOLS, JobQLGraphQL
-from gql.http.web import GraphQLDoor
+from gql.http.pipeline import GraphQLPipeline
+from gql.http.view import SUBSCRIPTION_PROTOCOLS, JobQLView
 from gql.live.broadcast import JobBroadcast, PubSubBackend, RedisPubSubBackend
 from gql.live.shards import ShardedPubSubBackend
 from gql.ops import metrics
@@ -34,6 +32,7 @@ from gql.services.auth import Authenticator, SignIn
 from gql.services.health import HealthCheck
 from gql.services.jobs import JobService
 from gql.services.limits import Limits
+from gql.services.persisted import PersistedQueries
 from gql.services.producer import Producer
 from gql.services.schedule_store import RedisScheduleStore, ScheduleStore
 from gql.services.schedules import ScheduleService
@@ -120,6 +119,7 @@ def create_app(
         )
         app.state.broadcast = broadcast
         app.state.records = records
+        app.state.persisted = PersistedQueries(records, settings.persisted_query_ttl_seconds)
         await app.state.health.verify_at_startup()
         drain.install()
         collector.start()
@@ -157,7 +157,7 @@ def create_app(
         p for p in SUBSCRIPTION_PROTOCOLS if settings.graphql_ws_legacy or p != GRAPHQL_WS_PROTOCOL
     )
     authenticator = Authenticator(settings, sign_in)
-    graphql = JobQLGraphQL(
+    view = JobQLView(
         build_schema(registry, settings, mutations),
         authenticator=authenticator,
         graphql_ide="graphiql" if settings.graphiql else None,
@@ -166,15 +166,13 @@ def create_app(
         keep_alive_interval=settings.keep_alive_interval,
         connection_init_wait_timeout=timedelta(seconds=settings.connection_init_timeout),
         max_concurrent=settings.max_concurrent_operations,
+        max_batch=settings.max_operations_per_batch,
         # Every operation in flight on one socket; subscriptions alone are capped at half
         # of it by gql.services.limits, with a RATE_LIMITED code.
         max_subscriptions_per_connection=2 * settings.max_subscriptions_per_connection,
         allowed_origins=settings.cors_origins,
     )
-    # Outside in: request id, transport and shutdown; then size, CSRF and credentials.
-    # Inside the door: persisted queries, batches (one admission each), media type and status.
-    conventions = HTTPConventions(graphql, settings)
-    endpoint = ObservedEndpoint(GraphQLDoor(conventions, settings, authenticator), drain)
+    endpoint = GraphQLPipeline(view, drain, settings)
     app.router.routes += [
         Route("/graphql", endpoint, methods=["GET", "POST"], include_in_schema=False),
         WebSocketRoute("/graphql", endpoint),

@@ -1,7 +1,7 @@
-"""The HTTP layer, what a request to ``/graphql`` passes through before and after Strawberry:
-request ids and transports (:mod:`.endpoint`), size, CSRF and authentication (:mod:`.web`), the
-GraphQL-over-HTTP conventions (:mod:`.conventions`), Strawberry's view with keep-alives and
-checked WebSocket messages (:mod:`.transports`, :mod:`.ws_handlers`), GraphiQL
-(:mod:`.graphiql`), socket tuning (:mod:`.sockets`) and graceful shutdown (:mod:`.drain`). It may
-import every layer below it (schema, services, ops, live, compat), and none of them imports it.
+"""The HTTP layer: one way into ``/graphql`` (:mod:`.pipeline`: request id, drain, size, CSRF,
+over the headers read once in :mod:`.head`), then Strawberry's view (:mod:`.view`: the caller,
+batches, persisted queries, admission, and the answer's status and media type by
+:mod:`.responses`), checked WebSocket messages (:mod:`.ws_handlers`), GraphiQL (:mod:`.graphiql`),
+socket tuning (:mod:`.sockets`) and graceful shutdown (:mod:`.drain`). It may import every layer
+below it (schema, services, ops, live, compat), and none of them imports it.
 """

@@ -21,7 +21,7 @@ from gql.ops import metrics
 
 logger = logging.getLogger("gql.ops.operations")
 
-# Set by gql.http.endpoint for each exchange: http, multipart, sse, graphql-transport-ws...
+# Set by gql.http.pipeline for each exchange: http, multipart, sse, graphql-transport-ws...
 TRANSPORT: ContextVar[str] = ContextVar("jobql_transport", default="http")
 
 

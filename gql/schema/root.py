@@ -304,7 +304,7 @@ class JobQLSchema(strawberry.Schema):
         log and ``INTERNAL_SERVER_ERROR`` (found by ``tests/faults/test_fuzz.py``). It is the
         client's error, answered as a request error without ``data``, as the GraphQL-over-
         HTTP reference server (graphql-http) answers it: 200 under ``application/json``,
-        400 under ``application/graphql-response+json`` (``gql.http.conventions``). Not 405:
+        400 under ``application/graphql-response+json`` (``gql.http.responses``). Not 405:
         POST is the right method, it is the response's media type that cannot stream.
         """
         given = allowed_operation_types
@@ -382,7 +382,16 @@ def build_schema(
         query=Query,
         mutation=mutation,
         subscription=RootSubscription,
-        config=StrawberryConfig(auto_camel_case=True, scalar_map=SCALARS),
+        config=StrawberryConfig(
+            auto_camel_case=True,
+            scalar_map=SCALARS,
+            # Strawberry's own batching; gql.http.view checks each batch's size first.
+            batching_config=(
+                {"max_operations": settings.max_operations_per_batch}
+                if settings and settings.max_operations_per_batch
+                else None
+            ),
+        ),
         execution_context_class=execution_context_class(),
         # Classes and factories: Strawberry builds a fresh extension per operation, so none
         # shares per-request state with another; the caches' LRUs are Strawberry's own,

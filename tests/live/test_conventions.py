@@ -96,12 +96,22 @@ async def test_a_batch_is_answered_by_an_array_in_order(async_api: Any) -> None:
         {"query": "{ tasks { name } }"},
         {"query": "query($id: ID!) { job(id: $id) { id } }", "variables": {"id": "nobody"}},
         {"query": "{ nope }"},
+        {"query": 1},
+        {"extensions": persisted("0" * 64)},
     ]
     answer = await http.post("/graphql", json=batch, headers={"accept": MODERN})
     assert answer.status_code == 200
-    first, second, third = answer.json()
+    first, second, third, fourth, fifth = answer.json()
     assert first["data"]["tasks"] and second == {"data": {"job": None}}
     assert third["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+    assert fourth["errors"][0]["extensions"]["code"] == "BAD_REQUEST", "one bad item, alone"
+    assert fifth["errors"][0]["extensions"]["code"] == "PERSISTED_QUERY_NOT_FOUND"
+
+    for refused in ([], [1], [{"query": "{ tasks { name } }"}] * 11):
+        whole = await http.post("/graphql", json=refused, headers={"accept": MODERN})
+        assert whole.status_code == 400, refused
+        assert whole.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
+        assert whole.headers["content-type"].startswith("application/graphql-response+json")
 
     too_many = await http.post("/graphql", json=[{"query": "{ tasks { name } }"}] * 11)
     assert too_many.status_code == 400

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 from strawberry.http.streaming import MultipartSubscriptionTransport, merge_stream_with_heartbeat
 
-from gql.http.transports import ending_at_the_end
+from gql.http.view import ending_at_the_end
 
 MULTIPART = MultipartSubscriptionTransport()
 PART = MULTIPART.encode_next({"data": {"job": {"state": "SUCCESS"}}}, lambda v: str(v))
