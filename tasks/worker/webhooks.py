@@ -209,9 +209,10 @@ def pin(url: str) -> Destination | str:
 
 
 def post(destination: Destination, message_id: str, body: bytes) -> int:
-    """One signed POST; returns the HTTP status (raises OSError on a network failure). No
-    proxy and no redirect: http.client takes neither from the environment nor follows one, so
-    a 3xx is an answer like any other and the POST goes only where ``pin`` checked."""
+    """One signed POST; returns the HTTP status (raises OSError on a network failure,
+    http.client.HTTPException on an answer that is not HTTP). No proxy and no redirect:
+    http.client takes neither from the environment nor follows one, so a 3xx is an answer
+    like any other and the POST goes only where ``pin`` checked."""
     global _tls
     settings = get_settings()
     if not settings.webhook_secret:
@@ -279,7 +280,7 @@ def deliver_webhook(
         entry["status"] = status
         if not 200 <= status < 300:
             entry["error"] = f"answered HTTP {status}"
-    except (OSError, RuntimeError) as exc:
+    except (OSError, http.client.HTTPException, RuntimeError) as exc:
         entry["error"] = f"{type(exc).__name__}: {exc}"
     _log(kind, record["id"], entry)
     if entry["error"] is None:

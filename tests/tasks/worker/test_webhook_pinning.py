@@ -17,12 +17,14 @@ import os
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from celery.exceptions import Retry
 
 from devtools.valkey import EmbeddedValkey
 from tasks.core import redis_clients
@@ -225,3 +227,29 @@ def test_a_redirect_to_an_internal_address_is_an_answer_not_followed(
     assert webhooks.post(destination, "msg_pinning", b"{}") == 307
 
     assert len(allowed.requests) == 1 and internal.requests == []
+
+
+def test_an_answer_that_is_not_http_is_logged_and_retried(worker: None) -> None:
+    """A receiver that answers garbage is a failed attempt like a timeout: logged, retried."""
+    listener = socket.create_server((ALLOWED, 0))
+    port = listener.getsockname()[1]
+
+    def answer() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"not HTTP at all\r\n\r\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    job_id = f"job-{os.urandom(4).hex()}"
+    record = {"id": job_id, "webhook_url": f"http://{ALLOWED}:{port}/", "state": "SUCCESS"}
+    try:
+        with pytest.raises(Retry):
+            webhooks.deliver_webhook.run("job", record, "msg_garbled", time.time(), body="{}")
+    finally:
+        thread.join(5)
+        listener.close()
+
+    [entry] = redis_clients.records_client().lrange(deliveries_key("job", job_id), 0, -1)
+    assert json.loads(entry)["error"].startswith("BadStatusLine:")
