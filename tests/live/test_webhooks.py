@@ -84,7 +84,10 @@ class Receiver:
 def receiver(request: pytest.FixtureRequest) -> Iterator[Receiver]:
     statuses = getattr(request, "param", [])
     server = Receiver(list(statuses))
-    thread = threading.Thread(target=server.server.serve_forever, daemon=True)
+    # A brisk poll: shutdown() waits for the next one (0.5 s by default, at every teardown).
+    thread = threading.Thread(
+        target=server.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+    )
     thread.start()
     yield server
     server.server.shutdown()
