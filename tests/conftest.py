@@ -209,9 +209,10 @@ def service_env(redis_url: str, data_dir: Path, **overrides: str) -> dict[str, s
         JOBQL_TASK_MODULES='["tasks.examples", "tests.support.native_tasks"]',
         JOBQL_EXTRA_QUEUES='["reports"]',
         JOBQL_DATA_DIR=str(data_dir),
-        # Webhooks: the test's receivers listen on loopback, refused outside the tests.
+        # Webhooks: the test's receivers listen on loopback, refused outside the tests
+        # (::1 too: a receiver named localhost may resolve to both).
         JOBQL_WEBHOOK_SECRET=WEBHOOK_SECRET,
-        JOBQL_WEBHOOK_ALLOWED_NETWORKS='["127.0.0.0/8"]',
+        JOBQL_WEBHOOK_ALLOWED_NETWORKS='["127.0.0.0/8", "::1/128"]',
         JOBQL_WEBHOOK_BACKOFF="0.2",
     )
     # `JOBQL_FAST_PATHS=false make test` runs the services on the libraries' stock behaviour.

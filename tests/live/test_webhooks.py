@@ -84,7 +84,10 @@ class Receiver:
 def receiver(request: pytest.FixtureRequest) -> Iterator[Receiver]:
     statuses = getattr(request, "param", [])
     server = Receiver(list(statuses))
-    thread = threading.Thread(target=server.server.serve_forever, daemon=True)
+    # A brisk poll: shutdown() waits for the next one (0.5 s by default, at every teardown).
+    thread = threading.Thread(
+        target=server.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+    )
     thread.start()
     yield server
     server.server.shutdown()
@@ -127,7 +130,9 @@ async def test_a_delivery_is_signed_and_retried_until_the_receiver_accepts(
 
 
 async def test_every_state_change_when_asked(async_api: AsyncGraphQL, receiver: Receiver) -> None:
-    job_id = await _enqueue(async_api, receiver.url, events=["ANY_CHANGE"])
+    # By name: the worker connects to the address it checked, the request still names the host.
+    port = receiver.server.server_address[1]
+    job_id = await _enqueue(async_api, f"http://localhost:{port}/hook", events=["ANY_CHANGE"])
 
     await receiver.wait_for(2)
     await asyncio.sleep(1)
@@ -135,6 +140,7 @@ async def test_every_state_change_when_asked(async_api: AsyncGraphQL, receiver: 
     states = [json.loads(body)["state"] for _, body in receiver.received]
     assert states == ["STARTED", "SUCCESS"]
     assert all(json.loads(body)["id"] == job_id for _, body in receiver.received)
+    assert {headers["host"] for headers, _ in receiver.received} == {f"localhost:{port}"}
 
 
 async def test_a_workflow_reports_once_it_is_done(

@@ -48,6 +48,13 @@ def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
     path.chmod(0o600)
 
 
+def _subject_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
 _CA_USAGE = dict.fromkeys(
     ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
      "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only"),
@@ -55,8 +62,11 @@ _CA_USAGE = dict.fromkeys(
 ) | {"digital_signature": True, "key_cert_sign": True, "crl_sign": True}  # fmt: skip
 
 
-def make_certificates(directory: Path) -> Certificates:
-    """A CA valid for a day, and a server (127.0.0.1, localhost) and a client cert it signed."""
+def make_certificates(
+    directory: Path, names: tuple[str, ...] = ("localhost", "127.0.0.1")
+) -> Certificates:
+    """A CA valid for a day, and a server and a client cert it signed, both for ``names``
+    (host names and IP addresses)."""
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -73,6 +83,7 @@ def make_certificates(directory: Path) -> Certificates:
         .sign(ca_key, hashes.SHA256())
     )
     (directory / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    subject_names = [_subject_name(name) for name in names]
 
     def leaf(name: str, usage: x509.ObjectIdentifier) -> tuple[Path, Path]:
         key = ec.generate_private_key(ec.SECP256R1())
@@ -84,12 +95,7 @@ def make_certificates(directory: Path) -> Certificates:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-                ),
-                critical=False,
-            )
+            .add_extension(x509.SubjectAlternativeName(subject_names), critical=False)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .sign(ca_key, hashes.SHA256())
         )
