@@ -80,6 +80,7 @@ def create_app(
             "JOBQL_AUTH_MODE=none: NO AUTHENTICATION, every caller is 'anonymous' and sees "
             "every job. For development only; production refuses it."
         )
+    http, subscriptions = settings.http, settings.subscriptions
     drain = Drain()
     loop_lag = LoopLag()
     collector = GarbageCollector(settings.gc_gen0_threshold, settings.gc_full_interval)
@@ -94,7 +95,7 @@ def create_app(
             if settings.records_cluster
             else RedisPubSubBackend(settings.broadcast, settings=settings)
         )
-        broadcast = JobBroadcast(backend, queue_limit=settings.subscriber_queue_limit)
+        broadcast = JobBroadcast(backend, queue_limit=subscriptions.subscriber_queue_limit)
         await broadcast.connect()
         producer = Producer(settings)
         store = JobStore(records, settings)
@@ -105,7 +106,7 @@ def create_app(
         # cluster), or the host's own store (django-celery-beat's tables under gql.django).
         schedules = schedule_store or RedisScheduleStore(redis)
         app.state.schedules = ScheduleService(app.state.jobs, schedules)
-        app.state.limits = Limits(settings, redis)
+        app.state.limits = Limits(settings.limits, redis)
         broker = Broker(settings, redis)
         queues = frozenset({*settings.queues, *(s.queue for s in registry.typed if s.queue)})
         app.state.health = HealthCheck(
@@ -119,7 +120,7 @@ def create_app(
         )
         app.state.broadcast = broadcast
         app.state.records = records
-        app.state.persisted = PersistedQueries(records, settings.persisted_query_ttl_seconds)
+        app.state.persisted = PersistedQueries(records, http.persisted_query_ttl_seconds)
         await app.state.health.verify_at_startup()
         drain.install()
         collector.start()
@@ -149,41 +150,43 @@ def create_app(
         # the OpenAPI document only with JOBQL_OPENAPI.
         docs_url=None,
         redoc_url=None,
-        openapi_url="/openapi.json" if settings.openapi else None,
+        openapi_url="/openapi.json" if http.openapi else None,
         lifespan=lifespan,
         telemetry={"tracing": telemetry, "metrics": telemetry, "logs": telemetry},
     )
     protocols = tuple(
-        p for p in SUBSCRIPTION_PROTOCOLS if settings.graphql_ws_legacy or p != GRAPHQL_WS_PROTOCOL
+        p
+        for p in SUBSCRIPTION_PROTOCOLS
+        if subscriptions.graphql_ws_legacy or p != GRAPHQL_WS_PROTOCOL
     )
-    authenticator = Authenticator(settings, sign_in)
+    authenticator = Authenticator(settings.auth, sign_in)
     view = JobQLView(
         build_schema(registry, settings, mutations),
         authenticator=authenticator,
-        graphql_ide="graphiql" if settings.graphiql else None,
+        graphql_ide="graphiql" if http.graphiql else None,
         subscription_protocols=protocols,
         keep_alive=True,
-        keep_alive_interval=settings.keep_alive_interval,
-        connection_init_wait_timeout=timedelta(seconds=settings.connection_init_timeout),
-        max_concurrent=settings.max_concurrent_operations,
-        max_batch=settings.max_operations_per_batch,
+        keep_alive_interval=subscriptions.keep_alive_interval,
+        connection_init_wait_timeout=timedelta(seconds=subscriptions.connection_init_timeout),
+        max_concurrent=http.max_concurrent_operations,
+        max_batch=http.max_operations_per_batch,
         # Every operation in flight on one socket; subscriptions alone are capped at half
         # of it by gql.services.limits, with a RATE_LIMITED code.
-        max_subscriptions_per_connection=2 * settings.max_subscriptions_per_connection,
-        allowed_origins=settings.cors_origins,
+        max_subscriptions_per_connection=2 * settings.limits.max_subscriptions_per_connection,
+        allowed_origins=http.cors_origins,
     )
-    endpoint = GraphQLPipeline(view, drain, settings)
+    endpoint = GraphQLPipeline(view, drain, http)
     app.router.routes += [
         Route("/graphql", endpoint, methods=["GET", "POST"], include_in_schema=False),
         WebSocketRoute("/graphql", endpoint),
         Route("/metrics", metrics.metrics, methods=["GET"], include_in_schema=False),
     ]
-    if settings.graphiql:
+    if http.graphiql:
         app.router.routes.append(Mount(graphiql.ASSETS_PATH, graphiql.assets(), name="graphiql"))
-    if settings.cors_origins:
+    if http.cors_origins:
         app.add_middleware(
             CORSMiddleware,
-            allow_origins=list(settings.cors_origins),
+            allow_origins=list(http.cors_origins),
             allow_methods=["GET", "POST"],
             allow_headers=[
                 "authorization",

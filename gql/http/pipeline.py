@@ -29,7 +29,7 @@ from gql.http.head import read_head
 from gql.http.responses import error_body, media_type
 from gql.ops.operations import TRANSPORT
 from tasks.core.logs import REQUEST_ID
-from tasks.core.settings import Settings
+from tasks.core.settings import HTTPSettings
 
 GOING_AWAY = 1001
 _STREAM_ENDS = {
@@ -50,7 +50,7 @@ class TooLarge(Exception):
 
 
 class GraphQLPipeline:
-    def __init__(self, view: ASGIApp, drain: Drain, settings: Settings) -> None:
+    def __init__(self, view: ASGIApp, drain: Drain, settings: HTTPSettings) -> None:
         self.view = view
         self.drain = drain
         self.max_body = settings.max_body_bytes

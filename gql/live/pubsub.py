@@ -25,7 +25,7 @@ from redis.crc import key_slot
 from redis.exceptions import MovedError
 
 from tasks.core import redis_clients
-from tasks.core.settings import Settings, get_settings
+from tasks.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -85,14 +85,13 @@ class RedisPubSubBackend:
         self,
         url: str,
         *,
-        settings: Settings | None = None,
+        settings: Settings,
         connect_timeout: float | None = None,
         idle_ping: float = 5.0,
         max_backoff: float = 2.0,
         sharded: bool = False,
         own_channel: str | None = None,
     ) -> None:
-        settings = settings or get_settings()
         if connect_timeout is not None:
             settings = settings.model_copy(update={"connect_timeout": connect_timeout})
         connect_timeout = settings.connect_timeout

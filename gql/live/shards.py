@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from gql.live.pubsub import RedisPubSubBackend, SlotMoved
 from tasks.core import redis_clients
-from tasks.core.settings import Settings, get_settings
+from tasks.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +50,13 @@ class ShardedPubSubBackend:
         self,
         url: str,
         *,
-        settings: Settings | None = None,
+        settings: Settings,
         idle_ping: float = 5.0,
         max_backoff: float = 2.0,
         refresh_every: float = 0.5,
     ) -> None:
         self._url = url
-        self._settings = settings or get_settings()
+        self._settings = settings
         # Only its slot map is used: which primary serves a channel's slot.
         self._topology = redis_clients.async_cluster(url, self._settings)
         self._idle_ping = idle_ping

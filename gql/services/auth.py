@@ -20,7 +20,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 
 from gql.services.errors import Unauthenticated
-from tasks.core.settings import Settings
+from tasks.core.settings import AuthSettings
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +82,8 @@ def credential_of(params: Mapping[str, Any] | None) -> str | None:
 class Authenticator:
     """Turns a credential (an ``Authorization`` value) into a :class:`Principal`."""
 
-    def __init__(self, settings: Settings, sign_in: SignIn | None = None) -> None:
-        self.methods = settings.auth_methods
+    def __init__(self, settings: AuthSettings, sign_in: SignIn | None = None) -> None:
+        self.methods = settings.methods
         if ("external" in self.methods) != (sign_in is not None):
             raise ValueError(
                 "JOBQL_AUTH_MODE=external needs the host application's sign-in (gql.django), "

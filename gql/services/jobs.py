@@ -28,6 +28,9 @@ class JobService:
         self, settings: Settings, store: JobStore, producer: Producer, registry: TaskRegistry
     ) -> None:
         self.settings = settings
+        # Read once: what callers may send, and where webhooks may go.
+        self.limit_settings = settings.limits
+        self.webhook_settings = settings.webhooks
         self.store = store
         self.producer = producer
         self.registry = registry
@@ -60,7 +63,7 @@ class JobService:
         for index, (_, _, options) in enumerate(items):
             if options.webhook is not None:
                 where = "options.webhook" if path is None else f"{path}.{index}.options.webhook"
-                await webhooks.check(options.webhook, self.settings, where)
+                await webhooks.check(options.webhook, self.webhook_settings, where)
         prepared = self.planner.prepare_batch(items, owner, path=path)
         existing = await self.store.create_many(
             [(p.fields, p.idempotency, p.message) for p in prepared]
@@ -174,7 +177,7 @@ class JobService:
             {"error": error},
             allowed_from=frozenset() if terminate else CANCELLABLE_STATES,
         )
-        await webhooks.schedule(self.producer, self.settings, hooks)
+        await webhooks.schedule(self.producer, self.webhook_settings, hooks)
         if outcome not in ("ok", *records.TERMINAL_STATES):
             raise BadUserInput.field(
                 "terminate", f"the job is {outcome}; pass terminate: true to stop a running job"

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from gql.services.auth import Principal
 from gql.services.errors import RateLimited
 from tasks.core import scripts
-from tasks.core.settings import Settings
+from tasks.core.settings import LimitSettings
 
 # Owners with leased mutations kept at once (each is one small dict entry).
 _HELD_OWNERS = 10_000
@@ -31,11 +31,11 @@ class Subscriber(Protocol):
 
 
 class Limits:
-    def __init__(self, settings: Settings, client: aioredis.Redis) -> None:
+    def __init__(self, settings: LimitSettings, client: aioredis.Redis) -> None:
         # In `none` mode every caller is the same owner: one shared budget would throttle
         # development and tests for nothing, so the per-owner limits apply to authenticated
         # owners; the per-connection cap applies to everyone.
-        authenticated = bool(settings.auth_methods)
+        authenticated = settings.authenticated
         self._limit = settings.rate_limit_mutations if authenticated else 0
         self._window = settings.rate_limit_window_seconds
         self._rate = client.register_script(scripts.RATE_SCRIPT)

@@ -101,7 +101,7 @@ class ScheduleService:
             updated_at=now,
             since=now,
         )
-        limit = self.jobs.settings.max_schedules_per_owner
+        limit = self.jobs.limit_settings.max_schedules_per_owner
         try:
             await self.store.create(record, limit=limit)
         except NameTaken:
@@ -166,7 +166,7 @@ class ScheduleService:
             kwargs, shown = spec.prepare(data)
         except ValidationError as exc:
             raise BadUserInput.from_validation(exc, "input") from None
-        limit = self.jobs.settings.max_input_bytes
+        limit = self.jobs.limit_settings.max_input_bytes
         if len(dumps(shown)) > limit:
             raise BadUserInput.field("input", f"longer than {limit} characters of JSON")
         return kwargs, shown

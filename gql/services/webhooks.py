@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from gql.services.errors import BadUserInput
 from gql.services.producer import Delivery, Producer
 from tasks.core.scripts import Hooks
-from tasks.core.settings import Settings
+from tasks.core.settings import WebhookSettings
 from tasks.core.webhooks import (
     ANY_CHANGE,
     DELIVERY_TASK,
@@ -41,7 +41,7 @@ class Webhook:
         return self.url, events
 
 
-async def check(webhook: Webhook, settings: Settings, path: str) -> None:
+async def check(webhook: Webhook, settings: WebhookSettings, path: str) -> None:
     """Refuse a URL that is not http(s), does not resolve, or reaches a private network."""
     if not settings.webhook_secret:
         raise BadUserInput.field(path, "webhooks are not configured on this server")
@@ -65,7 +65,7 @@ async def check(webhook: Webhook, settings: Settings, path: str) -> None:
         )
 
 
-async def schedule(producer: Producer, settings: Settings, hooks: Hooks | None) -> None:
+async def schedule(producer: Producer, settings: WebhookSettings, hooks: Hooks | None) -> None:
     """Send the delivery tasks of an API-side change (a cancel) to the workers."""
     if hooks is None:
         return

@@ -32,16 +32,15 @@ class WorkflowService:
             if getattr(options, option) is not None:
                 label = "idempotencyKey" if option == "idempotency_key" else option
                 raise BadUserInput.field(f"options.{label}", "is not supported for workflows")
-        settings = self.jobs.settings
         if options.webhook is not None:
-            await webhooks.check(options.webhook, settings, "options.webhook")
+            await webhooks.check(options.webhook, self.jobs.webhook_settings, "options.webhook")
         workflow_id = slots.new_id()
         shared = EnqueueRequest(queue=options.queue, priority=options.priority)
         planned = Planner(
             workflow_id=workflow_id,
             spec=self.jobs.registry.get,
             delivery=lambda spec: self.jobs.planner.delivery(spec, shared),
-            max_steps=settings.workflow_max_steps,
+            max_steps=self.jobs.limit_settings.workflow_max_steps,
         ).plan(tree, "input.root")
         steps = steps_of(planned.root)
         created = records.now()
@@ -102,7 +101,7 @@ class WorkflowService:
         """Revoke every step not finished: waiting ones never run; running ones stop only
         with ``terminate`` (without it they finish, and nothing after them starts)."""
         _, steps = await self.require(workflow_id, owner)
-        producer, settings = self.jobs.producer, self.jobs.settings
+        producer, settings = self.jobs.producer, self.jobs.webhook_settings
         error = records.dumps({"type": "Revoked", "message": "the workflow was cancelled"})
         for step in steps:
             if step.done or (step.state not in CANCELLABLE_STATES and not terminate):

@@ -2,14 +2,21 @@
 start-up; the API and the worker both build their configuration from it, so a broker URL is never
 written twice. It lives in ``tasks`` because the worker needs it and ``gql`` depends on
 ``tasks``, never the other way. No other module reads a JobQL setting from ``os.environ``.
+
+The environment stays flat (one ``JOBQL_`` name per setting, as deployments know them), and the
+settings fall into groups (:data:`GROUPS`): a part of the code is given its group, read once when
+it is built (``Authenticator(settings.auth)``), and sees only what concerns it. Every setting
+belongs to exactly one group; ``tests/tasks/core/test_settings.py`` holds the partition and
+``docs/guide/settings.md`` to it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -269,8 +276,8 @@ class Settings(BaseSettings):
 
     @property
     def auth_methods(self) -> frozenset[str]:
-        """``jwt`` and/or ``api_key``; empty when authentication is off."""
-        return frozenset(m.strip() for m in self.auth_mode.split(",")) - {"none", ""}
+        """``jwt``, ``api_key``, ``external``; empty when authentication is off."""
+        return auth_methods(self.auth_mode)
 
     @property
     def redis(self) -> str:
@@ -326,6 +333,162 @@ class Settings(BaseSettings):
     @property
     def outbox(self) -> Path:
         return self.outbox_dir or self.data_dir / "outbox"
+
+    # The groups, built when asked (a ``model_copy(update=...)`` gets its own).
+    @property
+    def auth(self) -> AuthSettings:
+        return _group(AuthSettings, self)
+
+    @property
+    def http(self) -> HTTPSettings:
+        return _group(HTTPSettings, self)
+
+    @property
+    def limits(self) -> LimitSettings:
+        return _group(LimitSettings, self)
+
+    @property
+    def subscriptions(self) -> SubscriptionSettings:
+        return _group(SubscriptionSettings, self)
+
+    @property
+    def webhooks(self) -> WebhookSettings:
+        return _group(WebhookSettings, self)
+
+
+_Group = TypeVar("_Group")
+
+
+def _group(kind: type[_Group], settings: Settings) -> _Group:
+    return kind(**{f.name: getattr(settings, f.name) for f in fields(kind)})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """Who may call (gql.services.auth): the modes and their keys."""
+
+    auth_mode: str
+    jwt_secret: SecretStr | None
+    jwt_public_key: str | None
+    jwks_url: str | None
+    jwt_algorithms: tuple[str, ...]
+    jwt_issuer: str | None
+    jwt_audience: str | None
+    jwt_leeway_seconds: float
+    jwt_admin_claim: str
+    jwt_admin_value: str
+    api_keys: dict[str, str]
+    admin_owners: tuple[str, ...]
+
+    @property
+    def methods(self) -> frozenset[str]:
+        return auth_methods(self.auth_mode)
+
+
+def auth_methods(auth_mode: str) -> frozenset[str]:
+    """``jwt``, ``api_key``, ``external``; empty when authentication is off."""
+    return frozenset(m.strip() for m in auth_mode.split(",")) - {"none", ""}
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPSettings:
+    """What ``/graphql`` accepts and serves (gql.http, gql.app): the request's shape and size,
+    the document limits, the pages, and how many operations run at once."""
+
+    cors_origins: tuple[str, ...]
+    csrf_prevention: bool
+    max_body_bytes: int
+    max_operations_per_batch: int
+    max_concurrent_operations: int
+    persisted_query_ttl_seconds: int
+    max_query_depth: int
+    max_aliases: int
+    max_tokens: int
+    introspection: bool
+    graphiql: bool
+    openapi: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSettings:
+    """How much one caller may do (gql.services.limits and the enqueue paths)."""
+
+    auth_mode: str
+    rate_limit_mutations: int
+    rate_limit_window_seconds: float
+    rate_limit_lease: int
+    max_subscriptions_per_connection: int
+    max_subscriptions_per_owner: int
+    max_input_bytes: int
+    max_batch_size: int
+    max_page_size: int
+    max_schedules_per_owner: int
+    workflow_max_steps: int
+
+    @property
+    def authenticated(self) -> bool:
+        """Per-owner limits apply to signed-in owners only (in ``none`` mode all are one)."""
+        return bool(auth_methods(self.auth_mode))
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionSettings:
+    """How live updates reach clients (gql.live, gql.http.view)."""
+
+    subscriber_queue_limit: int
+    keep_alive_interval: float
+    connection_init_timeout: float
+    graphql_ws_legacy: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    """Where and how job events are POSTed (gql.services.webhooks, tasks.worker.webhooks)."""
+
+    webhook_secret: str | None
+    webhook_queue: str
+    webhook_timeout: float
+    webhook_backoff: float
+    webhook_retry_for: float
+    webhook_allowed_networks: tuple[str, ...]
+
+
+# Groups read from Settings itself: the connections and records every part uses, the
+# worker's (read by tasks.worker from the process's settings when it starts) and the process's.
+CONNECTIONS = (
+    "redis_url", "broker_url", "result_backend_url", "broadcast_url", "records_url",
+    "records_cluster", "record_shards", "redis_tls_ca_certs", "redis_tls_certfile",
+    "redis_tls_keyfile", "redis_tls_cert_reqs", "redis_sentinel_master",
+    "redis_sentinel_password", "rabbitmq_queue_type", "connect_timeout", "socket_timeout",
+    "redis_max_connections", "producer_threads", "publish_timeout",
+)  # fmt: skip
+JOBS = (
+    "task_modules", "default_queue", "extra_queues", "job_retention_seconds",
+    "index_sweep_interval", "serializer", "compression", "compression_threshold_bytes",
+    "max_result_bytes", "celery_results", "schedule_store",
+)  # fmt: skip
+WORKER = (
+    "task_soft_time_limit", "task_time_limit", "worker_heartbeat_interval", "max_worker_losses",
+    "requeue_lost_after", "visibility_timeout", "redis_outage_tolerance", "task_events",
+    "beat_interval", "beat_lock_timeout", "result_cleanup_interval",
+)  # fmt: skip
+PROCESS = (
+    "env", "data_dir", "outbox_dir", "metrics_dir", "log_format", "log_level",
+    "health_cache_seconds", "inspect_cache_seconds", "shutdown_grace_seconds",
+    "gc_gen0_threshold", "gc_full_interval", "opentelemetry", "fast_paths", "fast_paths_off",
+)  # fmt: skip
+GROUPS: dict[str, tuple[str, ...]] = {
+    "connections": CONNECTIONS,
+    "jobs": JOBS,
+    "auth": tuple(f.name for f in fields(AuthSettings)),
+    "http": tuple(f.name for f in fields(HTTPSettings)),
+    "limits": tuple(f.name for f in fields(LimitSettings) if f.name != "auth_mode"),
+    "subscriptions": tuple(f.name for f in fields(SubscriptionSettings)),
+    "webhooks": tuple(f.name for f in fields(WebhookSettings)),
+    "worker": WORKER,
+    "process": PROCESS,
+}
+"""Every setting's group, as ``docs/guide/settings.md`` shows them."""
 
 
 def _check_records(settings: Settings) -> None:

@@ -19,6 +19,7 @@ from devtools.valkey import EmbeddedValkey
 from gql.live.broadcast import RESYNC, EventQueue, JobBroadcast, RedisPubSubBackend, Resync
 from tasks.core import records
 from tasks.core.records import JobSnapshot
+from tasks.core.settings import Settings
 
 CHANNEL = records.job_channel("watched")
 
@@ -38,7 +39,8 @@ async def redis_client(valkey_url: str) -> AsyncIterator[aioredis.Redis]:
 
 
 async def _broadcast(url: str, **options: float) -> JobBroadcast:
-    broadcast = JobBroadcast(RedisPubSubBackend(url, **options), queue_limit=64)
+    backend = RedisPubSubBackend(url, settings=Settings(env="test"), **options)
+    broadcast = JobBroadcast(backend, queue_limit=64)
     await broadcast.connect()
     return broadcast
 

@@ -72,7 +72,7 @@ async def refused(auth: Authenticator, credential: str | None) -> str:
 
 
 async def test_a_valid_token_names_its_owner_and_is_remembered_until_it_expires() -> None:
-    auth = Authenticator(settings())
+    auth = Authenticator(settings().auth)
     first = await auth.authenticate(f"Bearer {token()}")
     assert (first.owner, first.admin, first.scope) == ("alice", False, "alice")
     assert first.expires_at is not None and first.expires_at > time.time()
@@ -99,11 +99,11 @@ async def test_a_valid_token_names_its_owner_and_is_remembered_until_it_expires(
     ],
 )
 async def test_a_bad_credential_is_unauthenticated(credential: str | None, reason: str) -> None:
-    assert reason in await refused(Authenticator(settings()), credential)
+    assert reason in await refused(Authenticator(settings().auth), credential)
 
 
 async def test_issuer_and_audience_are_checked_when_set() -> None:
-    auth = Authenticator(settings(jwt_issuer="https://id.example", jwt_audience="jobql"))
+    auth = Authenticator(settings(jwt_issuer="https://id.example", jwt_audience="jobql").auth)
     good = token(iss="https://id.example", aud="jobql")
     assert (await auth.authenticate(f"Bearer {good}")).owner == "alice"
     wrong_audience = token(iss="https://id.example", aud="other")
@@ -114,7 +114,7 @@ async def test_issuer_and_audience_are_checked_when_set() -> None:
 
 
 async def test_a_scope_claim_or_a_listed_owner_makes_an_admin() -> None:
-    auth = Authenticator(settings(admin_owners=("root",)))
+    auth = Authenticator(settings(admin_owners=("root",)).auth)
     admin = await auth.authenticate(f"Bearer {token(scope='jobs:read jobql:admin')}")
     assert admin.admin and admin.scope is None
     assert not (await auth.authenticate(f"Bearer {token(scope='jobql:adminx')}")).admin
@@ -122,7 +122,7 @@ async def test_a_scope_claim_or_a_listed_owner_makes_an_admin() -> None:
 
 
 async def test_an_api_key_acts_as_its_owner_under_either_scheme() -> None:
-    auth = Authenticator(settings())
+    auth = Authenticator(settings().auth)
     for credential in (f"ApiKey {API_KEY}", f"Bearer {API_KEY}"):
         principal = await auth.authenticate(credential)
         assert (principal.owner, principal.expires_at) == ("service-a", None)
@@ -142,7 +142,7 @@ async def test_a_pem_public_key_verifies_its_own_tokens_and_no_hmac_forgery(
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode()
     )
-    auth = Authenticator(settings(jwt_secret=None, jwt_public_key=pem))
+    auth = Authenticator(settings(jwt_secret=None, jwt_public_key=pem).auth)
     principal = await auth.authenticate(f"Bearer {token(private, algorithm)}")
     assert principal.owner == "alice"
     # The key-confusion attack: the public key used as an HMAC secret.
@@ -165,7 +165,7 @@ def test_no_authentication_is_anonymous_and_refused_in_production() -> None:
 
 
 async def test_anonymous_mode_lets_everyone_in_as_one_owner() -> None:
-    auth = Authenticator(Settings(env="test"))
+    auth = Authenticator(Settings(env="test").auth)
     assert (await auth.authenticate(None)).owner == ANONYMOUS
 
 
@@ -208,7 +208,7 @@ async def test_a_jwks_is_fetched_once_off_the_loop_and_unknown_kids_do_not_refet
     private = ec.generate_private_key(ec.SECP256R1())
     jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private.public_key()))
     with serving({"keys": [{**jwk, "kid": "k1", "alg": "ES256", "use": "sig"}]}) as (url, fetched):
-        auth = Authenticator(settings(jwt_secret=None, jwks_url=url))
+        auth = Authenticator(settings(jwt_secret=None, jwks_url=url).auth)
         for _ in range(3):
             signed = jwt.encode(
                 {"sub": "alice", "exp": int(time.time()) + 60}, private, "ES256",
@@ -236,13 +236,13 @@ def _scope(cookie: bytes | None = None) -> dict[str, Any]:
 
 def test_external_mode_and_a_sign_in_come_together() -> None:
     with pytest.raises(ValueError, match="external"):
-        Authenticator(settings(auth_mode="external"))
+        Authenticator(settings(auth_mode="external").auth)
     with pytest.raises(ValueError, match="external"):
-        Authenticator(settings(auth_mode="jwt"), _session_sign_in)
+        Authenticator(settings(auth_mode="jwt").auth, _session_sign_in)
 
 
 async def test_the_host_signs_callers_in_and_a_sent_token_still_counts() -> None:
-    auth = Authenticator(settings(auth_mode="external,jwt"), _session_sign_in)
+    auth = Authenticator(settings(auth_mode="external,jwt").auth, _session_sign_in)
 
     assert (await auth.authenticate_scope(_scope(b"sessionid=good"), None)).owner == "django-user"
     with pytest.raises(Unauthenticated, match="sign in"):

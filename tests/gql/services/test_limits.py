@@ -36,7 +36,7 @@ def limits_for(valkey: EmbeddedValkey, **overrides: object) -> tuple[Settings, L
         "api_keys": {"0" * 64: "someone"},
     }
     settings = Settings(**{**values, **overrides})  # type: ignore[arg-type]
-    return settings, Limits(settings, connect(settings.redis, settings))
+    return settings, Limits(settings.limits, connect(settings.redis, settings))
 
 
 @pytest.fixture
