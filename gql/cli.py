@@ -7,7 +7,7 @@ says, one line per problem, what the configuration cannot reach::
     jobql beat [celery beat options...]
     jobql dev [--host H] [--port P]     (make run: the `embedded` extra, or REDIS_URL set)
     jobql export-schema
-    jobql check [--worker NAME]
+    jobql check [--worker NAME] [--beat]
     jobql --version
 """
 
@@ -135,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("export-schema", help="print the SDL that schema.graphql must equal")
     check = commands.add_parser("check", help="check the configuration and what it reaches")
     check.add_argument("--worker", help="also require this worker's heartbeat, e.g. celery@host")
+    check.add_argument(
+        "--beat",
+        action="store_true",
+        help="also require that a beat holds the schedules' lock and keeps renewing it",
+    )
     return parser
 
 
@@ -155,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _export_schema()
     from gql.ops.checks import run_checks
 
-    return run_checks(worker=args.worker)
+    return run_checks(worker=args.worker, beat=args.beat)
 
 
 if __name__ == "__main__":

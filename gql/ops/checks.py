@@ -17,6 +17,7 @@ from tasks.core import rabbitmq, records, redis_clients
 from tasks.core.durability import durability_warnings
 from tasks.core.liveness import worker_key
 from tasks.core.result_backends import is_database
+from tasks.core.schedules import LOCK_KEY
 from tasks.core.settings import Settings
 
 
@@ -39,7 +40,7 @@ def _warn(what: str) -> None:
     print(f"warn  {what}")  # noqa: T201
 
 
-def run_checks(*, worker: str | None = None) -> int:
+def run_checks(*, worker: str | None = None, beat: bool = False) -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
@@ -118,8 +119,29 @@ def run_checks(*, worker: str | None = None) -> int:
                 redis_clients.close(client)
 
         check(f"worker {worker} beats", alive, "Is it running and consuming this broker?")
+    if beat:
+        check("beat holds the schedules' lock and renews it", lambda: _beat_lock(settings),
+              "Is `jobql beat` running against this Redis?")  # fmt: skip
     sys.stdout.flush()
     return 1 if failures else 0
+
+
+def _beat_lock(settings: Settings) -> None:
+    """RedBeat's lock: the beat that runs the schedules renews it on every tick (at least every
+    ``JOBQL_BEAT_INTERVAL``) to ``JOBQL_BEAT_LOCK_TIMEOUT``, so it exists exactly while a beat
+    has renewed it within that timeout: a beat that stopped, hung or lost Redis lets it expire.
+    A standby beat passes while the active one holds it: the schedules run."""
+    if settings.schedule_store != "redis":
+        raise LookupError(f"JOBQL_SCHEDULE_STORE={settings.schedule_store}: the schedules' beat "
+                          "is your Django project's, which holds no RedBeat lock")  # fmt: skip
+    client = redis_clients.sync_client(settings.redis, settings, decode=False)
+    try:
+        left = client.pttl(LOCK_KEY)
+    finally:
+        redis_clients.close(client)
+    if left is None or int(left) < 0:
+        raise LookupError(f"no beat renewed the lock in the last {settings.beat_lock_timeout} s "
+                          "(JOBQL_BEAT_LOCK_TIMEOUT)")  # fmt: skip
 
 
 def _durability(url: str, settings: Settings) -> None:

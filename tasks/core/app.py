@@ -12,13 +12,13 @@ import weakref
 from typing import Any
 
 from celery import Celery
-from celery.signals import celeryd_init
+from celery.signals import before_task_publish, celeryd_init
 from kombu.entity import Exchange, Queue
 
 # logs and rabbitmq for their receivers: the logging of worker and beat, a queue check.
 from tasks.core import logs, rabbitmq, redis_clients, result_backends  # noqa: F401
 from tasks.core.base import JobTask
-from tasks.core.messages import PRIORITY_SEP, PRIORITY_STEPS
+from tasks.core.messages import PRIORITY_SEP, PRIORITY_STEPS, hide_input
 from tasks.core.registry import TaskRegistry
 from tasks.core.schedules import BEAT_PREFIX
 from tasks.core.settings import Settings, get_settings
@@ -233,6 +233,17 @@ def _starting_worker(instance: Any = None, **_: Any) -> None:
 
 
 celeryd_init.connect(_starting_worker)
+
+
+def _hide_input(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """Every message Celery's producer sends from a process that loaded JobQL (the API's
+    other brokers, beat's, workflows', retries, webhooks) carries no job input in its
+    ``argsrepr``/``kwargsrepr``, as the API's own message does (``tasks.core.messages``)."""
+    if headers is not None:
+        hide_input(headers)
+
+
+before_task_publish.connect(_hide_input)
 
 
 # The app every task is declared on, and the worker's entry point (``jobql worker`` runs

@@ -25,6 +25,10 @@ logger = logging.getLogger(__name__)
 class JobTask(Task):  # type: ignore[misc]
     """Records starts, ``update_state`` progress, results, failures and retries as job events."""
 
+    # The worker's request of each message: it shows no job input (named, not imported:
+    # the API never loads the worker's modules).
+    Request = "tasks.worker.requests:JobRequest"
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """The run, with its result measured before anything stores or forwards it.
 

@@ -20,7 +20,14 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
 from tasks.core import compat, redis_clients
-from tasks.core.messages import OWNER_HEADER, PRIORITY_SEP, PRIORITY_STEPS, queue_key, task_message
+from tasks.core.messages import (
+    OWNER_HEADER,
+    PRIORITY_SEP,
+    PRIORITY_STEPS,
+    hide_input,
+    queue_key,
+    task_message,
+)
 from tasks.core.settings import Settings
 
 if TYPE_CHECKING:
@@ -111,8 +118,9 @@ def stock_message(
     """The message as Celery's producer would store it on Redis, from Celery's and kombu's parts.
 
     ``as_task_v2`` builds the headers and body, the ``owner`` header merged in as
-    ``send_task(headers=...)`` does; kombu's channel wraps and encodes them as
-    ``Producer.publish`` has it do. The two properties ``publish`` itself adds
+    ``send_task(headers=...)`` does and the input representations hidden as JobQL's
+    ``before_task_publish`` receiver does (``tasks.core.app``); kombu's channel wraps and
+    encodes them as ``Producer.publish`` has it do. The two properties ``publish`` itself adds
     (``delivery_mode``, ``expiration``) are set here the way kombu 5.7.0 sets them.
     """
     sent = app.amqp.as_task_v2(
@@ -126,6 +134,7 @@ def stock_message(
         ignore_result=None,  # what ``send_task`` passes when not told
     )
     headers = {**sent.headers, **({OWNER_HEADER: owner} if owner is not None else {})}
+    hide_input(headers)
     properties: dict[str, Any] = {**sent.properties, "delivery_mode": 2}
     if expires is not None:
         properties["expiration"] = str(int((expires - now).total_seconds() * 1000))

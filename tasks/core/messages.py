@@ -31,6 +31,26 @@ _REPLY_TO = str(uuid.uuid4())
 # update script checks it against the record, so a wrong or forged one costs a call.
 OWNER_HEADER = "jobql_owner"
 
+# What Celery's ``argsrepr`` and ``kwargsrepr`` headers say of a job's input. Celery fills
+# them with up to 1 KB of the input itself, and from there it reaches Flower, ``celery
+# events``, ``celery inspect`` and the worker's error lines; JobQL shows no input anywhere
+# (the producers' receiver in tasks.core.app, the worker's request in tasks.worker.requests).
+HIDDEN_INPUT = "<job input hidden>"
+EMPTY_ARGS, EMPTY_KWARGS = "()", "{}"
+
+
+def hidden(text: str, empty: str) -> str:
+    """A representation of a job's input as it may be shown: ``empty`` (and nothing) as is,
+    any input as :data:`HIDDEN_INPUT`."""
+    return text if text in ("", empty) else HIDDEN_INPUT
+
+
+def hide_input(headers: dict[str, Any]) -> None:
+    """Celery's message headers (protocol 2), the input representations hidden in place."""
+    for name, empty in (("argsrepr", EMPTY_ARGS), ("kwargsrepr", EMPTY_KWARGS)):
+        if isinstance(headers.get(name), str):
+            headers[name] = hidden(headers[name], empty)
+
 
 def queue_key(queue: str, priority: int | None) -> str:
     return f"{queue}{PRIORITY_SEP}{priority}" if priority else queue
@@ -82,8 +102,8 @@ def task_message(
             "timelimit": [None, None],
             "root_id": job_id,
             "parent_id": None,
-            "argsrepr": "()",
-            "kwargsrepr": repr(kwargs)[:1024],
+            "argsrepr": EMPTY_ARGS,
+            "kwargsrepr": HIDDEN_INPUT if kwargs else EMPTY_KWARGS,
             "origin": _ORIGIN,
             "ignore_result": None,
             "replaced_task_nesting": 0,
@@ -96,5 +116,5 @@ def task_message(
         message["headers"][OWNER_HEADER] = owner
     # The envelope holds strings, small ints, None and empty containers only: orjson
     # writes the JSON json.dumps would, bar non-ASCII kept as UTF-8 instead of \u escapes
-    # (in kwargsrepr), which any JSON reader, kombu's included, reads the same.
+    # (in a task, queue or owner name), which any JSON reader, kombu's included, reads the same.
     return orjson.dumps(message).decode()

@@ -6,11 +6,14 @@ import re
 import shlex
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from devtools.valkey import EmbeddedValkey
 from gql.app import create_app
 from gql.cli import build_parser
 from tasks.core.settings import Settings
@@ -22,9 +25,11 @@ def _compose() -> dict[str, Any]:
 
 
 def _stages() -> list[list[str]]:
-    """The Dockerfile's instructions, one list per stage (comments and blank lines dropped)."""
+    """The Dockerfile's instructions, one list per stage (comments and blank lines dropped,
+    continued lines joined)."""
     stages: list[list[str]] = []
-    for line in (ROOT / "Dockerfile").read_text().splitlines():
+    text = re.sub(r"\\\n\s*", "", (ROOT / "Dockerfile").read_text())
+    for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -50,18 +55,70 @@ def test_compose_runs_redis_api_worker_beat_and_flower_with_health_checks() -> N
     for name in ("api", "worker", "beat", "flower"):
         _assert_runs_jobql_or_celery(services[name]["command"])
         assert services[name]["healthcheck"]["test"], name
-    assert services["flower"]["ports"] == ["5555:5555"]
+    # Flower can revoke and terminate tasks: this host only, and never without its login.
+    assert services["flower"]["ports"] == ["127.0.0.1:5555:5555"]
+    login = services["flower"]["environment"]["FLOWER_BASIC_AUTH"]
+    assert login.startswith("${FLOWER_BASIC_AUTH:?"), "compose refuses to start without it"
     assert services["api"]["command"][:2] == ["jobql", "api"]
     assert services["worker"]["command"][:2] == ["jobql", "worker"]
     assert services["beat"]["command"] == ["jobql", "beat"]
 
 
 def test_compose_health_checks_point_at_real_endpoints() -> None:
-    api_check = " ".join(_compose()["services"]["api"]["healthcheck"]["test"])
+    """The API's container check is liveness: /health/ready answers 503 while a queue has no
+    worker, and an orchestrator would restart healthy APIs for it (readiness is for the load
+    balancer). beat's is its own lock renewal."""
+    services = _compose()["services"]
+    api_check = " ".join(services["api"]["healthcheck"]["test"])
     path = re.search(r"http://127\.0\.0\.1:8000(/[\w/]+)", api_check)
     assert path, api_check
+    assert path.group(1) == "/health/live"
     app = create_app(Settings(redis_url="redis://127.0.0.1:1/0", env="test"))
     assert path.group(1) in {getattr(r, "path", None) for r in app.routes}
+    assert services["beat"]["healthcheck"]["test"] == ["CMD", "jobql", "check", "--beat"]
+
+
+def test_the_compose_stack_runs_in_production_from_env() -> None:
+    """JOBQL_ENV=production refuses JOBQL_AUTH_MODE=none, so the stack's settings (.env, as
+    .env.example has it) name the callers' keys; without .env it does not start at all."""
+    shared = _compose()["services"]["api"]
+    assert shared["environment"]["JOBQL_ENV"] == "production"
+    assert shared["env_file"] == [{"path": ".env", "required": True}]
+    example = dict(
+        line.split("=", 1)
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert example["JOBQL_AUTH_MODE"] != "none"
+    assert example["JOBQL_AUTH_MODE"] == "api_key" and "your_key_here" in example["JOBQL_API_KEYS"]
+
+
+def test_the_image_installs_the_extras_its_build_argument_names(tmp_path: Path) -> None:
+    """``EXTRAS`` (a build argument) picks the extras; by default the documented options'
+    (PostgreSQL results, msgpack, zstd) and Flower's. The build stage's export, run here on
+    the lock, holds their packages."""
+    build, _ = _stages()
+    arg = next(line for line in build if line.startswith("ARG EXTRAS="))
+    extras = shlex.split(arg.removeprefix("ARG EXTRAS="))[0].split()
+    assert extras == ["postgres", "msgpack", "zstd", "flower"]
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert set(extras) <= set(declared["optional-dependencies"])
+    run = next(line for line in build if line.startswith("RUN uv export "))
+    export = run.removeprefix("RUN ").split(" && ")[0]
+    assert "$EXTRAS" in export and "-o requirements.txt" in export
+    uv = ROOT / ".tools" / "bin" / "uv"
+    if not uv.exists():
+        pytest.skip("no pinned uv in .tools (make sync puts it there)")
+    export = export.replace("uv ", f"{uv} ", 1).replace("requirements.txt", str(tmp_path / "r.txt"))
+    exported = subprocess.run(
+        ["sh", "-c", export],
+        env={"PATH": "/usr/bin:/bin", "EXTRAS": " ".join(extras), "HOME": str(tmp_path)},
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    pinned = {line.split("==")[0] for line in (tmp_path / "r.txt").read_text().splitlines()}
+    assert {"sqlalchemy", "psycopg", "msgpack", "backports-zstd", "flower"} <= pinned
+    assert "pytest" not in pinned, "no development dependency in the image"
 
 
 def test_dockerfile_is_multi_stage_slim_and_runs_as_a_user() -> None:
@@ -101,6 +158,23 @@ def test_check_names_each_problem(tmp_path: Any) -> None:
     assert "FAIL  Redis for job records at redis://127.0.0.1:1/0" in result.stdout
     assert "FAIL  broker at" in result.stdout
     assert "hunter2" not in result.stdout, "no credentials in the messages"
+
+
+def test_the_beat_check_fails_while_no_beat_renews_its_lock(
+    valkey: EmbeddedValkey, tmp_path: Path
+) -> None:
+    """The compose check of beat (the other half, a live beat passing it, is the compose
+    smoke's): a Redis where no beat holds RedBeat's lock fails it, naming the lock."""
+    empty = valkey.url.rsplit("/", 1)[0] + "/11"  # a database no beat of the tests uses
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "JOBQL_ENV": "test",
+           "JOBQL_REDIS_URL": empty}  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "gql.cli", "check", "--beat"], env=env,
+                            cwd=tmp_path, capture_output=True, text=True, check=False)  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert (
+        "FAIL  beat holds the schedules' lock and renews it: LookupError: no beat renewed "
+        "the lock in the last 10 s" in result.stdout
+    )
 
 
 @pytest.mark.slow

@@ -14,13 +14,14 @@ import pytest
 import redis
 from celery import Celery
 from celery.app.task import Context
+from celery.utils.imports import symbol_by_name
 from celery.worker.request import Request
 
 from devtools.valkey import EmbeddedValkey
 from tasks.core.app import create_celery_app
 from tasks.core.base import owner_hint
 from tasks.core.message_writer import differences, offline_channel, sample_options, stock_message
-from tasks.core.messages import queue_key, task_message
+from tasks.core.messages import HIDDEN_INPUT, queue_key, task_message
 from tasks.core.settings import Settings
 from tests.conftest import JOB_FIELDS, GraphQL, running_api, running_worker, service_env
 
@@ -127,6 +128,9 @@ def test_our_message_is_what_celerys_producer_stores_on_redis(
     ours = json.loads(task_message(**request))
 
     assert differences(stock, ours, ignore=frozenset({"properties.expiration"})) == []
+    # Neither shows the input where Flower, `celery events` and `celery inspect` read it.
+    assert stock["headers"]["kwargsrepr"] == ours["headers"]["kwargsrepr"] == HIDDEN_INPUT
+    assert stock["headers"]["argsrepr"] == "()"
     if "expires" in options:
         drift = int(stock["properties"]["expiration"]) - int(ours["properties"]["expiration"])
         assert abs(drift) < 5_000
@@ -194,3 +198,33 @@ def test_the_owner_header_reaches_the_request_the_task_runs_in(producer_app: Cel
             message = channel.Message(json.loads(body), channel=channel)
             request = Request(message, app=app, task=generate)
             assert owner_hint(Context(request.request_dict)) == expected
+
+
+def test_a_worker_shows_no_input_whoever_sent_the_message(
+    producer_app: Celery, settings: Settings
+) -> None:
+    """A plain Celery producer writes up to 1 KB of the input into ``kwargsrepr``: the
+    worker's request of a JobQL task shows neither that nor the input itself, in its task
+    events (``argsrepr``/``kwargsrepr``) or in its answers to ``celery inspect``, which ask
+    for the input itself (``info()``, as Flower's worker page does)."""
+    app = create_celery_app(settings)  # a worker's app: its tasks are JobTasks
+
+    @app.task(name="reports.generate", shared=False)  # type: ignore[untyped-decorator]
+    def generate(**kwargs: Any) -> None:
+        """Never run: only its request is built."""
+
+    message = json.loads(task_message(**_request({})))
+    message["headers"]["kwargsrepr"] = repr(KWARGS)  # as stock Celery writes it
+    message["headers"]["argsrepr"] = "('secret',)"
+    job_request = symbol_by_name(generate.Request)
+    with offline_channel(producer_app.conf.broker_transport_options) as channel:
+        request = job_request(channel.Message(message, channel=channel), app=app, task=generate)
+
+    assert request.argsrepr == request.kwargsrepr == HIDDEN_INPUT
+    for shown in (request.info(), request.info(safe=True)):
+        assert shown["args"] == shown["kwargs"] == HIDDEN_INPUT
+        assert "Zo" not in json.dumps(shown, default=str)
+    empty = json.loads(task_message(**{**_request({}), "kwargs": {}}))
+    with offline_channel(producer_app.conf.broker_transport_options) as channel:
+        request = job_request(channel.Message(empty, channel=channel), app=app, task=generate)
+    assert (request.argsrepr, request.kwargsrepr) == ("()", "{}"), "no input: shown as none"
