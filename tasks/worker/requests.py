@@ -18,11 +18,11 @@ from tasks.core.messages import EMPTY_ARGS, EMPTY_KWARGS, hidden
 class JobRequest(Request):  # type: ignore[misc]
     @property
     def argsrepr(self) -> str:
-        return hidden(self._argsrepr, EMPTY_ARGS)
+        return hidden(super().argsrepr, EMPTY_ARGS)
 
     @property
     def kwargsrepr(self) -> str:
-        return hidden(self._kwargsrepr, EMPTY_KWARGS)
+        return hidden(super().kwargsrepr, EMPTY_KWARGS)
 
     def info(self, safe: bool = False) -> dict[str, Any]:
         shown: dict[str, Any] = super().info(safe=True)
