@@ -177,7 +177,7 @@ async def one_repetition(
     query = graphql_request(port, JOB, lambda n: {"id": ids[n % len(ids)]})
     ids: list[str] = []
     if only & {"P1", "P5"}:
-        await p1_p5(port, rest_port, mutation, size, out)
+        await p1_p5(jobql, rest_port, mutation, size, out)
         if size.idle_worker:
             await worker_idle(jobql)
     if only & {"P1B", "P11"}:
@@ -197,7 +197,9 @@ async def one_repetition(
             rest_port, get_request(rest_port, lambda n: f"/api/task/{ids[n % len(ids)]}"), size
         )
         out["P3.baseline"] = rest_read.per_second
+        used = cpu_seconds(jobql.api.pid)
         out["P3.jobql"] = (await closed_loop(port, query, size, ok=_ok_graphql)).per_second
+        out["P3.cpu_us"] = (cpu_seconds(jobql.api.pid) - used) / size.requests * 1e6
     if "P4" in only:
         await p4(port, query, size, out)
     if "P2" in only:
@@ -220,21 +222,31 @@ async def one_repetition(
 
 
 async def p1_p5(
-    port: int, rest_port: int, mutation: Any, size: Size, out: dict[str, float]
+    jobql: Stack, rest_port: int, mutation: Any, size: Size, out: dict[str, float]
 ) -> None:
-    """P1: closed-loop enqueue throughput, the guide's endpoint against the typed mutation;
+    """P1: closed-loop enqueue throughput, the guide's endpoint against the typed mutation,
+    and the API process's CPU per mutation (steadier than throughput on a shared machine);
     P5: meanwhile, the loop keeps answering a health probe."""
+    port = jobql.port
     rest = await closed_loop(rest_port, rest_post(rest_port, "/api/process"), size)
     out["P1.baseline"] = rest.per_second
     probe = Probe(port)
     await probe.start()
+    used = cpu_seconds(jobql.api.pid)
     ours = await closed_loop(port, mutation, size, ok=_ok_graphql)
+    out["P1.cpu_us"] = (cpu_seconds(jobql.api.pid) - used) / size.requests * 1e6
     busy = await probe.stop()
     out["P1.jobql"] = ours.per_second
     out["P5.stall"] = await longest_stall(port, math.ceil(size.requests / ours.per_second))
     idle = await probe_latency(port, 3.0)
     out["P5.baseline"] = _p(idle, 0.99) * 1000
     out["P5.jobql"] = _p(busy, 0.99) * 1000
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far (user + system), from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def longest_stall(port: int, seconds: int) -> float:
@@ -500,6 +512,9 @@ def summarise(runs: list[dict[str, float]], extra: dict[str, Any], size: Size) -
             # The event loop's longest stall while P1 ran (P5's second target: <= 20 ms).
             figures[key]["stall"] = max(stalls)
             figures[key]["stalls"] = stalls
+        cpu = [run[f"{key}.cpu_us"] for run in runs if f"{key}.cpu_us" in run]
+        if cpu:
+            figures[key]["cpu_us"] = statistics.median(cpu)
         received = [run[f"{key}.received"] for run in runs if f"{key}.received" in run]
         if received:
             # Share of the reports the subscribers actually got (coalescing drops progress).
@@ -528,6 +543,8 @@ def markdown(result: dict[str, Any]) -> str:
         ours, base = fig["jobql"], fig["baseline_value"]
         spread = f"{ours['median']:.1f} ({ours['min']:.1f}-{ours['max']:.1f})"
         base_spread = f"{base['median']:.1f} ({base['min']:.1f}-{base['max']:.1f})"
+        if "cpu_us" in fig:
+            spread += f", API CPU {fig['cpu_us']:.0f} µs per request"
         if "received" in fig:
             spread += f", {fig['received']:.0%} of reports received"
         if "stall" in fig:

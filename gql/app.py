@@ -37,6 +37,7 @@ from gql.services.producer import Producer
 from gql.services.schedule_store import RedisScheduleStore, ScheduleStore
 from gql.services.schedules import ScheduleService
 from gql.services.store import JobStore, connect, connect_records, sweep_forever
+from gql.services.trusted import TrustedDocuments
 from gql.services.workers import Broker, WorkerDirectory
 from gql.services.workflow_store import WorkflowStore
 from gql.services.workflows import WorkflowService
@@ -81,6 +82,10 @@ def create_app(
             "every job. For development only; production refuses it."
         )
     http, subscriptions = settings.http, settings.subscriptions
+    trusted = TrustedDocuments.load(http.trusted_documents) if http.trusted_documents else None
+    if trusted is not None:
+        logger.info("trusted documents: only the %d operations of %s run", len(trusted),
+                    http.trusted_documents)  # fmt: skip
     drain = Drain()
     loop_lag = LoopLag()
     collector = GarbageCollector(settings.gc_gen0_threshold, settings.gc_full_interval)
@@ -120,7 +125,8 @@ def create_app(
         )
         app.state.broadcast = broadcast
         app.state.records = records
-        app.state.persisted = PersistedQueries(records, http.persisted_query_ttl_seconds)
+        # Persisted queries: the manifest's alone with trusted documents, else APQ in Redis.
+        app.state.persisted = trusted or PersistedQueries(records, http.persisted_query_ttl_seconds)
         await app.state.health.verify_at_startup()
         drain.install()
         collector.start()
@@ -161,7 +167,7 @@ def create_app(
     )
     authenticator = Authenticator(settings.auth, sign_in)
     view = JobQLView(
-        build_schema(registry, settings, mutations),
+        build_schema(registry, settings, mutations, trusted),
         authenticator=authenticator,
         graphql_ide="graphiql" if http.graphiql else None,
         subscription_protocols=protocols,

@@ -219,6 +219,26 @@ class JobQLView(GraphQL[Context, None]):
             "extensions" not in request.query_params
         )
 
+    async def execute_operation(
+        self,
+        request: Request,
+        request_adapter: Any,
+        request_data: GraphQLRequestData | list[GraphQLRequestData],
+        context: Context,
+        root_value: None,
+        sub_response: Response,
+    ) -> Any:
+        """A lone operation's persisted query resolved before it runs or streams (a
+        subscription over multipart or SSE sent by its id too); a batch's, item by item."""
+        if isinstance(request_data, GraphQLRequestData):
+            resolved = await _resolved(request, request_data, sub_response)
+            if isinstance(resolved, ExecutionResult):
+                return resolved
+            request_data = resolved
+        return await super().execute_operation(
+            request, request_adapter, request_data, context, root_value, sub_response
+        )
+
     async def execute_single(
         self,
         request: Request,
@@ -228,26 +248,26 @@ class JobQLView(GraphQL[Context, None]):
         root_value: None,
         request_data: GraphQLRequestData,
     ) -> ExecutionResult:
-        """One operation, alone or in a batch: its persisted query resolved, then run in an
-        admission slot of its own, so the rest park without queueing CPU work on the loop
-        and other endpoints keep answering promptly. A request that cannot be carried out
-        is answered in its place (400), so one bad operation of a batch spoils no other."""
+        """One operation, alone or in a batch: checked, its persisted query resolved, then
+        run in an admission slot of its own, so the rest park without queueing CPU work on
+        the loop and other endpoints keep answering promptly. A request that cannot be
+        carried out is answered in its place (400), so one bad operation of a batch spoils
+        no other."""
+        if problem := _malformed(request_data):
+            sub_response.status_code = 400
+            return _refused(problem, BAD_REQUEST)
+        resolved = await _resolved(request, request_data, sub_response)
+        if isinstance(resolved, ExecutionResult):
+            return resolved
         try:
-            if problem := _malformed(request_data):
-                raise HTTPException(400, problem)
-            request_data = await _persisted(request, request_data)
             if self._admission is None:
                 return await super().execute_single(
-                    request, request_adapter, sub_response, context, root_value, request_data
+                    request, request_adapter, sub_response, context, root_value, resolved
                 )
             async with self._admission:
                 return await super().execute_single(
-                    request, request_adapter, sub_response, context, root_value, request_data
+                    request, request_adapter, sub_response, context, root_value, resolved
                 )
-        except PersistedQueryError as exc:
-            if exc.code == BAD_REQUEST:
-                sub_response.status_code = 400
-            return _refused(str(exc), exc.code)
         except HTTPException as exc:
             sub_response.status_code = exc.status_code
             return _refused(exc.reason, BAD_REQUEST)
@@ -321,13 +341,23 @@ def _malformed(operation: GraphQLRequestData) -> str | None:
     return None
 
 
-async def _persisted(request: Request, data: GraphQLRequestData) -> GraphQLRequestData:
-    """The operation with its persisted query's text (:mod:`gql.services.persisted`)."""
-    digest = requested_hash(data.extensions)
-    if digest is None:
-        return data
-    query = await request.app.state.persisted.resolve(digest, data.query)
-    return data if query == data.query else dataclasses.replace(data, query=query)
+async def _resolved(
+    request: Request, data: GraphQLRequestData, sub_response: Response
+) -> GraphQLRequestData | ExecutionResult:
+    """The operation with its persisted query's text (:mod:`gql.services.persisted`, or the
+    trusted documents' :mod:`gql.services.trusted`), its ``persistedQuery`` extension spent;
+    or the answer in its place when the hash cannot be used."""
+    try:
+        digest = requested_hash(data.extensions)
+        if digest is None:
+            return data
+        query = await request.app.state.persisted.resolve(digest, data.query)
+    except PersistedQueryError as exc:
+        if exc.code == BAD_REQUEST:
+            sub_response.status_code = 400
+        return _refused(str(exc), exc.code)
+    extensions = {k: v for k, v in (data.extensions or {}).items() if k != "persistedQuery"}
+    return dataclasses.replace(data, query=query, extensions=extensions or None)
 
 
 def _refused(message: str, code: str) -> ExecutionResult:

@@ -51,9 +51,10 @@ from gql.schema.workflows import WorkflowQuery, WorkflowSubscription, workflow_m
 from gql.services.errors import BadUserInput, ErrorCode, OperationRules, classify
 from gql.services.health import Health
 from gql.services.jobs import EnqueueRequest
+from gql.services.trusted import TrustedDocuments
 from tasks.core.registry import TaskRegistry, TaskSpec
 from tasks.core.scripts import PageQuery
-from tasks.core.settings import Settings
+from tasks.core.settings import Environment, Settings
 
 T = TypeVar("T")
 
@@ -326,29 +327,41 @@ class JobQLSchema(strawberry.Schema):
             return ExecutionResult(data=None, errors=[_needs_a_stream()])
 
 
-def operation_rules(settings: Settings | None) -> Callable[[], OperationRules]:
+def operation_rules(
+    settings: Settings | None, trusted: TrustedDocuments | None = None
+) -> Callable[[], OperationRules]:
     """Input errors tagged, and the depth, alias and token limits when settings are given.
 
     Strawberry's limiters build the rules once; :class:`gql.services.errors.OperationRules`
     applies them in its one hook, a fresh extension per operation. It comes before the caches:
-    a cached parse or validation was made under the same rules.
+    a cached parse or validation was made under the same rules. With ``trusted``, an operation
+    not in the trusted documents is refused at validation (GraphiQL's page is let through in
+    development).
     """
     if settings is None:
         return OperationRules
     depth = QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules
     aliases = MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules
-    return functools.partial(OperationRules, settings.max_tokens, [*depth, *aliases])
+    return functools.partial(
+        OperationRules,
+        settings.max_tokens,
+        [*depth, *aliases],
+        trusted,
+        settings.env is Environment.DEVELOPMENT and settings.graphiql,
+    )
 
 
 def build_schema(
     registry: TaskRegistry,
     settings: Settings | None = None,
     mutations: Sequence[StrawberryField] = (),
+    trusted: TrustedDocuments | None = None,
 ) -> strawberry.Schema:
     """The schema for the typed tasks of ``registry`` (import the task modules first), with
     the abuse limits of ``settings`` when given, on JobQL's executor once
     :func:`gql.compat.register.enable` turned it on, else on Strawberry's. ``mutations``: a host
-    application's own (a Django app's, which may write models and start jobs at once)."""
+    application's own (a Django app's, which may write models and start jobs at once);
+    ``trusted``: the only operations that may run (:mod:`gql.services.trusted`)."""
     input_types = InputTypes()
     mutation_fields = [
         strawberry.mutation(enqueue, name="enqueue", description="Enqueue any task by name."),
@@ -397,7 +410,7 @@ def build_schema(
         # shares per-request state with another; the caches' LRUs are Strawberry's own,
         # shared by every instance of the same size.
         extensions=[
-            operation_rules(settings),
+            operation_rules(settings, trusted),
             *([DisableIntrospection] if settings and not settings.introspection else []),
             OperationObserver,  # its timing is per operation
             lambda: ReportingParserCache(maxsize=1024),

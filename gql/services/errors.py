@@ -34,6 +34,8 @@ from strawberry.exceptions import MissingQueryError
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 
+from gql.services.trusted import GRAPHIQL, GRAPHIQL_MARK, NOT_IN_SAFELIST, TrustedDocuments
+
 logger = logging.getLogger(__name__)
 
 
@@ -213,10 +215,16 @@ class OperationRules(SchemaExtension):
     """
 
     def __init__(
-        self, max_tokens: int | None = None, extra_rules: Sequence[type[ASTValidationRule]] = ()
+        self,
+        max_tokens: int | None = None,
+        extra_rules: Sequence[type[ASTValidationRule]] = (),
+        trusted: TrustedDocuments | None = None,
+        graphiql_exempt: bool = False,
     ) -> None:
         self.max_tokens = max_tokens
         self.extra_rules = tuple(extra_rules)
+        self.trusted = trusted
+        self.graphiql_exempt = graphiql_exempt
 
     # The parse hook rather than the operation's (validation follows parsing): it ends with
     # its step, while an operation's hook stays suspended (a generator frame, its context
@@ -225,5 +233,34 @@ class OperationRules(SchemaExtension):
         context = self.execution_context
         if self.max_tokens is not None:
             context.parse_options["max_tokens"] = self.max_tokens
-        context.validation_rules = _rules(context.validation_rules, self.extra_rules)
+        rules = _rules(context.validation_rules, self.extra_rules)
+        if self.trusted is not None and not self._trusted(context.query, context.context):
+            rules = (*rules, UntrustedDocument)  # its own key in the validation cache
+        context.validation_rules = rules
         yield
+
+    def _trusted(self, query: str | None, context: Any) -> bool:
+        assert self.trusted is not None
+        if query is not None and self.trusted.allows(query):
+            return True
+        return self.graphiql_exempt and _from_graphiql(context)
+
+
+class UntrustedDocument(ASTValidationRule):
+    """Refuses an operation whose text is not in the trusted documents (gql.services.trusted),
+    before it runs, on every transport: the refusal is a validation error, first of all."""
+
+    def enter_document(self, *_: Any) -> Any:
+        message = "this operation is not in the trusted documents: only shipped operations run"
+        self.report_error(GraphQLError(message, extensions={"code": NOT_IN_SAFELIST}))
+        return BREAK
+
+
+def _from_graphiql(context: Any) -> bool:
+    """The request came from JobQL's GraphiQL page, which marks its requests (a header over
+    HTTP, a connection_init field over graphql-ws)."""
+    request = getattr(context, "request", None)
+    if request is not None and request.headers.get(GRAPHIQL_MARK) == GRAPHIQL:
+        return True
+    params = getattr(context, "connection_params", None)
+    return isinstance(params, dict) and params.get(GRAPHIQL_MARK) == GRAPHIQL

@@ -196,6 +196,9 @@ class Settings(BaseSettings):
     max_operations_per_batch: int = Field(default=10, ge=0)
     # How long an automatic persisted query (APQ) stays in Redis after its last registration.
     persisted_query_ttl_seconds: int = Field(default=86_400, ge=1)
+    # Trusted documents: an Apollo persisted-query manifest (persisted-query-manifest.json);
+    # set, only its operations run, by id or by text (gql.services.trusted). Unset: any.
+    trusted_documents: Path | None = None
     # Mutations per owner per window, shared by every API replica through Redis (0: off).
     # It applies to authenticated owners: in `none` mode every caller is one owner.
     rate_limit_mutations: int = Field(default=300, ge=0)
@@ -401,6 +404,7 @@ class HTTPSettings:
     max_operations_per_batch: int
     max_concurrent_operations: int
     persisted_query_ttl_seconds: int
+    trusted_documents: Path | None
     max_query_depth: int
     max_aliases: int
     max_tokens: int

@@ -39,7 +39,15 @@
 
   var url = window.location.href.split(/[?#]/)[0];
   var subscriptionUrl = url.replace(/^http/, "ws");
-  var fetcher = GraphiQL.createFetcher({ url: url, subscriptionUrl: subscriptionUrl });
+  // Marked as GraphiQL's (a header, and a field of graphql-ws's connection_init): with trusted
+  // documents on, JobQL lets this page's own operations through in development only.
+  var mark = { "x-jobql-client": "graphiql" };
+  var fetcher = GraphiQL.createFetcher({
+    url: url,
+    subscriptionUrl: subscriptionUrl,
+    headers: mark,
+    wsConnectionParams: mark,
+  });
   var explorer = GraphiQLPluginExplorer.explorerPlugin();
 
   function JobQLGraphiQL() {
