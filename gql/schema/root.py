@@ -54,7 +54,7 @@ from gql.services.jobs import EnqueueRequest
 from gql.services.trusted import TrustedDocuments
 from tasks.core.registry import TaskRegistry, TaskSpec
 from tasks.core.scripts import PageQuery
-from tasks.core.settings import Environment, Settings
+from tasks.core.settings import Settings
 
 T = TypeVar("T")
 
@@ -335,20 +335,13 @@ def operation_rules(
     Strawberry's limiters build the rules once; :class:`gql.services.errors.OperationRules`
     applies them in its one hook, a fresh extension per operation. It comes before the caches:
     a cached parse or validation was made under the same rules. With ``trusted``, an operation
-    not in the trusted documents is refused at validation (GraphiQL's page is let through in
-    development).
+    not in the trusted documents is refused at validation.
     """
     if settings is None:
         return OperationRules
     depth = QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules
     aliases = MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules
-    return functools.partial(
-        OperationRules,
-        settings.max_tokens,
-        [*depth, *aliases],
-        trusted,
-        settings.env is Environment.DEVELOPMENT and settings.graphiql,
-    )
+    return functools.partial(OperationRules, settings.max_tokens, [*depth, *aliases], trusted)
 
 
 def build_schema(

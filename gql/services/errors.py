@@ -13,7 +13,7 @@ import logging
 import re
 from collections.abc import Iterator, Sequence
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import kombu.exceptions
 import redis.exceptions
@@ -33,8 +33,6 @@ from pydantic import ValidationError
 from strawberry.exceptions import MissingQueryError
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
-
-from gql.services.trusted import GRAPHIQL, GRAPHIQL_MARK, NOT_IN_SAFELIST, TrustedDocuments
 
 logger = logging.getLogger(__name__)
 
@@ -205,6 +203,14 @@ def _rules(
     return tuple(_INPUT_RULES.get(rule, rule) for rule in given) + extra
 
 
+class DocumentCheck(Protocol):
+    """Which operations may run at all (:class:`gql.services.trusted.TrustedDocuments`)."""
+
+    def refusal(self, query: str | None, context: Any) -> tuple[type[ASTValidationRule], ...]:
+        """No rule for an operation that may run; a rule that refuses it otherwise."""
+        ...
+
+
 class OperationRules(SchemaExtension):
     """What every operation is checked against, set in one hook.
 
@@ -218,13 +224,11 @@ class OperationRules(SchemaExtension):
         self,
         max_tokens: int | None = None,
         extra_rules: Sequence[type[ASTValidationRule]] = (),
-        trusted: TrustedDocuments | None = None,
-        graphiql_exempt: bool = False,
+        documents: DocumentCheck | None = None,
     ) -> None:
         self.max_tokens = max_tokens
         self.extra_rules = tuple(extra_rules)
-        self.trusted = trusted
-        self.graphiql_exempt = graphiql_exempt
+        self.documents = documents
 
     # The parse hook rather than the operation's (validation follows parsing): it ends with
     # its step, while an operation's hook stays suspended (a generator frame, its context
@@ -234,33 +238,8 @@ class OperationRules(SchemaExtension):
         if self.max_tokens is not None:
             context.parse_options["max_tokens"] = self.max_tokens
         rules = _rules(context.validation_rules, self.extra_rules)
-        if self.trusted is not None and not self._trusted(context.query, context.context):
-            rules = (*rules, UntrustedDocument)  # its own key in the validation cache
+        if self.documents is not None:
+            # A refusal is a rule of its own: its own key in the validation cache.
+            rules = (*rules, *self.documents.refusal(context.query, context.context))
         context.validation_rules = rules
         yield
-
-    def _trusted(self, query: str | None, context: Any) -> bool:
-        assert self.trusted is not None
-        if query is not None and self.trusted.allows(query):
-            return True
-        return self.graphiql_exempt and _from_graphiql(context)
-
-
-class UntrustedDocument(ASTValidationRule):
-    """Refuses an operation whose text is not in the trusted documents (gql.services.trusted),
-    before it runs, on every transport: the refusal is a validation error, first of all."""
-
-    def enter_document(self, *_: Any) -> Any:
-        message = "this operation is not in the trusted documents: only shipped operations run"
-        self.report_error(GraphQLError(message, extensions={"code": NOT_IN_SAFELIST}))
-        return BREAK
-
-
-def _from_graphiql(context: Any) -> bool:
-    """The request came from JobQL's GraphiQL page, which marks its requests (a header over
-    HTTP, a connection_init field over graphql-ws)."""
-    request = getattr(context, "request", None)
-    if request is not None and request.headers.get(GRAPHIQL_MARK) == GRAPHIQL:
-        return True
-    params = getattr(context, "connection_params", None)
-    return isinstance(params, dict) and params.get(GRAPHIQL_MARK) == GRAPHIQL

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from graphql import BREAK, ASTValidationRule, GraphQLError
+
 from gql.services.persisted import PersistedQueryError
 
 MANIFEST_FORMAT = "apollo-persisted-query-manifest"
@@ -31,12 +33,13 @@ GRAPHIQL = "graphiql"
 class TrustedDocuments:
     """The manifest's operations by id, and their texts."""
 
-    def __init__(self, operations: Mapping[str, str]) -> None:
+    def __init__(self, operations: Mapping[str, str], *, graphiql_exempt: bool = False) -> None:
         self._by_id = dict(operations)
         self._texts = frozenset(operations.values())
+        self.graphiql_exempt = graphiql_exempt
 
     @classmethod
-    def load(cls, path: Path) -> TrustedDocuments:
+    def load(cls, path: Path, *, graphiql_exempt: bool = False) -> TrustedDocuments:
         """The manifest at ``path``; a clear error when it is not one."""
         try:
             manifest = json.loads(path.read_text())
@@ -51,7 +54,7 @@ class TrustedDocuments:
             if not (isinstance(entry, dict) and _strings(entry, "id", "body")):
                 raise ValueError(f"JOBQL_TRUSTED_DOCUMENTS: {path}: an operation without id/body")
             operations[entry["id"]] = entry["body"]
-        return cls(operations)
+        return cls(operations, graphiql_exempt=graphiql_exempt)
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -59,6 +62,15 @@ class TrustedDocuments:
     def allows(self, query: str) -> bool:
         """The text is one of the manifest's (as sent, or by its sha256 as an id)."""
         return query in self._texts or hashlib.sha256(query.encode()).hexdigest() in self._by_id
+
+    def refusal(self, query: str | None, context: Any) -> tuple[type[ASTValidationRule], ...]:
+        """For :class:`gql.services.errors.OperationRules`: nothing for an operation that may
+        run, else the rule that refuses it at validation, before it runs."""
+        if query is not None and self.allows(query):
+            return ()
+        if self.graphiql_exempt and _from_graphiql(context):
+            return ()
+        return (UntrustedDocument,)
 
     async def resolve(self, digest: str, query: Any) -> str:
         """The text to run for a persisted-query request: the manifest's for an id alone; a
@@ -75,3 +87,22 @@ class TrustedDocuments:
 
 def _strings(entry: dict[str, Any], *names: str) -> bool:
     return all(isinstance(entry.get(name), str) and entry[name] for name in names)
+
+
+class UntrustedDocument(ASTValidationRule):
+    """Refuses the operation, first of its validation errors, on every transport."""
+
+    def enter_document(self, *_: Any) -> Any:
+        message = "this operation is not in the trusted documents: only shipped operations run"
+        self.report_error(GraphQLError(message, extensions={"code": NOT_IN_SAFELIST}))
+        return BREAK
+
+
+def _from_graphiql(context: Any) -> bool:
+    """The request came from JobQL's GraphiQL page, which marks its requests (a header over
+    HTTP, a connection_init field over graphql-ws)."""
+    request = getattr(context, "request", None)
+    if request is not None and request.headers.get(GRAPHIQL_MARK) == GRAPHIQL:
+        return True
+    params = getattr(context, "connection_params", None)
+    return isinstance(params, dict) and params.get(GRAPHIQL_MARK) == GRAPHIQL

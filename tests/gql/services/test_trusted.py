@@ -26,8 +26,9 @@ def manifest(tmp_path: Path, content: Any) -> Path:
     return path
 
 
-def trusted() -> TrustedDocuments:
-    return TrustedDocuments({hashlib.sha256(SHIPPED.encode()).hexdigest(): SHIPPED})
+def trusted(*, graphiql_exempt: bool = False) -> TrustedDocuments:
+    shipped = {hashlib.sha256(SHIPPED.encode()).hexdigest(): SHIPPED}
+    return TrustedDocuments(shipped, graphiql_exempt=graphiql_exempt)
 
 
 def test_apollo_s_manifest_is_read_and_anything_else_is_a_clear_error(tmp_path: Path) -> None:
@@ -69,9 +70,11 @@ class Caller:
         self.connection_params = None
 
 
-@pytest.mark.parametrize(("env", "let_through"), [("development", True), ("test", False)])
-async def test_graphiql_s_mark_counts_in_development_only(env: str, let_through: bool) -> None:
-    schema = build_schema(registry, Settings(env=env), trusted=trusted())
+@pytest.mark.parametrize("let_through", [True, False])
+async def test_graphiql_s_mark_counts_only_where_it_is_let_through(let_through: bool) -> None:
+    """``gql.app`` lets it through in development only; in production it is refused."""
+    documents = trusted(graphiql_exempt=let_through)
+    schema = build_schema(registry, Settings(env="test"), trusted=documents)
     marked = Caller({"x-jobql-client": "graphiql"})
     foreign = await schema.execute("query Foreign { __typename }", context_value=marked)
     assert (foreign.errors is None) is let_through
