@@ -116,6 +116,7 @@ def create_app(
         schedules = schedule_store or RedisScheduleStore(redis)
         app.state.schedules = ScheduleService(app.state.jobs, schedules)
         app.state.limits = Limits(settings.limits, redis)
+        await app.state.limits.start()
         broker = Broker(settings, redis)
         queues = frozenset({*settings.queues, *(s.queue for s in registry.typed if s.queue)})
         app.state.health = HealthCheck(
@@ -146,6 +147,7 @@ def create_app(
             loop_lag.stop()
             collector.stop()
             metrics.process_exited()
+            await app.state.limits.close()
             producer.close()
             await broker.close()
             await broadcast.disconnect()

@@ -157,7 +157,7 @@ class _Watch:
 
     async def __aenter__(self) -> EventQueue:
         context = self._context
-        context.limits.admit(context)
+        await context.limits.admit(context)
         try:
             self.events = await context.broadcast.join(self._channel)
         except BaseException:
@@ -219,7 +219,7 @@ class Subscription:
         ] = None,
     ) -> AsyncGenerator[Job, None]:
         context = info.context
-        with context.limits.subscription(context):
+        async with context.limits.subscription(context):
             owner = context.owner
             channels = [owner_channel(owner, tag) for tag in slots.tags()]
             events_of = context.broadcast.subscribe(*channels)

@@ -546,6 +546,60 @@ def rate_call(owner: str, limit: int, window_seconds: float, wanted: int = 1) ->
     )
 
 
+# KEYS: the owner's subscription counts (a hash: replica id -> its live subscriptions)
+# ARGV: this replica's id, its subscriptions that live already, how many it wants to count
+#       in all (those and the new ones), the owner's limit, the prefix of the replicas'
+#       lease keys
+# Returns how many this replica may now count, between the first and the second number:
+# the new ones that fit beside every other replica's, first come first served. A replica's
+# lease key (``prefix .. id``, renewed by it, expiring when it dies) keeps its count alive:
+# a count whose lease is gone is dropped, so a dead replica's places come back within one
+# lease. The lease keys are read by names built here; this Redis is never a cluster (the
+# limits live at JOBQL_REDIS_URL, with Celery's broker and the rate keys).
+SUBSCRIPTIONS_SCRIPT = """
+local wanted, live = tonumber(ARGV[3]), tonumber(ARGV[2])
+local mine = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local granted = wanted
+if wanted > mine then
+  local others = 0
+  local counts = redis.call('HGETALL', KEYS[1])
+  for i = 1, #counts, 2 do
+    if counts[i] ~= ARGV[1] then
+      if redis.call('EXISTS', ARGV[5] .. counts[i]) == 1 then
+        others = others + tonumber(counts[i + 1])
+      else
+        redis.call('HDEL', KEYS[1], counts[i])
+      end
+    end
+  end
+  granted = math.max(live, mine, math.min(wanted, tonumber(ARGV[4]) - others))
+end
+if granted > 0 then
+  redis.call('HSET', KEYS[1], ARGV[1], granted)
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return granted
+"""
+
+
+def subscriptions_key(owner: str) -> str:
+    """The live subscriptions of ``owner`` on each API replica (a hash)."""
+    return f"{PREFIX}:subscriptions:{{{owner}}}"
+
+
+SUBSCRIPTION_LEASE_PREFIX = f"{PREFIX}:subscriptions:lease:"
+
+
+def subscriptions_call(owner: str, replica: str, live: int, wanted: int, limit: int) -> ScriptCall:
+    """Count ``wanted`` subscriptions of ``owner`` on ``replica`` (``live`` of them already
+    counted and running), as many as fit under ``limit`` beside the other replicas'."""
+    return ScriptCall(
+        keys=[subscriptions_key(owner)],
+        args=[replica, live, wanted, limit, SUBSCRIPTION_LEASE_PREFIX],
+    )
+
+
 # Every job of an ``enqueueMany`` batch in one call: one round trip, all or none.
 CREATE_MANY_SCRIPT = batch_script(CREATE_SCRIPT)
 

@@ -207,7 +207,11 @@ class Settings(BaseSettings):
     # most 1 % of the limit: the slack per replica and owner (1: every mutation asks Redis).
     rate_limit_lease: int = Field(default=32, ge=1)
     max_subscriptions_per_connection: int = Field(default=100, ge=1)
-    max_subscriptions_per_owner: int = Field(default=500, ge=1)  # per API process
+    # Live subscriptions of one owner, counted across every API replica in Redis.
+    max_subscriptions_per_owner: int = Field(default=500, ge=1)
+    # A replica's count of an owner's live subscriptions outlives the replica this long
+    # (it renews it every third of it), so a replica that dies leaks no places for good.
+    subscription_lease_seconds: float = Field(default=15.0, ge=0.3, le=3600)
 
     data_dir: Path = Path("var")
     outbox_dir: Path | None = None
@@ -423,6 +427,7 @@ class LimitSettings:
     rate_limit_lease: int
     max_subscriptions_per_connection: int
     max_subscriptions_per_owner: int
+    subscription_lease_seconds: float
     max_input_bytes: int
     max_batch_size: int
     max_page_size: int
