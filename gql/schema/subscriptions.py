@@ -20,7 +20,7 @@ from gql.schema.types import Job, JobFilter, JobId
 from gql.services.auth import Principal
 from gql.services.errors import NotFound
 from tasks.core import records, slots
-from tasks.core.records import JobSnapshot, job_channel, owner_channel
+from tasks.core.records import JobSnapshot, every_owner_channel, job_channel, owner_channel
 from tasks.core.scripts import PageQuery
 
 # How many jobs a `jobs` stream remembers to drop stale or repeated events; past it the
@@ -209,7 +209,8 @@ class Subscription:
                     yield Job.from_snapshot(item)
 
     @strawberry.subscription(
-        description="Every change of every job you may see, filtered on the server."
+        description="Every change of every job you may see (an admin: every owner's), "
+        "filtered on the server."
     )
     async def jobs(
         self,
@@ -220,8 +221,11 @@ class Subscription:
     ) -> AsyncGenerator[Job, None]:
         context = info.context
         async with context.limits.subscription(context):
-            owner = context.owner
-            channels = [owner_channel(owner, tag) for tag in slots.tags()]
+            scope = context.scope
+            channels = [
+                owner_channel(scope, tag) if scope is not None else every_owner_channel(tag)
+                for tag in slots.tags()
+            ]
             events_of = context.broadcast.subscribe(*channels)
             async with events_of as events:
                 with until_expiry(context.principal, events):
@@ -232,8 +236,10 @@ class Subscription:
 async def _firehose(
     context: Context, events: EventQueue, filter: JobFilter | None
 ) -> AsyncGenerator[Job, None]:
-    """Every change of the caller's own jobs (an admin's too: the stream is per owner)."""
-    service, owner, principal = context.jobs, context.owner, context.principal
+    """Every change of the caller's own jobs, or of every owner's for an admin (each job
+    names its owner)."""
+    service, scope, principal = context.jobs, context.scope, context.principal
+    owner = context.owner if scope is None else scope
     sent: OrderedDict[str, int] = OrderedDict()
     since = records.now() - timedelta(seconds=1)
     while True:
@@ -242,13 +248,14 @@ async def _firehose(
         changed: Iterable[JobSnapshot]
         if isinstance(item, Resync):
             query = PageQuery(owner=owner, limit=_RESYNC_PAGE, created_after=since)
-            newest = await _patiently(functools.partial(service.page, query))
-            known = await _patiently(lambda: service.get_many(list(sent), owner))
+            page = functools.partial(service.page, query, every_owner=scope is None)
+            newest = await _patiently(page)
+            known = await _patiently(lambda: service.get_many(list(sent), scope))
             changed = sorted([*newest, *known], key=lambda s: s.created_at)
         else:
             changed = (item,)
         for snapshot in changed:
-            if snapshot.owner != owner or not _matches(snapshot, filter):
+            if (scope is not None and snapshot.owner != scope) or not _matches(snapshot, filter):
                 continue
             if sent.get(snapshot.id, -1) >= snapshot.sequence:
                 continue

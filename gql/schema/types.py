@@ -82,6 +82,9 @@ class JobError:
 class Job:
     id: strawberry.ID = strawberry.field(description="The Celery task id.")
     task: str = strawberry.field(description='Registered task name, e.g. "generate_report".')
+    owner: str = strawberry.field(
+        description="Who owns the job: the caller, or for an admin, any owner."
+    )
     state: JobState = strawberry.field(description="Current state.")  # type: ignore[valid-type]
     done: bool = strawberry.field(description="True once SUCCESS, FAILURE or REVOKED.")
     sequence: int = strawberry.field(description="Grows by one with every change of this job.")
@@ -128,6 +131,7 @@ class Job:
         return cls(
             id=strawberry.ID(snapshot.id),
             task=snapshot.task,
+            owner=snapshot.owner,
             state=snapshot.state,
             done=snapshot.done,
             sequence=snapshot.sequence,

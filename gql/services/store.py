@@ -307,8 +307,7 @@ class JobStore:
     async def announce(self, fields: dict[str, str]) -> None:
         """Publish a new job's PENDING snapshot, once its message is on its way."""
         payload = records.dumps(fields)
-        job_id, owner = fields["id"], fields["owner"]
-        channels = (records.job_channel(job_id), records.owner_channel(owner, slots.tag_of(job_id)))
+        channels = records.channels_of(fields["id"], fields["owner"])
         if self._cluster:
             for channel in channels:
                 await self.client.spublish(channel, payload)

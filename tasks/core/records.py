@@ -42,6 +42,7 @@ CANCELLABLE_STATES = frozenset({JobState.PENDING, JobState.RETRY})
 JOB_KEY_PREFIX = f"{PREFIX}:job:"
 JOB_CHANNEL_PREFIX = f"{PREFIX}:events:job:"
 OWNER_CHANNEL_PREFIX = f"{PREFIX}:events:owner:"
+EVERY_OWNER_CHANNEL_PREFIX = f"{PREFIX}:events:all:"
 
 # Every key and channel below carries a hash tag (see tasks.core.slots): one job's record, its
 # owner's indexes of that tag and its events share one cluster slot.
@@ -117,14 +118,23 @@ def job_channel(job_id: str) -> str:
     return f"{JOB_CHANNEL_PREFIX}{{{slots.tag_of(job_id)}}}:{job_id}"
 
 
-def channels_of(job_id: str, owner: str) -> tuple[str, str]:
-    """Where a job's events go out: its own channel, and its owner's on its tag."""
-    return job_channel(job_id), owner_channel(owner, slots.tag_of(job_id))
+def channels_of(job_id: str, owner: str) -> tuple[str, str, str]:
+    """Where a job's events go out: its own channel, its owner's on its tag, and every
+    owner's on its tag."""
+    tag = slots.tag_of(job_id)
+    return job_channel(job_id), owner_channel(owner, tag), every_owner_channel(tag)
 
 
 def owner_channel(owner: str, tag: str) -> str:
     """An owner's events of the jobs on ``tag``: a watcher of every job listens on each tag."""
     return f"{OWNER_CHANNEL_PREFIX}{{{tag}}}:{owner}"
+
+
+def every_owner_channel(tag: str) -> str:
+    """Every owner's events of the jobs on ``tag``: an admin's ``jobs`` stream listens on
+    each tag. A third PUBLISH per change, to a channel nobody hears unless an admin watches
+    (Redis then looks it up and moves on); on a cluster, SPUBLISH on the job's own slot."""
+    return f"{EVERY_OWNER_CHANNEL_PREFIX}{{{tag}}}"
 
 
 def now() -> datetime:

@@ -20,6 +20,7 @@ from tasks.core.records import (
     PREFIX,
     JobState,
     dumps,
+    every_owner_channel,
     expiry_key,
     expiry_member,
     flatten,
@@ -66,7 +67,8 @@ class PageQuery:
 #       idempotency (the job's key for none), queue (the job's key when the message goes
 #       elsewhere): an absent key repeats KEYS[1], since a cluster hashes even '' to a slot
 # ARGV: ttl, score, job id, message, job channel, owner channel, snapshot JSON, owner,
-#       expires at (µs), expiry member, publish command, field/value pairs...
+#       expires at (µs), expiry member, publish command, every owner's channel,
+#       field/value pairs...
 # Every key but the queue carries the job's hash tag (tasks.core.slots): one slot; the queue is
 # there only when the broker is this same single Redis.
 # Returns nil when created, or the id of the job an idempotency key already points to
@@ -82,7 +84,7 @@ if KEYS[8] ~= KEYS[1] then
   if existing then return existing end
   redis.call('SET', KEYS[8], ARGV[3], 'EX', ttl)
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 12))
+redis.call('HSET', KEYS[1], unpack(ARGV, 13))
 redis.call('EXPIRE', KEYS[1], ttl)
 for i = 2, 5 do redis.call('ZADD', KEYS[i], ARGV[2], ARGV[3]) end
 redis.call('ZADD', KEYS[6], ARGV[9], ARGV[10])
@@ -91,6 +93,7 @@ if KEYS[9] ~= KEYS[1] then
   redis.call('LPUSH', KEYS[9], ARGV[4])
   redis.call(ARGV[11], ARGV[5], ARGV[7])
   redis.call(ARGV[11], ARGV[6], ARGV[7])
+  redis.call(ARGV[11], ARGV[12], ARGV[7])
 end
 return false
 """
@@ -100,7 +103,8 @@ return false
 # ARGV: ttl, new state, now (ISO), job id, job channel, owner channel,
 #       states it may move from (comma-separated; '' means any state not yet terminal),
 #       owner, task, expires at (µs), expiry member, workflow id ('' for none), workflow
-#       channel, publish command (PUBLISH, or SPUBLISH on a cluster), field/value pairs...
+#       channel, publish command (PUBLISH, or SPUBLISH on a cluster), every owner's
+#       channel, field/value pairs...
 # Every key and channel carries the job's hash tag; a workflow's steps share its tag.
 # Returns 'ok', 'missing', the current state when the move is refused, {'moved', owner,
 # task, workflow} when the record's differ from those the keys were built for (the caller
@@ -140,7 +144,7 @@ local function put(field, value)
   set[#set + 1] = value
   snap[field] = value
 end
-for i = 15, #ARGV, 2 do put(ARGV[i], ARGV[i + 1]) end
+for i = 16, #ARGV, 2 do put(ARGV[i], ARGV[i + 1]) end
 put('state', new)
 if new == 'STARTED' then
   if not snap['started_at'] then put('started_at', ARGV[3]) end
@@ -172,6 +176,7 @@ end
 local payload = cjson.encode(snap)
 redis.call(ARGV[14], ARGV[5], payload)
 redis.call(ARGV[14], ARGV[6], payload)
+redis.call(ARGV[14], ARGV[15], payload)
 local job_hook = ''
 if wants(snap['webhook_events'], new ~= state, new) then job_hook = payload end
 local flow_hook = ''
@@ -357,6 +362,7 @@ def create_call(
             _expires_at(now(), ttl),
             expiry_member(job_id, task),
             publish_command(),
+            every_owner_channel(tag),
             *flatten(fields),
         ],
     )
@@ -399,6 +405,7 @@ def update_call(
             workflow,
             workflow_channel(workflow) if workflow else "",
             publish_command(),
+            every_owner_channel(tag),
             *flatten(fields or {}),
         ],
     )
@@ -649,7 +656,8 @@ def guard_reply(reply: Any) -> str | None:
 #       none), queue (the job's key when its message is elsewhere), then every index of
 #       the job (records.indexes_of)
 # ARGV: job id, expiry member, ttl, job channel, owner channel, the unsent snapshot JSON,
-#       ('' to announce nothing), publish command, the job's Celery message ('' for none)
+#       ('' to announce nothing), publish command, the job's Celery message ('' for none),
+#       every owner's channel
 # Takes back a job whose enqueue is answered SERVICE_UNAVAILABLE, if no worker started it:
 # the record, its indexes, its idempotency key (if it still names this job) and, on a Redis
 # broker, its message go; a marker stays for the record's lifetime, so a worker that gets
@@ -669,6 +677,7 @@ redis.call('SET', KEYS[3], '1', 'EX', tonumber(ARGV[3]))
 if ARGV[6] ~= '' then
   redis.call(ARGV[7], ARGV[4], ARGV[6])
   redis.call(ARGV[7], ARGV[5], ARGV[6])
+  redis.call(ARGV[7], ARGV[9], ARGV[6])
 end
 return 'ok'
 """
@@ -706,6 +715,7 @@ def withdraw_call(
             dumps(unsent) if unsent else "",
             publish_command(),
             body,
+            every_owner_channel(tag),
         ],
     )
 

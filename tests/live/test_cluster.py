@@ -18,7 +18,10 @@ import redis
 from redis.crc import key_slot
 
 from devtools.valkey import EmbeddedValkey, EmbeddedValkeyCluster
+from gql.live.broadcast import JobBroadcast
+from gql.live.shards import ShardedPubSubBackend
 from tasks.core import records, slots
+from tasks.core.records import JobSnapshot
 from tasks.core.settings import Settings
 from tests.conftest import AsyncGraphQL, running_api, running_worker, service_env
 from tests.live.test_live import _watch_until_progress
@@ -90,6 +93,14 @@ async def test_jobs_run_listed_and_watched_through_the_cluster(
             services.url, EVERY_JOB, {}, within=60, on_result=lambda r: seen.append(r["data"])
         )
     )
+    # What an admin's firehose hears: every owner's channel of each tag, on its shard.
+    admins = JobBroadcast(
+        ShardedPubSubBackend(services.cluster.url, settings=Settings(env="test")), queue_limit=1024
+    )
+    await admins.connect()
+    channels = [records.every_owner_channel(tag) for tag in slots.tags_for(16)]
+    every_owner = admins.subscribe(*channels)
+    heard = await every_owner.__aenter__()
     await asyncio.sleep(1.0)  # the firehose listens on each of the 16 tags' channels
     job_id = await _report(api, steps=8, delay=0.05, countdown=0.3)
     stream = await graphql_transport_ws(services.url, WATCH, {"id": job_id})
@@ -116,6 +127,16 @@ async def test_jobs_run_listed_and_watched_through_the_cluster(
         await every
     finished = {event["jobs"]["id"] for event in seen if event["jobs"]["state"] == "SUCCESS"}
     assert finished >= {job_id, *ids}, "the firehose hears every tag's shard"
+    owners = {}
+    while len(heard):
+        event = await heard.get()
+        if isinstance(event, JobSnapshot) and event.done:
+            owners[event.id] = event.owner
+    await every_owner.__aexit__(None, None, None)
+    await admins.disconnect()
+    assert {each: owners.get(each) for each in [job_id, *ids]} == dict.fromkeys(
+        [job_id, *ids], "anonymous"
+    ), "every owner's channels carry each job's events on its shard"
     broker = redis.Redis.from_url(services.broker.url)
     try:
         assert not broker.keys("jobql:job:*"), "no job record on the broker's Valkey"

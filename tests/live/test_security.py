@@ -48,6 +48,7 @@ RETRY = "mutation($id: ID!) { retryJob(id: $id) { id state } }"
 MINE = "{ jobs(first: 100) { edges { node { id state } } } }"
 WATCH = "subscription($id: ID!) { job(id: $id) { id state } }"
 FIREHOSE = "subscription { jobs { id state } }"
+EVERY_OWNER = "subscription { jobs { id owner state } }"
 
 
 def mint(sub: str, *, key: str = SECRET, algorithm: str = "HS256", **claims: Any) -> str:
@@ -185,30 +186,43 @@ async def test_an_admin_sees_and_touches_every_owners_jobs(http: httpx.AsyncClie
     assert retried["retryJob"]["id"] in {j["id"] for j in await jobs_of(http, alice)}
 
 
-async def test_the_firehose_never_delivers_another_owners_event(
-    http: httpx.AsyncClient, base: str
+async def test_the_firehose_shows_an_owner_theirs_alone_and_an_admin_everyones(
+    http: httpx.AsyncClient, replicas: tuple[str, str]
 ) -> None:
-    alice, bob = someone(), someone()
-    seen: dict[str, set[str]] = {alice: set(), bob: set()}
+    """Each owner's ``jobs`` stream hears only their own jobs; an admin's, on the other
+    replica, hears every owner's, each event naming its owner."""
+    alice, bob, admin = someone(), someone(), someone()
+    seen: dict[str, dict[str, str]] = {alice: {}, bob: {}, admin: {}}
     streams = [
         asyncio.create_task(
             TRANSPORTS["graphql-transport-ws"](
-                base, FIREHOSE, {}, within=60, authorization=bearer(owner),
-                on_result=lambda r, owner=owner: seen[owner].add(r["data"]["jobs"]["id"]),
+                base, EVERY_OWNER, {}, within=60, authorization=authorization,
+                on_result=lambda r, watcher=watcher: seen[watcher].setdefault(
+                    r["data"]["jobs"]["id"], r["data"]["jobs"]["owner"]
+                ),
             )
         )
-        for owner in (alice, bob)
+        for watcher, base, authorization in (
+            (alice, replicas[0], bearer(alice)),
+            (bob, replicas[0], bearer(bob)),
+            (admin, replicas[1], bearer(admin, scope="jobql:admin")),
+        )
     ]  # fmt: skip
     await asyncio.sleep(1.0)
     mine = {owner: (await waiting_job(http, owner))["id"] for owner in (alice, bob)}
     for _ in range(200):
-        if all(seen.values()):
+        if all(seen[alice].values()) and set(mine.values()) <= set(seen[admin]) and seen[bob]:
             break
         await asyncio.sleep(0.1)
     await asyncio.sleep(0.5)
     for stream in streams:
         stream.cancel()
-    assert seen == {alice: {mine[alice]}, bob: {mine[bob]}}
+    assert seen[alice] == {mine[alice]: alice}
+    assert seen[bob] == {mine[bob]: bob}
+    assert {job: seen[admin].get(job) for job in mine.values()} == {
+        mine[alice]: alice,
+        mine[bob]: bob,
+    }
 
 
 # --- credentials ----------------------------------------------------------------------------
