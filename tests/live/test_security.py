@@ -455,13 +455,19 @@ def _codes(answers: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-async def test_subscriptions_are_capped_per_connection_and_per_owner(base: str) -> None:
+async def test_subscriptions_are_capped_per_connection_and_per_owner_across_replicas(
+    replicas: tuple[str, str],
+) -> None:
+    """Two on one socket of replica one (a third is the socket's one too many), then one
+    on replica two: the owner's three places are taken on the two replicas together."""
     owner = bearer(someone())
-    first, answers = await _subscribe_all(base, owner, 3)
+    first, answers = await _subscribe_all(replicas[0], owner, 3)
     assert _codes(answers) == ["RATE_LIMITED"], answers
-    second, answers = await _subscribe_all(base, owner, 2)
+    assert "per connection" in json.dumps(answers)
+    second, answers = await _subscribe_all(replicas[1], owner, 2)
     assert _codes(answers) == ["RATE_LIMITED"], answers
-    other, answers = await _subscribe_all(base, bearer(someone()), 1)
+    assert "at most 3 live subscriptions" in json.dumps(answers)
+    other, answers = await _subscribe_all(replicas[1], bearer(someone()), 1)
     assert _codes(answers) == []
     for ws in (first, second, other):
         await ws.close()
