@@ -28,6 +28,9 @@ class Context(BaseContext):
     principal: Principal = ANONYMOUS_PRINCIPAL
     # Subscriptions running on this connection (a WebSocket's context serves them all).
     live_subscriptions: int = 0
+    # A WebSocket that ends when its credential does, its streams with it
+    # (gql.http.credentials): they need no expiry alarm of their own.
+    credential_watched: bool = False
     workflows: WorkflowService | None = None
     schedules: ScheduleService | None = None
 

@@ -17,7 +17,6 @@ from redis.exceptions import RedisError
 from gql.live.broadcast import RESYNC, EventQueue, Resync
 from gql.schema.context import Context, Info
 from gql.schema.types import Job, JobFilter, JobId
-from gql.services.auth import Principal
 from gql.services.errors import NotFound
 from tasks.core import records, slots
 from tasks.core.records import JobSnapshot, every_owner_channel, job_channel, owner_channel
@@ -57,11 +56,17 @@ def _matches(snapshot: JobSnapshot, job_filter: JobFilter | None) -> bool:
     return not (job_filter.created_before and snapshot.created_at >= job_filter.created_before)
 
 
-def until_expiry(principal: Principal, events: EventQueue) -> ExpiryWatch:
-    """``with until_expiry(principal, events)``: wake the stream when the caller's token
+def until_expiry(context: Context, events: EventQueue) -> ExpiryWatch:
+    """``with until_expiry(context, events)``: wake the stream when the caller's token
     expires; it then ends with UNAUTHENTICATED (each wake-up checks the token first), even
-    if no event of its jobs comes."""
-    return ExpiryWatch(principal.expires_at, events)
+    if no event of its jobs comes. A WebSocket's streams need none: the socket ends them
+    all at that moment (gql.http.credentials)."""
+    return ExpiryWatch(_expiry_of(context), events)
+
+
+def _expiry_of(context: Context) -> float | None:
+    """When the caller's streams must end on their own (none on a watched socket)."""
+    return None if context.credential_watched else context.principal.expires_at
 
 
 class ExpiryWatch:
@@ -163,7 +168,7 @@ class _Watch:
         except BaseException:
             context.limits.release(context)
             raise
-        self._alarm = _alarm_for(context.principal.expires_at, self.events)
+        self._alarm = _alarm_for(_expiry_of(context), self.events)
         return self.events
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -228,7 +233,7 @@ class Subscription:
             ]
             events_of = context.broadcast.subscribe(*channels)
             async with events_of as events:
-                with until_expiry(context.principal, events):
+                with until_expiry(context, events):
                     async for job in _firehose(context, events, filter):
                         yield job
 

@@ -43,6 +43,9 @@ class Principal:
     owner: str
     admin: bool = False
     expires_at: float | None = None  # epoch seconds, for a token
+    # Signed in by the host application (a Django session), which may end before a
+    # WebSocket does: such a socket is signed in again now and then (gql.http.credentials).
+    external: bool = False
 
     @property
     def scope(self) -> str | None:
@@ -90,6 +93,7 @@ class Authenticator:
                 "and a sign-in needs JOBQL_AUTH_MODE=external"
             )
         self._sign_in = sign_in
+        self.session_recheck_seconds = settings.session_recheck_seconds
         self._admins = frozenset(settings.admin_owners)
         self._api_keys = dict(settings.api_keys)
         self._issuer = settings.jwt_issuer
@@ -125,9 +129,20 @@ class Authenticator:
         if credential is None and self._sign_in is not None:
             principal = await self._sign_in(scope)
             if principal is not None:
-                return self._principal(principal.owner, principal.admin, principal.expires_at)
+                return self._principal(
+                    principal.owner, principal.admin, principal.expires_at, external=True
+                )
             raise Unauthenticated("sign in first, or send an Authorization header")
         return await self.authenticate(credential)
+
+    async def still_signed_in(self, scope: Mapping[str, Any], principal: Principal) -> bool:
+        """Whether the host application still signs the caller of ``scope`` in as
+        ``principal`` (a logout, a changed password or a user made inactive says no)."""
+        try:
+            again = await self.authenticate_scope(scope, None)
+        except Unauthenticated:
+            return False
+        return (again.owner, again.admin) == (principal.owner, principal.admin)
 
     async def authenticate(self, credential: str | None) -> Principal:
         """The caller of ``credential``; raises :class:`Unauthenticated` when it is not good."""
@@ -148,10 +163,12 @@ class Authenticator:
                 return self._api_key(value)
         raise Unauthenticated("unsupported credentials")
 
-    def _principal(self, owner: Any, admin: bool, expires_at: float | None) -> Principal:
+    def _principal(
+        self, owner: Any, admin: bool, expires_at: float | None, *, external: bool = False
+    ) -> Principal:
         if not isinstance(owner, str) or not _OWNER.fullmatch(owner):
             raise Unauthenticated("the credential names no usable owner")
-        return Principal(owner, admin or owner in self._admins, expires_at)
+        return Principal(owner, admin or owner in self._admins, expires_at, external)
 
     def _api_key(self, key: str) -> Principal:
         owner = self._api_keys.get(hashlib.sha256(key.encode()).hexdigest())

@@ -183,6 +183,9 @@ class Settings(BaseSettings):
     # SHA-256 hex digest of each API key -> the owner it acts as. Only hashes, never keys.
     api_keys: dict[str, str] = {}
     admin_owners: tuple[str, ...] = ()  # owners that are admins, however they sign in
+    # A WebSocket signed in by the host application's session (``external``: a Django
+    # login) is signed in again this often; one whose session ended (a logout) is closed.
+    session_recheck_seconds: float = Field(default=30.0, gt=0, le=3600)
     cors_origins: tuple[str, ...] = ()  # also the WebSocket Origin allow-list
     graphql_ws_legacy: bool = True  # the legacy subscriptions-transport-ws protocol
     introspection: bool = True
@@ -386,6 +389,7 @@ class AuthSettings:
     jwt_admin_value: str
     api_keys: dict[str, str]
     admin_owners: tuple[str, ...]
+    session_recheck_seconds: float
 
     @property
     def methods(self) -> frozenset[str]:

@@ -30,7 +30,15 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from devtools.valkey import EmbeddedValkey
 from tasks.core.messages import task_message
 from tests.conftest import JOB, GraphQL, running_api, service_env
-from tests.support.clients import TRANSPORTS, receive, send, websocket
+from tests.support.clients import (
+    LEGACY_WS,
+    TRANSPORT_WS,
+    TRANSPORTS,
+    WsProtocol,
+    receive,
+    send,
+    websocket,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -295,12 +303,46 @@ async def test_an_operation_before_connection_init_closes_the_socket(base: str) 
     assert ws.close_code == 4401
 
 
-async def test_a_token_that_expires_ends_its_subscription(base: str) -> None:
-    expiring = bearer(someone(), exp=int(time.time()) + 3)
-    stream = await TRANSPORTS["graphql-transport-ws"](
-        base, FIREHOSE, {}, within=15, authorization=expiring
+async def _watch_until_closed(
+    base: str, protocol: WsProtocol, authorization: str
+) -> tuple[list[dict[str, Any]], int | None, float]:
+    """A firehose on a socket of ``protocol``: what the server sent, its close code, when."""
+    messages: list[dict[str, Any]] = []
+    async with websocket(base, protocol.subprotocol) as ws:
+        await send(ws, {"type": "connection_init", "payload": {"Authorization": authorization}})
+        assert (await receive(ws))["type"] == "connection_ack"
+        await send(ws, {"id": "1", "type": protocol.start, "payload": {"query": FIREHOSE}})
+        with contextlib.suppress(ConnectionClosed):
+            async with asyncio.timeout(10):
+                while True:
+                    messages.append(await receive(ws))
+    return [m for m in messages if m["type"] != protocol.keep_alive], ws.close_code, time.time()
+
+
+async def test_a_token_that_expires_closes_its_sockets_when_it_expires(base: str) -> None:
+    """Each operation gets UNAUTHENTICATED and the socket closes with 4403, on both
+    protocols, at the token's expiry (no event of the caller's jobs needed to notice)."""
+    expires_at = int(time.time()) + 2
+    expiring = bearer(someone(), exp=expires_at)
+    (modern, modern_code, modern_at), (legacy, legacy_code, legacy_at) = await asyncio.gather(
+        _watch_until_closed(base, TRANSPORT_WS, expiring),
+        _watch_until_closed(base, LEGACY_WS, expiring),
     )
-    assert [e["extensions"]["code"] for e in stream.errors] == ["UNAUTHENTICATED"]
+    unauthenticated = {"message": "the token expired", "extensions": {"code": "UNAUTHENTICATED"}}
+    assert modern == [{"id": "1", "type": "error", "payload": [unauthenticated]}]
+    assert modern_code == 4403
+    # The legacy protocol has no close codes of its own: the operation's error (Strawberry
+    # may add the operation's end as it stops it), then the connection's error as at a
+    # refused init, and the same 4403.
+    assert legacy[0] == {"id": "1", "type": "error", "payload": unauthenticated}
+    assert all(m == {"id": "1", "type": "complete"} for m in legacy[1:-1]), legacy
+    assert legacy[-1] == {
+        "type": "connection_error",
+        "payload": {"message": "the token expired", "code": "UNAUTHENTICATED"},
+    }
+    assert legacy_code == 4403
+    for closed_at in (modern_at, legacy_at):
+        assert expires_at <= closed_at < expires_at + 1.0
 
 
 async def test_a_websocket_from_a_foreign_origin_is_refused(base: str) -> None:

@@ -35,6 +35,8 @@ os.environ.update(
     # Schedules in django-celery-beat's tables; few per user, so the cap is seen at work.
     JOBQL_SCHEDULE_STORE="django",
     JOBQL_MAX_SCHEDULES_PER_OWNER="3",
+    # A logged-out session's sockets close within this (test_django_example.py).
+    JOBQL_SESSION_RECHECK_SECONDS="0.5",
 )
 
 from devtools.processes import free_port, stop_all, wait_for_port  # noqa: E402

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from typing import Any
 
 import httpx
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import JOB_FIELDS, GraphQL
-from tests.support.clients import TRANSPORTS, websocket
+from tests.support.clients import TRANSPORTS, receive, send, websocket
 
 PLACE = """
 mutation($item: String!, $quantity: Int!) {
@@ -91,3 +94,57 @@ async def test_a_websocket_from_another_site_is_refused_despite_the_cookie(
         async with websocket(alice.base_url, "graphql-transport-ws", additional_headers=foreign):
             pass
     assert refused.value.response.status_code == 403
+
+
+def _log_out(cookie: str) -> None:
+    """What Django's logout view does with the request that carries ``cookie``."""
+    from django.conf import settings
+    from django.test import Client
+
+    client = Client()
+    client.cookies[settings.SESSION_COOKIE_NAME] = cookie.split("=", 1)[1]
+    client.logout()
+
+
+async def test_a_logout_closes_the_users_websockets_within_the_recheck_interval(
+    alice: GraphQL, bob: GraphQL
+) -> None:
+    """The session is signed in again every JOBQL_SESSION_RECHECK_SECONDS (0.5 s here):
+    once alice logs out, her socket's operation gets UNAUTHENTICATED and it closes with
+    4403; bob's, signed in by his own session, stays open."""
+    subscribe = {
+        "id": "1",
+        "type": "subscribe",
+        "payload": {"query": "subscription { jobs { id } }"},
+    }
+    async with contextlib.AsyncExitStack() as stack:
+        sockets = {}
+        for user in (alice, bob):
+            headers = {"cookie": user.http.headers["cookie"]}
+            ws = await stack.enter_async_context(
+                websocket(user.base_url, "graphql-transport-ws", additional_headers=headers)
+            )
+            await send(ws, {"type": "connection_init", "payload": {}})
+            assert (await receive(ws))["type"] == "connection_ack"
+            await send(ws, subscribe)
+            sockets[user] = ws
+        await asyncio.to_thread(_log_out, alice.http.headers["cookie"])
+        logged_out = time.monotonic()
+        messages = []
+        with contextlib.suppress(ConnectionClosed):
+            async with asyncio.timeout(5):
+                while True:
+                    messages.append(await receive(sockets[alice]))
+        assert time.monotonic() - logged_out < 0.5 + 0.5
+        assert sockets[alice].close_code == 4403
+        assert [m for m in messages if m["type"] != "ping"] == [
+            {
+                "id": "1",
+                "type": "error",
+                "payload": [
+                    {"message": "the session ended", "extensions": {"code": "UNAUTHENTICATED"}}
+                ],
+            }
+        ]
+        await send(sockets[bob], {"type": "ping"})
+        assert (await receive(sockets[bob]))["type"] == "pong", "bob's session goes on"
