@@ -9,11 +9,13 @@ from typing import Annotated
 import strawberry
 from strawberry.types.field import StrawberryField
 
-from gql.live.broadcast import Resync
+from gql.live.broadcast import EventQueue, Resync
 from gql.schema.context import Info
 from gql.schema.inputs import to_data
+from gql.schema.subscriptions import until_expiry
 from gql.schema.types import Options, Terminate, enqueue_request
 from gql.schema.workflow_types import Workflow, WorkflowInput
+from gql.services.auth import Principal
 from gql.services.errors import NotFound
 from gql.services.workflows import WorkflowService
 from tasks.core.records import JobSnapshot
@@ -80,37 +82,49 @@ class WorkflowSubscription:
         "once the workflow is done."
     )
     async def workflow(self, info: Info, id: WorkflowId) -> AsyncGenerator[Workflow, None]:
-        service, owner = _service(info), info.context.owner
-        # Subscribe first, then read: every step change after the read arrives as an event.
-        async with info.context.broadcast.subscribe(workflow_channel(str(id))) as events:
-            found = await service.get(str(id), owner)
+        context = info.context
+        # Counted against the caller's subscription caps and ended by its token's expiry,
+        # as the job streams are.
+        async with context.limits.subscription(context):
+            service, owner, principal = _service(info), context.owner, context.principal
+            # Subscribe first, then read: every step change after the read arrives as an event.
+            async with context.broadcast.subscribe(workflow_channel(str(id))) as events:
+                with until_expiry(context, events):
+                    async for workflow in _changes(service, str(id), owner, principal, events):
+                        yield workflow
+
+
+async def _changes(
+    service: WorkflowService, workflow_id: str, owner: str, principal: Principal, events: EventQueue
+) -> AsyncGenerator[Workflow, None]:
+    """The workflow now, then one update per change of any step, to the end."""
+    found = await service.get(workflow_id, owner)
+    if found is None:
+        raise NotFound(f"no workflow {workflow_id!r}")
+    workflow, steps = found
+    current = {step.id: step for step in steps}
+    yield Workflow.from_snapshot(workflow, steps)
+    while not workflow.done:
+        item = await events.get()
+        principal.check()
+        if isinstance(item, Resync):
+            found = await service.get(workflow_id, owner)
             if found is None:
-                raise NotFound(f"no workflow {id!r}")
+                raise NotFound(f"workflow {workflow_id!r} expired")
+            if found[0].sequence <= workflow.sequence:
+                continue
             workflow, steps = found
             current = {step.id: step for step in steps}
-            yield Workflow.from_snapshot(workflow, steps)
-            while not workflow.done:
-                item = await events.get()
-                if isinstance(item, Resync):
-                    found = await service.get(str(id), owner)
-                    if found is None:
-                        raise NotFound(f"workflow {id!r} expired")
-                    if found[0].sequence <= workflow.sequence:
-                        continue
-                    workflow, steps = found
-                    current = {step.id: step for step in steps}
-                elif item.workflow is not None:
-                    changed = WorkflowSnapshot.from_hash(item.workflow)
-                    if changed.sequence <= workflow.sequence:
-                        continue
-                    workflow = changed
-                    if _newer(item, current.get(item.id)):
-                        current[item.id] = item
-                else:
-                    continue
-                yield Workflow.from_snapshot(
-                    workflow, [current[s] for s in workflow.steps if s in current]
-                )
+        elif item.workflow is not None:
+            changed = WorkflowSnapshot.from_hash(item.workflow)
+            if changed.sequence <= workflow.sequence:
+                continue
+            workflow = changed
+            if _newer(item, current.get(item.id)):
+                current[item.id] = item
+        else:
+            continue
+        yield Workflow.from_snapshot(workflow, [current[s] for s in workflow.steps if s in current])
 
 
 def _newer(step: JobSnapshot, known: JobSnapshot | None) -> bool:

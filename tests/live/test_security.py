@@ -57,6 +57,7 @@ MINE = "{ jobs(first: 100) { edges { node { id state } } } }"
 WATCH = "subscription($id: ID!) { job(id: $id) { id state } }"
 FIREHOSE = "subscription { jobs { id state } }"
 EVERY_OWNER = "subscription { jobs { id owner state } }"
+WORKFLOW_WATCH = 'subscription { workflow(id: "no-such-workflow") { id state } }'
 
 
 def mint(sub: str, *, key: str = SECRET, algorithm: str = "HS256", **claims: Any) -> str:
@@ -472,14 +473,15 @@ async def test_the_mutation_rate_holds_across_replicas_and_recovers(
 
 
 async def _subscribe_all(
-    base: str, authorization: str, count: int
+    base: str, authorization: str, count: int, then: str | None = None
 ) -> tuple[Any, list[dict[str, Any]]]:
-    """Open one socket, start ``count`` firehoses; what each start answered within 1 s."""
+    """Open one socket, start ``count`` firehoses (and ``then``, another subscription); what
+    each start answered within 1.5 s."""
     ws = await websocket(base, "graphql-transport-ws").__aenter__()
     await send(ws, {"type": "connection_init", "payload": {"Authorization": authorization}})
     assert (await receive(ws))["type"] == "connection_ack"
-    for n in range(count):
-        await send(ws, {"id": str(n), "type": "subscribe", "payload": {"query": FIREHOSE}})
+    for n, query in enumerate([FIREHOSE] * count + ([then] if then else [])):
+        await send(ws, {"id": str(n), "type": "subscribe", "payload": {"query": query}})
     answers: list[dict[str, Any]] = []
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(1.5):
@@ -500,10 +502,11 @@ def _codes(answers: list[dict[str, Any]]) -> list[str]:
 async def test_subscriptions_are_capped_per_connection_and_per_owner_across_replicas(
     replicas: tuple[str, str],
 ) -> None:
-    """Two on one socket of replica one (a third is the socket's one too many), then one
-    on replica two: the owner's three places are taken on the two replicas together."""
+    """Two on one socket of replica one (a third, a workflow's, is the socket's one too
+    many: every subscription counts), then one on replica two: the owner's three places
+    are taken on the two replicas together."""
     owner = bearer(someone())
-    first, answers = await _subscribe_all(replicas[0], owner, 3)
+    first, answers = await _subscribe_all(replicas[0], owner, 2, then=WORKFLOW_WATCH)
     assert _codes(answers) == ["RATE_LIMITED"], answers
     assert "per connection" in json.dumps(answers)
     second, answers = await _subscribe_all(replicas[1], owner, 2)
