@@ -198,6 +198,7 @@ class Limits:
             count.busy = False
             for waiter in count.waiting:
                 waiter.cancel()  # only when this task is cancelled: the API is stopping
+            count.waiting.clear()
             if (
                 not (count.live or count.waiting or count.stored)
                 and self._owners.get(owner) is count
@@ -224,6 +225,7 @@ class Limits:
         """Hold this replica's lease in Redis (with a per-owner cap): while it lives, the
         other replicas count this one's subscriptions."""
         if self._per_owner:
+            await self._renew()  # before any count: one without a lease is dropped
             self._renewing = asyncio.create_task(self._renew_forever(), name="jobql-lease")
 
     async def close(self) -> None:
@@ -243,8 +245,8 @@ class Limits:
 
     async def _renew_forever(self) -> None:
         while True:
-            await self._renew()
             await asyncio.sleep(self._lease_seconds / 3)
+            await self._renew()
 
     async def _renew(self) -> None:
         """Renew the lease; where a count may be wrong in Redis, state it again."""
