@@ -38,6 +38,7 @@ from gql.live.broadcast import JobBroadcast
 from tasks.core import job_figures
 from tasks.core.job_figures import METRICS_KEY
 from tasks.core.job_figures import Histogram as JobHistogram
+from tasks.core.liveness import WorkerBeat
 
 logger = logging.getLogger(__name__)
 
@@ -118,13 +119,26 @@ class _JobFigures:
 
 
 class _Workers:
-    def __init__(self, workers: int, pending: dict[str, int]) -> None:
+    def __init__(self, workers: list[WorkerBeat], pending: dict[str, int]) -> None:
         self._workers = workers
         self._pending = pending
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("jobql_workers_live", "Workers with a fresh heartbeat.",
-                                value=self._workers)  # fmt: skip
+                                value=len(self._workers))  # fmt: skip
+        # Per worker, from the same heartbeats: busy pool slots against the pool's size.
+        active = GaugeMetricFamily(
+            "jobql_worker_tasks_active", "Jobs a worker is running now.", labels=["worker"]
+        )
+        slots = GaugeMetricFamily(
+            "jobql_worker_concurrency", "A worker's pool size (jobs it can run at once).",
+            labels=["worker"],
+        )  # fmt: skip
+        for beat in self._workers:
+            active.add_metric([beat["name"]], beat["active"])
+            slots.add_metric([beat["name"]], beat["concurrency"])
+        yield active
+        yield slots
         pending = GaugeMetricFamily(
             "jobql_queue_pending", "Messages waiting in the broker, by queue.", labels=["queue"]
         )
@@ -165,7 +179,7 @@ async def metrics(request: Request) -> Response:
         fields: dict[str, str] = await records.hgetall(METRICS_KEY)  # type: ignore[assignment]
         shared.append(_JobFigures(job_figures.parse(fields)))
         workers, queues = await asyncio.gather(state.health.workers(), state.health.queues())
-        shared.append(_Workers(len(workers), {q.name: q.pending for q in queues}))
+        shared.append(_Workers(workers, {q.name: q.pending for q in queues}))
     except Exception as exc:  # Redis down: this process's figures still help
         logger.warning("/metrics without the job figures: %s", type(exc).__name__)
     body = await asyncio.to_thread(_exposition, shared)

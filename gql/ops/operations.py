@@ -39,23 +39,28 @@ class OperationObserver(SchemaExtension):
     def on_operation(self) -> Iterator[None]:
         started = time.perf_counter()
         transport = TRANSPORT.get()
-        subscription = False
+        self._open_on: str | None = None  # the transport a subscription was counted open on
         outcome = "error"
         try:
-            try:
-                kind = self.execution_context.operation_type
-            except Exception:
-                kind = None  # not parsed yet; known after the yield when the query is valid
-            subscription = kind is OperationType.SUBSCRIPTION
-            if subscription:
-                metrics.SUBSCRIPTIONS.labels(transport).inc()
             yield
             result = self.execution_context.result
             outcome = "error" if result is None or getattr(result, "errors", None) else "ok"
         finally:
-            if subscription:
-                metrics.SUBSCRIPTIONS.labels(transport).dec()
+            if self._open_on is not None:
+                metrics.SUBSCRIPTIONS.labels(self._open_on).dec()
             self._record(started, transport, outcome)
+
+    def on_parse(self) -> Iterator[None]:
+        """Count a subscription open once its document is parsed: ``on_operation`` begins
+        before the parse, when the operation's type is not known yet."""
+        yield
+        try:
+            kind = self.execution_context.operation_type
+        except Exception:
+            return  # did not parse: answered with an error, never open
+        if kind is OperationType.SUBSCRIPTION:
+            self._open_on = TRANSPORT.get()
+            metrics.SUBSCRIPTIONS.labels(self._open_on).inc()
 
     def _record(self, started: float, transport: str, outcome: str) -> None:
         context = self.execution_context
