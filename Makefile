@@ -53,7 +53,7 @@ test: sync  ## lint, type-check, build the docs, the tests against real services
 
 .PHONY: test-main test-contract-pass test-django-results test-django-example test-rabbitmq test-postgres
 test-main: sync
-	$(BIN)/python -m pytest $(PARALLEL)
+	$(BIN)/python -m pytest $(PARALLEL) --durations=25
 
 test-contract-pass:
 	$(MAKE) --no-print-directory test-contract PYTHON=$(CONTRACT_PYTHON) VENV=$(CONTRACT_VENV)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,14 +21,18 @@ def node_packages() -> Path:
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("Node.js (node and npm) is not installed: the Apollo Client suite needs it")
     lock = (E2E / "package-lock.json").read_bytes()
-    if not _STAMP.exists() or _STAMP.read_bytes() != lock:
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=E2E,
-            check=True,
-            timeout=600,
-        )
-        _STAMP.write_bytes(lock)
+    # pytest-xdist runs the Node.js tests in several processes at once: one installs while
+    # the others wait (two `npm ci` at once clobber each other's node_modules).
+    with (E2E / ".npm-install.lock").open("w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        if not _STAMP.exists() or _STAMP.read_bytes() != lock:
+            subprocess.run(
+                ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                cwd=E2E,
+                check=True,
+                timeout=600,
+            )
+            _STAMP.write_bytes(lock)
     return E2E
 
 
