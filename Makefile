@@ -7,7 +7,7 @@ PORT ?= 8000
 # uv installs from the lock; it is itself pinned and bootstrapped with pip into .tools.
 UV_VERSION := 0.13.9
 UV := .tools/bin/uv
-EXTRAS := --extra dev --extra embedded --extra django --extra docs
+EXTRAS := --extra dev --extra embedded --extra django --extra docs --extra otel
 SYNC = UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --quiet --python $(PYTHON) $(EXTRAS)
 # pytest-xdist: the live tests mostly wait on real processes, so three run at once on two cores;
 # worksteal hands a finished worker the others' queued tests (main pass 400 s -> 333 s: with the
