@@ -34,7 +34,14 @@ FIELDS = (
     "transport",
     "duration_ms",
     "worker",
+    # With tracing on (tasks.core.tracing): the trace and span current when the line was logged.
+    "trace_id",
+    "span_id",
 )
+
+# Filters every line passes, added once a process turned tracing on (tasks.core.tracing_sdk).
+_line_filters: list[logging.Filter] = []
+_handler: logging.Handler | None = None  # the handler configure_logging installed last
 
 
 class _RequestId(logging.Filter):
@@ -128,6 +135,10 @@ def configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
     handler.addFilter(_RequestId())
+    for extra in _line_filters:
+        handler.addFilter(extra)
+    global _handler
+    _handler = handler
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -146,6 +157,13 @@ def configure_logging(settings: Settings) -> None:
     # tasks.worker.job_metrics logs each run's end without them. Its failures still show (ERROR).
     if settings.log_level != "DEBUG":
         logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
+
+
+def add_line_filter(line_filter: logging.Filter) -> None:
+    """Run ``line_filter`` on every line: of the handler in place and of any installed later."""
+    _line_filters.append(line_filter)
+    if _handler is not None:
+        _handler.addFilter(line_filter)
 
 
 @setup_logging.connect
