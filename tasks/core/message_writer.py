@@ -86,6 +86,9 @@ def offline_channel(
         connection.transport.cycle.poller.close()
 
 
+SAMPLE_TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
 def sample_options(now: datetime) -> list[dict[str, Any]]:
     """A spread of ``apply_async`` options the API passes on, for checks and tests."""
     later = now + timedelta(minutes=5)
@@ -97,6 +100,8 @@ def sample_options(now: datetime) -> list[dict[str, Any]]:
         {"priority": 0},
         {"priority": 7},
         {"queue": "reports", "priority": 9, "eta": later, "expires": later + timedelta(hours=1)},
+        # A traced enqueue (tasks.core.tracing): W3C trace context beside the owner.
+        {"trace": {"traceparent": SAMPLE_TRACEPARENT, "tracestate": "jobql=1"}},
     ]
 
 
@@ -114,11 +119,12 @@ def stock_message(
     expires: datetime | None = None,
     priority: int | None = None,
     owner: str | None = None,
+    trace: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The message as Celery's producer would store it on Redis, from Celery's and kombu's parts.
 
-    ``as_task_v2`` builds the headers and body, the ``owner`` header merged in as
-    ``send_task(headers=...)`` does and the input representations hidden as JobQL's
+    ``as_task_v2`` builds the headers and body, the ``owner`` and ``trace`` headers merged in
+    as ``send_task(headers=...)`` does and the input representations hidden as JobQL's
     ``before_task_publish`` receiver does (``tasks.core.app``); kombu's channel wraps and
     encodes them as ``Producer.publish`` has it do. The two properties ``publish`` itself adds
     (``delivery_mode``, ``expiration``) are set here the way kombu 5.7.0 sets them.
@@ -133,7 +139,8 @@ def stock_message(
         now=now,
         ignore_result=None,  # what ``send_task`` passes when not told
     )
-    headers = {**sent.headers, **({OWNER_HEADER: owner} if owner is not None else {})}
+    given = {**({OWNER_HEADER: owner} if owner is not None else {}), **(trace or {})}
+    headers = {**sent.headers, **given}
     hide_input(headers)
     properties: dict[str, Any] = {**sent.properties, "delivery_mode": 2}
     if expires is not None:

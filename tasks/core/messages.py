@@ -68,9 +68,13 @@ def task_message(
     expires: datetime | None = None,
     priority: int | None = None,
     owner: str | None = None,
+    trace: dict[str, str] | None = None,
 ) -> str:
     """The JSON a Celery 5 producer would LPUSH for ``apply_async(kwargs=..., ...)``, with
-    the job's ``owner`` as the header :data:`OWNER_HEADER` (as ``headers=`` would add it)."""
+    the job's ``owner`` as the header :data:`OWNER_HEADER` and the ``trace`` headers
+    (``traceparent``, ``tracestate``: :func:`tasks.core.tracing.current_headers`) beside it, as
+    ``headers=`` would add them, and where OpenTelemetry's Celery instrumentation puts and reads
+    them."""
     if countdown is not None:
         eta = now + timedelta(seconds=countdown)
     body = [[], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
@@ -114,6 +118,8 @@ def task_message(
     }
     if owner is not None:
         message["headers"][OWNER_HEADER] = owner
+    if trace:
+        message["headers"].update(trace)
     # The envelope holds strings, small ints, None and empty containers only: orjson
     # writes the JSON json.dumps would, bar non-ASCII kept as UTF-8 instead of \u escapes
     # (in a task, queue or owner name), which any JSON reader, kombu's included, reads the same.

@@ -1,19 +1,25 @@
 """The tracing set-up's parts, in process, on a tracer provider of the test's own (never the
 global one): which exporters ``OTEL_TRACES_EXPORTER`` picks, the Redis tracer that stays out of
-work done outside a trace, and log lines' ids."""
+work done outside a trace, log lines' ids, and the message header a worker's Celery
+instrumentation reads."""
 
 from __future__ import annotations
 
+import json
 import logging
+from datetime import UTC, datetime
 
 import pytest
-from opentelemetry import trace
+from celery.app.task import Context
+from opentelemetry import propagate, trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.instrumentation.celery import celery_getter
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tasks.core import tracing_sdk
+from tasks.core.messages import task_message
 
 
 @pytest.fixture
@@ -83,3 +89,22 @@ def test_log_lines_carry_the_current_trace(provider: TracerProvider) -> None:
     context = span.get_span_context()
     assert record.trace_id == trace.format_trace_id(context.trace_id)
     assert record.span_id == trace.format_span_id(context.span_id)
+
+
+def test_the_message_writer_puts_the_trace_where_the_celery_instrumentation_reads_it(
+    provider: TracerProvider,
+) -> None:
+    """The worker's run span's parent, as OpenTelemetry's Celery instrumentation finds it at
+    ``task_prerun``: in the request, which holds the message's headers as attributes."""
+    with provider.get_tracer("jobql").start_as_current_span("apply_async/t") as publish:
+        headers = tracing_sdk.Tracing.current_headers()
+    assert headers is not None and set(headers) == {"traceparent"}
+    message = json.loads(
+        task_message(
+            task="t", job_id="j", kwargs={}, queue="jobql", now=datetime.now(UTC), trace=headers
+        )
+    )
+    request = Context(message["headers"])
+    parent = trace.get_current_span(propagate.extract(request, getter=celery_getter))
+    assert parent.get_span_context().trace_id == publish.get_span_context().trace_id
+    assert parent.get_span_context().span_id == publish.get_span_context().span_id
