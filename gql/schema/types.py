@@ -119,6 +119,12 @@ class Job:
     schedule_id: strawberry.ID | None = strawberry.field(
         default=None, description="That schedule's id (`schedule(id)`)."
     )
+    trace_id: str | None = strawberry.field(
+        default=None,
+        description="The OpenTelemetry trace the job was enqueued in (32 hex digits), which "
+        "holds its publish, its runs on workers and its webhook deliveries; null unless the "
+        "server traces (JOBQL_OPENTELEMETRY).",
+    )
 
     @strawberry.field(description="Every attempt to deliver this job's webhook, oldest first.")
     async def webhook_deliveries(self, info: strawberry.Info) -> list[WebhookDelivery]:
@@ -150,6 +156,7 @@ class Job:
             worker=snapshot.worker,
             schedule=snapshot.schedule,
             schedule_id=strawberry.ID(snapshot.schedule_id) if snapshot.schedule_id else None,
+            trace_id=snapshot.trace_id,
         )
 
 

@@ -241,6 +241,8 @@ class JobSnapshot:
     schedule: str | None = None
     # Only on an event of a workflow's channel: the workflow's record after this change.
     workflow: dict[str, str] | None = None
+    # The trace the job was enqueued in, with tracing on (tasks.core.tracing).
+    trace_id: str | None = None
 
     @property
     def done(self) -> bool:
@@ -273,6 +275,7 @@ class JobSnapshot:
             worker=fields.get("worker") or None,
             schedule_id=fields.get("schedule_id") or None,
             schedule=fields.get("schedule") or None,
+            trace_id=fields.get("trace_id") or None,
         )
 
     @classmethod
@@ -299,11 +302,14 @@ def new_record(
     workflow_id: str | None = None,
     webhook: tuple[str, str] | None = None,
     schedule: tuple[str, str] | None = None,
+    trace_id: str | None = None,
 ) -> dict[str, str]:
     """A PENDING record; ``webhook`` is (url, events) with events comma-separated,
-    ``schedule`` the (id, name) of the schedule this job is a run of.
+    ``schedule`` the (id, name) of the schedule this job is a run of, ``trace_id`` the trace
+    it was enqueued in.
 
-    The workflow, webhook and schedule fields are written only when set: most jobs have none.
+    The workflow, webhook, schedule and trace fields are written only when set: most jobs
+    have none.
     """
     fields = {
         "id": job_id,
@@ -323,6 +329,8 @@ def new_record(
         fields["webhook_url"], fields["webhook_events"] = webhook
     if schedule:
         fields["schedule_id"], fields["schedule"] = schedule
+    if trace_id:
+        fields["trace_id"] = trace_id
     return fields
 
 
