@@ -42,7 +42,7 @@ from gql.services.workers import Broker, WorkerDirectory
 from gql.services.workflow_store import WorkflowStore
 from gql.services.workflows import WorkflowService
 from tasks.core import compat as fast_paths
-from tasks.core import slots
+from tasks.core import slots, tracing
 from tasks.core.app import registry
 from tasks.core.logs import configure_logging
 from tasks.core.settings import Environment, Settings, get_settings
@@ -73,6 +73,8 @@ def create_app(
             "from your Django project with gql.django"
         )
     configure_logging(settings)
+    # JOBQL_OPENTELEMETRY=true with the `otel` extra: the SDK from OTEL_*, before any span.
+    tracing.setup(settings, "api")
     load_task_modules(settings)
     compat.decide_all(settings)
     slots.configure(settings.layout)
@@ -155,6 +157,9 @@ def create_app(
             if redis is not records:
                 await redis.aclose()
 
+    # FastAPI's native OpenTelemetry makes each request's server span (and WebSocket's),
+    # on whatever provider is set: JobQL's (tasks.core.tracing) or the host's. It never sets
+    # one up itself: two set-ups would export every span twice.
     telemetry = settings.opentelemetry
     app = FastAPI(
         title="JobQL",
@@ -164,7 +169,12 @@ def create_app(
         redoc_url=None,
         openapi_url="/openapi.json" if http.openapi else None,
         lifespan=lifespan,
-        telemetry={"tracing": telemetry, "metrics": telemetry, "logs": telemetry},
+        telemetry={
+            "tracing": telemetry,
+            "metrics": telemetry,
+            "logs": telemetry,
+            "auto_configure": False,
+        },
     )
     protocols = tuple(
         p

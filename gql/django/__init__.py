@@ -33,6 +33,7 @@ from gql.services.auth import Principal
 from gql.services.blocking import BlockingJobs
 from gql.services.plans import EnqueueRequest
 from gql.services.schedule_store import ScheduleStore
+from tasks.core import tracing
 from tasks.core.app import celery_app, registry
 from tasks.core.registry import TaskSpec
 from tasks.core.settings import Settings, get_settings
@@ -202,7 +203,9 @@ def enqueue_on_commit(
     job_id = jobs.prepare(task, data, owner, options).fields["id"]
 
     def start() -> None:
-        jobs.write(jobs.prepare(task, data, owner, options, job_id))
+        with tracing.publishing(task if isinstance(task, str) else task.name) as span:
+            jobs.write(jobs.prepare(task, data, owner, options, job_id))
+            tracing.published(span, job_id)
 
     transaction.on_commit(start, using=using)
     return job_id

@@ -18,6 +18,7 @@ from strawberry.extensions import SchemaExtension
 from strawberry.types.graphql import OperationType
 
 from gql.ops import metrics
+from tasks.core import tracing
 
 logger = logging.getLogger("gql.ops.operations")
 
@@ -41,14 +42,20 @@ class OperationObserver(SchemaExtension):
         transport = TRANSPORT.get()
         self._open_on: str | None = None  # the transport a subscription was counted open on
         outcome = "error"
-        try:
-            yield
-            result = self.execution_context.result
-            outcome = "error" if result is None or getattr(result, "errors", None) else "ok"
-        finally:
-            if self._open_on is not None:
-                metrics.SUBSCRIPTIONS.labels(self._open_on).dec()
-            self._record(started, transport, outcome)
+        # With tracing on, the operation's span: a child of the request's (FastAPI's), the
+        # parent of its resolvers' work, e.g. an enqueue's publish. One per operation, never
+        # per field, and it holds neither the document nor the variables (a job's input).
+        with tracing.span("graphql operation") as self._span:
+            try:
+                yield
+                result = self.execution_context.result
+                outcome = "error" if result is None or getattr(result, "errors", None) else "ok"
+            finally:
+                if self._open_on is not None:
+                    metrics.SUBSCRIPTIONS.labels(self._open_on).dec()
+                if outcome == "error":
+                    tracing.failed(self._span, "graphql_error")
+                self._record(started, transport, outcome)
 
     def on_parse(self) -> Iterator[None]:
         """Count a subscription open once its document is parsed: ``on_operation`` begins
@@ -58,6 +65,12 @@ class OperationObserver(SchemaExtension):
             kind = self.execution_context.operation_type
         except Exception:
             return  # did not parse: answered with an error, never open
+        if self._span is not None:
+            name = self.execution_context.operation_name
+            attributes = {"graphql.operation.type": kind.value}
+            if name:
+                attributes["graphql.operation.name"] = name
+            tracing.rename(self._span, f"{kind.value} {name}" if name else kind.value, attributes)
         if kind is OperationType.SUBSCRIPTION:
             self._open_on = TRANSPORT.get()
             metrics.SUBSCRIPTIONS.labels(self._open_on).inc()

@@ -15,7 +15,7 @@ from gql.ops.operations import job_enqueued
 from gql.services.errors import BadUserInput
 from gql.services.plans import EnqueueRequest, JobPlanner, Prepared, replayed
 from gql.services.producer import send_task
-from tasks.core import events, records, redis_clients, scripts, slots
+from tasks.core import events, records, redis_clients, scripts, slots, tracing
 from tasks.core.app import create_celery_app
 from tasks.core.message_writer import writes_messages
 from tasks.core.records import JobSnapshot
@@ -87,7 +87,10 @@ class BlockingJobs:
         owner: str,
         options: EnqueueRequest | None = None,
     ) -> JobSnapshot:
-        return self.write(self.prepare(task, data, owner, options))
+        with tracing.publishing(task if isinstance(task, str) else task.name) as span:
+            snapshot = self.write(self.prepare(task, data, owner, options))
+            tracing.published(span, snapshot.id)
+            return snapshot
 
     def get(self, job_id: str) -> JobSnapshot | None:
         row: dict[str, str] = self._redis.hgetall(records.job_key(job_id))  # type: ignore[assignment]

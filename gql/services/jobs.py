@@ -12,7 +12,7 @@ from gql.services.errors import BadUserInput, NotFound, ServiceUnavailable
 from gql.services.plans import EnqueueRequest, JobPlanner, Prepared, replayed
 from gql.services.producer import Producer
 from gql.services.store import JobStore
-from tasks.core import records
+from tasks.core import records, tracing
 from tasks.core.records import CANCELLABLE_STATES, JobSnapshot, JobState
 from tasks.core.registry import TaskRegistry, TaskSpec
 from tasks.core.scripts import PageQuery
@@ -60,6 +60,21 @@ class JobService:
         ``inputs.3.userId`` for a typed batch, ``input.userId`` for one job (no path).
         """
         self.planner.check_size(items, path)  # before any webhook's URL is resolved
+        if not tracing.enabled():
+            return await self._enqueue_many(items, owner, path)
+        names = {task if isinstance(task, str) else task.name for task, _, _ in items}
+        with tracing.publishing(names.pop() if len(names) == 1 else "batch", len(items)) as span:
+            snapshots = await self._enqueue_many(items, owner, path)
+            if len(snapshots) == 1:
+                tracing.published(span, snapshots[0].id)
+            return snapshots
+
+    async def _enqueue_many(
+        self,
+        items: Sequence[tuple[TaskSpec | str, Any, EnqueueRequest]],
+        owner: str,
+        path: str | None,
+    ) -> list[JobSnapshot]:
         for index, (_, _, options) in enumerate(items):
             if options.webhook is not None:
                 where = "options.webhook" if path is None else f"{path}.{index}.options.webhook"

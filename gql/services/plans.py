@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from gql.services.errors import BadUserInput, NotFound
 from gql.services.producer import Delivery
 from gql.services.webhooks import Webhook
-from tasks.core import records, slots
+from tasks.core import records, slots, tracing
 from tasks.core.messages import PRIORITY_STEPS, queue_key, task_message
 from tasks.core.records import JobSnapshot
 from tasks.core.registry import TaskRegistry, TaskSpec
@@ -132,6 +132,7 @@ class JobPlanner:
             created_at=created,
             idempotency=options.idempotency_key,
             webhook=options.webhook.as_fields() if options.webhook else None,
+            trace_id=tracing.current_trace_id(),
         )
         if len(fields["input"]) > self.settings.max_input_bytes:
             limit = self.settings.max_input_bytes
@@ -149,6 +150,9 @@ class JobPlanner:
                 expires=delivery.expires,
                 priority=delivery.priority,
                 owner=owner,
+                # The caller's publish span (JobService.enqueue_many): the worker's run
+                # span is its child (tasks.core.tracing).
+                trace=tracing.current_headers(),
             )
             message = (queue_key(delivery.queue, delivery.priority), body)
         return Prepared(spec, kwargs, shown_input, delivery, fields, message)

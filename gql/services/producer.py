@@ -9,6 +9,7 @@ fail at once, without I/O, for ``_BROKER_DOWN_FOR`` seconds.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -97,8 +98,12 @@ class Producer:
         )
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn`` on the producer's threads, in the caller's context: the span current here
+        is the parent of what the thread does (Celery's publish, traced by
+        :mod:`tasks.core.tracing`), as ``asyncio.to_thread`` would have it."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+        context = contextvars.copy_context()
+        return await loop.run_in_executor(self._pool, lambda: context.run(fn, *args, **kwargs))
 
     async def publish(
         self,
