@@ -11,8 +11,11 @@ import logging
 from typing import Any
 
 from celery import Celery
+from celery.concurrency import get_implementation
+from celery.concurrency.prefork import TaskPool as PreforkPool
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
-from tasks.core import compat
+from tasks.core import compat, tracing
 from tasks.core.settings import Settings
 
 # Imported for their receivers: revocations and tasks not built on JobTask are recorded in
@@ -49,3 +52,32 @@ def attach(app: Celery, settings: Settings) -> None:
     # (tasks.worker.reaper); deletes expired results from a database backend.
     for step in (Heartbeat, Reaper, results.ResultCleanup):
         app.steps["worker"].add(step)
+    if settings.opentelemetry:
+        trace_runs(settings)
+
+
+def trace_runs(settings: Settings) -> None:
+    """Tracing (:mod:`tasks.core.tracing`) where tasks run: in each prefork pool process as it
+    starts, as OpenTelemetry's Celery instrumentation asks (the SDK's export thread and
+    connection are then that process's own), or in the worker itself with another pool. A pool
+    process exports what it still holds before it exits (it ends with ``os._exit``, which runs
+    no ``atexit``)."""
+
+    def start() -> None:
+        if tracing.setup(settings, "worker"):
+            job_metrics.start_lines_in_run_spans()
+
+    def in_pool_process(**_: Any) -> None:
+        start()
+
+    def in_worker(sender: Any = None, **_: Any) -> None:
+        pool = get_implementation(getattr(sender, "pool_cls", None) or "prefork")
+        if not (isinstance(pool, type) and issubclass(pool, PreforkPool)):
+            start()
+
+    def flush(**_: Any) -> None:
+        tracing.shutdown()
+
+    worker_process_init.connect(in_pool_process, weak=False)
+    worker_init.connect(in_worker, weak=False)
+    worker_process_shutdown.connect(flush, weak=False)

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from celery import Task
 
-from tasks.core import events, records
+from tasks.core import events, records, tracing
 from tasks.core.app import celery_app
 from tasks.core.records import JobSnapshot
 from tasks.core.scripts import Hooks
@@ -232,11 +232,26 @@ def post(destination: Destination, message_id: str, body: bytes) -> int:
         connection = _PinnedHTTPS(destination, settings.webhook_timeout, _tls)
     else:
         connection = _PinnedHTTP(destination, settings.webhook_timeout)
-    try:
-        connection.request("POST", destination.target, body=body, headers=headers)
-        return int(connection.getresponse().status)
-    finally:
-        connection.close()
+    # With tracing on, the POST's client span (http.client has no instrumentation of its
+    # own), and its trace in the request's headers, as an instrumented HTTP client sends it.
+    attributes = {
+        "http.request.method": "POST",
+        "server.address": destination.host,
+        "server.port": destination.port,
+        "url.scheme": "https" if destination.https else "http",
+    }
+    with tracing.span("POST", "client", attributes) as span:
+        headers |= tracing.current_headers() or {}
+        try:
+            connection.request("POST", destination.target, body=body, headers=headers)
+            status = int(connection.getresponse().status)
+        finally:
+            connection.close()
+        if span is not None:
+            span.set_attribute("http.response.status_code", status)
+            if status >= 400:
+                tracing.failed(span, str(status))
+        return status
 
 
 class WebhookTask(Task):  # type: ignore[misc]
