@@ -3,6 +3,7 @@ loads the worker."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -89,8 +90,50 @@ def test_the_api_builds_without_the_optional_extras() -> None:
     assert done.stdout.strip().endswith("built"), done.stderr[-2000:]
 
 
-def _python(script: str) -> subprocess.CompletedProcess[str]:
+# What the libraries import of OpenTelemetry on their own: FastAPI its API (for its native
+# telemetry), redis-py its SDK's metrics when installed (redis.observability); the rest of
+# OpenTelemetry is JobQL's to load, with JOBQL_OPENTELEMETRY=true only.
+_OWN_OTEL = """
+import sys
+import fastapi, redis
+before = {m for m in sys.modules if m.startswith("opentelemetry")}
+def loaded_since():
+    return sorted(m for m in sys.modules if m.startswith("opentelemetry") and m not in before)
+"""
+
+
+def test_tracing_off_loads_nothing_of_opentelemetry() -> None:
+    """``JOBQL_OPENTELEMETRY`` unset, the ``otel`` extra installed: the API and a worker's
+    parts load no module of OpenTelemetry beyond what their libraries import themselves."""
+    script = _OWN_OTEL + (
+        "from gql.app import create_app; create_app(); import tasks.worker.app; "
+        "print(loaded_since(), 'tasks.core.tracing_sdk' in sys.modules)"
+    )
+    done = _python(script, JOBQL_OPENTELEMETRY="false")
+    assert done.stdout.strip().splitlines()[-1] == "[] False", done.stderr[-2000:]
+
+
+def test_tracing_on_without_the_extra_builds_and_says_so() -> None:
+    """``JOBQL_OPENTELEMETRY=true`` where the ``otel`` extra is not installed (its packages
+    blocked, as if absent): the API builds and warns once, and loads nothing more."""
+    absent = ("opentelemetry.sdk", "opentelemetry.exporter", "opentelemetry.instrumentation")
+    script = (
+        f"import sys; sys.modules.update(dict.fromkeys({absent!r}))\n"
+        + _OWN_OTEL
+        + ("from gql.app import create_app; create_app(); print(loaded_since())")
+    )
+    done = _python(script, JOBQL_OPENTELEMETRY="true")
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stderr[-2000:]
+    assert done.stderr.count("OpenTelemetry's SDK is not installed") == 1, done.stderr[-2000:]
+
+
+def _python(script: str, **env: str) -> subprocess.CompletedProcess[str]:
     """``script`` in a fresh interpreter of the test environment, from the repository."""
     return subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=False
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **env} if env else None,
     )
