@@ -127,8 +127,10 @@ class Settings(BaseSettings):
     # /openapi.json. Off unless asked for; its Swagger UI and ReDoc pages load from a CDN
     # and are never served.
     openapi: bool = False
-    # FastAPI's native OpenTelemetry. Off, it costs nothing; on, FastAPI checks for
-    # configured providers on every request (~3% of a small query's CPU, measured).
+    # Traces (tasks.core.tracing): FastAPI's native OpenTelemetry (each request's server
+    # span) and, with the `otel` extra, the SDK set up from the standard OTEL_* variables in
+    # the API and every worker: operations, enqueues, runs, retries, webhook deliveries.
+    # Off, it costs nothing; its cost on is in docs/operating/tracing.md.
     opentelemetry: bool = False
     # The speed-ups through libraries' internals (tasks.core.compat); false runs the stock
     # code. Fixes of library bugs stay on either way. ``fast_paths_off`` turns single
