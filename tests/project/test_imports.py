@@ -68,28 +68,6 @@ def test_the_api_and_the_kernel_never_import_the_worker() -> None:
     assert reaching == ["tasks.core.app -> tasks.worker.app"]
 
 
-def test_an_api_process_loads_no_worker_module() -> None:
-    """The proof at run time: the whole API built, with every task declared, and not one
-    module of ``tasks.worker`` in the process."""
-    script = (
-        "import sys; from gql.app import create_app; create_app(); "
-        "print(sorted(m for m in sys.modules if m.startswith('tasks.worker')))"
-    )
-    done = _python(script)
-    assert done.stdout.strip().splitlines()[-1] == "[]", done.stderr[-2000:]
-
-
-def test_the_api_builds_without_the_optional_extras() -> None:
-    """A plain ``pip install jobql`` has no SQLAlchemy (the ``postgres`` extra brings it):
-    the API and the declared Celery app import and build without it."""
-    script = (
-        "import sys; sys.modules['sqlalchemy'] = None; "  # as if not installed
-        "import tasks.core.app; from gql.app import create_app; create_app(); print('built')"
-    )
-    done = _python(script)
-    assert done.stdout.strip().endswith("built"), done.stderr[-2000:]
-
-
 # What the libraries import of OpenTelemetry on their own: FastAPI its API (for its native
 # telemetry), redis-py its SDK's metrics when installed (redis.observability); the rest of
 # OpenTelemetry is JobQL's to load, with JOBQL_OPENTELEMETRY=true only.
@@ -102,28 +80,36 @@ def loaded_since():
 """
 
 
-def test_tracing_off_loads_nothing_of_opentelemetry() -> None:
-    """``JOBQL_OPENTELEMETRY`` unset, the ``otel`` extra installed: the API and a worker's
-    parts load no module of OpenTelemetry beyond what their libraries import themselves."""
+def test_an_api_process_loads_no_worker_module_nor_tracing_when_off() -> None:
+    """The proof at run time: the whole API built, with every task declared, and not one
+    module of ``tasks.worker`` in the process. Then, with ``JOBQL_OPENTELEMETRY`` off and the
+    ``otel`` extra installed, neither the API nor a worker's parts loaded anything of
+    OpenTelemetry beyond what their libraries import themselves."""
     script = _OWN_OTEL + (
-        "from gql.app import create_app; create_app(); import tasks.worker.app; "
-        "print(loaded_since(), 'tasks.core.tracing_sdk' in sys.modules)"
+        "from gql.app import create_app; create_app(); "
+        "print(sorted(m for m in sys.modules if m.startswith('tasks.worker'))); "
+        "import tasks.worker.app; print(loaded_since(), 'tasks.core.tracing_sdk' in sys.modules)"
     )
     done = _python(script, JOBQL_OPENTELEMETRY="false")
-    assert done.stdout.strip().splitlines()[-1] == "[] False", done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-2:] == ["[]", "[] False"], done.stderr[-2000:]
 
 
-def test_tracing_on_without_the_extra_builds_and_says_so() -> None:
-    """``JOBQL_OPENTELEMETRY=true`` where the ``otel`` extra is not installed (its packages
-    blocked, as if absent): the API builds and warns once, and loads nothing more."""
-    absent = ("opentelemetry.sdk", "opentelemetry.exporter", "opentelemetry.instrumentation")
+def test_the_api_builds_without_the_optional_extras() -> None:
+    """A plain ``pip install jobql`` has no SQLAlchemy (the ``postgres`` extra brings it) and
+    no OpenTelemetry SDK (the ``otel`` extra): the API and the declared Celery app import and
+    build without them, ``JOBQL_OPENTELEMETRY=true`` included, which warns once and loads
+    nothing of OpenTelemetry beyond what the libraries import themselves."""
+    absent = (
+        "sqlalchemy", "opentelemetry.sdk", "opentelemetry.exporter", "opentelemetry.instrumentation"
+    )  # fmt: skip
     script = (
-        f"import sys; sys.modules.update(dict.fromkeys({absent!r}))\n"
+        f"import sys; sys.modules.update(dict.fromkeys({absent!r}))\n"  # as if not installed
         + _OWN_OTEL
-        + ("from gql.app import create_app; create_app(); print(loaded_since())")
+        + "import tasks.core.app; from gql.app import create_app; create_app(); "
+        "print('built', loaded_since())"
     )
     done = _python(script, JOBQL_OPENTELEMETRY="true")
-    assert done.stdout.strip().splitlines()[-1] == "[]", done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "built []", done.stderr[-2000:]
     assert done.stderr.count("OpenTelemetry's SDK is not installed") == 1, done.stderr[-2000:]
 
 
