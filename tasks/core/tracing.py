@@ -55,7 +55,7 @@ def enabled() -> bool:
 
 
 def shutdown() -> None:
-    """Export what is still buffered and stop (a worker's pool process, before it exits)."""
+    """Export what is still buffered (a worker's pool process, before it exits)."""
     if _sdk is not None:
         _sdk.shutdown()
 

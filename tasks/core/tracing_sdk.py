@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from importlib.metadata import entry_points
@@ -51,6 +52,8 @@ KINDS = {
     "producer": SpanKind.PRODUCER,
     "consumer": SpanKind.CONSUMER,
 }
+FLUSH_AT_EXIT_SECONDS = 3.0
+
 # OTEL_TRACES_EXPORTER=otlp, by OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL: the entry points of the
 # OTLP exporters' packages (the `otel` extra brings the HTTP one; gRPC's is installed apart).
 OTLP_EXPORTERS = {"http/protobuf": "otlp_proto_http", "grpc": "otlp_proto_grpc"}
@@ -186,9 +189,16 @@ class Tracing:
         return cls(provider)
 
     def shutdown(self) -> None:
+        """Export what is buffered, waiting at most a few seconds: the process exits next
+        (a pool process by ``os._exit``), and an unreachable collector must not hold up a
+        worker's shutdown for the exporter's timeout and its retries."""
+        # On a thread of its own: the SDK's force_flush ignores its timeout (1.45), and its
+        # shutdown waits up to 30 s for the export thread.
         shutdown = getattr(self.provider, "shutdown", None)
         if shutdown is not None:
-            shutdown()
+            stopping = threading.Thread(target=shutdown, name="jobql-tracing-exit", daemon=True)
+            stopping.start()
+            stopping.join(FLUSH_AT_EXIT_SECONDS)
 
     def span(
         self, name: str, kind: str, attributes: Attributes
