@@ -19,7 +19,7 @@ from devtools.valkey import EmbeddedValkey
 from tasks.core.settings import Settings
 from tests.conftest import AsyncGraphQL, GraphQL, running_api, running_worker, service_env
 from tests.live.test_webhooks import Receiver
-from tests.support.clients import graphql_transport_ws
+from tests.support.clients import TRANSPORTS, graphql_transport_ws
 from tests.support.otlp import Collector, Span, running_collector
 
 # The RabbitMQ pass runs it again: the API then sends through Celery's producer, not its writer.
@@ -128,6 +128,11 @@ async def test_one_trace_from_the_request_to_the_worker_and_the_webhook(traced: 
             assert stream.completed and stream.jobs[-1]["state"] == "SUCCESS", stream.results
             assert {seen["traceId"] for seen in stream.jobs} == {trace_id}
             await receiver.wait_for(1)
+            # Every other transport's subscription too (each runs its operation's span in
+            # its own way: a detached context would show as an error in the API's log).
+            for name, transport in TRANSPORTS.items():
+                seen = await transport(traced.api.base_url, WATCH, {"id": job["id"]}, within=10)
+                assert seen.completed and seen.jobs[-1]["traceId"] == trace_id, (name, seen)
     finally:
         receiver.server.shutdown()
         receiver.server.server_close()
@@ -176,8 +181,9 @@ async def test_one_trace_from_the_request_to_the_worker_and_the_webhook(traced: 
     others = [s for s in everything if s.trace_id != trace_id]
     print(_tree(others))  # noqa: T201
     assert {s.kind for s in others if s.parent_id not in ids} == {"server"}, _tree(others)
-    watch = _one(others, name="subscription Watch")
-    assert _one(others, span_id=watch.parent_id).name == "WS /graphql"
+    watches = [s for s in others if s.name == "subscription Watch"]
+    parents = sorted(_one(others, span_id=watch.parent_id).name for watch in watches)
+    assert parents == ["POST /graphql"] * 2 + ["WS /graphql"] * 3, parents  # SSE, multipart; WS
 
     # JSON log lines carry the trace and span current when they were written.
     mutation_line = next(
