@@ -113,17 +113,17 @@ class Job:
     worker: str | None = strawberry.field(
         default=None, description="The worker that started the job last."
     )
-    schedule: str | None = strawberry.field(
-        default=None, description="The name of the periodic schedule this job is a run of."
-    )
-    schedule_id: strawberry.ID | None = strawberry.field(
-        default=None, description="That schedule's id (`schedule(id)`)."
-    )
     trace_id: str | None = strawberry.field(
         default=None,
         description="The OpenTelemetry trace the job was enqueued in (32 hex digits), which "
         "holds its publish, its runs on workers and its webhook deliveries; null unless the "
         "server traces (JOBQL_OPENTELEMETRY).",
+    )
+    schedule: str | None = strawberry.field(
+        default=None, description="The name of the periodic schedule this job is a run of."
+    )
+    schedule_id: strawberry.ID | None = strawberry.field(
+        default=None, description="That schedule's id (`schedule(id)`)."
     )
 
     @strawberry.field(description="Every attempt to deliver this job's webhook, oldest first.")
@@ -154,9 +154,9 @@ class Job:
             attempts=snapshot.attempts,
             redelivery=snapshot.redelivery,
             worker=snapshot.worker,
+            trace_id=snapshot.trace_id,
             schedule=snapshot.schedule,
             schedule_id=strawberry.ID(snapshot.schedule_id) if snapshot.schedule_id else None,
-            trace_id=snapshot.trace_id,
         )
 
 

@@ -236,13 +236,13 @@ class JobSnapshot:
     lost: int = 0
     redelivery: str | None = None
     worker: str | None = None
+    # The trace the job was enqueued in, with tracing on (tasks.core.tracing).
+    trace_id: str | None = None
     # A run of a periodic schedule: the schedule's id and name (see tasks.core.schedules).
     schedule_id: str | None = None
     schedule: str | None = None
     # Only on an event of a workflow's channel: the workflow's record after this change.
     workflow: dict[str, str] | None = None
-    # The trace the job was enqueued in, with tracing on (tasks.core.tracing).
-    trace_id: str | None = None
 
     @property
     def done(self) -> bool:
@@ -273,9 +273,9 @@ class JobSnapshot:
             lost=int(fields.get("lost") or 0),
             redelivery=fields.get("redelivery") or None,
             worker=fields.get("worker") or None,
+            trace_id=fields.get("trace_id") or None,
             schedule_id=fields.get("schedule_id") or None,
             schedule=fields.get("schedule") or None,
-            trace_id=fields.get("trace_id") or None,
         )
 
     @classmethod
