@@ -42,7 +42,6 @@ CONSUMER = f"{__name__}:Consumer"
 CELERY_CONSUMER = "celery.worker.consumer:Consumer"
 
 
-
 class Unrunnable(Exception):
     """Why a message cannot become a run; ``kind`` is the error type its job fails with."""
 
