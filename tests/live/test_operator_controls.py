@@ -1,7 +1,7 @@
 """The operator's controls on a stack of their own (a pause reaches every worker of the broker):
 authentication on, an admin and two owners; a queue paused with a job held, a worker started
 during the pause leaving it alone, then resumed and the job run; dead letters listed per owner,
-requeued and discarded; bulk retries scoped to their owner."""
+requeued and discarded. (Bulk controls per owner are in ``test_security``.)"""
 
 from __future__ import annotations
 
@@ -260,28 +260,3 @@ def test_dead_letters_are_listed_per_owner_requeued_to_run_and_discarded(stack: 
                                 timeout=5)  # fmt: skip
         control.app.close()
     assert _letters(stack, "ops")["nodes"] == []
-
-
-def test_a_bulk_retry_reaches_the_callers_jobs_and_an_admins_reaches_everyones(
-    stack: Stack,
-) -> None:
-    fail = "mutation { summarize(input: {fail: true}) { id } }"
-    ids = {owner: stack.data(owner, fail)["summarize"]["id"] for owner in ("alice", "bob")}
-    time.sleep(0.002)
-    window = {"task": "summarize", "states": ["FAILURE"],
-              "createdBefore": datetime.now(UTC).isoformat()}  # fmt: skip
-    assert _eventually(lambda: {stack.state(i) for i in ids.values()} == {"FAILURE"})
-    retry = (
-        "mutation($f: JobFilter!) { retryJobs(filter: $f) "
-        "{ examined retried { id retryId } skipped { id reason } } }"
-    )
-
-    alice = stack.data("alice", retry, f=window)["retryJobs"]
-    assert alice["examined"] == 1 and [r["id"] for r in alice["retried"]] == [ids["alice"]]
-    admin = stack.data("ops", retry, f=window)["retryJobs"]
-    assert admin["examined"] == 2, "an admin's filter reaches every owner's jobs"
-    assert [r["id"] for r in admin["retried"]] == [ids["bob"]]
-    assert [(s["id"], s["reason"]) for s in admin["skipped"]] == [(ids["alice"], "ALREADY_RETRIED")]
-    retry_of_bob = admin["retried"][0]["retryId"]
-    seen_by_bob = stack.data("bob", JOB, id=retry_of_bob)["job"]
-    assert seen_by_bob is not None, "an admin's retry of bob's job is bob's"
