@@ -55,13 +55,19 @@ def _hold_paused(sender: Any = None, **_: Any) -> None:
 
 @worker_ready.connect
 def _catch_up(sender: Any = None, **_: Any) -> None:
-    """Consume the held queues resumed while this worker was starting."""
+    """Once the worker listens to broadcasts: consume the held queues resumed while it was
+    starting, and leave out those paused meanwhile (their broadcast came too early for it)."""
     consumer = sender
-    if not _held or consumer is None:
+    if consumer is None:
         return
+    settings = get_settings()
     try:
         client = redis_clients.worker_client()
-        still = client.hmget(paused_key(get_settings()), _held)
+        still = client.hmget(paused_key(settings), _held) if _held else []
+        queues = [name for name in consumed(consumer) if name not in _held]
+        paused = client.eval(
+            HOLD_SCRIPT, len(queues) + 1, *hold_keys(settings, queues), consumer.hostname, *queues
+        )
     except redis.RedisError as exc:
         logger.warning("could not read the paused queues again (%s)", exc)
         return
@@ -70,3 +76,7 @@ def _catch_up(sender: Any = None, **_: Any) -> None:
             logger.info("queue %s was resumed while this worker started", name)
             consumer.add_task_queue(name)
             _held.remove(name)
+    for name in map(str, paused):
+        logger.warning("queue %s was paused while this worker started: not consuming it", name)
+        consumer.cancel_task_queue(name)
+        _held.append(name)
