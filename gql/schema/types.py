@@ -16,9 +16,11 @@ from gql.schema.webhook_types import WebhookDelivery, WebhookInput
 from gql.services.errors import BadUserInput
 from gql.services.jobs import EnqueueRequest
 from gql.services.webhooks import Webhook, deliveries
+from gql.services.workers import QueueState
 from tasks.core.records import JobSnapshot, to_score
 from tasks.core.records import JobState as JobStateValue
 from tasks.core.registry import TaskSpec
+from tasks.core.scripts import PageQuery
 
 JobState = strawberry.enum(
     JobStateValue,
@@ -267,6 +269,30 @@ class Queue:
     pending: int = strawberry.field(description="Messages waiting in the broker for a worker.")
     consumers: int = strawberry.field(description="Live workers consuming it.")
     workers: list[str] = strawberry.field(description="Their names.")
+    paused: bool = strawberry.field(
+        default=False,
+        description="Paused by `pauseQueue`: its jobs wait until `resumeQueue`.",
+    )
+    paused_since: datetime | None = strawberry.field(
+        default=None, description="When it was paused; null when it is not."
+    )
+    paused_by: str | None = strawberry.field(
+        default=None, description="The admin who paused it; null when it is not paused."
+    )
+
+    @classmethod
+    def from_state(cls, state: QueueState) -> Queue:
+        pause = state.paused or {}
+        since = pause.get("since")
+        return cls(
+            name=state.name,
+            pending=state.pending,
+            consumers=len(state.workers),
+            workers=list(state.workers),
+            paused=state.paused is not None,
+            paused_since=datetime.fromisoformat(since) if since else None,
+            paused_by=pause.get("by"),
+        )
 
 
 @strawberry.input(description="How and when to run a job (Celery's apply_async options).")
@@ -322,6 +348,18 @@ class JobFilter:
     created_before: datetime | None = strawberry.field(
         default=None, description="Only jobs enqueued before this time."
     )
+
+    def query(self, owner: str, limit: int, after: str | None) -> PageQuery:
+        """The page of ``owner``'s jobs this filter selects, ``limit`` of them after ``after``."""
+        return PageQuery(
+            owner=owner,
+            limit=limit,
+            after=decode_cursor(after) if after else None,
+            states=frozenset(self.states or ()),
+            task=self.task,
+            created_after=self.created_after,
+            created_before=self.created_before,
+        )
 
 
 def enqueue_request(options: EnqueueOptions | None) -> EnqueueRequest:

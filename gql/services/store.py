@@ -382,6 +382,44 @@ class JobStore:
             owner, task, workflow = actual
         raise RuntimeError(f"job {snapshot.id} changed owner or task while it was updated")
 
+    async def transition_many(
+        self,
+        snapshots: Sequence[JobSnapshot],
+        state: JobState,
+        fields: dict[str, str],
+        allowed_from: frozenset[JobState],
+    ) -> list[tuple[str, Hooks | None]]:
+        """:meth:`transition_hooked` for many jobs the caller read, in one pipelined round
+        trip (one call per job on a cluster, all at once); a job whose owner, task or workflow
+        changed since it was read is moved again on its own."""
+        calls = [
+            scripts.update_call(
+                s.id,
+                state,
+                fields,
+                owner=s.owner,
+                task=s.task,
+                ttl=self._ttl,
+                allowed_from=allowed_from,
+                workflow=s.workflow_id or "",
+            )
+            for s in snapshots
+        ]
+        if self._cluster:
+            # redis-py's cluster pipeline cannot carry a registered script's call.
+            replies = await asyncio.gather(*(self._update(keys=c.keys, args=c.args) for c in calls))
+        else:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for call in calls:
+                    await self._update(keys=call.keys, args=call.args, client=pipe)
+                replies = await pipe.execute()
+        return [
+            await self.transition_hooked(snapshot, state, fields, allowed_from)
+            if scripts.moved(reply) is not None
+            else scripts.settled(reply)
+            for snapshot, reply in zip(snapshots, replies, strict=True)
+        ]
+
     async def page(self, query: PageQuery) -> list[JobSnapshot]:
         """Up to ``query.limit`` matching jobs, newest first: one call per tag (one round
         trip on one Redis), each page exact, merged here."""
