@@ -104,7 +104,7 @@ class JobTask(Task):  # type: ignore[misc]
         einfo: Any,
     ) -> None:
         if not _builtin(self.name):
-            events.retrying(task_id, self.name, (self.request.retries or 0) + 1)
+            events.retrying(task_id, self.name, (self.request.retries or 0) + 1, exc)
 
     def update_state(
         self,
