@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from devtools.valkey import EmbeddedValkey
-from tasks.core import events, records, redis_clients, timeline
+from tasks.core import events, job_logs, records, redis_clients, timeline
 from tasks.core.records import JobSnapshot, JobState
 from tasks.core.settings import get_settings
 
@@ -202,6 +202,24 @@ def test_a_long_line_is_cut_and_a_job_that_logs_nothing_has_no_list(client: redi
     events.succeeded(quiet, "timeline.test", None)
     assert not client.exists(timeline.logs_key(quiet))
     assert events.logged(str(uuid.uuid4()), "nobody's", logging.INFO) == "missing"
+
+
+def test_python_logging_in_a_running_job_becomes_its_lines(client: redis.Redis) -> None:
+    job = queued()
+    events.started(job, "timeline.test", 0, {}, "jobql", "w1")
+    mine, theirs = logging.getLogger("reports.build"), logging.getLogger("celery.app.trace")
+    try:
+        with job_logs.capturing(job):
+            mine.warning("cache cold for %s", "ada")
+            theirs.warning("the worker's own line")
+        mine.warning("after the run")
+    finally:
+        logging.getLogger().removeHandler(job_logs._handler)
+
+    lines = timeline.log_lines(client.lrange(timeline.logs_key(job), 0, -1))  # type: ignore[arg-type]
+    assert [(line.level, line.message) for line in lines] == [
+        (logging.WARNING, "cache cold for ada")
+    ]
 
 
 def test_levels_are_named_or_numbered() -> None:
