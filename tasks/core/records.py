@@ -205,6 +205,17 @@ def _loads(text: str | None) -> Any:
     return loads(text) if text else None
 
 
+def _timeline(fields: dict[str, str]) -> str:
+    """The record's timeline (tasks.core.timeline): ``events``, and ``events:2``... where
+    it was too long for one field of a compact hash."""
+    text = fields.get("events") or ""
+    piece = 2
+    while (more := fields.get(f"events:{piece}")) is not None:
+        text += more
+        piece += 1
+    return text
+
+
 def _moment(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
@@ -277,7 +288,7 @@ class JobSnapshot:
             worker=fields.get("worker") or None,
             schedule_id=fields.get("schedule_id") or None,
             schedule=fields.get("schedule") or None,
-            events=fields.get("events") or "",
+            events=_timeline(fields),
             logs_dropped=int(fields.get("logs_dropped") or 0),
         )
 

@@ -164,12 +164,13 @@ if new == 'STARTED' then
 end
 if new == 'SUCCESS' or new == 'FAILURE' or new == 'REVOKED' then put('finished_at', ARGV[3]) end
 local at = math.floor((tonumber(ARGV[10]) - tonumber(ARGV[1]) * 1000000) / 1000)
-put('events', timeline(snap['events'], slot[new], at, tonumber(snap['attempts']) or 0,
-                       worker_before, snap['worker'] or '', note, new == 'STARTED'))
+local stale = write_timeline(snap, put, slot[new], at, tonumber(snap['attempts']) or 0,
+                             worker_before, snap['worker'] or '', note, new == 'STARTED')
 put('sequence', tostring((tonumber(snap['sequence']) or 0) + 1))
 redis.call('HSET', KEYS[1], unpack(set))
+if #stale > 0 then redis.call('HDEL', KEYS[1], unpack(stale)) end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
-redis.call('EXPIRE', KEYS[20], tonumber(ARGV[1]))
+if snap['logs_dropped'] then redis.call('EXPIRE', KEYS[20], tonumber(ARGV[1])) end
 if new ~= state then
   local score = redis.call('ZSCORE', KEYS[2], ARGV[4])
   if score then

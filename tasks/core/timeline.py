@@ -22,15 +22,20 @@ value is at most 64 bytes (``hash-max-listpack-value``), and a plain run's timel
   reporting 1,000 times keeps every state change it went through.
 
 A plain run is ``[[1765432100000,0],[12,1,1],[250,4]]``: queued, started (attempt 1, the
-record's worker), succeeded.
+record's worker), succeeded. A longer timeline (a retry's error makes one) is cut into
+several fields of at most 64 bytes, ``events``, ``events:2``..., joined by
+:meth:`tasks.core.records.JobSnapshot.from_hash`: one field longer than that would turn the
+whole record into a hash table (a record with one retry measured 512 bytes as a listpack,
+1,209 as a hash table).
 
 **Log lines** (``JobContext.log``) are a Redis list of their own, ``<record key>:logs``,
 made on the first line: a job that logs nothing costs nothing. Each line is
 ``[ms, level, message]`` (``logging``'s numeric level), at most :data:`LOG_LINE_CHARS`
 characters; the list keeps the newest :data:`LOG_LINES_KEPT` lines, and the record's
-``logs_dropped`` counts the lines dropped before them. The list expires with the record:
-each log call gives it the record's remaining time to live, and each change of the record
-renews both. A log line is a change of the job: the record's ``sequence`` grows and the
+``logs_dropped`` counts the lines dropped before them (set from the first line on, so it
+also tells the update script that there is a list). The list expires with the record: each
+log call gives it the record's remaining time to live, and each change of a record that has
+one renews both. A log line is a change of the job: the record's ``sequence`` grows and the
 record is published on the job's own channel (not its owner's: a ``jobs`` stream sees
 lines at the next change of state), so a ``job(id)`` subscription streams lines live.
 """
@@ -46,6 +51,10 @@ from tasks.core.records import JobState, dumps, job_channel, job_key, loads, to_
 
 # Entries a timeline keeps; the oldest go first.
 EVENTS_KEPT = 100
+# The longest value of one field of the record (Redis's default ``hash-max-listpack-value``):
+# a longer timeline is cut into fields ``events``, ``events:2``, ``events:3``... of at most
+# this many bytes, never inside a character, and read back joined.
+PIECE_BYTES = 64
 # The longest message an entry keeps (a retry's error, a progress message), in characters.
 NOTE_CHARS = 200
 # Log lines a job keeps (the oldest are dropped and counted), and the longest line.
@@ -67,10 +76,11 @@ def note(text: str) -> str:
     return text if len(text) <= NOTE_CHARS else text[: NOTE_CHARS - 1] + "…"
 
 
-# A Lua function the update script defines and calls once per change (see the module's
-# note). ``code``: the new state's index; ``at``: ms since the epoch; ``attempt``: the
-# record's attempts after this change; ``before``: the record's worker before it; ``now``:
-# its worker after it; ``started``: whether this change is a start. Returns the new field.
+# The Lua functions the update script defines; it calls ``write_timeline`` once per change
+# (see the module's note). ``snap``: the record, ``put``: how the script sets a field;
+# ``code``: the new state's index; ``at``: ms since the epoch; ``attempt``: the record's
+# attempts after this change; ``before``: the record's worker before it; ``now``: its worker
+# after it; ``started``: whether this change is a start. Returns the fields to delete.
 TIMELINE_LUA = (
     """
 local function given(v) return v ~= nil and v ~= cjson.null end
@@ -121,9 +131,35 @@ local function timeline(raw, code, at, attempt, before, now, note, started)
   end
   return cjson.encode(list)
 end
+local function write_timeline(snap, put, code, at, attempt, before, now, note, started)
+  local parts, n = {snap['events'] or ''}, 2
+  while snap['events:' .. n] do
+    parts[n] = snap['events:' .. n]
+    n = n + 1
+  end
+  local text = timeline(table.concat(parts), code, at, attempt, before, now, note, started)
+  local start, piece = 1, 1
+  while start <= #text do
+    local stop = math.min(start + __PIECE__ - 1, #text)
+    while stop < #text and stop > start do
+      local following = string.byte(text, stop + 1)
+      if following < 128 or following >= 192 then break end
+      stop = stop - 1
+    end
+    put(piece == 1 and 'events' or 'events:' .. piece, string.sub(text, start, stop))
+    start, piece = stop + 1, piece + 1
+  end
+  local stale = {}
+  for i = piece, n - 1 do
+    stale[#stale + 1] = 'events:' .. i
+    snap['events:' .. i] = nil
+  end
+  return stale
+end
 """.replace("__PROGRESS__", str(_CODE[JobState.PROGRESS]))
     .replace("__STARTED__", str(_CODE[JobState.STARTED]))
     .replace("__KEPT__", str(EVENTS_KEPT))
+    .replace("__PIECE__", str(PIECE_BYTES))
 )
 
 
@@ -184,11 +220,9 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'missing' end
 if state == 'SUCCESS' or state == 'FAILURE' or state == 'REVOKED' then return state end
 local n = redis.call('RPUSH', KEYS[2], unpack(ARGV, 4))
-local keep = tonumber(ARGV[3])
-if n > keep then
-  redis.call('LTRIM', KEYS[2], n - keep, -1)
-  redis.call('HINCRBY', KEYS[1], 'logs_dropped', n - keep)
-end
+local drop = math.max(0, n - tonumber(ARGV[3]))
+if drop > 0 then redis.call('LTRIM', KEYS[2], drop, -1) end
+redis.call('HINCRBY', KEYS[1], 'logs_dropped', drop)
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 redis.call('HINCRBY', KEYS[1], 'sequence', 1)

@@ -113,6 +113,38 @@ def test_a_thousand_progress_reports_are_one_entry_between_the_changes(
     assert [e.at for e in entries] == sorted(e.at for e in entries)
 
 
+def test_a_long_timeline_is_cut_into_fields_that_keep_the_record_compact(
+    client: redis.Redis,
+) -> None:
+    job = queued()
+    events.started(job, "timeline.test", 0, {}, "jobql", "w1")
+    events.retrying(job, "timeline.test", 1, ConnectionError("serveur occupé " * 12))
+    events.started(job, "timeline.test", 1, {}, "jobql", "w1")
+    key = records.job_key(job)
+    assert client.object("encoding", key) == "listpack"
+    events.progressed(job, "timeline.test", {"current": 1, "message": "é" * 150})
+
+    stored = client.hgetall(key)  # decoded: no piece ends inside a character
+    pieces = [
+        stored["events"],
+        *(stored[f"events:{n}"] for n in range(2, 20) if f"events:{n}" in stored),
+    ]
+    assert len(pieces) > 5 and all(len(p.encode()) <= timeline.PIECE_BYTES for p in pieces)
+    _, entries = read(client, job)
+    assert entries[2].message == timeline.note("ConnectionError: " + "serveur occupé " * 12)
+    assert entries[-1].message == "é" * 150
+
+    # A shorter timeline (the progress entry's message replaced) leaves no stale piece.
+    events.progressed(job, "timeline.test", {"current": 2, "message": "short"})
+    now = client.hgetall(key)
+    assert sorted(f for f in now if f.startswith("events:")) == [
+        f"events:{n}" for n in range(2, len([f for f in now if f.startswith("events")]) + 1)
+    ]
+    assert len(now) < len(stored)
+    _, entries = read(client, job)
+    assert (entries[-1].message, entries[-1].count) == ("short", 2)
+
+
 def test_a_lost_worker_and_its_rerun_show_both_workers(client: redis.Redis) -> None:
     job = queued()
     events.started(job, "timeline.test", 0, {}, "jobql", "w1")
