@@ -93,15 +93,24 @@ local function timeline(raw, code, at, attempt, before, now, note, started)
   local n, last = #list, 0
   for i = 1, n do last = last + list[i][1] end
   local tail = list[n]
+  -- What the new text ends with in place of ``cut`` bytes of the old one's end: only the
+  -- new or changed entry is encoded (a change of an earlier entry, or a drop, encodes all).
+  local cut, ending = nil, nil
   if code == __PROGRESS__ and tail and tail[2] == __PROGRESS__ then
+    local old = cjson.encode(tail)
     tail[1] = at - (last - tail[1])
     tail[5] = note
     tail[6] = (given(tail[6]) and tail[6] or 1) + 1
+    if string.sub(raw, -#old - 1) == old .. ']' then cut, ending = #old + 1, cjson.encode(tail) end
   else
+    local whole = false
     if started then
       for i = n, 1, -1 do
         if list[i][2] == __STARTED__ then
-          if not given(list[i][4]) then list[i][4] = before end
+          if not given(list[i][4]) then
+            list[i][4] = before
+            whole = true
+          end
           break
         end
       end
@@ -110,6 +119,9 @@ local function timeline(raw, code, at, attempt, before, now, note, started)
     if started then entry[3] = attempt end
     if note ~= '' then entry[5] = note end
     list[n + 1] = entry
+    if not whole and n > 0 and string.sub(raw, -1) == ']' then
+      cut, ending = 1, ',' .. cjson.encode(entry)
+    end
   end
   local drop = #list - __KEPT__
   if drop > 0 then
@@ -128,6 +140,8 @@ local function timeline(raw, code, at, attempt, before, now, note, started)
     local kept = {}
     for i = drop + 1, #list do kept[#kept + 1] = list[i] end
     list = kept
+  elseif cut then
+    return string.sub(raw, 1, #raw - cut) .. ending .. ']'
   end
   return cjson.encode(list)
 end
