@@ -37,7 +37,7 @@ from tasks.core.records import (
     to_score,
     unsent_key,
 )
-from tasks.core.timeline import TIMELINE_LUA, logs_key
+from tasks.core.timeline import LOGS_SUFFIX, TIMELINE_LUA
 from tasks.core.workflow_records import workflow_channel, workflow_key
 
 _MICROS = 1_000_000
@@ -406,7 +406,7 @@ def update_call(
             job,
             *_update_indexes(owner, task, tag),
             workflow_key(workflow) if workflow else job,
-            logs_key(job_id),
+            job + LOGS_SUFFIX,
         ],
         args=[
             ttl,

@@ -65,9 +65,12 @@ _STATES = list(JobState)
 _CODE = {state: index for index, state in enumerate(_STATES)}
 
 
+LOGS_SUFFIX = ":logs"
+
+
 def logs_key(job_id: str) -> str:
     """The job's log lines (a list): the record's key and hash tag, so the same slot."""
-    return job_key(job_id) + ":logs"
+    return job_key(job_id) + LOGS_SUFFIX
 
 
 def note(text: str) -> str:
