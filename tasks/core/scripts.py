@@ -115,7 +115,8 @@ return false
 # webhook asked for it ('' for the one that did not). A terminal state is final: a late
 # progress report or a late STARTED never overwrites it. Every STARTED counts an attempt;
 # one that finds the job still running counts the previous run as lost with its worker.
-# The record's TTL restarts with every change, and so do its expiry entry and its log lines'.
+# The record's TTL restarts with every change, and so do its expiry entry's and, when it has
+# log lines (its ``logs_dropped`` field is set from the first), their list's.
 # Every change adds an entry to the record's timeline (tasks.core.timeline), in this call.
 # A step of a workflow changes the workflow in the same step: its state and percent, the
 # aggregate state and progress, the workflow's sequence, and one event on the workflow's
