@@ -14,6 +14,7 @@ import redis
 
 from devtools.valkey import EmbeddedValkey
 from tasks.core import events, job_logs, records, redis_clients, timeline
+from tasks.core.aio import run_coroutine
 from tasks.core.records import JobSnapshot, JobState
 from tasks.core.settings import get_settings
 
@@ -240,17 +241,23 @@ def test_python_logging_in_a_running_job_becomes_its_lines(client: redis.Redis) 
     job = queued()
     events.started(job, "timeline.test", 0, {}, "jobql", "w1")
     mine, theirs = logging.getLogger("reports.build"), logging.getLogger("celery.app.trace")
+
+    async def body() -> None:  # an async def body, awaited on another thread's loop
+        mine.error("fetched %d rows", 3)
+
     try:
         with job_logs.capturing(job):
             mine.warning("cache cold for %s", "ada")
             theirs.warning("the worker's own line")
+            run_coroutine(job_logs.within(job, body()))
         mine.warning("after the run")
     finally:
         logging.getLogger().removeHandler(job_logs._handler)
 
     lines = timeline.log_lines(client.lrange(timeline.logs_key(job), 0, -1))  # type: ignore[arg-type]
     assert [(line.level, line.message) for line in lines] == [
-        (logging.WARNING, "cache cold for ada")
+        (logging.WARNING, "cache cold for ada"),
+        (logging.ERROR, "fetched 3 rows"),
     ]
 
 
