@@ -14,7 +14,7 @@ from gql.services.errors import BadUserInput, NotFound, ServiceUnavailable
 from gql.services.plans import EnqueueRequest, JobPlanner, Prepared, replayed
 from gql.services.producer import Producer
 from gql.services.store import JobStore
-from tasks.core import records
+from tasks.core import records, timeline
 from tasks.core.records import CANCELLABLE_STATES, JobSnapshot, JobState
 from tasks.core.registry import TaskRegistry, TaskSpec
 from tasks.core.scripts import PageQuery
@@ -160,6 +160,16 @@ class JobService:
     async def get_many(self, job_ids: list[str], owner: str | None) -> list[JobSnapshot]:
         snapshots = await self.store.get_many(job_ids)
         return [s for s in snapshots if owner is None or s.owner == owner]
+
+    async def logs(
+        self, job_id: str, job_owner: str, owner: str | None, last: int | None = None
+    ) -> list[timeline.LogLine]:
+        """The log lines of a job read as ``job_owner``'s, oldest first (the newest ``last``):
+        none unless ``owner`` may see that owner's jobs, as for every read."""
+        if (owner is not None and job_owner != owner) or last == 0:
+            return []
+        wanted = timeline.LOG_LINES_KEPT if last is None else min(last, timeline.LOG_LINES_KEPT)
+        return timeline.log_lines(await self.store.logs(job_id, wanted))
 
     async def require(self, job_id: str, owner: str | None) -> JobSnapshot:
         snapshot = await self.get(job_id, owner)

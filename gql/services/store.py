@@ -26,7 +26,7 @@ from strawberry.dataloader import DataLoader
 from gql.compat import packing
 from gql.compat import register as compat
 from gql.services.errors import ServiceUnavailable
-from tasks.core import records, redis_clients, scripts, slots
+from tasks.core import records, redis_clients, scripts, slots, timeline
 from tasks.core.records import JobSnapshot, JobState
 from tasks.core.scripts import Hooks, PageQuery
 from tasks.core.settings import Settings
@@ -149,6 +149,7 @@ class JobStore:
         # Reads issued in the same loop tick (a burst of queries or of new subscriptions)
         # share one pipeline: one round trip, one pooled connection. No caching.
         self._snapshots = DataLoader(self._load_snapshots, max_batch_size=500, cache=False)
+        self._logs = DataLoader(self._load_logs, max_batch_size=500, cache=False)
 
     async def create_many(self, batch: list[Item]) -> list[str | None]:
         """Write new PENDING records, all in one atomic call: one round trip per batch.
@@ -339,6 +340,17 @@ class JobStore:
                 pipe.hgetall(records.job_key(job_id))
             rows: list[dict[str, str]] = await pipe.execute()
         return [JobSnapshot.from_hash(row) if row else None for row in rows]
+
+    async def logs(self, job_id: str, last: int) -> list[str]:
+        """The newest ``last`` (> 0) log lines of a job, oldest first, as stored
+        (:mod:`tasks.core.timeline`); reads of one loop tick share a round trip."""
+        return await self._logs.load((job_id, last))
+
+    async def _load_logs(self, wanted: list[tuple[str, int]]) -> list[list[str]]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for job_id, last in wanted:
+                pipe.lrange(timeline.logs_key(job_id), -last, -1)
+            return list(await pipe.execute())
 
     async def get_many(self, job_ids: list[str]) -> list[JobSnapshot]:
         """Several jobs in one round trip; unknown ids are left out."""
