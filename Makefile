@@ -43,13 +43,16 @@ DJANGO_RESULTS := DJANGO_SETTINGS_MODULE=exampleproject.settings JOBQL_RESULT_BA
 # The contract pass may run on another CPython (CI: the newest here, the rest on the lowest).
 CONTRACT_PYTHON ?= $(PYTHON)
 CONTRACT_VENV ?= $(if $(filter $(CONTRACT_PYTHON),$(PYTHON)),$(VENV),.venv-contract)
-# Passes that share no server run side by side; each prints its output when it ends.
+# Passes that share no server run side by side; each prints its output when it ends. The
+# longest first (RabbitMQ's), so that three at a time end close together.
 SIDE_BY_SIDE := $(MAKE) --no-print-directory --output-sync=target
 
 test: sync  ## lint, type-check, build the docs, the tests against real services: fast paths on and off; RabbitMQ; results in PostgreSQL and Django; the Django example
+	@echo "make test: stage 1 (lint, main pass, docs) from $$(date +%T)"
 	$(SIDE_BY_SIDE) -j2 lint test-main docs
-	$(SIDE_BY_SIDE) -j3 test-contract-pass test-django-results test-django-example test-rabbitmq \
-		test-postgres
+	@echo "make test: stage 2 (the backend passes) from $$(date +%T)"
+	$(SIDE_BY_SIDE) -j3 test-rabbitmq test-postgres test-contract-pass test-django-results \
+		test-django-example
 
 .PHONY: test-main test-contract-pass test-django-results test-django-example test-rabbitmq test-postgres
 test-main: sync

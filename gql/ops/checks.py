@@ -88,7 +88,10 @@ def run_checks(*, worker: str | None = None, beat: bool = False) -> int:
     if settings.records != settings.redis or settings.records_cluster:
         check(f"job records at {_safe(settings.records)} answer", lambda: _records(settings).ping(),
               "Is JOBQL_RECORDS_URL right (and JOBQL_RECORDS_CLUSTER for a cluster)?")  # fmt: skip
-    _old_layout(settings)
+    if not (worker or beat):
+        # A scan of every job key: for an operator's `jobql check`, not a container's probe
+        # every few seconds (`--worker`, `--beat`).
+        _old_layout(settings)
     check(f"broker at {_safe(settings.broker)} answers", lambda: _broker(settings),
           "Is it running and is JOBQL_BROKER_URL (or the Redis URL) right?")  # fmt: skip
     if rabbitmq.is_amqp(settings.broker):

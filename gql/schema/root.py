@@ -26,6 +26,7 @@ from gql.compat.parser_cache import ReportingParserCache
 from gql.ops.operations import OperationObserver
 from gql.schema.context import Info
 from gql.schema.inputs import InputTypes, mutation_name, to_data
+from gql.schema.operator import OperatorQuery, operator_mutations
 from gql.schema.schedules import ScheduleQuery, schedule_mutations
 from gql.schema.subscriptions import Subscription
 from gql.schema.types import (
@@ -84,7 +85,7 @@ def _first(mine: T | None, shared: T | None) -> T | None:
 
 
 @strawberry.type(description="Read jobs, workflows, schedules, tasks, workers and health.")
-class Query(WorkflowQuery, ScheduleQuery):
+class Query(WorkflowQuery, ScheduleQuery, OperatorQuery):
     @strawberry.field(description="A job by id; null when unknown or not yours.")
     async def job(self, info: Info, id: JobId) -> Job | None:
         snapshot = await info.context.jobs.get(str(id), info.context.scope)
@@ -156,10 +157,7 @@ class Query(WorkflowQuery, ScheduleQuery):
         "consuming it; refreshed every few seconds at most."
     )
     async def queues(self, info: Info) -> list[Queue]:
-        return [
-            Queue(name=q.name, pending=q.pending, consumers=len(q.workers), workers=list(q.workers))
-            for q in await info.context.health.queues()
-        ]
+        return [Queue.from_state(q) for q in await info.context.health.queues()]
 
 
 async def enqueue(
@@ -373,8 +371,12 @@ def build_schema(
             "terminate: true.",
         ),
         strawberry.mutation(
-            retry_job, name="retryJob", description="A new job with the same task and input."
+            retry_job,
+            name="retryJob",
+            description="A new job with the same task and input; a job is retried once (asked "
+            "again, the answer is its retry).",
         ),
+        *operator_mutations(),
         *workflow_mutations(),
         *schedule_mutations(),
         *mutations,
@@ -382,7 +384,8 @@ def build_schema(
     mutation = create_type(
         "Mutation",
         mutation_fields,
-        description="Start, cancel and retry jobs and workflows; schedule periodic jobs.",
+        description="Start, cancel and retry jobs and workflows; schedule periodic jobs; "
+        "operate queues and dead letters.",
     )
     return JobQLSchema(
         query=Query,

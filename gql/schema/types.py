@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import datetime
+from enum import Enum
 from typing import Annotated, Any, NewType
 
 import strawberry
@@ -16,9 +17,12 @@ from gql.schema.webhook_types import WebhookDelivery, WebhookInput
 from gql.services.errors import BadUserInput
 from gql.services.jobs import EnqueueRequest
 from gql.services.webhooks import Webhook, deliveries
+from gql.services.workers import QueueState
+from tasks.core import timeline
 from tasks.core.records import JobSnapshot, to_score
 from tasks.core.records import JobState as JobStateValue
 from tasks.core.registry import TaskSpec
+from tasks.core.scripts import PageQuery
 
 JobState = strawberry.enum(
     JobStateValue,
@@ -78,6 +82,69 @@ class JobError:
     message: str = strawberry.field(description="The exception's message.")
 
 
+@strawberry.enum(description="How much a log line matters, as Python's `logging` levels.")
+class LogLevel(Enum):
+    DEBUG = strawberry.enum_value("DEBUG", description="Detail for debugging.")
+    INFO = strawberry.enum_value("INFO", description="What the task is doing.")
+    WARNING = strawberry.enum_value("WARNING", description="Something unexpected; it goes on.")
+    ERROR = strawberry.enum_value("ERROR", description="Something failed.")
+    CRITICAL = strawberry.enum_value("CRITICAL", description="A failure it cannot go on after.")
+
+    @classmethod
+    def of(cls, number: int) -> LogLevel:
+        """The level of a ``logging`` number (one between two levels counts as the lower)."""
+        for level in (cls.CRITICAL, cls.ERROR, cls.WARNING, cls.INFO):
+            if number >= timeline.LEVELS[level.value.lower()]:
+                return level
+        return cls.DEBUG
+
+
+@strawberry.type(
+    description="One entry of a job's timeline: a change of its state, or its consecutive "
+    "progress reports merged into one."
+)
+class JobEvent:
+    at: datetime = strawberry.field(
+        description="When it happened (UTC), by the clock of the process that recorded it; "
+        "for merged progress reports, the latest one's time."
+    )
+    state: JobState = strawberry.field(  # type: ignore[valid-type]
+        description="The state the job moved to."
+    )
+    attempt: int = strawberry.field(
+        description="Which run of the job it belongs to: `attempts` at that time, 0 before "
+        "a worker first started it."
+    )
+    worker: str | None = strawberry.field(
+        description="The worker running the job then; null before one started it."
+    )
+    message: str | None = strawberry.field(
+        description="The error or message where there is one: a retry's or the final "
+        "error, the latest progress message, why the job was run again."
+    )
+    count: int = strawberry.field(
+        description="How many progress reports this entry stands for; 1 for any other entry."
+    )
+
+    @classmethod
+    def from_entry(cls, entry: timeline.Entry) -> JobEvent:
+        return cls(
+            at=entry.at,
+            state=entry.state,
+            attempt=entry.attempt,
+            worker=entry.worker,
+            message=entry.message,
+            count=entry.count,
+        )
+
+
+@strawberry.type(description="A line the job's task logged (`JobContext.log`).")
+class JobLogLine:
+    at: datetime = strawberry.field(description="When it was logged (UTC), by the worker's clock.")
+    level: LogLevel = strawberry.field(description="How much it matters.")
+    message: str = strawberry.field(description="The line, at most 1,000 characters.")
+
+
 @strawberry.type(description="One background job: a Celery task run with its input.")
 class Job:
     id: strawberry.ID = strawberry.field(description="The Celery task id.")
@@ -125,6 +192,45 @@ class Job:
     schedule_id: strawberry.ID | None = strawberry.field(
         default=None, description="That schedule's id (`schedule(id)`)."
     )
+    logs_dropped: int = strawberry.field(
+        default=0,
+        description="How many of the job's log lines were dropped, oldest first, to keep "
+        f"the newest {timeline.LOG_LINES_KEPT}.",
+    )
+    # The record's timeline as stored, read only if `events` is asked for.
+    stored_events: strawberry.Private[str] = ""
+
+    @strawberry.field(
+        description="What happened to the job, oldest first: every change of its state with "
+        "its time, attempt, worker and error or message (queued, started, retried, run "
+        "again after a lost worker, finished), consecutive progress reports merged into one "
+        f"entry. The newest {timeline.EVENTS_KEPT} entries; streamed with the job."
+    )
+    def events(self) -> list[JobEvent]:
+        error = {"type": self.error.type, "message": self.error.message} if self.error else None
+        entries = timeline.entries(self.stored_events, self.worker, error)
+        return [JobEvent.from_entry(entry) for entry in entries]
+
+    @strawberry.field(
+        description="The lines the job's task logged (`JobContext.log`), oldest first: the "
+        f"newest {timeline.LOG_LINES_KEPT} at most. Streamed live on the `job(id)` "
+        "subscription."
+    )
+    async def logs(
+        self,
+        info: strawberry.Info,
+        last: Annotated[
+            int | None, strawberry.argument(description="Only the newest this many lines.")
+        ] = None,
+    ) -> list[JobLogLine]:
+        if last is not None and last < 0:
+            raise BadUserInput.field("last", "must be 0 or more")
+        context = info.context
+        lines = await context.jobs.logs(str(self.id), self.owner, context.scope, last)
+        return [
+            JobLogLine(at=line.at, level=LogLevel.of(line.level), message=line.message)
+            for line in lines
+        ]
 
     @strawberry.field(description="Every attempt to deliver this job's webhook, oldest first.")
     async def webhook_deliveries(self, info: strawberry.Info) -> list[WebhookDelivery]:
@@ -157,6 +263,8 @@ class Job:
             trace_id=snapshot.trace_id,
             schedule=snapshot.schedule,
             schedule_id=strawberry.ID(snapshot.schedule_id) if snapshot.schedule_id else None,
+            logs_dropped=snapshot.logs_dropped,
+            stored_events=snapshot.events,
         )
 
 
@@ -274,6 +382,30 @@ class Queue:
     pending: int = strawberry.field(description="Messages waiting in the broker for a worker.")
     consumers: int = strawberry.field(description="Live workers consuming it.")
     workers: list[str] = strawberry.field(description="Their names.")
+    paused: bool = strawberry.field(
+        default=False,
+        description="Paused by `pauseQueue`: its jobs wait until `resumeQueue`.",
+    )
+    paused_since: datetime | None = strawberry.field(
+        default=None, description="When it was paused; null when it is not."
+    )
+    paused_by: str | None = strawberry.field(
+        default=None, description="The admin who paused it; null when it is not paused."
+    )
+
+    @classmethod
+    def from_state(cls, state: QueueState) -> Queue:
+        pause = state.paused or {}
+        since = pause.get("since")
+        return cls(
+            name=state.name,
+            pending=state.pending,
+            consumers=len(state.workers),
+            workers=list(state.workers),
+            paused=state.paused is not None,
+            paused_since=datetime.fromisoformat(since) if since else None,
+            paused_by=pause.get("by"),
+        )
 
 
 @strawberry.input(description="How and when to run a job (Celery's apply_async options).")
@@ -329,6 +461,18 @@ class JobFilter:
     created_before: datetime | None = strawberry.field(
         default=None, description="Only jobs enqueued before this time."
     )
+
+    def query(self, owner: str, limit: int, after: str | None) -> PageQuery:
+        """The page of ``owner``'s jobs this filter selects, ``limit`` of them after ``after``."""
+        return PageQuery(
+            owner=owner,
+            limit=limit,
+            after=decode_cursor(after) if after else None,
+            states=frozenset(self.states or ()),
+            task=self.task,
+            created_after=self.created_after,
+            created_before=self.created_before,
+        )
 
 
 def enqueue_request(options: EnqueueOptions | None) -> EnqueueRequest:

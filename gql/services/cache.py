@@ -37,6 +37,10 @@ class Cached(Generic[T]):
             self._running = asyncio.ensure_future(self._refresh())
         return await asyncio.shield(self._running)
 
+    def forget(self) -> None:
+        """The next ``get`` computes anew (one already running is still shared)."""
+        self._value = None
+
     async def _refresh(self) -> T:
         try:
             value = await self._compute()

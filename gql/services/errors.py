@@ -84,6 +84,12 @@ class NotFound(JobQLError):
     code = ErrorCode.NOT_FOUND
 
 
+class Forbidden(JobQLError):
+    """Signed in, but not allowed: an operation for admins only."""
+
+    code = ErrorCode.FORBIDDEN
+
+
 class ServiceUnavailable(JobQLError):
     code = ErrorCode.SERVICE_UNAVAILABLE
 

@@ -18,6 +18,7 @@ import strawberry
 from gql.live.broadcast import PubSubBackend
 from gql.services.cache import Cached
 from gql.services.producer import Producer
+from gql.services.queues import QueueControl
 from gql.services.workers import Broker, QueueState, WorkerDirectory
 from tasks.core.liveness import WorkerBeat
 
@@ -73,6 +74,8 @@ class HealthCheck:
         self._timeout = timeout
         self._broker = broker
         self.directory = directory
+        # pauseQueue and resumeQueue: the queues' own state, kept beside the heartbeats.
+        self.control = QueueControl(producer, directory)
         self._components = Cached(
             self._check_components, cache_seconds, keep=lambda parts: all(p.ok for p in parts)
         )
@@ -84,12 +87,15 @@ class HealthCheck:
             self._components.get(), self._queues_or_none()
         )
         consumers = {q.name: list(q.workers) for q in queues or []}
+        # A paused queue has no consumer on purpose (pauseQueue): it does not make this
+        # process unready, or a pause would take every API replica out of its balancer.
+        paused = sorted(q.name for q in queues or [] if q.paused)
         ok = (
             broker.ok
             and records.ok
             and broadcast.ok
             and queues is not None
-            and all(consumers.values())
+            and all(workers for name, workers in consumers.items() if name not in paused)
         )
         return ok, {
             "status": "ok" if ok else "unavailable",
@@ -97,6 +103,7 @@ class HealthCheck:
             "result_backend": _component(records),
             "broadcast": _component(broadcast),
             "queues": consumers,
+            "paused": paused,
         }
 
     async def report(self) -> Health:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from gql.ops.operations import job_enqueued
@@ -12,7 +14,7 @@ from gql.services.errors import BadUserInput, NotFound, ServiceUnavailable
 from gql.services.plans import EnqueueRequest, JobPlanner, Prepared, replayed
 from gql.services.producer import Producer
 from gql.services.store import JobStore
-from tasks.core import records, tracing
+from tasks.core import records, timeline, tracing
 from tasks.core.records import CANCELLABLE_STATES, JobSnapshot, JobState
 from tasks.core.registry import TaskRegistry, TaskSpec
 from tasks.core.scripts import PageQuery
@@ -80,6 +82,19 @@ class JobService:
                 where = "options.webhook" if path is None else f"{path}.{index}.options.webhook"
                 await webhooks.check(options.webhook, self.webhook_settings, where)
         prepared = self.planner.prepare_batch(items, owner, path=path)
+        existing = await self._record(prepared)
+        return [
+            JobSnapshot.from_hash(item.fields)
+            if found is None
+            else replayed(await self.store.get(found), found, item, owner)
+            for item, found in zip(prepared, existing, strict=True)
+        ]
+
+    async def _record(self, prepared: list[Prepared]) -> list[str | None]:
+        """Record (and send) prepared jobs in one Redis call: per job, None when created, or
+        the id of the job its idempotency key already names (nothing written for it)."""
+        if not prepared:
+            return []
         existing = await self.store.create_many(
             [(p.fields, p.idempotency, p.message) for p in prepared]
         )
@@ -88,12 +103,7 @@ class JobService:
             await self._publish_elsewhere(created)
         for item in created:
             job_enqueued(item.fields)
-        return [
-            JobSnapshot.from_hash(item.fields)
-            if found is None
-            else replayed(await self.store.get(found), found, item, owner)
-            for item, found in zip(prepared, existing, strict=True)
-        ]
+        return existing
 
     async def _publish_elsewhere(self, batch: list[Prepared]) -> None:
         """A broker other than the records' Redis (RabbitMQ): Celery's own producer.
@@ -166,6 +176,16 @@ class JobService:
         snapshots = await self.store.get_many(job_ids)
         return [s for s in snapshots if owner is None or s.owner == owner]
 
+    async def logs(
+        self, job_id: str, job_owner: str, owner: str | None, last: int | None = None
+    ) -> list[timeline.LogLine]:
+        """The log lines of a job read as ``job_owner``'s, oldest first (the newest ``last``):
+        none unless ``owner`` may see that owner's jobs, as for every read."""
+        if (owner is not None and job_owner != owner) or last == 0:
+            return []
+        wanted = timeline.LOG_LINES_KEPT if last is None else min(last, timeline.LOG_LINES_KEPT)
+        return timeline.log_lines(await self.store.logs(job_id, wanted))
+
     async def require(self, job_id: str, owner: str | None) -> JobSnapshot:
         snapshot = await self.get(job_id, owner)
         if snapshot is None:
@@ -183,36 +203,180 @@ class JobService:
         snapshot = await self.require(job_id, owner)
         if snapshot.done:
             return snapshot
-        if terminate:
-            await self.producer.revoke(job_id, terminate=True)
-        error = records.dumps({"type": "Revoked", "message": "the job was cancelled"})
-        outcome, hooks = await self.store.transition_hooked(
-            snapshot,
-            JobState.REVOKED,
-            {"error": error},
-            allowed_from=frozenset() if terminate else CANCELLABLE_STATES,
-        )
-        await webhooks.schedule(self.producer, self.webhook_settings, hooks)
+        (outcome,) = await self._cancel_many([snapshot], terminate=terminate)
         if outcome not in ("ok", *records.TERMINAL_STATES):
             raise BadUserInput.field(
                 "terminate", f"the job is {outcome}; pass terminate: true to stop a running job"
             )
-        if not terminate:
-            try:
-                await self.producer.revoke(job_id, terminate=False)
-            except Exception:
-                # The record already says REVOKED and workers check it before running.
-                logger.warning("revoke of job %s not broadcast; the record still stops it", job_id)
         return await self.require(job_id, owner)
+
+    async def _cancel_many(self, snapshots: list[JobSnapshot], *, terminate: bool) -> list[str]:
+        """Revoke jobs the caller read, not yet done: one pipelined Redis call for all their
+        records and one revoke broadcast. Returns each one's outcome: 'ok', 'missing', or
+        the state that refused (a terminal one when it ended meanwhile; a running one
+        without ``terminate``)."""
+        if not snapshots:
+            return []
+        if terminate:
+            await self.producer.revoke([s.id for s in snapshots], terminate=True)
+        error = records.dumps({"type": "Revoked", "message": "the job was cancelled"})
+        moves = await self.store.transition_many(
+            snapshots,
+            JobState.REVOKED,
+            {"error": error},
+            allowed_from=frozenset() if terminate else CANCELLABLE_STATES,
+        )
+        for _, hooks in moves:
+            await webhooks.schedule(self.producer, self.webhook_settings, hooks)
+        outcomes = [outcome for outcome, _ in moves]
+        if not terminate:
+            stopped = [
+                s.id
+                for s, outcome in zip(snapshots, outcomes, strict=True)
+                if outcome in ("ok", *records.TERMINAL_STATES)
+            ]
+            try:
+                if stopped:
+                    await self.producer.revoke(stopped, terminate=False)
+            except Exception:
+                # The records already say REVOKED and workers check them before running.
+                logger.warning("revoke of %d job(s) not broadcast; the records still stop them",
+                               len(stopped))  # fmt: skip
+        return outcomes
+
+    async def cancel_matching(
+        self, query: PageQuery, *, every_owner: bool, terminate: bool
+    ) -> BulkOutcome:
+        """``cancelJobs``: cancel the next ``query.limit - 1`` jobs of a filter, as
+        :meth:`cancel` would each (one page read, one pipelined update, one broadcast)."""
+        examined, more = await self._bulk_page(query, every_owner)
+        waiting = [s for s in examined if not s.done]
+        skipped = [Skipped(s.id, SkipReason.ALREADY_DONE, f"the job is {s.state}")
+                   for s in examined if s.done]  # fmt: skip
+        cancelled = []
+        for snapshot, outcome in zip(
+            waiting, await self._cancel_many(waiting, terminate=terminate), strict=True
+        ):
+            if outcome == "ok":
+                cancelled.append(snapshot.id)
+            elif outcome == "missing":
+                skipped.append(Skipped(snapshot.id, SkipReason.GONE, "the job expired"))
+            elif outcome in records.TERMINAL_STATES:
+                message = f"the job is {outcome}"
+                skipped.append(Skipped(snapshot.id, SkipReason.ALREADY_DONE, message))
+            else:
+                message = f"the job is {outcome}; pass terminate: true to stop running jobs"
+                skipped.append(Skipped(snapshot.id, SkipReason.RUNNING, message))
+        return BulkOutcome(len(examined), cancelled, _in_page_order(skipped, examined), more)
 
     async def retry(self, job_id: str, owner: str | None) -> JobSnapshot:
         """A new job with the same task, input and queue as a finished one, owned by the
-        same owner (an admin's retry of someone's job is still theirs)."""
+        same owner (an admin's retry of someone's job is still theirs). A job is retried
+        once: asked again, by this or by ``retryJobs``, the answer is the retry made first."""
         snapshot = await self.require(job_id, owner)
         if not snapshot.done:
             raise BadUserInput.field(
                 "id", f"the job is still {snapshot.state}; only done jobs rerun"
             )
-        spec = self.spec(snapshot.task)
-        request = EnqueueRequest(queue=snapshot.queue)
-        return await self.enqueue(spec, snapshot.input, request, snapshot.owner)
+        (outcome,) = await self._retry_many([snapshot])
+        if isinstance(outcome, BadUserInput):
+            raise outcome
+        if isinstance(outcome, JobSnapshot):
+            return outcome
+        retry = await self.store.get(outcome)
+        if retry is None:
+            raise NotFound(f"the retry of job {job_id}, {outcome}, expired")
+        return retry
+
+    async def retry_matching(self, query: PageQuery, *, every_owner: bool) -> BulkOutcome:
+        """``retryJobs``: retry the next ``query.limit - 1`` jobs of a filter, as
+        :meth:`retry` would each (one page read and one Redis call for every new job)."""
+        examined, more = await self._bulk_page(query, every_owner)
+        finished = [s for s in examined if s.done]
+        skipped = [Skipped(s.id, SkipReason.NOT_DONE, f"the job is still {s.state}")
+                   for s in examined if not s.done]  # fmt: skip
+        retried = []
+        for snapshot, outcome in zip(finished, await self._retry_many(finished), strict=True):
+            if isinstance(outcome, JobSnapshot):
+                retried.append((snapshot.id, outcome.id))
+            elif isinstance(outcome, BadUserInput):
+                skipped.append(Skipped(snapshot.id, SkipReason.INVALID, str(outcome)))
+            else:
+                message = f"retried already, as job {outcome}"
+                skipped.append(Skipped(snapshot.id, SkipReason.ALREADY_RETRIED, message, outcome))
+        return BulkOutcome(len(examined), retried, _in_page_order(skipped, examined), more)
+
+    async def _retry_many(
+        self, snapshots: list[JobSnapshot]
+    ) -> list[JobSnapshot | str | BadUserInput]:
+        """Retry finished jobs, each once: per job its new job's snapshot, the id of the
+        retry an earlier call made, or why it cannot be retried (its task or queue is gone,
+        its input no longer valid). Every retry carries the idempotency key
+        ``retry:<job id>`` under its owner, so the record script refuses a second retry of
+        a job atomically, whichever call, process or replica asks."""
+        items = [
+            self.planner.prepare(
+                (s.task, s.input, EnqueueRequest(queue=s.queue, idempotency_key=retry_key(s.id))),
+                s.owner,
+            )
+            for s in snapshots
+        ]
+        prepared = [item for item in items if isinstance(item, Prepared)]
+        existing = iter(await self._record(prepared))
+        return [
+            item
+            if isinstance(item, BadUserInput)
+            else (found if (found := next(existing)) is not None
+                  else JobSnapshot.from_hash(item.fields))
+            for item in items
+        ]  # fmt: skip
+
+    async def _bulk_page(
+        self, query: PageQuery, every_owner: bool
+    ) -> tuple[list[JobSnapshot], JobSnapshot | None]:
+        """The jobs one bulk call acts on (``query.limit - 1`` at most), and the last of them
+        when more match (the cursor's job), else None."""
+        page = await self.page(query, every_owner=every_owner)
+        examined = page[: query.limit - 1]
+        return examined, examined[-1] if len(page) > len(examined) else None
+
+
+def retry_key(job_id: str) -> str:
+    """The idempotency key of a job's retry: the mark that it was retried."""
+    return f"retry:{job_id}"
+
+
+class SkipReason(StrEnum):
+    NOT_DONE = "NOT_DONE"
+    ALREADY_RETRIED = "ALREADY_RETRIED"
+    INVALID = "INVALID"
+    ALREADY_DONE = "ALREADY_DONE"
+    RUNNING = "RUNNING"
+    GONE = "GONE"
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A job a bulk call left as it was, and why."""
+
+    id: str
+    reason: SkipReason
+    message: str
+    retry_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BulkOutcome:
+    """What one ``retryJobs`` or ``cancelJobs`` call did: how many jobs it looked at, those
+    it changed (ids; for a retry, (job, its retry)), those it skipped, and the job to
+    continue after, when more match."""
+
+    examined: int
+    done: list[Any]
+    skipped: list[Skipped]
+    last: JobSnapshot | None
+
+
+def _in_page_order(skipped: list[Skipped], page: list[JobSnapshot]) -> list[Skipped]:
+    order = {snapshot.id: index for index, snapshot in enumerate(page)}
+    return sorted(skipped, key=lambda s: order[s.id])

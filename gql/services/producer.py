@@ -145,8 +145,27 @@ class Producer:
         """Apply a canvas: Celery builds every message (chain and chord headers) itself."""
         await self._run(lambda: build(self.canvas_app).apply_async())
 
-    async def revoke(self, job_id: str, *, terminate: bool) -> None:
-        await self._run(self.app.control.revoke, job_id, terminate=terminate)
+    async def revoke(self, job_ids: str | list[str], *, terminate: bool) -> None:
+        """One broadcast for one job or many (Celery's revoke takes a list)."""
+        await self._run(self.app.control.revoke, job_ids, terminate=terminate)
+
+    async def consumers(
+        self, command: str, queue: str, destination: list[str] | None, expected: int
+    ) -> list[str]:
+        """Celery's ``cancel_consumer`` or ``add_consumer`` broadcast for ``queue`` (to
+        ``destination``, or every worker), on a thread: the names of the workers that answered
+        within the connect timeout (as soon as ``expected`` did)."""
+        control = self.app.control
+        call = control.cancel_consumer if command == "cancel_consumer" else control.add_consumer
+        replies = await self._run(
+            call,
+            queue,
+            destination=destination,
+            reply=True,
+            timeout=self._timeout,
+            limit=expected or None,
+        )
+        return sorted(name for reply in replies or [] for name in reply)
 
     async def ping_broker(self) -> float:
         """Seconds a fresh broker connection takes to answer."""

@@ -26,7 +26,7 @@ from strawberry.dataloader import DataLoader
 from gql.compat import packing
 from gql.compat import register as compat
 from gql.services.errors import ServiceUnavailable
-from tasks.core import records, redis_clients, scripts, slots
+from tasks.core import records, redis_clients, scripts, slots, timeline
 from tasks.core.records import JobSnapshot, JobState
 from tasks.core.scripts import Hooks, PageQuery
 from tasks.core.settings import Settings
@@ -149,6 +149,7 @@ class JobStore:
         # Reads issued in the same loop tick (a burst of queries or of new subscriptions)
         # share one pipeline: one round trip, one pooled connection. No caching.
         self._snapshots = DataLoader(self._load_snapshots, max_batch_size=500, cache=False)
+        self._logs = DataLoader(self._load_logs, max_batch_size=500, cache=False)
 
     async def create_many(self, batch: list[Item]) -> list[str | None]:
         """Write new PENDING records, all in one atomic call: one round trip per batch.
@@ -340,6 +341,17 @@ class JobStore:
             rows: list[dict[str, str]] = await pipe.execute()
         return [JobSnapshot.from_hash(row) if row else None for row in rows]
 
+    async def logs(self, job_id: str, last: int) -> list[str]:
+        """The newest ``last`` (> 0) log lines of a job, oldest first, as stored
+        (:mod:`tasks.core.timeline`); reads of one loop tick share a round trip."""
+        return await self._logs.load((job_id, last))
+
+    async def _load_logs(self, wanted: list[tuple[str, int]]) -> list[list[str]]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for job_id, last in wanted:
+                pipe.lrange(timeline.logs_key(job_id), -last, -1)
+            return list(await pipe.execute())
+
     async def get_many(self, job_ids: list[str]) -> list[JobSnapshot]:
         """Several jobs in one round trip; unknown ids are left out."""
         return [s for s in await self._load_snapshots(job_ids) if s is not None]
@@ -381,6 +393,44 @@ class JobStore:
                 return scripts.settled(reply)
             owner, task, workflow = actual
         raise RuntimeError(f"job {snapshot.id} changed owner or task while it was updated")
+
+    async def transition_many(
+        self,
+        snapshots: Sequence[JobSnapshot],
+        state: JobState,
+        fields: dict[str, str],
+        allowed_from: frozenset[JobState],
+    ) -> list[tuple[str, Hooks | None]]:
+        """:meth:`transition_hooked` for many jobs the caller read, in one pipelined round
+        trip (one call per job on a cluster, all at once); a job whose owner, task or workflow
+        changed since it was read is moved again on its own."""
+        calls = [
+            scripts.update_call(
+                s.id,
+                state,
+                fields,
+                owner=s.owner,
+                task=s.task,
+                ttl=self._ttl,
+                allowed_from=allowed_from,
+                workflow=s.workflow_id or "",
+            )
+            for s in snapshots
+        ]
+        if self._cluster:
+            # redis-py's cluster pipeline cannot carry a registered script's call.
+            replies = await asyncio.gather(*(self._update(keys=c.keys, args=c.args) for c in calls))
+        else:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for call in calls:
+                    await self._update(keys=call.keys, args=call.args, client=pipe)
+                replies = await pipe.execute()
+        return [
+            await self.transition_hooked(snapshot, state, fields, allowed_from)
+            if scripts.moved(reply) is not None
+            else scripts.settled(reply)
+            for snapshot, reply in zip(snapshots, replies, strict=True)
+        ]
 
     async def page(self, query: PageQuery) -> list[JobSnapshot]:
         """Up to ``query.limit`` matching jobs, newest first: one call per tag (one round

@@ -1,8 +1,8 @@
 """Workers and queues as the API sees them, never through a broadcast: workers from their
 heartbeat keys (:mod:`tasks.worker.heartbeat`) in one script call, queue lengths from the broker
 (one pipelined LLEN per priority list on Redis, a passive declare on RabbitMQ, on a thread since
-kombu blocks), both cached for ``JOBQL_INSPECT_CACHE_SECONDS``, so dashboards polling them cannot
-load Redis or the workers.
+kombu blocks) with the paused ones (:mod:`tasks.core.paused_queues`), both cached for
+``JOBQL_INSPECT_CACHE_SECONDS``, so dashboards polling them cannot load Redis or the workers.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from gql.services.cache import Cached
 from tasks.core import redis_clients
 from tasks.core.liveness import READ_SCRIPT, WorkerBeat, worker_prefix, workers_key
 from tasks.core.messages import PRIORITY_STEPS, queue_key
+from tasks.core.paused_queues import paused_key
 from tasks.core.settings import Settings
 
 
@@ -26,6 +27,7 @@ class QueueState:
     name: str
     pending: int  # messages waiting in the broker, not yet delivered to a worker
     workers: tuple[str, ...]  # live workers consuming it
+    paused: dict[str, str] | None = None  # since when and by whom (pauseQueue), or None
 
 
 class Broker:
@@ -87,11 +89,14 @@ class WorkerDirectory:
     def __init__(
         self, settings: Settings, records: aioredis.Redis, broker: Broker, queues: frozenset[str]
     ) -> None:
+        self.settings = settings
+        self.client = records  # the single Redis of the heartbeats and the paused queues
         self._records = records
         self._broker = broker
         self._queues = sorted(queues)
         self._key = workers_key(settings)
         self._prefix = worker_prefix(settings)
+        self._paused_key = paused_key(settings)
         self._workers = Cached(self._read_workers, settings.inspect_cache_seconds)
         self._queue_states = Cached(self._read_queues, settings.inspect_cache_seconds)
 
@@ -109,13 +114,27 @@ class WorkerDirectory:
         beats = await self._records.eval(READ_SCRIPT, 1, self._key, self._prefix)
         return sorted((json.loads(b) for b in beats), key=lambda b: b["name"])
 
+    def forget(self) -> None:
+        """Read workers and queues afresh next time (a queue was paused or resumed)."""
+        self._workers.forget()
+        self._queue_states.forget()
+
+    async def read_workers(self) -> list[WorkerBeat]:
+        """The live workers now, not from the cache."""
+        return await self._read_workers()
+
     async def _read_queues(self) -> list[QueueState]:
-        pending, workers = await asyncio.gather(self._broker.pending(self._queues), self.workers())
+        pending, workers, paused = await asyncio.gather(
+            self._broker.pending(self._queues),
+            self.workers(),
+            self._records.hgetall(self._paused_key),
+        )
         return [
             QueueState(
                 name=name,
                 pending=pending.get(name, 0),
                 workers=tuple(w["name"] for w in workers if name in w["queues"]),
+                paused=json.loads(paused[name]) if name in paused else None,
             )
             for name in self._queues
         ]

@@ -14,7 +14,7 @@ import redis
 from celery import Task, states
 from celery.exceptions import BackendStoreError, Ignore
 
-from tasks.core import events, liveness
+from tasks.core import events, job_logs, liveness
 from tasks.core.messages import OWNER_HEADER
 from tasks.core.records import TERMINAL_STATES, checked_json
 from tasks.core.settings import get_settings
@@ -36,13 +36,15 @@ class JobTask(Task):  # type: ignore[misc]
         request it pushed (``Task.__call__`` would push a second, empty one). A result over
         ``JOBQL_MAX_RESULT_BYTES`` raises :class:`tasks.core.records.ResultTooLarge` here: the
         job fails with that type, and neither the result backend, the record nor a chain's
-        next step ever receives the result.
+        next step ever receives the result. What the body logs with ``logging`` goes to the
+        job's log lines too (:mod:`tasks.core.job_logs`).
         """
         if self.request.called_directly:
             return super().__call__(*args, **kwargs)
-        result = self.run(*args, **kwargs)
         if _builtin(self.name):
-            return result
+            return self.run(*args, **kwargs)
+        with job_logs.capturing(self.request.id):
+            result = self.run(*args, **kwargs)
         self.request.jobql_result_json = checked_json(result, get_settings().max_result_bytes)
         return result
 
@@ -104,7 +106,7 @@ class JobTask(Task):  # type: ignore[misc]
         einfo: Any,
     ) -> None:
         if not _builtin(self.name):
-            events.retrying(task_id, self.name, (self.request.retries or 0) + 1)
+            events.retrying(task_id, self.name, (self.request.retries or 0) + 1, exc)
 
     def update_state(
         self,

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from tasks.core import records, redis_clients, scripts, slots
+from tasks.core import records, redis_clients, scripts, slots, timeline
 from tasks.core.records import CANCELLABLE_STATES, RUNNING_STATES, JobState
 from tasks.core.settings import get_settings
 from tasks.core.workflow_records import WorkflowSnapshot, workflow_key
@@ -110,13 +110,14 @@ def transition(
     allowed_from: frozenset[JobState] = frozenset(),
     workflow: str = "",
     owner: str | None = None,
+    note: str = "",
 ) -> str:
     """Move a job to ``state``; returns 'ok', 'missing' or the state that refused the move.
 
     ``task`` (and ``workflow``) are the job's if the caller knows them; the owner is
     remembered, or ``owner`` (the one its message names), or guessed: a wrong one costs one
     more call, answered with the right one. A webhook the change triggers is scheduled
-    here, on the worker side.
+    here, on the worker side. ``note``: the message of the change's timeline entry.
     """
     _, _, update = _scripts()
     owner, task, workflow, guessed = _guess(job_id, task, workflow, owner)
@@ -130,6 +131,7 @@ def transition(
             ttl=get_settings().job_retention_seconds,
             allowed_from=allowed_from,
             workflow=workflow,
+            note=note,
         )
         reply = update(keys=call.keys, args=call.args)
         if (actual := scripts.moved(reply)) is None:
@@ -320,9 +322,13 @@ def failed(job_id: str | None, task: str, exception: BaseException | None) -> No
     _safely(job_id, task, JobState.FAILURE, {"error": _error_json(kind, str(exception))})
 
 
-def retrying(job_id: str | None, task: str, retries: int) -> None:
-    """``retries`` counts this retry too."""
-    _safely(job_id, task, JobState.RETRY, {"retries": str(retries)})
+def retrying(
+    job_id: str | None, task: str, retries: int, exception: BaseException | None = None
+) -> None:
+    """``retries`` counts this retry too; ``exception``, what it retries after, goes on the
+    job's timeline."""
+    why = timeline.note(f"{type(exception).__name__}: {exception}") if exception else ""
+    _safely(job_id, task, JobState.RETRY, {"retries": str(retries)}, why)
 
 
 def revoked(job_id: str | None, task: str, *, expired: bool, terminated: bool) -> None:
@@ -337,7 +343,17 @@ def revoked(job_id: str | None, task: str, *, expired: bool, terminated: bool) -
 
 def progressed(job_id: str, task: str, meta: Any) -> None:
     """Celery's free-form progress ``meta``, recorded as PROGRESS (best-effort, see below)."""
-    _progress.write(job_id, task, progress_fields(meta))
+    fields = progress_fields(meta)
+    _progress.write(job_id, task, fields, _progress_note(fields["progress"]))
+
+
+def _progress_note(progress: str) -> str:
+    """A progress report's timeline message: its own message, else how far it got."""
+    report = records.loads(progress)
+    if report.get("message"):
+        return timeline.note(str(report["message"]))
+    current, total = report["current"], report["total"]
+    return f"{current:g}/{total:g}" if total else f"{current:g}"
 
 
 class _HeldProgress:
@@ -353,25 +369,25 @@ class _HeldProgress:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._held: OrderedDict[str, tuple[str, dict[str, str]]] = OrderedDict()
+        self._held: OrderedDict[str, tuple[str, dict[str, str], str]] = OrderedDict()
         self._paused_until = 0.0
 
-    def _hold(self, job_id: str, task: str, fields: dict[str, str]) -> None:
+    def _hold(self, job_id: str, task: str, fields: dict[str, str], note: str) -> None:
         with self._lock:
-            self._held[job_id] = (task, fields)
+            self._held[job_id] = (task, fields, note)
             self._held.move_to_end(job_id)
             while len(self._held) > self.KEPT:
                 self._held.popitem(last=False)
 
-    def write(self, job_id: str, task: str, fields: dict[str, str]) -> None:
+    def write(self, job_id: str, task: str, fields: dict[str, str], note: str = "") -> None:
         if time.monotonic() < self._paused_until:
-            self._hold(job_id, task, fields)
+            self._hold(job_id, task, fields, note)
             return
         try:
-            transition(job_id, JobState.PROGRESS, fields, task=task)
+            transition(job_id, JobState.PROGRESS, fields, task=task, note=note)
         except redis.RedisError as exc:
             self._paused_until = time.monotonic() + self.PAUSE
-            self._hold(job_id, task, fields)
+            self._hold(job_id, task, fields, note)
             logger.warning("progress of job %s held while Redis is unreachable: %s", job_id, exc)
         else:
             with self._lock:
@@ -382,10 +398,61 @@ class _HeldProgress:
         with self._lock:
             held = self._held.pop(job_id, None)
         if held is not None:
-            transition(job_id, JobState.PROGRESS, held[1], task=held[0])
+            transition(job_id, JobState.PROGRESS, held[1], task=held[0], note=held[2])
 
 
 _progress = _HeldProgress()
+
+
+class _LogWriter:
+    """A running job's log lines (``JobContext.log``), one script call per line: stored
+    with the record, streamed on the job's channel (:data:`tasks.core.timeline.LOG_SCRIPT`).
+
+    Best-effort, as progress is: a task never fails for a line. While Redis is unreachable
+    lines are dropped (counted in the worker's log) and none is tried for ``PAUSE`` seconds,
+    so a task that logs often does not wait out a reconnect on every line.
+    """
+
+    PAUSE = 1.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._script: tuple[redis.Redis, Any] | None = None
+        self._paused_until = 0.0
+        self.dropped = 0
+
+    def _registered(self) -> Any:
+        current = client()
+        with self._lock:
+            if self._script is None or self._script[0] is not current:
+                self._script = (current, current.register_script(timeline.LOG_SCRIPT))
+            return self._script[1]
+
+    def write(self, job_id: str, message: str, level: int) -> str:
+        """Returns 'ok', 'missing', the final state of a job that takes no more lines, or
+        'dropped' while Redis is unreachable."""
+        if time.monotonic() < self._paused_until:
+            self.dropped += 1
+            return "dropped"
+        line = timeline.log_line(message, level, records.now())
+        keys, args = timeline.log_args(job_id, [line], scripts.publish_command())
+        try:
+            return str(self._registered()(keys=keys, args=args))
+        except redis.RedisError as exc:
+            self._paused_until = time.monotonic() + self.PAUSE
+            self.dropped += 1
+            logger.warning(
+                "a log line of job %s was dropped: Redis is unreachable: %s", job_id, exc
+            )
+            return "dropped"
+
+
+_logs = _LogWriter()
+
+
+def logged(job_id: str, message: str, level: int) -> str:
+    """Store a log line of a running job and stream it to its watchers (best-effort)."""
+    return _logs.write(job_id, message, level)
 
 
 def progress_fields(meta: Any) -> dict[str, str]:
@@ -417,7 +484,9 @@ def _error_json(kind: str, message: str) -> str:
     return records.dumps({"type": kind, "message": message})
 
 
-def _safely(job_id: str | None, task: str, state: JobState, fields: dict[str, str]) -> None:
+def _safely(
+    job_id: str | None, task: str, state: JobState, fields: dict[str, str], note: str = ""
+) -> None:
     """Recording must not break the worker: a lost Redis is logged, the task still completes.
 
     A change a watcher must see (a final state, a retry) is tried again until Redis is back
@@ -431,7 +500,7 @@ def _safely(job_id: str | None, task: str, state: JobState, fields: dict[str, st
     while True:
         try:
             _progress.flush(job_id)
-            transition(job_id, state, fields, task=task)
+            transition(job_id, state, fields, task=task, note=note)
             return
         except redis.RedisError as exc:
             if time.monotonic() + pause > deadline:

@@ -7,6 +7,8 @@ from typing import Any
 
 from celery import Task
 
+from tasks.core import events, timeline
+
 
 class JobContext:
     """What a running job may know and say about itself.
@@ -32,6 +34,22 @@ class JobContext:
         if data is not None:
             meta["data"] = data
         self._task.update_state(task_id=self.id, state="PROGRESS", meta=meta)
+
+    def log(self, message: str, level: str | int = "info") -> None:
+        """Add a line to the job's log: stored with the job (``Job.logs``) and streamed to
+        everyone watching it.
+
+        ``level``: ``"debug"``, ``"info"``, ``"warning"``, ``"error"``, ``"critical"`` or a
+        ``logging`` level number. A job keeps its newest 200 lines of at most 1,000
+        characters each (a longer line is cut); older lines are dropped and counted
+        (``Job.logsDropped``). Best-effort, like progress: a line that cannot be stored
+        (Redis unreachable) is dropped, and the task goes on.
+        """
+        events.logged(self.id, str(message), timeline.level_number(level))
+
+    async def alog(self, message: str, level: str | int = "info") -> None:
+        """:meth:`log` for ``async def`` tasks, without blocking their event loop."""
+        await asyncio.to_thread(self.log, message, level)
 
     async def aprogress(
         self,

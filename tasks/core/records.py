@@ -205,6 +205,17 @@ def _loads(text: str | None) -> Any:
     return loads(text) if text else None
 
 
+def _timeline(fields: dict[str, str]) -> str:
+    """The record's timeline (tasks.core.timeline): ``events``, and ``events:2``... where
+    it was too long for one field of a compact hash."""
+    text = fields.get("events") or ""
+    piece = 2
+    while (more := fields.get(f"events:{piece}")) is not None:
+        text += more
+        piece += 1
+    return text
+
+
 def _moment(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
@@ -243,6 +254,10 @@ class JobSnapshot:
     schedule: str | None = None
     # Only on an event of a workflow's channel: the workflow's record after this change.
     workflow: dict[str, str] | None = None
+    # The timeline as stored (JSON text, read by tasks.core.timeline.entries), and how many
+    # of the job's log lines were dropped, oldest first, past the bound.
+    events: str = ""
+    logs_dropped: int = 0
 
     @property
     def done(self) -> bool:
@@ -276,6 +291,8 @@ class JobSnapshot:
             trace_id=fields.get("trace_id") or None,
             schedule_id=fields.get("schedule_id") or None,
             schedule=fields.get("schedule") or None,
+            events=_timeline(fields),
+            logs_dropped=int(fields.get("logs_dropped") or 0),
         )
 
     @classmethod
@@ -322,6 +339,7 @@ def new_record(
         "input": dumps(input_json),
         "created_at": created_at.isoformat(),
         "idempotency_key": idempotency or "",
+        "events": queued_entry(created_at),
     }
     if workflow_id:
         fields["workflow_id"] = workflow_id
@@ -332,6 +350,12 @@ def new_record(
     if trace_id:
         fields["trace_id"] = trace_id
     return fields
+
+
+def queued_entry(created_at: datetime) -> str:
+    """A new record's timeline (tasks.core.timeline): queued (state 0) when it was created,
+    in milliseconds since the epoch."""
+    return f"[[{to_score(created_at) // 1000},0]]"
 
 
 def unsent(fields: dict[str, str]) -> dict[str, str]:

@@ -13,6 +13,7 @@ from typing import Any
 from celery import Celery, Task
 from pydantic import BaseModel
 
+from tasks.core import job_logs
 from tasks.core.aio import run_coroutine
 from tasks.core.canvas import receive
 from tasks.core.progress import JobContext
@@ -96,7 +97,10 @@ class TaskRegistry:
                 # A workflow's step gets the previous step's result positionally.
                 data = input_model.model_validate(receive(received, kwargs))
                 args = (data, JobContext(task)) if wants_context else (data,)
-                value = run_coroutine(fn(*args)) if is_async else fn(*args)
+                if is_async:  # awaited on another thread: the job's context goes along
+                    value = run_coroutine(job_logs.within(task.request.id, fn(*args)))
+                else:
+                    value = fn(*args)
                 return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
 
             run.__name__, run.__qualname__ = fn.__name__, fn.__qualname__

@@ -37,6 +37,7 @@ from tasks.core.records import (
     to_score,
     unsent_key,
 )
+from tasks.core.timeline import LOGS_SUFFIX, TIMELINE_LUA
 from tasks.core.workflow_records import workflow_channel, workflow_key
 
 _MICROS = 1_000_000
@@ -99,12 +100,14 @@ return false
 """
 
 # KEYS: job, all, task, expiry, then the 7 state indexes and the 7 (state, task) indexes
-#       in JobState's order, then the job's workflow (the job's key for none)
+#       in JobState's order, then the job's workflow (the job's key for none), then the
+#       job's log lines (tasks.core.timeline.logs_key)
 # ARGV: ttl, new state, now (ISO), job id, job channel, owner channel,
 #       states it may move from (comma-separated; '' means any state not yet terminal),
-#       owner, task, expires at (µs), expiry member, workflow id ('' for none), workflow
-#       channel, publish command (PUBLISH, or SPUBLISH on a cluster), every owner's
-#       channel, field/value pairs...
+#       owner, task, expires at (µs: now + ttl, so now is known to the ms), expiry member,
+#       workflow id ('' for none), workflow channel, publish command (PUBLISH, or SPUBLISH
+#       on a cluster), every owner's channel, the timeline entry's message ('' for none),
+#       field/value pairs...
 # Every key and channel carries the job's hash tag; a workflow's steps share its tag.
 # Returns 'ok', 'missing', the current state when the move is refused, {'moved', owner,
 # task, workflow} when the record's differ from those the keys were built for (the caller
@@ -112,11 +115,15 @@ return false
 # webhook asked for it ('' for the one that did not). A terminal state is final: a late
 # progress report or a late STARTED never overwrites it. Every STARTED counts an attempt;
 # one that finds the job still running counts the previous run as lost with its worker.
-# The record's TTL restarts with every change, and so does its expiry entry.
+# The record's TTL restarts with every change, and so do its expiry entry's and, when it has
+# log lines (its ``logs_dropped`` field is set from the first), their list's.
+# Every change adds an entry to the record's timeline (tasks.core.timeline), in this call.
 # A step of a workflow changes the workflow in the same step: its state and percent, the
 # aggregate state and progress, the workflow's sequence, and one event on the workflow's
 # channel (the step's snapshot, carrying the workflow's record as ``workflow``).
-UPDATE_SCRIPT = """
+UPDATE_SCRIPT = (
+    TIMELINE_LUA
+    + """
 local slot = {__STATE_SLOTS__}
 local function record(key)
   local flat = redis.call('HGETALL', key)
@@ -144,7 +151,8 @@ local function put(field, value)
   set[#set + 1] = value
   snap[field] = value
 end
-for i = 16, #ARGV, 2 do put(ARGV[i], ARGV[i + 1]) end
+local worker_before, note = snap['worker'] or '', ARGV[16]
+for i = 17, #ARGV, 2 do put(ARGV[i], ARGV[i + 1]) end
 put('state', new)
 if new == 'STARTED' then
   if not snap['started_at'] then put('started_at', ARGV[3]) end
@@ -152,12 +160,18 @@ if new == 'STARTED' then
   if state == 'STARTED' or state == 'PROGRESS' then
     put('lost', tostring((tonumber(snap['lost']) or 0) + 1))
     put('redelivery', 'worker lost: a run ended without an outcome')
+    if note == '' then note = snap['redelivery'] end
   end
 end
 if new == 'SUCCESS' or new == 'FAILURE' or new == 'REVOKED' then put('finished_at', ARGV[3]) end
+local at = math.floor((tonumber(ARGV[10]) - tonumber(ARGV[1]) * 1000000) / 1000)
+local stale = write_timeline(snap, put, slot[new], at, tonumber(snap['attempts']) or 0,
+                             worker_before, snap['worker'] or '', note, new == 'STARTED')
 put('sequence', tostring((tonumber(snap['sequence']) or 0) + 1))
 redis.call('HSET', KEYS[1], unpack(set))
+if #stale > 0 then redis.call('HDEL', KEYS[1], unpack(stale)) end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+if snap['logs_dropped'] then redis.call('EXPIRE', KEYS[20], tonumber(ARGV[1])) end
 if new ~= state then
   local score = redis.call('ZSCORE', KEYS[2], ARGV[4])
   if score then
@@ -234,6 +248,7 @@ end
 if job_hook ~= '' or flow_hook ~= '' then return {'hook', job_hook, flow_hook} end
 return 'ok'
 """.replace("__STATE_SLOTS__", ", ".join(f"{s.value} = {i}" for i, s in enumerate(JobState)))
+)
 
 # KEYS: the indexes to merge (one per state asked for, or the task's, or all), of one tag
 # ARGV: upper bound (a ZRANGEBYSCORE bound), cursor id ('' for none: with one, the bound is
@@ -378,9 +393,12 @@ def update_call(
     ttl: int,
     allowed_from: Collection[JobState] = (),
     workflow: str = "",
+    note: str = "",
 ) -> ScriptCall:
     """Move a job of ``owner``, ``task`` and ``workflow`` to ``state`` (from ``allowed_from``,
-    or any state not yet final); the script answers with the right ones if these are wrong."""
+    or any state not yet final); the script answers with the right ones if these are wrong.
+    ``note``: the message of the change's timeline entry (a retry's error, a progress
+    message), made by :func:`tasks.core.timeline.note`."""
     moment = now()
     tag = slots.tag_of(job_id)
     job = job_key(job_id)
@@ -389,6 +407,7 @@ def update_call(
             job,
             *_update_indexes(owner, task, tag),
             workflow_key(workflow) if workflow else job,
+            job + LOGS_SUFFIX,
         ],
         args=[
             ttl,
@@ -406,6 +425,7 @@ def update_call(
             workflow_channel(workflow) if workflow else "",
             publish_command(),
             every_owner_channel(tag),
+            note,
             *flatten(fields or {}),
         ],
     )

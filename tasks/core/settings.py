@@ -108,6 +108,8 @@ class Settings(BaseSettings):
     max_page_size: int = Field(default=100, ge=1, le=1000)
     # Most items one enqueueMany (or <task>Many) may carry; all are recorded in one call.
     max_batch_size: int = Field(default=500, ge=1, le=10_000)
+    # Most jobs one retryJobs or cancelJobs acts on; a cursor continues with the next ones.
+    max_bulk_size: int = Field(default=500, ge=1, le=10_000)
     # HTTP GraphQL operations executing at once per process; the others wait their turn
     # without queueing work on the event loop (0: unbounded). Fewer keep other requests'
     # latency low under a flood, more batch Redis reads better. Measured on 2 cores under
@@ -438,6 +440,7 @@ class LimitSettings:
     max_batch_size: int
     max_page_size: int
     max_schedules_per_owner: int
+    max_bulk_size: int
     workflow_max_steps: int
 
     @property

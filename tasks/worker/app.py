@@ -19,8 +19,8 @@ from tasks.core import compat, tracing
 from tasks.core.settings import Settings
 
 # Imported for their receivers: revocations and tasks not built on JobTask are recorded in
-# signals; per-job log lines and counters in job_metrics.
-from tasks.worker import job_metrics, poison, results, signals  # noqa: F401
+# signals; per-job log lines and counters in job_metrics; paused queues left out at start.
+from tasks.worker import job_metrics, paused, poison, results, signals  # noqa: F401
 from tasks.worker.fast_paths import broker_transport
 from tasks.worker.heartbeat import Heartbeat
 from tasks.worker.reaper import Reaper

@@ -8,8 +8,6 @@ unreadable envelope is set aside on ``DEAD_LETTER_KEY``.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import threading
@@ -24,59 +22,13 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
 from tasks.core import events
-from tasks.core.records import PREFIX
+from tasks.core.dead_letters import DEAD_LETTER_KEY as DEAD_LETTER_KEY  # the list's format
+from tasks.core.dead_letters import DEAD_LETTERS_KEPT as DEAD_LETTERS_KEPT
+from tasks.core.dead_letters import dead_letter_entry as dead_letter_entry
+from tasks.core.dead_letters import envelope as envelope
 from tasks.core.settings import get_settings
 
 logger = logging.getLogger(__name__)
-
-# Envelopes the worker could not read, newest first, as JSON: queue, reason, size, raw text.
-DEAD_LETTER_KEY = f"{PREFIX}:dead-letter"
-DEAD_LETTERS_KEPT = 1000
-_RAW_KEPT = 64 * 1024  # bytes of each raw envelope kept for inspection
-
-
-def envelope(raw: bytes | str) -> tuple[dict[str, Any] | None, str]:
-    """The decoded envelope, or None and why kombu could not deliver it."""
-    try:
-        message = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return None, f"not JSON: {exc}"
-    if not isinstance(message, dict):
-        return None, "not a JSON object"
-    properties = message.get("properties")
-    if not isinstance(properties, dict) or "delivery_tag" not in properties:
-        return None, "no properties with a delivery_tag"
-    delivery = properties.get("delivery_info")
-    if not isinstance(delivery, dict) or not all(
-        isinstance(delivery.get(k), str) for k in ("exchange", "routing_key")
-    ):
-        return None, "no delivery_info with exchange and routing_key"
-    headers = message.get("headers")
-    if headers is not None and not isinstance(headers, dict):
-        return None, "headers are not an object"
-    body = message.get("body")
-    if body is not None and not isinstance(body, str):
-        return None, "body is not a string"
-    if body and properties.get("body_encoding") == "base64":
-        try:
-            base64.b64decode(body, validate=True)
-        except (binascii.Error, ValueError):
-            return None, "body is not base64"
-    return message, ""
-
-
-def dead_letter_entry(queue: str, raw: bytes, reason: str, **known: str) -> str:
-    """One entry of the dead-letter list (``known``: the job id or task, when read)."""
-    return json.dumps(
-        {
-            "queue": queue,
-            "reason": reason,
-            "size": len(raw),
-            "at": time.time(),
-            "raw": raw[:_RAW_KEPT].decode("utf-8", "replace"),
-            **known,
-        }
-    )
 
 
 def _named(raw: bytes) -> dict[str, str]:

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 def _queues(worker: Any) -> list[str]:
     """The queues the worker consumes now: ``cancel_consumer`` takes one out of this set."""
-    return sorted(worker.app.amqp.queues.consume_from or worker.app.amqp.queues)
+    return sorted(worker.app.amqp.queues.consume_from)  # none at all when every one is paused
 
 
 def _pool_name(worker: Any) -> str:

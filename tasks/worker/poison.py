@@ -20,6 +20,7 @@ from celery.worker import state as worker_state
 from celery.worker.consumer import Consumer as CeleryConsumer
 
 from tasks.core import compat, events
+from tasks.core.dead_letters import INVALID, NOT_REGISTERED
 from tasks.core.settings import Settings
 from tasks.worker.broker import DEAD_LETTER_KEY, DEAD_LETTERS_KEPT, dead_letter_entry
 
@@ -39,9 +40,6 @@ POISON_MESSAGES = compat.fix(
 
 CONSUMER = f"{__name__}:Consumer"
 CELERY_CONSUMER = "celery.worker.consumer:Consumer"
-
-NOT_REGISTERED = "NotRegistered"
-INVALID = "InvalidMessage"
 
 
 class Unrunnable(Exception):

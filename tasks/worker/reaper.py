@@ -176,6 +176,7 @@ class Reaper(bootsteps.StartStopStep):  # type: ignore[misc]
                 JobState.RETRY,
                 {"redelivery": reason, "lost": str(int(lost) + 1)},
                 allowed_from=RUNNING_STATES,
+                note=reason,
             )
             if outcome == "ok":
                 channel.qos.restore_by_tag(tag, leftmost=True)

@@ -78,6 +78,9 @@ def _on_failure(
 
 
 @task_retry.connect
-def _on_retry(sender: Any = None, request: Any = None, **_: Any) -> None:
+def _on_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
     if _foreign(sender) and request is not None:
-        events.retrying(request.id, sender.name, (request.retries or 0) + 1)
+        # Celery's Retry carries what the task retries after as ``exc``.
+        why = getattr(reason, "exc", None) or reason
+        why = why if isinstance(why, BaseException) else None
+        events.retrying(request.id, sender.name, (request.retries or 0) + 1, why)

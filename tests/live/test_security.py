@@ -54,6 +54,10 @@ ENQUEUE = (
 CANCEL = "mutation($id: ID!) { cancelJob(id: $id) { id state } }"
 RETRY = "mutation($id: ID!) { retryJob(id: $id) { id state } }"
 MINE = "{ jobs(first: 100) { edges { node { id state } } } }"
+BULK_CANCEL = "mutation($f: JobFilter!) { cancelJobs(filter: $f) { examined cancelled } }"
+BULK_RETRY = (
+    "mutation($f: JobFilter!) { retryJobs(filter: $f) { examined retried { id retryId } } }"
+)
 WATCH = "subscription($id: ID!) { job(id: $id) { id state } }"
 FIREHOSE = "subscription { jobs { id state } }"
 EVERY_OWNER = "subscription { jobs { id owner state } }"
@@ -193,6 +197,27 @@ async def test_an_admin_sees_and_touches_every_owners_jobs(http: httpx.AsyncClie
     assert cancelled["cancelJob"]["state"] == "REVOKED"
     retried = await ok(http, admin, RETRY, id=job["id"])
     assert retried["retryJob"]["id"] in {j["id"] for j in await jobs_of(http, alice)}
+
+
+async def test_bulk_controls_reach_the_callers_jobs_and_an_admins_every_owners(
+    http: httpx.AsyncClient,
+) -> None:
+    alice, bob = someone(), someone()
+    since = datetime.now(UTC).isoformat()
+    mine = {owner: (await waiting_job(http, owner))["id"] for owner in (alice, bob)}
+    window = {"createdAfter": since, "createdBefore": datetime.now(UTC).isoformat()}
+
+    bobs = (await ok(http, bearer(bob), BULK_CANCEL, f=window))["cancelJobs"]
+    assert bobs == {"examined": 1, "cancelled": [mine[bob]]}
+    assert (await ok(http, bearer(alice), JOB, id=mine[alice]))["job"]["state"] == "PENDING"
+    admin = bearer(someone(), scope="jobql:admin")
+    everyone = (await ok(http, admin, BULK_CANCEL, f=window))["cancelJobs"]
+    assert everyone == {"examined": 2, "cancelled": [mine[alice]]}
+
+    assert (await ok(http, bearer(bob), BULK_RETRY, f=window))["retryJobs"]["examined"] == 1
+    retried = (await ok(http, admin, BULK_RETRY, f=window))["retryJobs"]["retried"]
+    assert [r["id"] for r in retried] == [mine[alice]], "bob's job was retried by bob already"
+    assert retried[0]["retryId"] in {j["id"] for j in await jobs_of(http, alice)}
 
 
 async def test_the_firehose_shows_an_owner_theirs_alone_and_an_admin_everyones(

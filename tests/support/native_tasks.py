@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
 from typing import Any
 
 from tasks.core.app import celery_app
+from tasks.core.progress import JobContext
 
 
 @celery_app.task(bind=True, name="native.countdown")
@@ -43,3 +45,39 @@ def effect(self: Any, seconds: float = 1.0, die: bool = False) -> dict[str, int]
     first = redis.hsetnx(EFFECTS_KEY, self.request.id, pid)
     redis.rpush(SPANS_KEY + self.request.id, f"{start} {time.time()}")
     return {"pid": pid, "effect": int(first)}
+
+
+# Set by a test once it watches a job of ``timeline.chatty``: the job waits for it, so the
+# watcher sees every line arrive.
+GATE_KEY = "jobql:test:gate:"
+
+
+@celery_app.task(bind=True, name="timeline.chatty")
+def chatty(self: Any, lines: int = 3, pause: float = 0.05) -> dict[str, int]:
+    """Once the test says go, log ``lines`` lines between progress reports, the last one a
+    warning, then one line through Python's logging."""
+    from tasks.core.events import client
+
+    job = JobContext(self)
+    deadline = time.monotonic() + 20
+    while not client().exists(GATE_KEY + job.id) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for i in range(1, lines + 1):
+        job.log(f"line {i} of {lines}", level="warning" if i == lines else "info")
+        job.progress(i, lines, f"step {i}")
+        time.sleep(pause)
+    logging.getLogger("tests.chatty").info("done after %d lines", lines)
+    return {"lines": lines}
+
+
+@celery_app.task(bind=True, name="timeline.flaky", max_retries=1)
+def flaky(self: Any) -> None:
+    """Fail, retry, then fail for good.
+
+    Not at once: Celery sends the retry's message before the run that retries is recorded
+    as RETRY, and another pool process may start the retry in between (it is then recorded
+    as a re-run after a lost worker, then the RETRY lands on the running retry).
+    """
+    if not self.request.retries:
+        raise self.retry(exc=ValueError("first try fails"), countdown=0.3)
+    raise RuntimeError("second try fails too")

@@ -58,6 +58,14 @@ def test_the_contract_names_are_present() -> None:
         "cancelJob(id: ID!, terminate: Boolean = false): Job!",
         "retryJob(id: ID!): Job!",
         "jobs(first: Int = 20, after: String = null, filter: JobFilter = null): JobConnection!",
+        "retryJobs(filter: JobFilter!, first: Int = null, after: String = null): RetryJobsResult!",
+        "cancelJobs(filter: JobFilter!, terminate: Boolean = false, first: Int = null, "
+        "after: String = null): CancelJobsResult!",
+        "deadLetters(first: Int! = 20, after: String = null): DeadLetterConnection!",
+        "requeueDeadLetter(id: ID!): DeadLetterRequeued!",
+        "discardDeadLetter(id: ID!): DeadLetter!",
+        "pauseQueue(name: String!): Queue!",
+        "resumeQueue(name: String!): Queue!",
     ):
         assert signature in signatures, signature
 

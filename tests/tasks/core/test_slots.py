@@ -149,8 +149,13 @@ def test_jobql_check_counts_records_of_the_layout_before_hash_tags(
                "JOBQL_REDIS_URL": valkey.url}  # fmt: skip
         result = subprocess.run([sys.executable, "-m", "gql.cli", "check"], capture_output=True,
                                 text=True, cwd=tmp_path, env=env, timeout=60)  # fmt: skip
+        # A container's probe (--worker, --beat) runs every few seconds: it scans nothing.
+        probe = subprocess.run([sys.executable, "-m", "gql.cli", "check", "--worker", "w@h"],
+                               capture_output=True, text=True, cwd=tmp_path, env=env,
+                               timeout=60)  # fmt: skip
     finally:
         client.delete(old)
         client.close()
     assert result.returncode == 0, result.stdout + result.stderr
     assert "job records of the layout before hash tags are no longer read" in result.stdout
+    assert "layout before hash tags" not in probe.stdout and "worker w@h" in probe.stdout
