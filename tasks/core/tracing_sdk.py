@@ -18,8 +18,11 @@ start a trace per command otherwise), and the ``trace_id``/``span_id`` of log li
 OpenTelemetry's Celery instrumentation (the run span from the message's headers, a retry's and
 a webhook's publish); in the API, a ``before_task_publish`` receiver that puts the current trace
 into the messages Celery's own producer sends (another broker, a workflow, a webhook of a
-cancel): the API does not install the Celery instrumentation, whose publish hook leaves its span
-open and current for a task the sending process does not declare (the webhook delivery).
+cancel). The API does not install the Celery instrumentation: most of its messages never pass
+its hooks (the message writer), JobQL's own publish span (:func:`tasks.core.tracing.publishing`)
+covers both ways of sending alike, and for a task the API does not declare (the webhook
+delivery) the instrumentation's publish span ends when its context manager is collected, before
+the message is sent.
 ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` (``redis``, ``celery``) leaves any of them out.
 """
 
