@@ -8,6 +8,7 @@ stored the outcome and right before the matching signal, in the run's own thread
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import redis
@@ -97,6 +98,34 @@ class JobTask(Task):  # type: ignore[misc]
         if not _builtin(self.name):
             events.failed(task_id, self.name, exc)
 
+    def retry(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        exc: BaseException | None = None,
+        throw: bool = True,
+        eta: Any = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Any:
+        """Celery's retry, with the job recorded as RETRY before the retry's message goes out.
+
+        Celery sends the message first and calls ``on_retry`` after: with a short countdown
+        another pool process started the retry in between, its STARTED was then overwritten
+        by the late RETRY, and the record counted a lost worker (one more towards
+        ``JOBQL_MAX_WORKER_LOSSES``). Only a retry that will happen is recorded here (not one
+        past its ``max_retries``, which fails the job instead).
+        """
+        request = self.request
+        limit = self.max_retries if max_retries is None else max_retries
+        retries = (request.retries or 0) + 1
+        happens = limit is None or retries <= limit
+        if happens and not _builtin(self.name) and not request.called_directly:
+            events.retrying(request.id, self.name, retries, exc or sys.exc_info()[1])
+            request.jobql_retry_recorded = True
+        return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
+
     def on_retry(
         self,
         exc: BaseException,
@@ -105,7 +134,7 @@ class JobTask(Task):  # type: ignore[misc]
         kwargs: dict[str, Any],
         einfo: Any,
     ) -> None:
-        if not _builtin(self.name):
+        if not _builtin(self.name) and not getattr(self.request, "jobql_retry_recorded", False):
             events.retrying(task_id, self.name, (self.request.retries or 0) + 1, exc)
 
     def update_state(

@@ -175,16 +175,23 @@ async def _commands(url: str) -> AsyncIterator[list[str]]:
 
 
 async def test_a_batch_of_100_is_one_round_trip(client: httpx.AsyncClient, valkey: Any) -> None:
-    # Scheduled an hour ahead: no worker touches these jobs while Redis is watched.
+    # Scheduled an hour ahead: a worker only reserves these jobs while Redis is watched
+    # (kombu's `unacked` bookkeeping, not counted). One batch first, so that the script is
+    # loaded: a first call on a fresh server is EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA.
     items = [{"task": "process_data", "input": {"data": i}} for i in range(100)]
+    warm = (await _data(client, MANY, items=items[:1], options={"countdown": 3600}))["enqueueMany"]
     async with _commands(valkey.url) as seen:
         jobs = (await _data(client, MANY, items=items, options={"countdown": 3600}))["enqueueMany"]
         await asyncio.sleep(0.2)
     ids = {job["id"] for job in jobs}
     assert len(ids) == 100
 
-    touching = [command for command in seen if any(job_id in command for job_id in ids)]
+    touching = [
+        command
+        for command in seen
+        if any(job_id in command for job_id in ids) and "unacked" not in command
+    ]
     assert len(touching) == 1, touching
     assert touching[0].startswith(("EVALSHA", "EVAL"))
-    for job in jobs:
+    for job in [*warm, *jobs]:
         await _data(client, "mutation($id: ID!) { cancelJob(id: $id) { id } }", id=job["id"])

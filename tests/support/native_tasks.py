@@ -72,12 +72,9 @@ def chatty(self: Any, lines: int = 3, pause: float = 0.05) -> dict[str, int]:
 
 @celery_app.task(bind=True, name="timeline.flaky", max_retries=1)
 def flaky(self: Any) -> None:
-    """Fail, retry, then fail for good.
-
-    Not at once: Celery sends the retry's message before the run that retries is recorded
-    as RETRY, and another pool process may start the retry in between (it is then recorded
-    as a re-run after a lost worker, then the RETRY lands on the running retry).
-    """
+    """Fail, retry at once, then fail for good. At once: another pool process may start the
+    retry while this one is still in Celery's retry, and the record must still say RETRY,
+    then STARTED (tasks.core.base.JobTask.retry), never a lost worker."""
     if not self.request.retries:
-        raise self.retry(exc=ValueError("first try fails"), countdown=0.3)
+        raise self.retry(exc=ValueError("first try fails"), countdown=0)
     raise RuntimeError("second try fails too")
