@@ -146,7 +146,9 @@ async def test_the_api_reports_its_fast_paths(app: FastAPI) -> None:
         "hiredis_packing": "speed-up",
     }
     assert {name: stats[name]["kind"] for name in kinds} == kinds
-    assert all(path["active"] and path["why"] for path in stats.values()), stats
+    # The API's own (the register is per process: in a test process, other tests' decisions
+    # about a worker's internals are in it too).
+    assert all(stats[name]["active"] and stats[name]["why"] for name in kinds), stats
     assert stats["executor"]["verified"].startswith("graphql-core 3.3")
     assert stats["executor"]["why"].startswith("P6"), "a speed-up names the figure it earns on"
 
