@@ -42,7 +42,7 @@ EXAMPLE = Path(__file__).resolve().parent.parent
 EVERY = 1  # seconds between ticks of both schedules
 LOCK_TIMEOUT = 2  # JOBQL_BEAT_LOCK_TIMEOUT: a killed holder's lease expires within it
 # Seconds both beats run side by side before each kill, and after the last one.
-PHASE = 10.0 if FULL else 2.0
+PHASE = 10.0 if FULL else 1.5
 KILLS = 3 if FULL else 1
 HOLDING = "beat: holding the schedules' lock"
 STANDING_BY = "standing by"
