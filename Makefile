@@ -110,12 +110,16 @@ docs: sync  ## build the documentation site into var/site
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict  # without Material's end-of-life banner
 
 # The fault, load and bad-input scenarios (docs/operating/guarantees.md); `make test` runs each in
-# its smallest form, this runs them at full size and writes the ledger.
+# its smallest form, this runs them at full size and writes the ledger. The Django beats' lease
+# needs the example project's database and Django: its row goes to a ledger of its own.
 RELIABILITY_TESTS := tests/faults
 
-reliability: sync  ## every fault scenario at full size; writes bench/results/reliability.md
+reliability: sync  ## every fault scenario at full size; writes bench/results/reliability*.md
 	JOBQL_RELIABILITY=full JOBQL_LEDGER_OUT=bench/results/reliability.md \
 		$(BIN)/python -m pytest $(RELIABILITY_TESTS)
+	cd examples/django && JOBQL_RELIABILITY=full \
+		JOBQL_LEDGER_OUT=$(CURDIR)/bench/results/reliability-django.md \
+		$(abspath $(BIN))/python -m pytest tests/test_django_beats.py
 
 bench: sync  ## every figure against its baseline, production profile; bench/results/latest.*
 	$(BIN)/python -m bench.run

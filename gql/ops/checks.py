@@ -17,7 +17,7 @@ from tasks.core import rabbitmq, records, redis_clients
 from tasks.core.durability import durability_warnings
 from tasks.core.liveness import worker_key
 from tasks.core.result_backends import is_database
-from tasks.core.schedules import LOCK_KEY
+from tasks.core.schedules import DJANGO_LOCK_KEY, LOCK_KEY
 from tasks.core.settings import Settings
 
 
@@ -123,23 +123,25 @@ def run_checks(*, worker: str | None = None, beat: bool = False) -> int:
 
         check(f"worker {worker} beats", alive, "Is it running and consuming this broker?")
     if beat:
+        beat_command = ("your project's `celery -A yourproject beat`"
+                        if settings.schedule_store == "django" else "`jobql beat`")  # fmt: skip
         check("beat holds the schedules' lock and renews it", lambda: _beat_lock(settings),
-              "Is `jobql beat` running against this Redis?")  # fmt: skip
+              f"Is {beat_command} running against this Redis?")  # fmt: skip
     sys.stdout.flush()
     return 1 if failures else 0
 
 
 def _beat_lock(settings: Settings) -> None:
-    """RedBeat's lock: the beat that runs the schedules renews it on every tick (at least every
-    ``JOBQL_BEAT_INTERVAL``) to ``JOBQL_BEAT_LOCK_TIMEOUT``, so it exists exactly while a beat
-    has renewed it within that timeout: a beat that stopped, hung or lost Redis lets it expire.
-    A standby beat passes while the active one holds it: the schedules run."""
-    if settings.schedule_store != "redis":
-        raise LookupError(f"JOBQL_SCHEDULE_STORE={settings.schedule_store}: the schedules' beat "
-                          "is your Django project's, which holds no RedBeat lock")  # fmt: skip
+    """The schedules' lock: RedBeat's, or with ``JOBQL_SCHEDULE_STORE=django`` the Django beat's
+    lease (tasks.django_beat.scheduler). The beat that runs the schedules renews it on every
+    tick (at least every ``JOBQL_BEAT_INTERVAL``) to ``JOBQL_BEAT_LOCK_TIMEOUT``, so it exists
+    exactly while a beat has renewed it within that timeout: a beat that stopped, hung or lost
+    Redis lets it expire. A standby beat passes while the active one holds it: the schedules
+    run."""
+    key = DJANGO_LOCK_KEY if settings.schedule_store == "django" else LOCK_KEY
     client = redis_clients.sync_client(settings.redis, settings, decode=False)
     try:
-        left = client.pttl(LOCK_KEY)
+        left = client.pttl(key)
     finally:
         redis_clients.close(client)
     if left is None or int(left) < 0:

@@ -238,18 +238,21 @@ def announce(fields: dict[str, str], on: redis.Redis | None = None) -> None:
         pipe.execute()
 
 
-def discard(fields: dict[str, str]) -> None:
-    """Take back a record whose message could not be sent: no job is left half-written."""
-    job_id, owner, task = fields["id"], fields["owner"], fields["task"]
-    tag = slots.tag_of(job_id)
-    with client().pipeline(transaction=True) as pipe:
-        pipe.delete(records.job_key(job_id))
-        for index in records.indexes_of(owner, task, tag):
-            pipe.zrem(index, job_id)
-        pipe.zrem(records.expiry_key(owner, tag), records.expiry_member(job_id, task))
-        if fields.get("idempotency_key"):
-            pipe.delete(records.idempotency_key(owner, fields["idempotency_key"]))
-        pipe.execute()
+def withdraw(fields: dict[str, str]) -> str:
+    """Take back a run whose message another broker did not take (beat's), as the API takes
+    back an enqueue (:data:`tasks.core.scripts.WITHDRAW_SCRIPT`): the record, its indexes and
+    idempotency key go, whoever saw its PENDING gets its end (REVOKED, ``NotSent``), and a
+    marker stays, so a worker that gets the message anyway (a publish that landed after it
+    failed) drops it rather than adopting it. Returns 'ok', 'missing', or the state of a job
+    a worker started already (it stays: it was sent after all).
+
+    Raises ``redis.RedisError``.
+    """
+    current = client()
+    call = scripts.withdraw_call(
+        fields, records.unsent(fields), ttl=get_settings().job_retention_seconds
+    )
+    return str(current.register_script(scripts.WITHDRAW_SCRIPT)(keys=call.keys, args=call.args))
 
 
 def started(

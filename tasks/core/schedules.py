@@ -23,6 +23,9 @@ from tasks.core.records import PREFIX
 BEAT_PREFIX = f"{PREFIX}:{{beat}}:"  # RedBeat's ``redbeat_key_prefix``
 SCHEDULE_SET = BEAT_PREFIX + ":schedule"  # RedBeat's sorted set (prefix + ":schedule")
 LOCK_KEY = BEAT_PREFIX + ":lock"
+# With JOBQL_SCHEDULE_STORE=django: the lease of the Django beat that runs the schedules
+# (tasks.django_beat.scheduler); its value names the holder (host:pid:token).
+DJANGO_LOCK_KEY = BEAT_PREFIX + ":django-lock"
 DISABLED_SCORE = -1  # RedBeat reads scores from 0 up: a disabled entry is never loaded
 # An entry's fields: RedBeat's two, then JobQL's record of the last run (beat writes them).
 FIELDS = ["definition", "meta", "last_run_at", "last_job"]

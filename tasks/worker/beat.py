@@ -186,7 +186,8 @@ class RunStarter:
         """Another broker (RabbitMQ): the PENDING event, then Celery's producer, from an app
         without a result backend (a long-lived sender must not subscribe to every result:
         see tasks.core.app); as the API does (gql.services.jobs), an unsent run is ended and
-        taken away."""
+        taken back, so its message, should it land after all, is dropped by its worker (the
+        tick's next try makes a new one), unless a worker started it already."""
         if self._sender is None:
             from tasks.core.app import create_celery_app
 
@@ -203,11 +204,15 @@ class RunStarter:
             )
         except Exception:
             try:
-                events.announce(records.unsent(fields))
+                outcome = events.withdraw(fields)
             except Exception:
-                logger.exception("could not announce the end of unsent job %s", fields["id"])
-            events.discard(fields)
-            raise
+                # Its record and tick key stay: the tick's next try finds this job by the
+                # key rather than starting another, and a message that lands runs it once.
+                logger.exception("could not take back unsent job %s", fields["id"])
+                raise
+            if outcome in ("ok", "missing"):
+                raise
+            logger.warning("job %s: its send failed, but a worker started it", fields["id"])
 
     def close(self) -> None:
         if self._sender is not None:

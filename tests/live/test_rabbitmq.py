@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -18,10 +20,14 @@ from typing import Any
 
 import pytest
 from kombu import Connection
+from kombu.exceptions import OperationalError
 
 from devtools.valkey import EmbeddedValkey
+from tasks.core import events, records, redis_clients, slots
+from tasks.core.app import create_celery_app
 from tasks.core.rabbitmq import PER_QUEUE_TIMEOUT_SINCE, version_of
-from tasks.core.settings import Settings
+from tasks.core.settings import Settings, get_settings
+from tasks.worker.beat import RunStarter
 from tests.conftest import ROOT, GraphQL, running_api, running_worker, service_env
 from tests.support.clients import graphql_transport_ws
 from tests.support.servers import rabbitmq_unavailable, rabbitmq_vhost
@@ -187,6 +193,44 @@ def test_a_refused_job_is_seen_created_then_ended_on_the_jobs_stream(amqp_api: G
     assert seen[1]["error"] == {"type": "NotSent"}
     assert len({s["id"] for s in seen}) == 1
     assert amqp_api.job(seen[0]["id"]) is None, "the unsent job's record was taken away"
+
+
+def test_a_scheduled_run_rabbitmq_refuses_is_taken_back_and_its_late_message_dropped(
+    amqp_api: GraphQL, vhost: str, valkey: EmbeddedValkey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beat's send of a schedule's run (tasks.worker.beat.RunStarter, in this process as in
+    a beat) refused: the run is taken back as the API takes back an enqueue, so its message,
+    had it landed after all, is dropped by the worker rather than run beside the new job
+    that the tick's next try makes. Before, the record was only deleted: a worker adopted
+    the late message and the tick ran twice."""
+    monkeypatch.setenv("JOBQL_REDIS_URL", valkey.url)
+    monkeypatch.setenv("JOBQL_BROKER_URL", vhost)
+    monkeypatch.setenv("JOBQL_EXTRA_QUEUES", f'["reports", "{IDLE}", "{FULL}"]')  # as _stack's
+    monkeypatch.setattr(redis_clients, "_worker_client", None)
+    get_settings.cache_clear()
+    owner = f"beat-{uuid.uuid4().hex[:8]}"
+    ours = {"owner": owner, "name": "tick", "input": {"data": 1}, "queue": FULL, "priority": None}
+    starter = RunStarter(create_celery_app(get_settings()))
+    watch = events.client().pubsub()
+    try:
+        watch.subscribe(*(records.owner_channel(owner, tag) for tag in slots.tags()))
+        while watch.get_message(timeout=0.2) is not None:
+            pass  # the subscribe confirmations
+        with pytest.raises(OperationalError):
+            starter.start(str(uuid.uuid4()), "process_data", {"data": 1}, ours, None)
+        heard = [json.loads(m["data"]) for m in iter(lambda: watch.get_message(timeout=0.5), None)]
+        assert [e["state"] for e in heard] == ["PENDING", "REVOKED"], heard
+        job_id = heard[0]["id"]
+        assert events.client().exists(records.unsent_key(job_id)), "a marker stays"
+        assert amqp_api.job(job_id) is None, "its record was taken back"
+        # What a worker's start of the job does when its message lands (JobTask.before_start).
+        late = events.started(job_id, "process_data", 0, {"data": 1}, QUEUE, "late-worker")
+        assert late == "REVOKED", "the late message is dropped, not adopted"
+        assert amqp_api.job(job_id) is None, "nor was the job recorded again"
+    finally:
+        watch.close()
+        starter.close()
+        get_settings.cache_clear()
 
 
 @pytest.fixture(scope="module")

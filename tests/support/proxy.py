@@ -1,4 +1,7 @@
-"""A loopback TCP proxy for fault tests: forwards, refuses, or black-holes (accepts, never answers).
+"""A loopback TCP proxy for fault tests: forwards, refuses, black-holes (accepts, never answers),
+or stalls (a partition: every connection, open or new, stays up but nothing crosses it; bytes
+sent meanwhile are held and delivered when it forwards again, as TCP delivers them once a
+partition heals).
 
 It runs its own asyncio loop on a thread, so sync and async tests alike can switch its mode
 while processes talk through it. Loopback only; it stops with :meth:`stop`.
@@ -13,7 +16,7 @@ from typing import Literal
 
 from devtools.processes import free_port
 
-Mode = Literal["forward", "refuse", "blackhole"]
+Mode = Literal["forward", "refuse", "blackhole", "stall"]
 
 
 class LoopbackProxy:
@@ -25,6 +28,7 @@ class LoopbackProxy:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._flowing: asyncio.Event | None = None  # made on the proxy's loop; clear: stalled
 
     def start(self) -> LoopbackProxy:
         self._thread.start()
@@ -32,7 +36,9 @@ class LoopbackProxy:
         return self
 
     def set_mode(self, mode: Mode) -> None:
-        """Switch; every open connection is cut so clients meet the new mode at once."""
+        """Switch; every open connection is cut so clients meet the new mode at once, except
+        into and out of ``stall``, which keeps them: a stall holds their bytes, and forwarding
+        again after it delivers what was held."""
         asyncio.run_coroutine_threadsafe(self._switch(mode), self._loop).result(5)
 
     def stop(self) -> None:
@@ -41,10 +47,22 @@ class LoopbackProxy:
         self._thread.join(5)
 
     async def _listen(self) -> None:
+        if self._flowing is None:
+            self._flowing = asyncio.Event()
+            self._flowing.set()
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
 
     async def _switch(self, mode: Mode) -> None:
+        assert self._flowing is not None
+        # A stall beginning or healing keeps every connection; any other switch cuts them.
+        keep = "stall" in (mode, self.mode) and {mode, self.mode} <= {"stall", "forward"}
         self.mode = mode
+        if mode == "stall":
+            self._flowing.clear()
+        else:
+            self._flowing.set()
+        if keep:
+            return
         for task in list(self._tasks):
             task.cancel()
         if mode == "refuse" and self._server is not None:
@@ -61,8 +79,12 @@ class LoopbackProxy:
             if self.mode == "blackhole":
                 await asyncio.Event().wait()  # read nothing, answer nothing, until cut
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+            assert self._flowing is not None
+            flowing = self._flowing
             try:
-                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+                await asyncio.gather(
+                    _pipe(reader, up_writer, flowing), _pipe(up_reader, writer, flowing)
+                )
             finally:
                 up_writer.close()
         except (asyncio.CancelledError, OSError):
@@ -72,9 +94,12 @@ class LoopbackProxy:
             writer.close()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flowing: asyncio.Event
+) -> None:
     with contextlib.suppress(OSError):
         while data := await reader.read(65536):
+            await flowing.wait()  # stalled: held here (and in the socket buffers behind it)
             writer.write(data)
             await writer.drain()
     writer.close()

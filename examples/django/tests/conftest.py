@@ -44,6 +44,12 @@ from tasks.core.app import create_celery_app  # noqa: E402
 from tasks.core.settings import Settings, get_settings  # noqa: E402
 from tests import conftest as jobql_conftest  # noqa: E402
 from tests.conftest import GraphQL  # noqa: E402
+from tests.support.ledger import (  # noqa: E402, F401  (the fault ledger and its hooks)
+    ledger,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+    pytest_testnodedown,
+)
 
 # JobQL's own fixtures: a session's data directory and its embedded Valkey.
 data_dir = jobql_conftest.data_dir
@@ -120,10 +126,10 @@ def worker(env: dict[str, str], data_dir: Path) -> Iterator[subprocess.Popen[byt
     stop_all([process], timeout=30)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def beat(env: dict[str, str], data_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
     """``celery -A exampleproject beat``: JobQL's scheduler on django-celery-beat's models,
-    checking them for changes every 0.2 s."""
+    checking them for changes every 0.2 s; for one module, so no other meets it."""
     command = [sys.executable, "-m", "celery", "-A", "exampleproject", "beat", "--loglevel=INFO"]
     with _log(data_dir, f"django-beat-{free_port()}") as log:
         process = subprocess.Popen(
