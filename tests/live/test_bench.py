@@ -14,7 +14,6 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.harness
 def test_the_harness_measures_every_figure_against_its_baseline(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "bench.run", "--tiny", "--out", str(tmp_path)],

@@ -40,7 +40,9 @@ def _assert_well_ordered(jobs: list[dict[str, Any]]) -> None:
 async def test_each_transport_streams_a_report_from_snapshot_to_success(
     async_api: AsyncGraphQL, transport: str
 ) -> None:
-    job_id = await _report(async_api, steps=20, delay=0.05, countdown=0.5)
+    # Started later than the subscription surely is, even on a busy machine (a CI run's
+    # backend passes side by side once took longer than 0.5 s from enqueue to subscribe).
+    job_id = await _report(async_api, steps=20, delay=0.05, countdown=1.5)
 
     stream = await TRANSPORTS[transport](async_api.base_url, WATCH, {"id": job_id})
 
