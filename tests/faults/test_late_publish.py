@@ -39,6 +39,7 @@ from devtools.valkey import EmbeddedValkey
 from tasks.core.records import job_key
 from tasks.core.settings import Settings
 from tests.conftest import running_api, running_worker, service_env
+from tests.support.answers import Answer, timed_enqueue
 from tests.support.ledger import FULL, Ledger, scale
 from tests.support.native_tasks import RUNS_KEY
 from tests.support.proxy import LoopbackProxy
@@ -52,7 +53,6 @@ pytestmark = [
     ),
 ]
 
-ENQUEUE = 'mutation { enqueue(task: "reliability.effect", input: {seconds: 0}) { id } }'
 READ = "query($id: ID!) { job(id: $id) { state attempts } }"
 PUBLISH_TIMEOUT = Settings(env="test").publish_timeout
 # What the worker logs when it drops a withdrawn job's message (tasks.core.events.started).
@@ -104,27 +104,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         records.stop()
 
 
-@dataclass
-class Answer:
-    seconds: float
-    job_id: str | None = None
-    code: str = ""
-
-
-async def _mutate(http: httpx.AsyncClient) -> Answer:
-    started = time.monotonic()
-    body = (await http.post("/graphql", json={"query": ENQUEUE})).json()
-    seconds = time.monotonic() - started
-    if body.get("errors"):
-        return Answer(seconds, code=body["errors"][0].get("extensions", {}).get("code", "?"))
-    return Answer(seconds, job_id=body["data"]["enqueue"]["id"])
-
-
 async def _round(http: httpx.AsyncClient, proxy: LoopbackProxy, heal: float) -> list[Answer]:
     """``AT_ONCE`` mutations into a stall that heals ``heal`` s after they were sent."""
     await asyncio.to_thread(proxy.set_mode, "stall")
     try:
-        sends = [asyncio.create_task(_mutate(http)) for _ in range(AT_ONCE)]
+        sends = [asyncio.create_task(timed_enqueue(http)) for _ in range(AT_ONCE)]
         await asyncio.sleep(heal)
     finally:
         await asyncio.to_thread(proxy.set_mode, "forward")
@@ -166,7 +150,7 @@ async def test_a_publish_that_lands_after_its_refusal_never_runs(
     try:
         async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as http:
             # The producer's connections open, as many as at once, before the first stall.
-            for warm in await asyncio.gather(*(_mutate(http) for _ in range(AT_ONCE))):
+            for warm in await asyncio.gather(*(timed_enqueue(http) for _ in range(AT_ONCE))):
                 assert warm.job_id, warm
                 await _settled(http, warm.job_id)
             for index, heal in enumerate(HEALS):

@@ -33,12 +33,12 @@ from gql.services.store import REPLY_GRACE
 from tasks.core.messages import PRIORITY_STEPS, queue_key
 from tasks.core.settings import Settings
 from tests.conftest import running_api, running_worker, service_env
+from tests.support.answers import Answer, timed_enqueue
 from tests.support.ledger import FULL, Ledger, scale
 from tests.support.native_tasks import RUNS_KEY
 
 pytestmark = pytest.mark.slow
 
-ENQUEUE = 'mutation { enqueue(task: "reliability.effect", input: {seconds: 0}) { id } }'
 READ = "query($id: ID!) { job(id: $id) { state attempts } }"
 PUBLISH_TIMEOUT = Settings(env="test").publish_timeout
 # The README's bounds: the records' Redis stalled, the deadline and the grace past it; a
@@ -99,13 +99,6 @@ def _paused(server: EmbeddedValkey) -> Iterator[None]:
 
 
 @dataclass
-class Answer:
-    seconds: float
-    job_id: str | None = None
-    code: str = ""
-
-
-@dataclass
 class Tally:
     rounds: list[Answer] = field(default_factory=list)  # the paced mutations
     flood: list[Answer] = field(default_factory=list)
@@ -130,16 +123,6 @@ def _spread(answers: list[Answer]) -> str:
     )
 
 
-async def _mutate(http: httpx.AsyncClient, at: float) -> Answer:
-    await asyncio.sleep(max(0.0, at - time.monotonic()))
-    started = time.monotonic()
-    body = (await http.post("/graphql", json={"query": ENQUEUE})).json()
-    seconds = time.monotonic() - started
-    if body.get("errors"):
-        return Answer(seconds, code=body["errors"][0].get("extensions", {}).get("code", "?"))
-    return Answer(seconds, job_id=body["data"]["enqueue"]["id"])
-
-
 async def _round(http: httpx.AsyncClient, server: EmbeddedValkey, pause: float) -> list[Answer]:
     """Mutations sent just before a pause, all through it, and around where their deadline
     meets its end; the pause lasts ``pause`` seconds."""
@@ -154,7 +137,7 @@ async def _round(http: httpx.AsyncClient, server: EmbeddedValkey, pause: float) 
         }
     )
     begin = time.monotonic() + 0.2
-    sends = [asyncio.create_task(_mutate(http, begin + offset)) for offset in offsets]
+    sends = [asyncio.create_task(timed_enqueue(http, begin + offset)) for offset in offsets]
     await asyncio.sleep(max(0.0, begin - time.monotonic()))
     with _paused(server):
         await asyncio.sleep(pause)
@@ -164,7 +147,7 @@ async def _round(http: httpx.AsyncClient, server: EmbeddedValkey, pause: float) 
 async def _flood(http: httpx.AsyncClient, server: EmbeddedValkey) -> list[Answer]:
     """``FLOOD`` mutations at once, a moment into a pause."""
     begin = time.monotonic() + 0.3
-    sends = [asyncio.create_task(_mutate(http, begin + 0.1)) for _ in range(FLOOD)]
+    sends = [asyncio.create_task(timed_enqueue(http, begin + 0.1)) for _ in range(FLOOD)]
     await asyncio.sleep(max(0.0, begin - time.monotonic()))
     with _paused(server):
         await asyncio.sleep(FLOOD_PAUSE)
@@ -196,7 +179,7 @@ def _messages(server: EmbeddedValkey) -> int:
 async def _story(stack: Stack, stalled: EmbeddedValkey, bound: float, ledger: Ledger) -> None:
     records = stack.records
     async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as http:
-        warm = await _mutate(http, 0)  # the API has measured Redis's clock
+        warm = await timed_enqueue(http, 0)  # the API has measured Redis's clock
         assert warm.job_id, warm
         await _settled(http, [warm.job_id])
         jobs_before, runs_before = _census(records)
