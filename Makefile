@@ -60,10 +60,16 @@ test: sync  ## lint, type-check, build the docs, the tests against real services
 	$(SIDE_BY_SIDE) -j3 test-contract-pass test-rabbitmq test-django-results \
 		test-django-example test-postgres
 
-.PHONY: test-main test-contract-pass test-django-results test-django-example test-rabbitmq test-postgres \
+.PHONY: bench-harness test-main test-contract-pass test-django-results test-django-example test-rabbitmq test-postgres \
 	warm-contract
 test-main: sync
-	$(BIN)/python -m pytest $(MAIN_PARALLEL) --durations=25
+	$(BIN)/python -m pytest $(MAIN_PARALLEL) --durations=25 --deselect $(HARNESS_TEST)
+
+# The bench harness end to end (a minute or more of one worker, mostly waiting on its
+# stacks): out of make test for CI's 10-minute budget, run by `make bench-harness`.
+HARNESS_TEST := tests/live/test_bench.py::test_the_harness_measures_every_figure_against_its_baseline
+bench-harness: sync  ## the benchmark harness at tiny sizes, end to end (a minute or two)
+	$(BIN)/python -m pytest $(HARNESS_TEST)
 
 warm-contract:
 	$(MAKE) --no-print-directory sync PYTHON=$(CONTRACT_PYTHON) VENV=$(CONTRACT_VENV)
