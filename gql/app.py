@@ -18,7 +18,7 @@ from strawberry.subscriptions import GRAPHQL_WS_PROTOCOL
 from strawberry.types.field import StrawberryField
 
 from gql.compat import register as compat
-from gql.http import graphiql
+from gql.http import dashboard, graphiql
 from gql.http.drain import Drain
 from gql.http.pipeline import GraphQLPipeline
 from gql.http.view import SUBSCRIPTION_PROTOCOLS, JobQLView
@@ -88,7 +88,10 @@ def create_app(
     if http.trusted_documents:
         # In development JobQL's GraphiQL page is let through (it marks its requests).
         exempt = settings.env is Environment.DEVELOPMENT and http.graphiql
-        trusted = TrustedDocuments.load(http.trusted_documents, graphiql_exempt=exempt)
+        # The dashboard's own operations are trusted beside the deployment's.
+        built = dashboard.manifest() if http.dashboard else None
+        manifests = (http.trusted_documents, *([built] if built else []))
+        trusted = TrustedDocuments.load(*manifests, graphiql_exempt=exempt)
     if trusted is not None:
         logger.info("trusted documents: only the %d operations of %s run", len(trusted),
                     http.trusted_documents)  # fmt: skip
@@ -205,6 +208,8 @@ def create_app(
     ]
     if http.graphiql:
         app.router.routes.append(Mount(graphiql.ASSETS_PATH, graphiql.assets(), name="graphiql"))
+    if http.dashboard:
+        app.router.routes += dashboard.routes()
     if http.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from strawberry.types.field import StrawberryField
 
 from gql.app import create_app
-from gql.http import graphiql
+from gql.http import dashboard, graphiql
 from gql.services.auth import Principal
 from gql.services.blocking import BlockingJobs
 from gql.services.plans import EnqueueRequest
@@ -39,7 +39,7 @@ from tasks.core.registry import TaskSpec
 from tasks.core.settings import Settings, get_settings
 
 # What JobQL answers; every other path goes to the project's application.
-JOBQL_PATHS = ("/graphql", graphiql.ASSETS_PATH, "/health/", "/metrics")
+JOBQL_PATHS = ("/graphql", graphiql.ASSETS_PATH, dashboard.PATH, "/health/", "/metrics")
 
 OwnerOf = Callable[[Any], str]
 

@@ -43,6 +43,7 @@ from gql.schema.types import (
     Queue,
     TaskInfo,
     Terminate,
+    Viewer,
     Worker,
     decode_cursor,
     encode_cursor,
@@ -86,6 +87,14 @@ def _first(mine: T | None, shared: T | None) -> T | None:
 
 @strawberry.type(description="Read jobs, workflows, schedules, tasks, workers and health.")
 class Query(WorkflowQuery, ScheduleQuery, OperatorQuery):
+    @strawberry.field(
+        description="Who you are to the API: a client's first question (the dashboard asks "
+        "it to know whether to sign in and what to show)."
+    )
+    def viewer(self, info: Info) -> Viewer:
+        principal = info.context.principal
+        return Viewer(owner=info.context.owner, admin=principal.admin)
+
     @strawberry.field(description="A job by id; null when unknown or not yours.")
     async def job(self, info: Info, id: JobId) -> Job | None:
         snapshot = await info.context.jobs.get(str(id), info.context.scope)

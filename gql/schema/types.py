@@ -295,8 +295,12 @@ class JobConnection:
 
 
 def encode_cursor(snapshot: JobSnapshot) -> str:
-    raw = f"{to_score(snapshot.created_at)}:{snapshot.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode()
+    return cursor_of(to_score(snapshot.created_at), snapshot.id)
+
+
+def cursor_of(score: int, name: str) -> str:
+    """A Relay cursor: an entry's score in its index and its id, as ``decode_cursor`` reads."""
+    return base64.urlsafe_b64encode(f"{score}:{name}".encode()).decode()
 
 
 def decode_cursor(cursor: str) -> tuple[int, str]:
@@ -343,6 +347,14 @@ class TaskInfo:
                 rate_limit=spec.rate_limit,
             ),
         )
+
+
+@strawberry.type(description="Who is asking: what a client shows before anything else.")
+class Viewer:
+    owner: str = strawberry.field(description="The owner of the jobs you create.")
+    admin: bool = strawberry.field(
+        description="True when you see and act on every owner's jobs and may pause queues."
+    )
 
 
 @strawberry.type(description="A Celery worker, as its last heartbeat (every few seconds) says.")

@@ -8,7 +8,7 @@ import strawberry
 from strawberry.scalars import JSON
 
 from gql.schema.descriptions import describe_values
-from gql.schema.types import Job
+from gql.schema.types import Job, PageInfo
 from gql.schema.webhook_types import WebhookDelivery
 from gql.services.webhooks import deliveries
 from tasks.core.records import JobSnapshot
@@ -121,3 +121,15 @@ class Workflow:
             created_at=workflow.created_at,
             finished_at=workflow.finished_at,
         )
+
+
+@strawberry.type(description="An edge of a workflow connection.")
+class WorkflowEdge:
+    cursor: str = strawberry.field(description="Pass as `after` for the workflows after this one.")
+    node: Workflow = strawberry.field(description="The workflow.")
+
+
+@strawberry.type(description="A page of workflows, newest first (Relay connection).")
+class WorkflowConnection:
+    edges: list[WorkflowEdge] = strawberry.field(description="The workflows of this page.")
+    page_info: PageInfo = strawberry.field(description="Where this page sits.")

@@ -13,10 +13,17 @@ from gql.live.broadcast import EventQueue, Resync
 from gql.schema.context import Info
 from gql.schema.inputs import to_data
 from gql.schema.subscriptions import until_expiry
-from gql.schema.types import Options, Terminate, enqueue_request
-from gql.schema.workflow_types import Workflow, WorkflowInput
+from gql.schema.types import (
+    Options,
+    PageInfo,
+    Terminate,
+    cursor_of,
+    decode_cursor,
+    enqueue_request,
+)
+from gql.schema.workflow_types import Workflow, WorkflowConnection, WorkflowEdge, WorkflowInput
 from gql.services.auth import Principal
-from gql.services.errors import NotFound
+from gql.services.errors import BadUserInput, NotFound
 from gql.services.workflows import WorkflowService
 from tasks.core.records import JobSnapshot
 from tasks.core.workflow_records import WorkflowSnapshot, workflow_channel
@@ -38,8 +45,45 @@ class WorkflowQuery:
         description="A workflow by id, with its steps; null when unknown or not yours."
     )
     async def workflow(self, info: Info, id: WorkflowId) -> Workflow | None:
-        found = await _service(info).get(str(id), info.context.owner)
+        found = await _service(info).get(str(id), info.context.scope)
         return Workflow.from_snapshot(*found) if found else None
+
+    @strawberry.field(
+        description="Your workflows, newest first (an admin's: every owner's), while their "
+        "records are kept."
+    )
+    async def workflows(
+        self,
+        info: Info,
+        first: Annotated[
+            int | None, strawberry.argument(description="How many, at most the page size.")
+        ] = 20,
+        after: Annotated[
+            str | None, strawberry.argument(description="A cursor: the workflows after that one.")
+        ] = None,
+    ) -> WorkflowConnection:
+        first = 20 if first is None else first
+        largest = info.context.jobs.settings.max_page_size
+        if not 0 <= first <= largest:
+            raise BadUserInput.field("first", f"must be 0..{largest}")
+        before = decode_cursor(after) if after else None
+        found = await _service(info).page(info.context.scope, first + 1, before) if first else []
+        edges = [
+            WorkflowEdge(
+                cursor=cursor_of(score, watched[0].id), node=Workflow.from_snapshot(*watched)
+            )
+            for score, watched in found
+        ]
+        page = edges[:first]
+        return WorkflowConnection(
+            edges=page,
+            page_info=PageInfo(
+                has_next_page=len(edges) > first,
+                has_previous_page=after is not None,
+                start_cursor=page[0].cursor if page else None,
+                end_cursor=page[-1].cursor if page else None,
+            ),
+        )
 
 
 async def run_workflow(
@@ -54,8 +98,9 @@ async def run_workflow(
 
 
 async def cancel_workflow(info: Info, id: WorkflowId, terminate: Terminate = False) -> Workflow:
-    owner = await info.context.admitted()
-    found = await _service(info).cancel(str(id), owner, terminate=bool(terminate))
+    await info.context.admitted()
+    scope = info.context.scope
+    found = await _service(info).cancel(str(id), scope, terminate=bool(terminate))
     return Workflow.from_snapshot(*found)
 
 
@@ -86,7 +131,7 @@ class WorkflowSubscription:
         # Counted against the caller's subscription caps and ended by its token's expiry,
         # as the job streams are.
         async with context.limits.subscription(context):
-            service, owner, principal = _service(info), context.owner, context.principal
+            service, owner, principal = _service(info), context.scope, context.principal
             # Subscribe first, then read: every step change after the read arrives as an event.
             async with context.broadcast.subscribe(workflow_channel(str(id))) as events:
                 with until_expiry(context, events):
@@ -95,7 +140,11 @@ class WorkflowSubscription:
 
 
 async def _changes(
-    service: WorkflowService, workflow_id: str, owner: str, principal: Principal, events: EventQueue
+    service: WorkflowService,
+    workflow_id: str,
+    owner: str | None,
+    principal: Principal,
+    events: EventQueue,
 ) -> AsyncGenerator[Workflow, None]:
     """The workflow now, then one update per change of any step, to the end."""
     found = await service.get(workflow_id, owner)

@@ -39,21 +39,12 @@ class TrustedDocuments:
         self.graphiql_exempt = graphiql_exempt
 
     @classmethod
-    def load(cls, path: Path, *, graphiql_exempt: bool = False) -> TrustedDocuments:
-        """The manifest at ``path``; a clear error when it is not one."""
-        try:
-            manifest = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"JOBQL_TRUSTED_DOCUMENTS: cannot read {path}: {exc}") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-            raise ValueError(f"JOBQL_TRUSTED_DOCUMENTS: {path} is not an {MANIFEST_FORMAT}")
-        if manifest.get("version") != 1:
-            raise ValueError(f"JOBQL_TRUSTED_DOCUMENTS: {path}: only version 1 is known")
+    def load(cls, *paths: Path, graphiql_exempt: bool = False) -> TrustedDocuments:
+        """The operations of every manifest at ``paths`` (the deployment's, and the built
+        dashboard's); a clear error when one is not a manifest."""
         operations: dict[str, str] = {}
-        for entry in manifest.get("operations") or []:
-            if not (isinstance(entry, dict) and _strings(entry, "id", "body")):
-                raise ValueError(f"JOBQL_TRUSTED_DOCUMENTS: {path}: an operation without id/body")
-            operations[entry["id"]] = entry["body"]
+        for path in paths:
+            operations.update(_operations(path))
         return cls(operations, graphiql_exempt=graphiql_exempt)
 
     def __len__(self) -> int:
@@ -83,6 +74,23 @@ class TrustedDocuments:
         if known is None:
             raise PersistedQueryError("the operation is not in the trusted documents", NOT_IN_LIST)
         return known
+
+
+def _operations(path: Path) -> dict[str, str]:
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"JOBQL_TRUSTED_DOCUMENTS: cannot read {path}: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"JOBQL_TRUSTED_DOCUMENTS: {path} is not an {MANIFEST_FORMAT}")
+    if manifest.get("version") != 1:
+        raise ValueError(f"JOBQL_TRUSTED_DOCUMENTS: {path}: only version 1 is known")
+    operations: dict[str, str] = {}
+    for entry in manifest.get("operations") or []:
+        if not (isinstance(entry, dict) and _strings(entry, "id", "body")):
+            raise ValueError(f"JOBQL_TRUSTED_DOCUMENTS: {path}: an operation without id/body")
+        operations[entry["id"]] = entry["body"]
+    return operations
 
 
 def _strings(entry: dict[str, Any], *names: str) -> bool:

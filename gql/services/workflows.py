@@ -9,15 +9,13 @@ from gql.services import webhooks
 from gql.services.errors import BadUserInput, NotFound
 from gql.services.jobs import EnqueueRequest, JobService
 from gql.services.workflow_plan import Planner
-from gql.services.workflow_store import WorkflowStore
+from gql.services.workflow_store import Watched, WorkflowStore
 from tasks.core import records, slots
 from tasks.core.canvas import signature, steps_of
 from tasks.core.records import CANCELLABLE_STATES, JobSnapshot, JobState
 from tasks.core.workflow_records import WorkflowSnapshot, new_workflow_record
 
 logger = logging.getLogger(__name__)
-
-Watched = tuple[WorkflowSnapshot, list[JobSnapshot]]
 
 
 class WorkflowService:
@@ -86,18 +84,25 @@ class WorkflowService:
         except Exception:
             logger.exception("could not remove the records of unsent workflow %s", workflow_id)
 
-    async def get(self, workflow_id: str, owner: str) -> Watched | None:
-        """The workflow and its steps, or None when unknown or someone else's."""
+    async def get(self, workflow_id: str, owner: str | None) -> Watched | None:
+        """The workflow and its steps, or None when unknown or someone else's (``owner``
+        None: an admin's, who sees every owner's)."""
         found = await self.store.get(workflow_id)
-        return found if found is not None and found[0].owner == owner else None
+        return found if found is not None and owner in (None, found[0].owner) else None
 
-    async def require(self, workflow_id: str, owner: str) -> Watched:
+    async def page(
+        self, owner: str | None, limit: int, before: tuple[int, str] | None
+    ) -> list[tuple[int, Watched]]:
+        """A page of workflows, newest first: ``owner``'s, or every owner's for None."""
+        return await self.store.page(owner, limit, before)
+
+    async def require(self, workflow_id: str, owner: str | None) -> Watched:
         found = await self.get(workflow_id, owner)
         if found is None:
             raise NotFound(f"no workflow {workflow_id!r}")
         return found
 
-    async def cancel(self, workflow_id: str, owner: str, *, terminate: bool) -> Watched:
+    async def cancel(self, workflow_id: str, owner: str | None, *, terminate: bool) -> Watched:
         """Revoke every step not finished: waiting ones never run; running ones stop only
         with ``terminate`` (without it they finish, and nothing after them starts)."""
         _, steps = await self.require(workflow_id, owner)

@@ -38,7 +38,7 @@ from tasks.core.records import (
     unsent_key,
 )
 from tasks.core.timeline import LOGS_SUFFIX, TIMELINE_LUA
-from tasks.core.workflow_records import workflow_channel, workflow_key
+from tasks.core.workflow_records import workflow_channel, workflow_index_key, workflow_key
 
 _MICROS = 1_000_000
 
@@ -741,9 +741,16 @@ def withdraw_call(
 
 
 # KEYS: workflow.  ARGV: ttl, field/value pairs.
+# KEYS: the workflow's record, its owner's workflow index on its tag
+# ARGV: ttl (s), creation score (µs), then the record's fields and values
+# The index forgets entries older than a record lives, so it never outgrows the records.
 WORKFLOW_RECORD_SCRIPT = """
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+local ttl, score = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('ZADD', KEYS[2], score, ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. tostring(score - ttl * 1000000))
+redis.call('EXPIRE', KEYS[2], ttl)
 return false
 """
 
@@ -755,5 +762,10 @@ def create_workflow_call(
     workflow: dict[str, str], steps: list[dict[str, str]], *, ttl: int
 ) -> ScriptCall:
     """Write a workflow's record and its steps' PENDING records (announced once published)."""
-    head = ScriptCall(keys=[workflow_key(workflow["id"])], args=[ttl, *flatten(workflow)])
+    workflow_id, owner = workflow["id"], workflow["owner"]
+    keys = [workflow_key(workflow_id), workflow_index_key(owner, slots.tag_of(workflow_id))]
+    created = to_score(datetime.fromisoformat(workflow["created_at"]))
+    # The id first among the fields: the script indexes ARGV[4], the id's value.
+    fields = {"id": workflow_id, **workflow}
+    head = ScriptCall(keys=keys, args=[ttl, created, *flatten(fields)])
     return batch_call([head, *(create_call(fields, ttl=ttl) for fields in steps)])

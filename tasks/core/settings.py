@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     keep_alive_interval: float = Field(default=15.0, gt=0)
     connection_init_timeout: float = Field(default=10.0, gt=0)
     graphiql: bool = True
+    # The live jobs dashboard at /dashboard/ (gql.http.dashboard): a client of this API
+    # whose operations are trusted with JOBQL_TRUSTED_DOCUMENTS too.
+    dashboard: bool = True
     # FastAPI's OpenAPI document of the plain HTTP routes (health, metrics) at
     # /openapi.json. Off unless asked for; its Swagger UI and ReDoc pages load from a CDN
     # and are never served.
@@ -422,6 +425,7 @@ class HTTPSettings:
     max_tokens: int
     introspection: bool
     graphiql: bool
+    dashboard: bool
     openapi: bool
 
 

@@ -34,6 +34,12 @@ def workflow_key(workflow_id: str) -> str:
     return f"{WORKFLOW_KEY_PREFIX}{{{slots.tag_of(workflow_id)}}}:{workflow_id}"
 
 
+def workflow_index_key(owner: str, tag: str) -> str:
+    """An owner's workflows on ``tag``, scored by creation time in µs (``workflows`` pages
+    it); on the workflow's own tag, so the record and its entry are written in one call."""
+    return f"{PREFIX}:workflows:{{{tag}}}:{owner}"
+
+
 def workflow_channel(workflow_id: str) -> str:
     return f"{WORKFLOW_CHANNEL_PREFIX}{{{slots.tag_of(workflow_id)}}}:{workflow_id}"
 

@@ -61,6 +61,7 @@ BULK_RETRY = (
 WATCH = "subscription($id: ID!) { job(id: $id) { id state } }"
 FIREHOSE = "subscription { jobs { id state } }"
 EVERY_OWNER = "subscription { jobs { id owner state } }"
+WORKFLOW_READ = "query($id: ID!) { workflow(id: $id) { id } }"
 WORKFLOW_WATCH = 'subscription { workflow(id: "no-such-workflow") { id state } }'
 
 
@@ -197,6 +198,46 @@ async def test_an_admin_sees_and_touches_every_owners_jobs(http: httpx.AsyncClie
     assert cancelled["cancelJob"]["state"] == "REVOKED"
     retried = await ok(http, admin, RETRY, id=job["id"])
     assert retried["retryJob"]["id"] in {j["id"] for j in await jobs_of(http, alice)}
+
+
+async def test_viewer_says_who_is_asking_and_workflows_list_each_owners_own(
+    http: httpx.AsyncClient,
+) -> None:
+    """A dashboard's first question, and its workflow list: owners see their own, an admin
+    every owner's."""
+    alice, bob, boss = someone(), someone(), someone()
+    admin = bearer(boss, scope="jobql:admin")
+    assert (await ok(http, bearer(alice), "{ viewer { owner admin } }"))["viewer"] == {
+        "owner": alice,
+        "admin": False,
+    }
+    assert (await ok(http, admin, "{ viewer { owner admin } }"))["viewer"] == {
+        "owner": boss,
+        "admin": True,
+    }
+    run = (
+        "mutation { runWorkflow(input: "
+        '{root: {task: {name: "process_data", input: {data: 1}}}}) { id } }'
+    )
+    made = {who: (await ok(http, bearer(who), run))["runWorkflow"]["id"] for who in (alice, bob)}
+    listing = (
+        "query($after: String) { workflows(first: 1, after: $after) "
+        "{ edges { cursor node { id } } pageInfo { hasNextPage endCursor } } }"
+    )
+    page = (await ok(http, bearer(alice), listing))["workflows"]
+    assert [e["node"]["id"] for e in page["edges"]] == [made[alice]]
+    assert not page["pageInfo"]["hasNextPage"]
+    seen: list[str] = []
+    after = None
+    while True:
+        page = (await ok(http, admin, listing, after=after))["workflows"]
+        seen += [edge["node"]["id"] for edge in page["edges"]]
+        if not page["pageInfo"]["hasNextPage"]:
+            break
+        after = page["pageInfo"]["endCursor"]
+    assert seen.index(made[bob]) < seen.index(made[alice]), "newest first, over every owner"
+    assert (await ok(http, admin, WORKFLOW_READ, id=made[bob]))["workflow"]["id"] == made[bob]
+    assert (await ok(http, bearer(alice), WORKFLOW_READ, id=made[bob]))["workflow"] is None
 
 
 async def test_bulk_controls_reach_the_callers_jobs_and_an_admins_every_owners(
