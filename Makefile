@@ -57,13 +57,13 @@ test: sync  ## lint, type-check, build the docs, the tests against real services
 	@echo "make test: stage 1 (lint, main pass, docs) from $$(date +%T)"
 	$(SIDE_BY_SIDE) -j2 lint test-main docs warm-contract
 	@echo "make test: stage 2 (the backend passes) from $$(date +%T)"
-	$(SIDE_BY_SIDE) -j3 test-contract-pass test-rabbitmq test-django-results \
+	$(SIDE_BY_SIDE) -j3 test-contract-pass test-browser test-rabbitmq test-django-results \
 		test-django-example test-postgres
 
-.PHONY: bench-harness test-main test-contract-pass test-django-results test-django-example test-rabbitmq test-postgres \
+.PHONY: bench-harness test-browser test-main test-contract-pass test-django-results test-django-example test-rabbitmq test-postgres \
 	warm-contract
 test-main: sync
-	$(BIN)/python -m pytest $(MAIN_PARALLEL) --durations=25 --deselect $(HARNESS_TEST)
+	$(BIN)/python -m pytest $(MAIN_PARALLEL) --durations=25 --deselect $(HARNESS_TEST) -m "not browser"
 
 # The bench harness end to end (a minute or more of one worker, mostly waiting on its
 # stacks): out of make test for CI's 10-minute budget, run by `make bench-harness`.
@@ -86,6 +86,11 @@ test-django-results: sync
 
 test-django-example: sync
 	$(MAKE) --no-print-directory -C examples/django test
+
+# The pages in a real browser (GraphiQL, the dashboard): two at a time, since each holds a
+# Chromium beside its own API.
+test-browser: sync
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m browser
 
 test-rabbitmq: sync
 	JOBQL_TEST_BROKER=rabbitmq $(BIN)/python -m pytest $(PARALLEL) -m rabbitmq

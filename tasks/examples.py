@@ -78,6 +78,9 @@ class GenerateReportInput(JobModel):
     user_id: int = Field(description="Whose report to build.")
     steps: int = Field(default=100, ge=1, le=10_000, description="How many steps it takes.")
     step_delay: float = Field(default=0.1, ge=0, le=10, description="Seconds per step.")
+    log_every: int = Field(
+        default=0, ge=0, description="Log a line (`Job.logs`) every this many steps; 0: none."
+    )
 
 
 class GenerateReportOutput(JobModel):
@@ -91,6 +94,8 @@ def generate_report(input: GenerateReportInput, job: JobContext) -> GenerateRepo
     for step in range(1, input.steps + 1):
         time.sleep(input.step_delay)
         job.progress(step, input.steps, f"step {step} of {input.steps}")
+        if input.log_every and step % input.log_every == 0:
+            job.log(f"step {step} of {input.steps} done for user {input.user_id}")
     return GenerateReportOutput(user_id=input.user_id, report_url=f"/reports/{input.user_id}.pdf")
 
 

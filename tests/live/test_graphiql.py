@@ -21,7 +21,7 @@ from gql.http.graphiql import CSP
 from tests.conftest import running_api, service_env
 from tests.support.browser import Page, browser_page
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
 SECRET = secrets.token_urlsafe(48)
 QUERY_EDITOR = "document.querySelector('.graphiql-query-editor .CodeMirror').CodeMirror"
 HEADERS_EDITOR = (
