@@ -46,19 +46,21 @@ DJANGO_RESULTS := DJANGO_SETTINGS_MODULE=exampleproject.settings JOBQL_RESULT_BA
 # The contract pass may run on another CPython (CI: the newest here, the rest on the lowest).
 CONTRACT_PYTHON ?= $(PYTHON)
 CONTRACT_VENV ?= $(if $(filter $(CONTRACT_PYTHON),$(PYTHON)),$(VENV),.venv-contract)
-# Passes that share no server run side by side; each prints its output when it ends. Three
-# at a time, the longest first (the contract's, then RabbitMQ's), so that they end close
-# together (four at a time made an API take over 30 s to start). The contract pass's
-# interpreter gets its environment and bytecode during stage 1, which leaves a core spare:
-# otherwise every process of that pass compiled the same modules at once.
+# Passes that share no server run side by side; each prints its output when it ends.
+# Stage 1: the main pass (the longest, about six minutes) in one slot; in the other, one after
+# another, lint, the docs, the dashboard's rebuild check, the contract pass's environment and
+# bytecode (otherwise every process of that pass compiles the same modules at once), then the
+# short passes (browser, PostgreSQL, the Django example), which used to wait for stage 2 while
+# that slot stood idle for four minutes. Stage 2: the three long backend passes, the
+# contract's first (four at a time made an API take over 30 s to start).
 SIDE_BY_SIDE := $(MAKE) --no-print-directory --output-sync=target
 
-test: sync  ## lint, type-check, build the docs, the tests against real services: fast paths on and off; RabbitMQ; results in PostgreSQL and Django; the Django example
-	@echo "make test: stage 1 (lint, main pass, docs) from $$(date +%T)"
-	$(SIDE_BY_SIDE) -j2 lint test-main docs warm-contract
-	@echo "make test: stage 2 (the backend passes) from $$(date +%T)"
-	$(SIDE_BY_SIDE) -j3 test-contract-pass test-browser test-rabbitmq test-django-results \
-		test-django-example test-postgres
+test: sync  ## lint, type-check, build the docs, the tests against real services: fast paths on and off; RabbitMQ; results in PostgreSQL and Django; the Django example; pages in a browser
+	@echo "make test: stage 1 (main pass; lint, docs, browser, PostgreSQL, Django example) from $$(date +%T)"
+	$(SIDE_BY_SIDE) -j2 test-main lint docs warm-contract test-browser test-postgres \
+		test-django-example
+	@echo "make test: stage 2 (contract, RabbitMQ, Django results) from $$(date +%T)"
+	$(SIDE_BY_SIDE) -j3 test-contract-pass test-rabbitmq test-django-results
 
 .PHONY: bench-harness test-browser test-main test-contract-pass test-django-results test-django-example test-rabbitmq test-postgres \
 	warm-contract
@@ -87,10 +89,9 @@ test-django-results: sync
 test-django-example: sync
 	$(MAKE) --no-print-directory -C examples/django test
 
-# The pages in a real browser (GraphiQL, the dashboard): two at a time, since each holds a
-# Chromium beside its own API.
+# The pages in a real browser (GraphiQL, the dashboard), one at a time beside the main pass.
 test-browser: sync
-	$(BIN)/python -m pytest -n 2 --dist loadfile -m browser
+	$(BIN)/python -m pytest -m browser
 
 test-rabbitmq: sync
 	JOBQL_TEST_BROKER=rabbitmq $(BIN)/python -m pytest $(PARALLEL) -m rabbitmq
