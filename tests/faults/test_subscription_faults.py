@@ -502,8 +502,10 @@ async def test_clients_of_a_killed_replica_reconnect_to_another_and_get_the_end(
     services: Services, api: AsyncGraphQL, ledger: Ledger
 ) -> None:
     clients = scale(10, 100)
-    jobs = [await _report(api, steps=80, delay=0.05, countdown=1) for _ in range(4)]
     with running_api(services.env, services.data_dir) as doomed:
+        # Enqueued once the replica is up (its start can take seconds on a busy machine), and
+        # long enough to still run when it is killed.
+        jobs = [await _report(api, steps=80, delay=0.1, countdown=1) for _ in range(4)]
         progressed = [asyncio.Event() for _ in range(clients)]
         watches = [
             asyncio.create_task(

@@ -106,7 +106,7 @@ def test_progress_is_visible_while_the_report_runs(api: GraphQL) -> None:
 
 def test_defaults_are_applied_and_shown_in_input(api: GraphQL) -> None:
     job = _typed(api, "generateReport", "GenerateReportInput", {"userId": 3, "stepDelay": 0})
-    assert job["input"] == {"userId": 3, "steps": 100, "stepDelay": 0.0}
+    assert job["input"] == {"userId": 3, "steps": 100, "stepDelay": 0.0, "logEvery": 0}
     assert api.wait_done(str(job["id"]))["state"] == "SUCCESS"
 
 

@@ -35,6 +35,16 @@ def test_django_pages_and_jobql_are_served_by_one_server(server: str) -> None:
         assert http.get("/health/live").json() == {"status": "ok"}  # JobQL's
 
 
+def test_the_dashboard_is_served_and_signs_in_with_the_django_session(alice: GraphQL) -> None:
+    """The dashboard's page comes from the same server, and its first question, ``viewer``,
+    is answered from the user's session cookie: no token to enter inside a Django site."""
+    page = alice.http.get("/dashboard/")
+    assert page.status_code == 200 and "<script" in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    viewer = alice.data("{ viewer { owner admin } }")["viewer"]
+    assert viewer["owner"].startswith("alice-") and viewer["admin"] is False
+
+
 def test_a_caller_who_is_not_signed_in_is_refused(server: str) -> None:
     with httpx.Client(base_url=server) as http:
         response = http.post("/graphql", json={"query": "{ jobs { nodes { id } } }"})
