@@ -51,11 +51,13 @@ export default defineConfig({
     chunkSizeWarningLimit: 400,
     rolldownOptions: {
       output: {
-        // React in a chunk of its own, and what two or more screens share (hooks, the task
-        // form, badges) in one chunk rather than a handful of tiny ones; each screen keeps its own.
+        // React and Apollo Client (with graphql, rxjs, graphql-ws) in chunks of their own, which
+        // change only with their versions; what two or more screens share (hooks, the task form,
+        // badges) in one chunk rather than a handful of tiny ones; each screen in its own.
         codeSplitting: {
           groups: [
             { name: "react", test: /node_modules[\\/](react|react-dom|scheduler)[\\/]/ },
+            { name: "apollo", test: /node_modules[\\/](@apollo|@wry|graphql|graphql-ws|optimism|rxjs|tslib)[\\/]/ },
             {
               name: "shared",
               minShareCount: 2,
