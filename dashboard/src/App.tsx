@@ -1,4 +1,4 @@
-import { lazy, Suspense, useCallback, useMemo, useState } from "react";
+import { lazy, Suspense, useCallback, useEffect, useMemo, useState } from "react";
 import { ApolloProvider, useQuery } from "@apollo/client/react";
 
 import { ViewerDocument } from "./__generated__/graphql";
@@ -63,7 +63,10 @@ export function App() {
 }
 
 function Shell({ signedIn, onSignOut }: { signedIn: boolean; onSignOut(): void }) {
-  const route = parse(useHash());
+  const hash = useHash();
+  const route = parse(hash);
+  // The banner shows what went wrong on this screen: another screen starts without it.
+  useEffect(() => dismiss(), [hash]);
   const { data, loading } = useQuery(ViewerDocument);
   const live = useLive();
   // Until the server has `viewer`, or when it errs (the banner says why), the dashboard still

@@ -26,6 +26,7 @@ export function useJobStream(filter: JobFilter | null, onBatch?: (jobs: JobRowFr
   useEffect(
     () => () => {
       if (timer.current) clearTimeout(timer.current);
+      timer.current = null;
     },
     [],
   );
