@@ -27,7 +27,7 @@ export function SignIn({ refused, onSignIn }: { refused: boolean; onSignIn(crede
         </label>
         {refused && (
           <p className="form-problem" data-testid="signin-refused">
-            The API refused that credential (UNAUTHENTICATED).
+            The API did not accept that credential (UNAUTHENTICATED): it is wrong, or it has expired.
           </p>
         )}
         <button type="submit" className="primary" data-testid="signin-submit" disabled={!value.trim()}>
