@@ -99,6 +99,9 @@ export function createSession(credential: string | null, onUnauthenticated: () =
 
   const client = new ApolloClient({
     link: errors.concat(transport),
+    // A screen shown again starts from what the cache holds and reads the API once more: while
+    // it was not shown, nothing kept its lists current (their subscriptions end with the screen).
+    defaultOptions: { watchQuery: { fetchPolicy: "cache-and-network", nextFetchPolicy: "cache-first" } },
     // What the manifest holds is the operation first, then its fragments by name; codegen writes
     // a fragment before the fragments that use it. Sorted alike, the text a subscription sends
     // is the manifest's, which the server requires when it enforces trusted documents.
