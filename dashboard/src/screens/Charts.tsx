@@ -5,7 +5,7 @@ import { useQuery } from "@apollo/client/react";
 
 import { JobsDocument, type JobFilter, type JobRowFragment } from "../__generated__/graphql";
 import { seconds } from "../lib/format";
-import { PAGE, place, STATES, useJobStream } from "../lib/jobs";
+import { PAGE, STATES, useJobStream } from "../lib/jobs";
 
 const HOUR = 3_600_000;
 const MOST = 500;
@@ -19,7 +19,7 @@ export default function Charts() {
   }, []);
 
   const { data, fetchMore } = useQuery(JobsDocument, { variables: { first: PAGE, filter } });
-  useJobStream(filter, (changed, cache) => place(cache, filter, changed));
+  useJobStream(filter);
   const edges = data?.jobs.edges;
   const pageInfo = data?.jobs.pageInfo;
   useEffect(() => {

@@ -1,7 +1,7 @@
 // The start screen: every job you may see, newest first, live. The first page and the next ones
 // (infinite scroll) come from `jobs`; the `jobs` subscription then moves rows in place and adds
 // new jobs at the top.
-import { lazy, memo, Suspense, useCallback, useEffect, useMemo, useRef, useState } from "react";
+import { lazy, memo, Suspense, useCallback, useDeferredValue, useEffect, useMemo, useRef, useState } from "react";
 import { useApolloClient, useMutation, useQuery } from "@apollo/client/react";
 
 import {
@@ -20,7 +20,7 @@ import { ProgressBar } from "../components/ProgressBar";
 import { StateBadge } from "../components/StateBadge";
 import { TaskInputForm } from "../components/TaskInputForm";
 import { between, shortId, time } from "../lib/format";
-import { PAGE, place, RUNNING, STATES, useJobStream } from "../lib/jobs";
+import { PAGE, RUNNING, STATES, useJobStream } from "../lib/jobs";
 import { useReadyWhen } from "../lib/ready";
 import { href, navigate } from "../lib/route";
 
@@ -43,18 +43,19 @@ export default function JobsScreen() {
   // The subscription is not narrowed by state: a listed job that leaves the chosen states
   // still shows its new state, and the states are checked before a job is added.
   const liveFilter = useMemo<JobFilter>(() => ({ task: task || null, createdAfter: period.since }), [task, period.since]);
-  const filterRef = useRef(filter);
-  filterRef.current = filter;
 
   const tasks = useQuery(TasksDocument);
   const { data, fetchMore, loading } = useQuery(JobsDocument, {
     variables: { first: PAGE, filter },
     notifyOnNetworkStatusChange: true,
   });
-  useJobStream(liveFilter, (changed, cache) => place(cache, filterRef.current, changed));
+  useJobStream(liveFilter);
   useReadyWhen(Boolean(data));
 
   const jobs = useMemo(() => data?.jobs.edges.map((edge) => edge.node) ?? [], [data]);
+  // The rows render at low priority, in slices React can interrupt: with a thousand rows and
+  // updates flowing, scrolling and typing stay responsive.
+  const rows = useDeferredValue(jobs);
   const pageInfo = data?.jobs.pageInfo;
 
   // Infinite scroll: the next page when the last row's sentinel comes near the viewport.
@@ -284,7 +285,7 @@ export default function JobsScreen() {
             </tr>
           </thead>
           <tbody>
-            {jobs.map((job) => (
+            {rows.map((job) => (
               <JobRow key={job.id} job={job} selected={selected.has(job.id)} onToggle={toggle} />
             ))}
             {!jobs.length && (

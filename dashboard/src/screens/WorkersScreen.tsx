@@ -9,17 +9,19 @@ import {
   PauseQueueDocument,
   ResumeQueueDocument,
   WorkersAndQueuesDocument,
+  type JobFilter,
   type JobRowFragment,
   type QueueRowFragment,
 } from "../__generated__/graphql";
 import { ProgressBar } from "../components/ProgressBar";
 import { ago, shortId, time } from "../lib/format";
-import { RUNNING, useJobStream } from "../lib/jobs";
+import { PAGE, RUNNING, useJobStream } from "../lib/jobs";
 import { useReadyWhen } from "../lib/ready";
 import { href } from "../lib/route";
 import { useViewer } from "../lib/viewer";
 
 const STALE_MS = 30_000;
+const RUNNING_FILTER: JobFilter = { states: ["STARTED", "PROGRESS"] };
 
 export default function WorkersScreen() {
   const { data, loading } = useQuery(WorkersAndQueuesDocument, { pollInterval: 3000 });
@@ -27,7 +29,7 @@ export default function WorkersScreen() {
   const running = useRunning();
   const byWorker = useMemo(() => {
     const map = new Map<string, JobRowFragment[]>();
-    for (const job of running.values()) {
+    for (const job of running) {
       const list = map.get(job.worker ?? "") ?? [];
       list.push(job);
       map.set(job.worker ?? "", list);
@@ -128,30 +130,16 @@ export default function WorkersScreen() {
   );
 }
 
-// The jobs running now (STARTED or PROGRESS): those the first read found (the cache keeps
-// them current, so one that finished drops out), and those the subscription saw start since.
-function useRunning(): Map<string, JobRowFragment> {
+// The jobs running now (STARTED or PROGRESS): the first read, which the jobs subscription
+// keeps current (a job that starts is added to the list, one that finishes shows its new state
+// and is left out here).
+function useRunning(): JobRowFragment[] {
   const { data } = useQuery(JobsDocument, {
-    variables: { first: 100, filter: { states: ["STARTED", "PROGRESS"] } },
+    variables: { first: PAGE, filter: RUNNING_FILTER },
     fetchPolicy: "network-only",
   });
-  const [live, setLive] = useState(() => new Map<string, JobRowFragment>());
-  useJobStream(null, (changed) =>
-    setLive((current) => {
-      const next = new Map(current);
-      for (const job of changed) {
-        if (RUNNING.has(job.state)) next.set(job.id, job);
-        else next.delete(job.id);
-      }
-      return next;
-    }),
-  );
-  return useMemo(() => {
-    const running = new Map<string, JobRowFragment>();
-    for (const { node } of data?.jobs.edges ?? []) if (RUNNING.has(node.state)) running.set(node.id, node);
-    for (const job of live.values()) running.set(job.id, job);
-    return running;
-  }, [data, live]);
+  useJobStream(null);
+  return useMemo(() => (data?.jobs.edges ?? []).map((edge) => edge.node).filter((job) => RUNNING.has(job.state)), [data]);
 }
 
 function Running({ jobs, testId }: { jobs: JobRowFragment[]; testId: string }) {
