@@ -7,6 +7,7 @@ import { CancelJobDocument, JobWatchDocument, RetryJobDocument, type JobDetailFr
 import { Json } from "../components/Json";
 import { ProgressBar } from "../components/ProgressBar";
 import { StateBadge } from "../components/StateBadge";
+import { describe } from "../lib/errors";
 import { between, time } from "../lib/format";
 import { RUNNING } from "../lib/jobs";
 import { useReadyWhen } from "../lib/ready";
@@ -25,7 +26,11 @@ export default function JobScreen({ id }: { id: string }) {
       {job ? (
         <JobView job={job} />
       ) : error ? (
-        <p className="muted">This job could not be watched (see the error above).</p>
+        <p className="muted" data-testid="job-missing">
+          {describe(error).some((e) => e.code === "NOT_FOUND")
+            ? "No job with this id: not found, or not yours."
+            : "This job could not be watched (see the error above)."}
+        </p>
       ) : (
         <p className="muted">{loading ? "Connecting…" : "No job."}</p>
       )}
