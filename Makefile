@@ -57,12 +57,12 @@ SIDE_BY_SIDE := $(MAKE) --no-print-directory --output-sync=target
 
 test: sync  ## lint, type-check, build the docs, the tests against real services: fast paths on and off; RabbitMQ; results in PostgreSQL and Django; the Django example; pages in a browser
 	@echo "make test: stage 1 (main pass; lint, docs, browser, PostgreSQL, Django example) from $$(date +%T)"
-	$(SIDE_BY_SIDE) -j2 test-main lint docs warm-contract test-browser test-postgres \
-		test-django-example
+	$(SIDE_BY_SIDE) -j2 test-main lint docs dashboard-check warm-contract test-browser \
+		test-postgres test-django-example
 	@echo "make test: stage 2 (contract, RabbitMQ, Django results) from $$(date +%T)"
 	$(SIDE_BY_SIDE) -j3 test-contract-pass test-rabbitmq test-django-results
 
-.PHONY: bench-harness test-browser test-main test-contract-pass test-django-results test-django-example test-rabbitmq test-postgres \
+.PHONY: bench-harness dashboard dashboard-check test-browser test-main test-contract-pass test-django-results test-django-example test-rabbitmq test-postgres \
 	warm-contract
 test-main: sync
 	$(BIN)/python -m pytest $(MAIN_PARALLEL) --durations=25 --deselect $(HARNESS_TEST) -m "not browser"
@@ -88,6 +88,20 @@ test-django-results: sync
 
 test-django-example: sync
 	$(MAKE) --no-print-directory -C examples/django test
+
+# The dashboard's built files (committed, so a service needs no Node) are what its source and
+# lock build: rebuilt here, every file's checksum compared with the one before the build.
+DASHBOARD_BUILT := gql/http/static/dashboard
+CHECKSUMS = find $(DASHBOARD_BUILT) -type f | LC_ALL=C sort | xargs sha256sum
+dashboard: ## rebuild the dashboard (dashboard/) into gql/http/static/dashboard from its lock
+	cd dashboard && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
+
+dashboard-check:
+	@mkdir -p var
+	$(CHECKSUMS) > var/dashboard-built.sum
+	$(MAKE) --no-print-directory dashboard
+	$(CHECKSUMS) | diff -u var/dashboard-built.sum - || { echo "dashboard-check: the built \
+	dashboard differs from its source: run make dashboard and commit the result" >&2; exit 1; }
 
 # The pages in a real browser (GraphiQL, the dashboard), one at a time beside the main pass.
 test-browser: sync
