@@ -12,7 +12,8 @@ from gql.services.workflow_plan import Planner
 from gql.services.workflow_store import Watched, WorkflowStore
 from tasks.core import records, slots
 from tasks.core.canvas import signature, steps_of
-from tasks.core.records import CANCELLABLE_STATES, JobSnapshot, JobState
+from tasks.core.records import JobSnapshot, JobState
+from tasks.core.workflow_cancel import Move, revocations
 from tasks.core.workflow_records import WorkflowSnapshot, new_workflow_record
 
 logger = logging.getLogger(__name__)
@@ -108,17 +109,16 @@ class WorkflowService:
         _, steps = await self.require(workflow_id, owner)
         producer, settings = self.jobs.producer, self.jobs.webhook_settings
         error = records.dumps({"type": "Revoked", "message": "the workflow was cancelled"})
-        for step in steps:
-            if step.done or (step.state not in CANCELLABLE_STATES and not terminate):
-                continue
-            if step.state not in CANCELLABLE_STATES:
+        for revocation in revocations(steps, terminate=terminate):
+            step = revocation.step
+            if revocation.move is Move.TERMINATE:
                 await producer.revoke(step.id, terminate=True)
-            allowed = CANCELLABLE_STATES if step.state in CANCELLABLE_STATES else frozenset()
-            _, hooks = await self.jobs.store.transition_hooked(
-                step, JobState.REVOKED, {"error": error}, allowed
-            )
-            await webhooks.schedule(producer, settings, hooks)
-            if step.state in CANCELLABLE_STATES:
+            elif revocation.move is Move.RECORD:
+                _, hooks = await self.jobs.store.transition_hooked(
+                    step, JobState.REVOKED, {"error": error}, revocation.allowed_from
+                )
+                await webhooks.schedule(producer, settings, hooks)
+            else:
                 try:
                     await producer.revoke(step.id, terminate=False)
                 except Exception:
