@@ -14,7 +14,7 @@ from tasks.core import records, slots
 from tasks.core.canvas import signature, steps_of
 from tasks.core.records import JobSnapshot, JobState
 from tasks.core.workflow_cancel import Move, revocations
-from tasks.core.workflow_records import WorkflowSnapshot, new_workflow_record
+from tasks.core.workflow_records import WorkflowFailure, WorkflowSnapshot, new_workflow_record
 
 logger = logging.getLogger(__name__)
 
@@ -24,9 +24,17 @@ class WorkflowService:
         self.jobs = jobs
         self.store = store
 
-    async def run(self, tree: Any, options: EnqueueRequest, name: str, owner: str) -> Watched:
+    async def run(
+        self,
+        tree: Any,
+        options: EnqueueRequest,
+        name: str,
+        owner: str,
+        on_failure: WorkflowFailure = WorkflowFailure.WAIT,
+    ) -> Watched:
         """Check the whole tree, record the workflow and its steps in one call, then send
-        the canvas through Celery's producer; if it cannot be sent, no record is left."""
+        the canvas through Celery's producer; if it cannot be sent, no record is left.
+        ``on_failure`` goes in the record: the worker that records a failed step acts on it."""
         for option in ("countdown", "eta", "expires", "idempotency_key"):
             if getattr(options, option) is not None:
                 label = "idempotencyKey" if option == "idempotency_key" else option
@@ -62,6 +70,7 @@ class WorkflowService:
             steps=[(step.job_id, planned.weights[step.job_id]) for step in steps],
             created_at=created,
             webhook=options.webhook.as_fields() if options.webhook else None,
+            on_failure=on_failure,
         )
         await self.store.create(workflow, step_records)
         # Announced before the canvas is sent: a fast worker's STARTED of the first step
