@@ -169,6 +169,15 @@ def _judge(
         assert "Traceback" not in log.read_text(errors="replace"), log.name
 
 
+def _settle(ledger: Ledger, note: str) -> None:
+    """Each story: a job and a workflow refused, then one job accepted that ran."""
+    ledger.submitted = 3
+    ledger.rejected["SERVICE_UNAVAILABLE"] = 2
+    ledger.terminal["SUCCESS"] = 1
+    ledger.notes.append(note)
+    ledger.settle()
+
+
 @dataclass
 class FullDisk:
     """How Valkey's ``dir`` was made a place it cannot save to, and how room comes back."""
@@ -245,15 +254,12 @@ async def test_redis_at_maxmemory_refuses_each_enqueue_at_once_and_recovers_when
             client.close()
 
     _judge(stack, refused, "maxmemory", before, after)
-    ledger.submitted = 3
-    ledger.rejected["SERVICE_UNAVAILABLE"] = 2
-    ledger.terminal["SUCCESS"] = 1
-    ledger.notes.append(
+    _settle(
+        ledger,
         f"{filled} filler keys (4 MB) to maxmemory (noeviction); a job and a workflow "
         f"refused in at most {refused.seconds * 1000:.0f} ms, nothing written; after the "
-        f"filler went, accepted {accepted:.2f} s and SUCCESS {ran:.2f} s later, no restart"
+        f"filler went, accepted {accepted:.2f} s and SUCCESS {ran:.2f} s later, no restart",
     )
-    ledger.settle()
 
 
 async def test_redis_that_cannot_save_to_a_full_disk_refuses_each_enqueue_and_recovers_with_room(
@@ -282,13 +288,10 @@ async def test_redis_that_cannot_save_to_a_full_disk_refuses_each_enqueue_and_re
             client.close()
 
     _judge(stack, refused, "MISCONF", before, after)
-    ledger.submitted = 3
-    ledger.rejected["SERVICE_UNAVAILABLE"] = 2
-    ledger.terminal["SUCCESS"] = 1
-    ledger.notes.append(
+    _settle(
+        ledger,
         f"BGSAVE failed on {disk.how}; a job and a workflow refused in at most "
         f"{refused.seconds * 1000:.0f} ms, nothing written; room made and BGSAVE ok in "
         f"{saved:.2f} s, then accepted {accepted:.2f} s and SUCCESS {ran:.2f} s after the "
-        "room, no restart"
+        "room, no restart",
     )
-    ledger.settle()

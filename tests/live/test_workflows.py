@@ -257,7 +257,7 @@ def _failing_beside(*siblings: dict[str, Any]) -> dict[str, Any]:
     """A group of ``siblings`` and a step that fails for good (an .invalid address) once
     they have all started: behind a short first step, not in a race with their starts."""
     bounce = task("send_email", {"to": "eve@nowhere.invalid", "subject": "Hi", "body": "."})
-    return {"group": [*siblings, {"chain": [process("first", delay=0.5), bounce]}]}
+    return {"group": [*siblings, {"chain": [process("first", delay=1), bounce]}]}
 
 
 def _at(moment: str) -> datetime:
@@ -268,7 +268,8 @@ async def test_a_failed_step_waits_for_its_running_siblings_by_default(
     async_api: AsyncGraphQL, control: Celery
 ) -> None:
     await _three_at_once(control)
-    started = await run(async_api, _failing_beside(process("a", delay=2), process("b", delay=2)))
+    slow = (process("a", delay=2.5), process("b", delay=2.5))
+    started = await run(async_api, _failing_beside(*slow))
     assert started["onFailure"] == "WAIT", "the default, as before the option"
     siblings = [step["id"] for step in started["steps"][:2]]
 
