@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from tasks.core import rabbitmq, records, redis_clients
 from tasks.core.durability import durability_warnings
 from tasks.core.liveness import worker_key
+from tasks.core.refusals import WRITE_PROBE_KEY, WRITE_PROBE_MS, write_refusal
 from tasks.core.result_backends import is_database
 from tasks.core.schedules import DJANGO_LOCK_KEY, LOCK_KEY
 from tasks.core.settings import Settings
@@ -64,7 +65,7 @@ def run_checks(*, worker: str | None = None, beat: bool = False) -> int:
             probe()
         except Exception as exc:
             failures += 1
-            _say(False, f"{what}: {type(exc).__name__}: {exc}. {hint}")
+            _say(False, f"{what}: {write_refusal(exc) or f'{type(exc).__name__}: {exc}'}. {hint}")
         else:
             _say(True, what)
 
@@ -82,12 +83,17 @@ def run_checks(*, worker: str | None = None, beat: bool = False) -> int:
 
         return probe
 
+    failed_before = failures
     check(f"Redis for job records at {_safe(settings.redis)} answers", ping(settings.redis),
           "Is it running and is JOBQL_REDIS_URL right?")  # fmt: skip
     _durability(settings.redis, settings)
     if settings.records != settings.redis or settings.records_cluster:
         check(f"job records at {_safe(settings.records)} answer", lambda: _records(settings).ping(),
               "Is JOBQL_RECORDS_URL right (and JOBQL_RECORDS_CLUSTER for a cluster)?")  # fmt: skip
+    if failures == failed_before:
+        # PING works while Redis refuses every write (maxmemory, a disk it cannot save to).
+        check(f"job records at {_safe(settings.records)} take writes", lambda: _write(settings),
+              WRITE_HINT)  # fmt: skip
     if not (worker or beat):
         # A scan of every job key: for an operator's `jobql check`, not a container's probe
         # every few seconds (`--worker`, `--beat`).
@@ -147,6 +153,19 @@ def _beat_lock(settings: Settings) -> None:
     if left is None or int(left) < 0:
         raise LookupError(f"no beat renewed the lock in the last {settings.beat_lock_timeout} s "
                           "(JOBQL_BEAT_LOCK_TIMEOUT)")  # fmt: skip
+
+
+WRITE_HINT = (
+    "Free memory or raise maxmemory (OOM); free disk space where Redis saves, then BGSAVE (MISCONF)"
+)
+
+
+def _write(settings: Settings) -> None:
+    client = _records(settings)
+    try:
+        client.set(WRITE_PROBE_KEY, "1", px=WRITE_PROBE_MS)
+    finally:
+        redis_clients.close(client)
 
 
 def _durability(url: str, settings: Settings) -> None:

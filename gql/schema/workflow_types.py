@@ -12,6 +12,7 @@ from gql.schema.types import Job, PageInfo
 from gql.schema.webhook_types import WebhookDelivery
 from gql.services.webhooks import deliveries
 from tasks.core.records import JobSnapshot
+from tasks.core.workflow_records import WorkflowFailure as WorkflowFailureValue
 from tasks.core.workflow_records import WorkflowSnapshot
 from tasks.core.workflow_records import WorkflowState as WorkflowStateValue
 
@@ -28,6 +29,22 @@ describe_values(
         "SUCCESS": "Every step succeeded.",
         "FAILURE": "A step failed; `failedStep` says which.",
         "REVOKED": "Cancelled.",
+    },
+)
+
+
+WorkflowFailure = strawberry.enum(
+    WorkflowFailureValue,
+    name="WorkflowFailure",
+    description="What a failed step does to the steps still running beside it (a group's). "
+    "Either way the workflow is FAILURE at once and no step that waits starts.",
+)
+describe_values(
+    WorkflowFailure,
+    {
+        "WAIT": "They run to their end; the workflow is done once they have ended.",
+        "FAIL_FAST": "They are terminated, as cancelWorkflow(terminate: true) does; the "
+        "workflow is done at once.",
     },
 )
 
@@ -82,6 +99,11 @@ class WorkflowChordInput:
 class WorkflowInput:
     name: str = strawberry.field(default="", description="A label for people.")
     root: WorkflowStepInput = strawberry.field(description="The workflow's tree of steps.")
+    on_failure: WorkflowFailure = strawberry.field(  # type: ignore[valid-type]
+        default=WorkflowFailureValue.WAIT,
+        description="When a step fails: let the steps running beside it end (WAIT), or "
+        "terminate them (FAIL_FAST).",
+    )
 
 
 @strawberry.type(description="Several jobs run as one Celery canvas, watched under one id.")
@@ -96,6 +118,9 @@ class Workflow:
     )
     steps: list[Job] = strawberry.field(description="Every step, in the order given.")
     failed_step: Job | None = strawberry.field(description="The step that failed the workflow.")
+    on_failure: WorkflowFailure = strawberry.field(  # type: ignore[valid-type]
+        description="What its first failed step does to the steps running beside it."
+    )
     created_at: datetime = strawberry.field(description="When it was run (UTC).")
     finished_at: datetime | None = strawberry.field(
         description="When it reached a final state (UTC)."
@@ -118,6 +143,7 @@ class Workflow:
             progress=workflow.progress,
             steps=jobs,
             failed_step=next((j for j in jobs if j.id == workflow.failed_step), None),
+            on_failure=workflow.on_failure,
             created_at=workflow.created_at,
             finished_at=workflow.finished_at,
         )

@@ -26,6 +26,7 @@ from gql.services.auth import Principal
 from gql.services.errors import BadUserInput, NotFound
 from gql.services.workflows import WorkflowService
 from tasks.core.records import JobSnapshot
+from tasks.core.workflow_records import WorkflowFailure as WorkflowFailureValue
 from tasks.core.workflow_records import WorkflowSnapshot, workflow_channel
 
 WorkflowId = Annotated[
@@ -93,7 +94,9 @@ async def run_workflow(
 ) -> Workflow:
     tree = to_data(input.root)
     owner = await info.context.admitted()
-    found = await _service(info).run(tree, enqueue_request(options), input.name, owner)
+    found = await _service(info).run(
+        tree, enqueue_request(options), input.name, owner, WorkflowFailureValue(input.on_failure)
+    )
     return Workflow.from_snapshot(*found)
 
 

@@ -34,6 +34,8 @@ from strawberry.exceptions import MissingQueryError
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 
+from tasks.core.refusals import write_refusal
+
 logger = logging.getLogger(__name__)
 
 
@@ -133,6 +135,11 @@ def classify(error: GraphQLError) -> None:
     elif isinstance(original, UNAVAILABLE):
         logger.warning("service unavailable: %s: %s", type(original).__name__, original)
         error.message = "A backing service (broker or Redis) is unavailable; try again shortly."
+        extensions["code"] = ErrorCode.SERVICE_UNAVAILABLE.value
+    elif original is not None and (refusal := write_refusal(original)) is not None:
+        # Redis answers but refuses writes (memory or disk): no bug here, and no traceback.
+        logger.warning("service unavailable: %s", refusal)
+        error.message = f"{refusal}; try again shortly."
         extensions["code"] = ErrorCode.SERVICE_UNAVAILABLE.value
     elif isinstance(original, WRONG_REQUEST):
         extensions["code"] = ErrorCode.GRAPHQL_VALIDATION_FAILED.value

@@ -21,6 +21,7 @@ from gql.services.producer import Producer
 from gql.services.queues import QueueControl
 from gql.services.workers import Broker, QueueState, WorkerDirectory
 from tasks.core.liveness import WorkerBeat
+from tasks.core.refusals import WRITE_PROBE_KEY, WRITE_PROBE_MS, write_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,10 @@ async def _probe(check: Callable[[], Awaitable[object]], limit: float) -> Compon
     try:
         await asyncio.wait_for(check(), limit)
     except Exception as exc:
-        return ComponentHealth(ok=False, latency_ms=None, error=type(exc).__name__)
+        # A refused write is told in words (it says what to fix); anything else by its type
+        # alone, so an unauthenticated probe learns no address from a connection error.
+        error = write_refusal(exc) or type(exc).__name__
+        return ComponentHealth(ok=False, latency_ms=None, error=error)
     return ComponentHealth(ok=True, latency_ms=(time.perf_counter() - started) * 1000, error=None)
 
 
@@ -130,10 +134,15 @@ class HealthCheck:
     ) -> tuple[ComponentHealth, ComponentHealth, ComponentHealth]:
         broker, records, broadcast = await asyncio.gather(
             _probe(lambda: self._broker.ping(self._producer.ping_broker), self._timeout * 2),
-            _probe(self._records.ping, self._timeout),
+            _probe(self._records_writable, self._timeout),
             _probe(self._broadcast_alive, self._timeout),
         )
         return broker, records, broadcast
+
+    async def _records_writable(self) -> None:
+        """A tiny write, not a PING: a Redis at ``maxmemory`` or unable to persist still
+        answers PING while it refuses every job (:mod:`tasks.core.refusals`)."""
+        await self._records.set(WRITE_PROBE_KEY, "1", px=WRITE_PROBE_MS)
 
     async def _broadcast_alive(self) -> None:
         """Published events reach this process only while its pub/sub connection is up."""

@@ -12,8 +12,9 @@ from gql.services.workflow_plan import Planner
 from gql.services.workflow_store import Watched, WorkflowStore
 from tasks.core import records, slots
 from tasks.core.canvas import signature, steps_of
-from tasks.core.records import CANCELLABLE_STATES, JobSnapshot, JobState
-from tasks.core.workflow_records import WorkflowSnapshot, new_workflow_record
+from tasks.core.records import JobSnapshot, JobState
+from tasks.core.workflow_cancel import Move, revocations
+from tasks.core.workflow_records import WorkflowFailure, WorkflowSnapshot, new_workflow_record
 
 logger = logging.getLogger(__name__)
 
@@ -23,9 +24,17 @@ class WorkflowService:
         self.jobs = jobs
         self.store = store
 
-    async def run(self, tree: Any, options: EnqueueRequest, name: str, owner: str) -> Watched:
+    async def run(
+        self,
+        tree: Any,
+        options: EnqueueRequest,
+        name: str,
+        owner: str,
+        on_failure: WorkflowFailure = WorkflowFailure.WAIT,
+    ) -> Watched:
         """Check the whole tree, record the workflow and its steps in one call, then send
-        the canvas through Celery's producer; if it cannot be sent, no record is left."""
+        the canvas through Celery's producer; if it cannot be sent, no record is left.
+        ``on_failure`` goes in the record: the worker that records a failed step acts on it."""
         for option in ("countdown", "eta", "expires", "idempotency_key"):
             if getattr(options, option) is not None:
                 label = "idempotencyKey" if option == "idempotency_key" else option
@@ -61,6 +70,7 @@ class WorkflowService:
             steps=[(step.job_id, planned.weights[step.job_id]) for step in steps],
             created_at=created,
             webhook=options.webhook.as_fields() if options.webhook else None,
+            on_failure=on_failure,
         )
         await self.store.create(workflow, step_records)
         # Announced before the canvas is sent: a fast worker's STARTED of the first step
@@ -108,17 +118,16 @@ class WorkflowService:
         _, steps = await self.require(workflow_id, owner)
         producer, settings = self.jobs.producer, self.jobs.webhook_settings
         error = records.dumps({"type": "Revoked", "message": "the workflow was cancelled"})
-        for step in steps:
-            if step.done or (step.state not in CANCELLABLE_STATES and not terminate):
-                continue
-            if step.state not in CANCELLABLE_STATES:
+        for revocation in revocations(steps, terminate=terminate):
+            step = revocation.step
+            if revocation.move is Move.TERMINATE:
                 await producer.revoke(step.id, terminate=True)
-            allowed = CANCELLABLE_STATES if step.state in CANCELLABLE_STATES else frozenset()
-            _, hooks = await self.jobs.store.transition_hooked(
-                step, JobState.REVOKED, {"error": error}, allowed
-            )
-            await webhooks.schedule(producer, settings, hooks)
-            if step.state in CANCELLABLE_STATES:
+            elif revocation.move is Move.RECORD:
+                _, hooks = await self.jobs.store.transition_hooked(
+                    step, JobState.REVOKED, {"error": error}, revocation.allowed_from
+                )
+                await webhooks.schedule(producer, settings, hooks)
+            else:
                 try:
                     await producer.revoke(step.id, terminate=False)
                 except Exception:

@@ -101,8 +101,11 @@ def celery_config(
     config: dict[str, Any] = {
         "broker_url": settings.broker,
         "result_backend": backend,
-        # The webhook task is JobQL's own: every worker can deliver.
-        "imports": () if producer else (*settings.task_modules, "tasks.worker.webhooks"),
+        # The webhook task is JobQL's own: every worker can deliver. fail_fast stops the
+        # rest of a FAIL_FAST workflow wherever a step's failure is recorded.
+        "imports": ()
+        if producer
+        else (*settings.task_modules, "tasks.worker.webhooks", "tasks.worker.fail_fast"),
         "task_serializer": settings.serializer,
         "result_serializer": settings.serializer,
         # JSON always: the API writes JSON task messages itself (tasks.core.messages).

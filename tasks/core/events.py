@@ -20,7 +20,7 @@ import redis
 from tasks.core import records, redis_clients, scripts, slots, timeline
 from tasks.core.records import CANCELLABLE_STATES, RUNNING_STATES, JobState
 from tasks.core.settings import get_settings
-from tasks.core.workflow_records import WorkflowSnapshot, workflow_key
+from tasks.core.workflow_records import WorkflowFailure, WorkflowSnapshot, workflow_key
 
 logger = logging.getLogger(__name__)
 
@@ -167,14 +167,22 @@ def _schedule(job_id: str, hooks: scripts.Hooks) -> None:
         logger.exception("could not schedule the webhook of job %s", job_id)
 
 
+# Where a FAIL_FAST workflow's failure goes to have its running steps stopped:
+# tasks.worker.fail_fast plugs itself in when the worker imports it (it needs the Celery app).
+fail_fast_sink: Callable[[str, str], None] | None = None
+
+
 def skip_rest(workflow_id: str, failed: str) -> None:
-    """A failed step ends its workflow: the steps that have not started never will."""
+    """A failed step ends its workflow: the steps that have not started never will. Under
+    ``onFailure: FAIL_FAST`` the running ones are stopped too, handed over once: from the
+    failure that became the workflow's ``failed_step`` (the update script sets it once)."""
     client, _, _ = _scripts()
     fields: dict[str, str] = client.hgetall(workflow_key(workflow_id))  # type: ignore[assignment]
     if not fields:
         return
+    workflow = WorkflowSnapshot.from_hash(fields)
     error = _error_json("Skipped", f"step {failed} of the workflow failed")
-    for step in WorkflowSnapshot.from_hash(fields).steps:
+    for step in workflow.steps:
         if fields.get(f"s:{step}", JobState.PENDING.value) in (JobState.PENDING, JobState.RETRY):
             transition(
                 step,
@@ -183,6 +191,12 @@ def skip_rest(workflow_id: str, failed: str) -> None:
                 allowed_from=CANCELLABLE_STATES,
                 workflow=workflow_id,
             )
+    if workflow.on_failure is WorkflowFailure.FAIL_FAST and workflow.failed_step == failed:
+        if fail_fast_sink is None:
+            logger.warning("workflow %s fails fast but tasks.worker.fail_fast is not loaded; "
+                           "its running steps run on", workflow_id)  # fmt: skip
+        else:
+            fail_fast_sink(workflow_id, failed)
 
 
 def adopt(job_id: str, task: str, queue: str, kwargs: dict[str, Any]) -> None:

@@ -25,6 +25,14 @@ class WorkflowState(StrEnum):
     REVOKED = "REVOKED"
 
 
+class WorkflowFailure(StrEnum):
+    """What a failed step does to the steps still running beside it (its record's
+    ``on_failure``). Either way the workflow is FAILURE at once and no waiting step starts."""
+
+    WAIT = "WAIT"  # they run to their end; the workflow is done after them
+    FAIL_FAST = "FAIL_FAST"  # they are terminated; the workflow is done at once
+
+
 WORKFLOW_KEY_PREFIX = f"{PREFIX}:workflow:"
 WORKFLOW_CHANNEL_PREFIX = f"{PREFIX}:events:workflow:"
 
@@ -58,6 +66,7 @@ class WorkflowSnapshot:
     steps: list[str]
     weights: list[float]
     failed_step: str | None
+    on_failure: WorkflowFailure
     created_at: datetime
     finished_at: datetime | None
 
@@ -76,6 +85,8 @@ class WorkflowSnapshot:
             steps=[str(step[0]) for step in steps],
             weights=[float(step[1]) for step in steps],
             failed_step=fields.get("failed_step") or None,
+            # Records written before the option have none: they waited.
+            on_failure=WorkflowFailure(fields.get("on_failure") or WorkflowFailure.WAIT),
             created_at=datetime.fromisoformat(fields["created_at"]),
             finished_at=datetime.fromisoformat(finished) if finished else None,
         )
@@ -89,6 +100,7 @@ def new_workflow_record(
     steps: list[tuple[str, float]],
     created_at: datetime,
     webhook: tuple[str, str] | None = None,
+    on_failure: WorkflowFailure = WorkflowFailure.WAIT,
 ) -> dict[str, str]:
     """A PENDING workflow of ``steps`` (job id, weight); every step starts PENDING at 0%."""
     fields = {
@@ -101,6 +113,7 @@ def new_workflow_record(
         "progress": "0",
         "steps": dumps([[job_id, weight] for job_id, weight in steps]),
         "failed_step": "",
+        "on_failure": on_failure.value,
         "created_at": created_at.isoformat(),
     }
     if webhook:

@@ -1,9 +1,10 @@
 """kombu's Redis (and Sentinel) transport, made to survive a broken broker connection while
 late-acked tasks run: stock kombu 5.7.0 let the worker exit when Redis restarted, ran a job twice
-at once after a reconnect (issue 13), and died on one envelope of the wrong shape. Here a dead
+at once after a reconnect (issue 13), died on one envelope of the wrong shape, and died when
+Redis refused writes (a BRPOP answered MISCONF by a Redis that cannot save). Here a dead
 channel's restore and ack are skipped (kombu restores the messages after ``visibility_timeout``),
-running jobs' messages are held and settled on a fresh connection when the run ends, and an
-unreadable envelope is set aside on ``DEAD_LETTER_KEY``.
+running jobs' messages are held and settled on a fresh connection when the run ends, an
+unreadable envelope is set aside on ``DEAD_LETTER_KEY``, and a refusal is waited out.
 """
 
 from __future__ import annotations
@@ -26,9 +27,14 @@ from tasks.core.dead_letters import DEAD_LETTER_KEY as DEAD_LETTER_KEY  # the li
 from tasks.core.dead_letters import DEAD_LETTERS_KEPT as DEAD_LETTERS_KEPT
 from tasks.core.dead_letters import dead_letter_entry as dead_letter_entry
 from tasks.core.dead_letters import envelope as envelope
+from tasks.core.refusals import write_refusal
 from tasks.core.settings import get_settings
 
 logger = logging.getLogger(__name__)
+
+# Seconds between two BRPOPs while Redis refuses writes (out of memory, a disk it cannot save
+# to): a consumer resumes within about this much of Redis taking writes again.
+REFUSED_PAUSE = 1.0
 
 
 def _named(raw: bytes) -> dict[str, str]:
@@ -186,14 +192,31 @@ def settle(spare: dict[str, Any], tag: Any, *, requeue: bool, within: float) -> 
 class Channel(kombu_redis.Channel):
     QoS = QoS
 
+    # Monotonic time before which no BRPOP is sent: Redis refused the last one.
+    _refused_until = 0.0
+    _refusing = False
+
+    def _brpop_start(self, timeout: Any = None) -> None:
+        if time.monotonic() >= self._refused_until:
+            super()._brpop_start(timeout)  # type: ignore[no-untyped-call]
+
     def _brpop_read(self, **options: Any) -> bool:
-        """kombu 5.7.0's ``_brpop_read``, with the envelope decoded under a guard."""
+        """kombu 5.7.0's ``_brpop_read``, with the envelope decoded under a guard, and a
+        Redis that refuses writes (BRPOP is one) waited out rather than let end the worker."""
         try:
             try:
                 dest_item = self.client.parse_response(self.client.connection, "BRPOP", **options)
             except self.connection_errors:
                 self.client.connection.disconnect()
                 raise
+            except redis.ResponseError as exc:
+                if (refusal := write_refusal(exc)) is None:
+                    raise
+                self._refused(refusal)
+                raise Empty() from None
+            if self._refusing:
+                self._refusing = False
+                logger.warning("the broker hands out messages again")
             if not dest_item:
                 raise Empty()
             dest, item = dest_item
@@ -208,6 +231,19 @@ class Channel(kombu_redis.Channel):
         finally:
             self._in_poll = None  # type: ignore[assignment]
             self._flush_brpop_reauth()  # type: ignore[no-untyped-call]
+
+    def _refused(self, refusal: str) -> None:
+        """Stock kombu lets this end the worker ("Unrecoverable error"); asked again at
+        once, Redis would refuse as fast as it is asked. So the next BRPOP waits
+        ``REFUSED_PAUSE``, while the worker's loop goes on with everything else."""
+        self._refused_until = time.monotonic() + REFUSED_PAUSE
+        if not self._refusing:
+            self._refusing = True
+            logger.warning(
+                "the broker refuses to hand out messages (%s); asking again every %g s",
+                refusal,
+                REFUSED_PAUSE,
+            )
 
     def _get(self, queue: Any, timeout: Any = None) -> Any:
         """kombu 5.7.0's ``_get`` (polling consumers), with the same guard."""

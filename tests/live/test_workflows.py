@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
+from celery import Celery
 
+from tasks.core.app import create_celery_app
+from tasks.core.settings import Settings
 from tests.conftest import JOB_FIELDS, AsyncGraphQL
 from tests.support.clients import graphql_transport_ws
 
@@ -14,7 +20,7 @@ from tests.support.clients import graphql_transport_ws
 pytestmark = [pytest.mark.django_results, pytest.mark.postgres]
 
 WORKFLOW_FIELDS = f"""
-id name state done sequence progress createdAt finishedAt
+id name state done sequence progress createdAt finishedAt onFailure
 failedStep {{ id task }}
 steps {{ workflowId {JOB_FIELDS} }}
 """
@@ -35,8 +41,10 @@ def process(data: Any, delay: float = 0.1, **receive: Any) -> dict[str, Any]:
     return task("process_data", {"data": data, "delay": delay}, **receive)
 
 
-async def run(api: AsyncGraphQL, root: dict[str, Any], name: str = "") -> dict[str, Any]:
-    data = await api.data(RUN, {"input": {"name": name, "root": root}})
+async def run(
+    api: AsyncGraphQL, root: dict[str, Any], name: str = "", **more: Any
+) -> dict[str, Any]:
+    data = await api.data(RUN, {"input": {"name": name, "root": root, **more}})
     return dict(data["runWorkflow"])
 
 
@@ -216,3 +224,97 @@ async def test_invalid_trees_are_refused_with_paths_and_nothing_is_enqueued(
         assert path in [f["path"] for f in error["extensions"]["fields"]], error
 
     assert await async_api.data("{ jobs(first: 1) { nodes { id } } }") == newest
+
+
+@pytest.fixture(scope="module", autouse=True)
+def control(settings: Settings, worker: subprocess.Popen[bytes]) -> Iterator[Celery]:
+    """The session worker, grown by one pool process for this module's failure stories: two
+    steps run beside a third that fails, three at once. Celery starts the process at its
+    pool's next upkeep (every 5 s), so it is asked for with the module's first test and the
+    stories wait for it (:func:`_three_at_once`). Shrunk back after the module (the
+    heartbeat's concurrency is the configured one, unchanged)."""
+    app = create_celery_app(settings, producer=True)
+    assert app.control.pool_grow(1, reply=True, timeout=5, limit=1), "the pool did not grow"
+    try:
+        yield app
+    finally:
+        app.control.pool_shrink(1, reply=True, timeout=5, limit=1)
+        app.close()
+
+
+async def _three_at_once(control: Celery, within: float = 15) -> None:
+    """Until the worker's pool has three processes up, each ready for a job."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        stats = control.control.inspect(timeout=1, limit=1).stats() or {}
+        if any(w["pool"]["writes"]["inqueues"]["total"] >= 3 for w in stats.values()):
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"the pool did not grow: {stats}"
+        await asyncio.sleep(0.1)
+
+
+def _failing_beside(*siblings: dict[str, Any]) -> dict[str, Any]:
+    """A group of ``siblings`` and a step that fails for good (an .invalid address) once
+    they have all started: behind a short first step, not in a race with their starts."""
+    bounce = task("send_email", {"to": "eve@nowhere.invalid", "subject": "Hi", "body": "."})
+    return {"group": [*siblings, {"chain": [process("first", delay=1), bounce]}]}
+
+
+def _at(moment: str) -> datetime:
+    return datetime.fromisoformat(moment)
+
+
+async def test_a_failed_step_waits_for_its_running_siblings_by_default(
+    async_api: AsyncGraphQL, control: Celery
+) -> None:
+    await _three_at_once(control)
+    slow = (process("a", delay=2.5), process("b", delay=2.5))
+    started = await run(async_api, _failing_beside(*slow))
+    assert started["onFailure"] == "WAIT", "the default, as before the option"
+    siblings = [step["id"] for step in started["steps"][:2]]
+
+    failed = await async_api.wait(started["steps"][3]["id"], lambda job: job["done"])
+    seen = (await async_api.data(READ, {"id": started["id"]}))["workflow"]
+    workflow = await wait_done(async_api, started["id"])
+
+    assert failed["state"] == "FAILURE"
+    assert seen["state"] == "FAILURE" and not seen["done"], "failed at once, done later"
+    assert workflow["failedStep"]["id"] == failed["id"] and workflow["state"] == "FAILURE"
+    a, b = (step for step in workflow["steps"] if step["id"] in siblings)
+    assert a["state"] == b["state"] == "SUCCESS", "the running siblings ran to their end"
+    for sibling in (a, b):  # it failed while both ran
+        assert _at(sibling["startedAt"]) < _at(failed["finishedAt"]) < _at(sibling["finishedAt"])
+    last = max(_at(a["finishedAt"]), _at(b["finishedAt"]))
+    assert abs(_at(workflow["finishedAt"]) - last).total_seconds() < 0.01, "done as both ended"
+
+
+async def test_a_fail_fast_workflow_stops_its_running_siblings_at_the_first_failure(
+    async_api: AsyncGraphQL, control: Celery
+) -> None:
+    await _three_at_once(control)
+    report = task("generate_report", {"userId": 1, "steps": 50, "stepDelay": 0.1})
+    started = await run(
+        async_api, _failing_beside(process("slow", delay=5), report), onFailure="FAIL_FAST"
+    )
+    assert started["onFailure"] == "FAIL_FAST"
+    siblings = [step["id"] for step in started["steps"][:2]]
+
+    workflow = await wait_done(async_api, started["id"], within=20)
+
+    failed = workflow["failedStep"]
+    assert workflow["state"] == "FAILURE" and failed["task"] == "send_email"
+    steps = {step["id"]: step for step in workflow["steps"]}
+    late = _at(workflow["finishedAt"]) - _at(steps[failed["id"]]["finishedAt"])
+    assert late.total_seconds() < 2, f"done {late} after the failure"
+    for sibling in siblings:
+        step = steps[sibling]
+        assert step["state"] == "REVOKED" and step["startedAt"], step
+        assert step["error"]["type"] == "Terminated" and step["result"] is None, step
+    # Stopped, not only recorded so: no process of the worker runs them any more.
+    for _ in range(40):
+        active = control.control.inspect(timeout=1, limit=1).active() or {}
+        if not {job["id"] for jobs in active.values() for job in jobs} & set(siblings):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"a sibling still runs: {active}")
