@@ -100,6 +100,11 @@ def check_redis_transport() -> None:
         kombu_redis.Transport.Channel is kombu_redis.Channel,
         "kombu's redis Transport.Channel is its Channel",
     )
+    # A refused BRPOP (MISCONF, OOM) holds the next one back by skipping _brpop_start.
+    require(
+        _parameters(kombu_redis.Channel._brpop_start) == ["self", "timeout"],
+        "kombu's redis Channel._brpop_start(timeout)",
+    )
     # The envelope guard replaces two of kombu's methods with copies: they must still be
     # the code that was copied (same steps, same helpers), or the copy would drift.
     require(
