@@ -27,19 +27,13 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from devtools.valkey import EmbeddedValkey
-from gql.http import dashboard
 from gql.http.graphiql import CSP
 from tasks.core.app import create_celery_app
 from tasks.core.settings import Settings
 from tests.conftest import ROOT, running_api, running_worker, service_env
 from tests.support.browser import CLOSED_NETWORK, chromium
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not (dashboard.BUILT / "index.html").is_file(), reason="the dashboard is not built"
-    ),
-]
+pytestmark = pytest.mark.browser
 KEYS = {owner: secrets.token_urlsafe(24) for owner in ("ops", "alice", "bob")}
 SHOTS = ROOT / "var" / "dashboard"
 FIGURES = SHOTS / "figures.json"

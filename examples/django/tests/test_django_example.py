@@ -55,7 +55,8 @@ def test_a_caller_who_is_not_signed_in_is_refused(server: str) -> None:
 def test_the_signed_in_user_owns_the_job_their_order_starts(alice: GraphQL, bob: GraphQL) -> None:
     order = alice.data(PLACE, {"item": "tea", "quantity": 2})["placeOrder"]
 
-    assert order["job"] == {"id": order["jobId"], "task": "fulfil_order", "state": "PENDING"}
+    # The job is sent at the commit, before the answer: a worker may have started it already.
+    assert order["job"]["id"] == order["jobId"] and order["job"]["task"] == "fulfil_order"
     done = alice.wait_done(order["jobId"])
     assert done["state"] == "SUCCESS"
     assert done["result"] == {"orderId": int(order["id"]), "status": "shipped"}
