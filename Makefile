@@ -61,11 +61,12 @@ test: sync  ## lint, type-check, build the docs, the tests against real services
 	@echo "make test: stage 2 (contract, RabbitMQ, Django results) from $$(date +%T)"
 	$(SIDE_BY_SIDE) -j3 test-contract-pass test-rabbitmq test-django-results
 
-# One after another, in this order, beside the main pass (its sub-make has one job slot: the
-# main pass holds the other). Listed as goals of one parallel make instead, they started in
-# an order of make's choosing: the main pass started last, after nearly two minutes.
+# One after another, in this order, beside the main pass: -j1 keeps this sub-make off the
+# shared job slots (sharing them, it took the main pass's slot for half a minute). Listed as
+# goals of one parallel make instead, they started in an order of make's choosing: the main
+# pass started last, after nearly two minutes.
 stage-1-rest:
-	$(MAKE) --no-print-directory lint docs dashboard-check warm-contract test-browser \
+	$(MAKE) -j1 --no-print-directory lint docs dashboard-check warm-contract test-browser \
 		test-postgres test-django-example
 
 .PHONY: stage-1-rest bench-harness dashboard dashboard-check test-browser test-main test-contract-pass test-django-results test-django-example test-rabbitmq test-postgres \
