@@ -8,6 +8,7 @@ says, one line per problem, what the configuration cannot reach::
     jobql dev [--host H] [--port P]     (make run: the `embedded` extra, or REDIS_URL set)
     jobql export-schema
     jobql check [--worker NAME] [--beat]
+    jobql migrate [--dry-run] [--limit N]   (rewrites records older releases left)
     jobql --version
 """
 
@@ -21,7 +22,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 
-SUBCOMMANDS = ("api", "worker", "beat", "dev", "export-schema", "check")
+SUBCOMMANDS = ("api", "worker", "beat", "dev", "export-schema", "check", "migrate")
 
 
 def api_argv(host: str, port: int, workers: int, grace: float, extra: Sequence[str]) -> list[str]:
@@ -140,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also require that a beat holds the schedules' lock and keeps renewing it",
     )
+    migrate = commands.add_parser(
+        "migrate", help="rewrite the records older releases left into the current format"
+    )
+    migrate.add_argument("--dry-run", action="store_true", help="count only, write nothing")
+    migrate.add_argument(
+        "--limit", type=int, help="stop after this many records; the next run continues"
+    )
     return parser
 
 
@@ -158,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dev(args)
     if args.command == "export-schema":
         return _export_schema()
+    if args.command == "migrate":
+        from gql.ops.migrate import run_migrate
+
+        return run_migrate(args)
     from gql.ops.checks import run_checks
 
     return run_checks(worker=args.worker, beat=args.beat)

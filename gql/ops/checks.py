@@ -41,14 +41,16 @@ def _warn(what: str) -> None:
     print(f"warn  {what}")  # noqa: T201
 
 
-def run_checks(*, worker: str | None = None, beat: bool = False) -> int:
+def load_settings() -> Settings | None:
+    """The settings, with the embedded Valkey of a running `make run` when no Redis is
+    configured; None (having said why) when they name no Redis or are refused."""
     try:
         settings = Settings()
     except ValidationError as exc:
         for error in exc.errors():
             where = ".".join(str(p) for p in error["loc"]) or "settings"
             _say(False, f"{where}: {error['msg']} (see .env.example)")
-        return 1
+        return None
     if not settings.redis_url:
         running = settings.data_dir / "dev.env"  # written by `make run` while it runs
         if running.is_file():
@@ -56,6 +58,13 @@ def run_checks(*, worker: str | None = None, beat: bool = False) -> int:
             _say(True, f"using the embedded Valkey of `make run` ({running})")
     if not settings.redis_url:
         _say(False, "no Redis configured: set JOBQL_REDIS_URL or REDIS_URL, or start `make run`")
+        return None
+    return settings
+
+
+def run_checks(*, worker: str | None = None, beat: bool = False) -> int:
+    settings = load_settings()
+    if settings is None:
         return 1
     failures = 0
 
@@ -201,8 +210,8 @@ def _old_layout(settings: Settings) -> None:
     finally:
         redis_clients.close(client)
     if old:
-        _warn(f"{old} job records of the layout before hash tags are no longer read (README, "
-              "Deploying on a Redis Cluster: Upgrading); they expire on their own")  # fmt: skip
+        _warn(f"{old} job records of the layout before hash tags are not read until `jobql "
+              "migrate` rewrites them (docs: Upgrading)")  # fmt: skip
 
 
 def _database(url: str, timeout: float) -> Callable[[], object]:

@@ -24,7 +24,7 @@ from celery.canvas import Signature
 from gql.services.errors import ServiceUnavailable
 from tasks.core.app import create_celery_app, ready_result_backend
 from tasks.core.message_writer import writes_messages
-from tasks.core.messages import OWNER_HEADER
+from tasks.core.messages import job_headers
 from tasks.core.rabbitmq import priority
 from tasks.core.settings import Settings
 
@@ -51,8 +51,8 @@ def send_task(
     to: Delivery,
     owner: str | None = None,
 ) -> None:
-    """Celery's producer with a job's delivery options (and its owner in a header, see
-    ``tasks.core.messages.OWNER_HEADER``); the one place both the API's and the blocking enqueue
+    """Celery's producer with a job's delivery options (its format and owner in headers, see
+    ``tasks.core.messages.job_headers``); the one place both the API's and the blocking enqueue
     send through, so JobQL's priority means the same on every broker (RabbitMQ's runs the
     other way: ``tasks.core.rabbitmq.priority``)."""
     app.send_task(
@@ -64,7 +64,7 @@ def send_task(
         eta=to.eta,
         expires=to.expires,
         priority=priority(broker_url, to.priority),
-        headers={OWNER_HEADER: owner} if owner is not None else None,
+        headers=job_headers(owner),
     )
 
 

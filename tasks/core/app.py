@@ -18,7 +18,7 @@ from kombu.entity import Exchange, Queue
 # logs and rabbitmq for their receivers: the logging of worker and beat, a queue check.
 from tasks.core import logs, rabbitmq, redis_clients, result_backends  # noqa: F401
 from tasks.core.base import JobTask
-from tasks.core.messages import PRIORITY_SEP, PRIORITY_STEPS, hide_input
+from tasks.core.messages import PRIORITY_SEP, PRIORITY_STEPS, stamp
 from tasks.core.registry import TaskRegistry
 from tasks.core.schedules import BEAT_PREFIX
 from tasks.core.settings import Settings, get_settings
@@ -241,9 +241,10 @@ celeryd_init.connect(_starting_worker)
 def _hide_input(headers: dict[str, Any] | None = None, **_: Any) -> None:
     """Every message Celery's producer sends from a process that loaded JobQL (the API's
     other brokers, beat's, workflows', retries, webhooks) carries no job input in its
-    ``argsrepr``/``kwargsrepr``, as the API's own message does (``tasks.core.messages``)."""
+    ``argsrepr``/``kwargsrepr``, and carries the format header, as the API's own message does
+    (``tasks.core.messages``)."""
     if headers is not None:
-        hide_input(headers)
+        stamp(headers)
 
 
 before_task_publish.connect(_hide_input)

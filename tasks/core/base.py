@@ -15,7 +15,7 @@ import redis
 from celery import Task, states
 from celery.exceptions import BackendStoreError, Ignore
 
-from tasks.core import events, job_logs, liveness
+from tasks.core import events, formats, job_logs, liveness
 from tasks.core.messages import OWNER_HEADER
 from tasks.core.records import TERMINAL_STATES, checked_json
 from tasks.core.settings import get_settings
@@ -56,6 +56,7 @@ class JobTask(Task):  # type: ignore[misc]
         if _builtin(self.name):
             return
         delivery = self.request.delivery_info or {}
+        message_format(self.request)
         try:
             if delivery.get("redelivered"):
                 lost = events.losses(task_id)
@@ -168,6 +169,15 @@ def owner_hint(request: Any) -> str | None:
     of the request); None for a message sent without it (plain Celery, an older API)."""
     owner = getattr(request, OWNER_HEADER, None)
     return owner if isinstance(owner, str) else None
+
+
+def message_format(request: Any) -> int | None:
+    """The format of the job's message (:data:`tasks.core.formats.FORMAT_HEADER`): 1 for one
+    sent without it (an older JobQL, plain Celery), said once in the log as every other kind."""
+    value = getattr(request, formats.FORMAT_HEADER, None)
+    if value == formats.RECORD_FORMAT:
+        return formats.RECORD_FORMAT
+    return formats.met("task messages", value)
 
 
 def _builtin(name: str) -> bool:

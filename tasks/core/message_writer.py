@@ -21,11 +21,11 @@ from kombu.transport import virtual
 
 from tasks.core import compat, redis_clients
 from tasks.core.messages import (
-    OWNER_HEADER,
     PRIORITY_SEP,
     PRIORITY_STEPS,
-    hide_input,
+    job_headers,
     queue_key,
+    stamp,
     task_message,
 )
 from tasks.core.settings import Settings
@@ -139,9 +139,9 @@ def stock_message(
         now=now,
         ignore_result=None,  # what ``send_task`` passes when not told
     )
-    given = {**({OWNER_HEADER: owner} if owner is not None else {}), **(trace or {})}
+    given = {**job_headers(owner), **(trace or {})}
     headers = {**sent.headers, **given}
-    hide_input(headers)
+    stamp(headers)
     properties: dict[str, Any] = {**sent.properties, "delivery_mode": 2}
     if expires is not None:
         properties["expiration"] = str(int((expires - now).total_seconds() * 1000))

@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from tasks.core.formats import FORMAT_HEADER, RECORD_FORMAT
+
 # The Redis transport's priority queues: 0 is served first, a message with priority p > 0
 # waits in "<queue><SEP><p>" (see tasks.core.app's broker_transport_options).
 PRIORITY_STEPS = list(range(10))
@@ -30,6 +32,16 @@ _REPLY_TO = str(uuid.uuid4())
 # record updates, and would otherwise have to guess it (tasks.core.events). A hint only: the
 # update script checks it against the record, so a wrong or forged one costs a call.
 OWNER_HEADER = "jobql_owner"
+
+
+def job_headers(owner: str | None) -> dict[str, Any]:
+    """The headers JobQL adds to a job's Celery message: its format
+    (:data:`tasks.core.formats.FORMAT_HEADER`) and, when known, its owner."""
+    headers: dict[str, Any] = {FORMAT_HEADER: RECORD_FORMAT}
+    if owner is not None:
+        headers[OWNER_HEADER] = owner
+    return headers
+
 
 # What Celery's ``argsrepr`` and ``kwargsrepr`` headers say of a job's input. Celery fills
 # them with up to 1 KB of the input itself, and from there it reaches Flower, ``celery
@@ -52,6 +64,13 @@ def hide_input(headers: dict[str, Any]) -> None:
             headers[name] = hidden(headers[name], empty)
 
 
+def stamp(headers: dict[str, Any]) -> None:
+    """What JobQL does to every message Celery's producer sends from a process that loaded it:
+    the input hidden, the format header added where the sender set none."""
+    hide_input(headers)
+    headers.setdefault(FORMAT_HEADER, RECORD_FORMAT)
+
+
 def queue_key(queue: str, priority: int | None) -> str:
     return f"{queue}{PRIORITY_SEP}{priority}" if priority else queue
 
@@ -71,7 +90,8 @@ def task_message(
     trace: dict[str, str] | None = None,
 ) -> str:
     """The JSON a Celery 5 producer would LPUSH for ``apply_async(kwargs=..., ...)``, with
-    the job's ``owner`` as the header :data:`OWNER_HEADER` and the ``trace`` headers
+    the job's ``owner`` as the header :data:`OWNER_HEADER`, its format as
+    :data:`tasks.core.formats.FORMAT_HEADER`, and the ``trace`` headers
     (``traceparent``, ``tracestate``: :func:`tasks.core.tracing.current_headers`) beside it, as
     ``headers=`` would add them, and where OpenTelemetry's Celery instrumentation puts and reads
     them."""
@@ -116,8 +136,7 @@ def task_message(
         },
         "properties": properties,
     }
-    if owner is not None:
-        message["headers"][OWNER_HEADER] = owner
+    message["headers"].update(job_headers(owner))
     if trace:
         message["headers"].update(trace)
     # The envelope holds strings, small ints, None and empty containers only: orjson

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from tasks.core import slots
+from tasks.core import formats, slots
 
 PREFIX = "jobql"
 
@@ -265,6 +265,8 @@ class JobSnapshot:
 
     @classmethod
     def from_hash(cls, fields: dict[str, str]) -> JobSnapshot:
+        if fields.get(formats.FORMAT_FIELD) != formats.CURRENT:
+            formats.met("job records", fields.get(formats.FORMAT_FIELD))
         created = _moment(fields.get("created_at"))
         assert created is not None, "a job record always has created_at"
         return cls(
@@ -340,6 +342,7 @@ def new_record(
         "created_at": created_at.isoformat(),
         "idempotency_key": idempotency or "",
         "events": queued_entry(created_at),
+        formats.FORMAT_FIELD: formats.CURRENT,
     }
     if workflow_id:
         fields["workflow_id"] = workflow_id

@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from tasks.core import slots
+from tasks.core import formats, slots
 from tasks.core.records import PREFIX, dumps
 
 
@@ -72,6 +72,8 @@ class WorkflowSnapshot:
 
     @classmethod
     def from_hash(cls, fields: dict[str, str]) -> WorkflowSnapshot:
+        if fields.get(formats.FORMAT_FIELD) != formats.CURRENT:
+            formats.met("workflow records", fields.get(formats.FORMAT_FIELD))
         steps = json.loads(fields["steps"])
         finished = fields.get("finished_at")
         return cls(
@@ -115,6 +117,7 @@ def new_workflow_record(
         "failed_step": "",
         "on_failure": on_failure.value,
         "created_at": created_at.isoformat(),
+        formats.FORMAT_FIELD: formats.CURRENT,
     }
     if webhook:
         fields["webhook_url"], fields["webhook_events"] = webhook

@@ -27,7 +27,7 @@ from redis.lock import Lock
 
 from tasks.core import compat, events, rabbitmq, records, redis_clients, slots
 from tasks.core.message_writer import ShapeError, writes_messages
-from tasks.core.messages import OWNER_HEADER, queue_key, task_message
+from tasks.core.messages import job_headers, queue_key, task_message
 from tasks.core.schedules import (
     DISABLED_SCORE,
     SCHEDULE_SET,
@@ -200,7 +200,7 @@ class RunStarter:
                 task_id=fields["id"],
                 queue=fields["queue"],
                 priority=rabbitmq.priority(get_settings().broker, priority),
-                headers={OWNER_HEADER: fields["owner"]},
+                headers=job_headers(fields["owner"]),
             )
         except Exception:
             try:

@@ -157,5 +157,8 @@ def test_jobql_check_counts_records_of_the_layout_before_hash_tags(
         client.delete(old)
         client.close()
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "job records of the layout before hash tags are no longer read" in result.stdout
+    assert (
+        "job records of the layout before hash tags are not read until `jobql migrate`"
+        in result.stdout
+    )
     assert "layout before hash tags" not in probe.stdout and "worker w@h" in probe.stdout
