@@ -117,6 +117,15 @@ class Workflow:
         description="0..100: done steps, and running steps' percent, weighted."
     )
     steps: list[Job] = strawberry.field(description="Every step, in the order given.")
+    shape: JSON | None = strawberry.field(
+        description="The tree of steps as given, each step by its job id; `steps` lists the "
+        "same ids in the same order, depth first. A node is exactly one of: "
+        '`{"step": "<job id>"}`; `{"chain": [<node>, ...]}`, one after another; '
+        '`{"group": [<node>, ...]}`, in parallel; `{"chord": {"header": [<node>, ...], '
+        '"body": {"step": "<job id>"}}}`, the header\'s nodes in parallel, then the body. '
+        "Every step's id appears exactly once. Null for a workflow recorded before the API "
+        "kept its tree."
+    )
     failed_step: Job | None = strawberry.field(description="The step that failed the workflow.")
     on_failure: WorkflowFailure = strawberry.field(  # type: ignore[valid-type]
         description="What its first failed step does to the steps running beside it."
@@ -142,6 +151,7 @@ class Workflow:
             sequence=workflow.sequence,
             progress=workflow.progress,
             steps=jobs,
+            shape=JSON(workflow.shape) if workflow.shape is not None else None,
             failed_step=next((j for j in jobs if j.id == workflow.failed_step), None),
             on_failure=workflow.on_failure,
             created_at=workflow.created_at,

@@ -168,6 +168,7 @@ async def _changes(
             workflow, steps = found
             current = {step.id: step for step in steps}
         elif item.workflow is not None:
+            # The workflow's whole record as the update script read it, its shape too.
             changed = WorkflowSnapshot.from_hash(item.workflow)
             if changed.sequence <= workflow.sequence:
                 continue

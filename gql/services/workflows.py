@@ -11,7 +11,7 @@ from gql.services.jobs import EnqueueRequest, JobService
 from gql.services.workflow_plan import Planner
 from gql.services.workflow_store import Watched, WorkflowStore
 from tasks.core import records, slots
-from tasks.core.canvas import signature, steps_of
+from tasks.core.canvas import shape_of, signature, steps_of
 from tasks.core.records import JobSnapshot, JobState
 from tasks.core.workflow_cancel import Move, revocations
 from tasks.core.workflow_records import WorkflowFailure, WorkflowSnapshot, new_workflow_record
@@ -69,6 +69,7 @@ class WorkflowService:
             owner=owner,
             steps=[(step.job_id, planned.weights[step.job_id]) for step in steps],
             created_at=created,
+            shape=shape_of(planned.root),
             webhook=options.webhook.as_fields() if options.webhook else None,
             on_failure=on_failure,
         )

@@ -62,6 +62,20 @@ def steps_of(node: Node) -> list[Step]:
     return [s for item in node.items for s in steps_of(item)]
 
 
+def shape_of(node: Node) -> dict[str, Any]:
+    """The tree's shape with each step as its job id, for the workflow's record:
+    ``{"step": id}``, ``{"chain": [...]}``, ``{"group": [...]}`` or
+    ``{"chord": {"header": [...], "body": {"step": id}}}`` (a chord's header is a group's
+    members; its body one step)."""
+    if isinstance(node, Step):
+        return {"step": node.job_id}
+    if isinstance(node, Chord):
+        header = [shape_of(item) for item in node.header]
+        return {"chord": {"header": header, "body": shape_of(node.body)}}
+    kind = "chain" if isinstance(node, Chain) else "group"
+    return {kind: [shape_of(item) for item in node.items]}
+
+
 def signature(app: Celery, node: Node) -> Signature:
     """The canvas of ``node``; a step that receives nothing ignores the previous result."""
     if isinstance(node, Chain):

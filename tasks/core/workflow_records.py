@@ -54,7 +54,9 @@ def workflow_channel(workflow_id: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class WorkflowSnapshot:
-    """One workflow as readers see it. ``steps`` are its job ids, in the order given."""
+    """One workflow as readers see it. ``steps`` are its job ids, in the order given;
+    ``shape`` their tree (:func:`tasks.core.canvas.shape_of`), None in a record written
+    before the record kept it."""
 
     id: str
     name: str
@@ -69,6 +71,7 @@ class WorkflowSnapshot:
     on_failure: WorkflowFailure
     created_at: datetime
     finished_at: datetime | None
+    shape: dict[str, Any] | None = None
 
     @classmethod
     def from_hash(cls, fields: dict[str, str]) -> WorkflowSnapshot:
@@ -76,6 +79,7 @@ class WorkflowSnapshot:
             formats.met("workflow records", fields.get(formats.FORMAT_FIELD))
         steps = json.loads(fields["steps"])
         finished = fields.get("finished_at")
+        shape = fields.get("shape")
         return cls(
             id=fields["id"],
             name=fields.get("name", ""),
@@ -91,6 +95,7 @@ class WorkflowSnapshot:
             on_failure=WorkflowFailure(fields.get("on_failure") or WorkflowFailure.WAIT),
             created_at=datetime.fromisoformat(fields["created_at"]),
             finished_at=datetime.fromisoformat(finished) if finished else None,
+            shape=json.loads(shape) if shape else None,
         )
 
 
@@ -101,10 +106,13 @@ def new_workflow_record(
     owner: str,
     steps: list[tuple[str, float]],
     created_at: datetime,
+    shape: dict[str, Any] | None = None,
     webhook: tuple[str, str] | None = None,
     on_failure: WorkflowFailure = WorkflowFailure.WAIT,
 ) -> dict[str, str]:
-    """A PENDING workflow of ``steps`` (job id, weight); every step starts PENDING at 0%."""
+    """A PENDING workflow of ``steps`` (job id, weight) arranged as ``shape`` (the tree
+    :func:`tasks.core.canvas.shape_of` gives); every step starts PENDING at 0%. The shape is
+    a field of the record like the rest, so every event of the workflow carries it too."""
     fields = {
         "id": workflow_id,
         "name": name,
@@ -119,6 +127,8 @@ def new_workflow_record(
         "created_at": created_at.isoformat(),
         formats.FORMAT_FIELD: formats.CURRENT,
     }
+    if shape is not None:
+        fields["shape"] = dumps(shape)
     if webhook:
         fields["webhook_url"], fields["webhook_events"] = webhook
     return fields

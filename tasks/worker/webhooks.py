@@ -87,6 +87,7 @@ def workflow_json(workflow: WorkflowSnapshot, steps: list[JobSnapshot]) -> dict[
         "failedStep": next((s for s in shown if s["id"] == workflow.failed_step), None),
         "onFailure": workflow.on_failure.value,
         "steps": shown,
+        "shape": workflow.shape,
         "createdAt": _moment(workflow.created_at),
         "finishedAt": _moment(workflow.finished_at),
     }

@@ -313,20 +313,44 @@ async def test_a_second_owner_sees_none_of_the_first_owners_jobs(
     await expect(page.get_by_text(re.compile("not found|no job", re.I)).first).to_be_visible()
 
 
+async def _boxes(page: Page, steps: list[dict[str, Any]]) -> list[dict[str, float]]:
+    boxes = []
+    for step in steps:
+        box = await page.get_by_test_id(f"workflow-node-{step['id']}").bounding_box()
+        assert box is not None, f"step {step['id']} is not drawn"
+        boxes.append(dict(box))
+    return boxes
+
+
+def _a_step_then_a_column_of_two(boxes: list[dict[str, float]]) -> None:
+    first, a, b = boxes
+    assert abs(a["x"] - b["x"]) < 1, f"the group's members share a column: {boxes}"
+    assert abs(a["y"] - b["y"]) >= a["height"], f"one above the other: {boxes}"
+    assert a["x"] >= first["x"] + first["width"], f"after the first step: {boxes}"
+
+
 async def test_workflows_and_schedules_show_live(stack: Stack, browser: Browser) -> None:
-    chain = (
-        'mutation { runWorkflow(input: {name: "nightly", root: {chain: ['
-        '{task: {name: "process_data", input: {data: 1, delay: 0.5}}}, '
-        '{task: {name: "process_data", input: {data: 2, delay: 0.5}}}]}}) '
-        "{ id steps { id } } }"
-    )
-    run = stack.data("alice", chain)["runWorkflow"]
+    # A step, then a group of two: drawn as the tree from the start, before the group runs
+    # (the first step takes its time), not only once its members are seen running together.
+    def step(data: int, delay: float) -> dict[str, Any]:
+        return {"task": {"name": "process_data", "input": {"data": data, "delay": delay}}}
+
+    run = stack.data(
+        "alice",
+        "mutation($root: WorkflowStepInput!) "
+        '{ runWorkflow(input: {name: "nightly", root: $root}) { id steps { id } } }',
+        root={"chain": [step(1, 2), {"group": [step(2, 0.5), step(3, 0.5)]}]},
+    )["runWorkflow"]
     page = await signed_in(browser, stack, "alice")
     await page.get_by_test_id("nav-workflows").click()
     await page.goto(f"{stack.url}/dashboard/#/workflows/{run['id']}")
-    for step in run["steps"]:
-        node = page.get_by_test_id(f"workflow-node-{step['id']}")
+    for shown in run["steps"]:
+        await expect(page.get_by_test_id(f"workflow-node-{shown['id']}")).to_be_visible()
+    _a_step_then_a_column_of_two(await _boxes(page, run["steps"]))
+    for done in run["steps"]:
+        node = page.get_by_test_id(f"workflow-node-{done['id']}")
         await expect(node).to_have_attribute("data-state", "SUCCESS")
+    _a_step_then_a_column_of_two(await _boxes(page, run["steps"]))
     await shot(page, "workflow")
     name = f"hourly-{uuid.uuid4().hex[:6]}"
     made = stack.data(

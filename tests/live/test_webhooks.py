@@ -162,6 +162,7 @@ async def test_a_workflow_reports_once_it_is_done(
     workflow = json.loads(body)
     assert workflow["id"] == data["runWorkflow"]["id"] and workflow["state"] == "SUCCESS"
     assert [s["state"] for s in workflow["steps"]] == ["SUCCESS", "SUCCESS"]
+    assert workflow["shape"] == {"group": [{"step": s["id"]} for s in workflow["steps"]]}
 
 
 @pytest.mark.parametrize(

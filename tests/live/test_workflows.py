@@ -9,10 +9,12 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from celery import Celery
 
 from tasks.core.app import create_celery_app
 from tasks.core.settings import Settings
+from tasks.core.workflow_records import workflow_key
 from tests.conftest import JOB_FIELDS, AsyncGraphQL
 from tests.support.clients import graphql_transport_ws
 
@@ -20,7 +22,7 @@ from tests.support.clients import graphql_transport_ws
 pytestmark = [pytest.mark.django_results, pytest.mark.postgres]
 
 WORKFLOW_FIELDS = f"""
-id name state done sequence progress createdAt finishedAt onFailure
+id name state done sequence progress createdAt finishedAt onFailure shape
 failedStep {{ id task }}
 steps {{ workflowId {JOB_FIELDS} }}
 """
@@ -199,6 +201,60 @@ async def test_the_subscription_streams_every_step_to_the_end(async_api: AsyncGr
         states = [w["steps"][index]["state"] for w in seen]
         changes = [s for i, s in enumerate(states) if i == 0 or s != states[i - 1]]
         assert changes == ["PENDING", "STARTED", "SUCCESS"], states
+
+
+def _leaves(shape: dict[str, Any]) -> list[str]:
+    """The step ids of a shape, depth first."""
+    ((kind, value),) = shape.items()
+    if kind == "step":
+        return [value]
+    if kind == "chord":
+        return [s for node in value["header"] for s in _leaves(node)] + _leaves(value["body"])
+    return [s for node in value for s in _leaves(node)]
+
+
+async def test_the_shape_is_the_tree_given_with_every_step_once(
+    async_api: AsyncGraphQL, settings: Settings
+) -> None:
+    summarize = {"name": "summarize", "resultTo": "results"}
+    started = await run(
+        async_api,
+        {
+            "chain": [
+                process("first", delay=0.5),
+                {"group": [process("a"), process("b")]},
+                {"chord": {"group": [process("c"), process("d")], "then": summarize}},
+            ]
+        },
+    )
+    ids = [step["id"] for step in started["steps"]]
+    first, a, b, c, d, last = ids
+    expected = {
+        "chain": [
+            {"step": first},
+            {"group": [{"step": a}, {"step": b}]},
+            {"chord": {"header": [{"step": c}, {"step": d}], "body": {"step": last}}},
+        ]
+    }
+    assert started["shape"] == expected
+    assert _leaves(started["shape"]) == ids and len(set(ids)) == 6, "each step once, in order"
+
+    stream = await graphql_transport_ws(async_api.base_url, WATCH, {"id": started["id"]})
+
+    assert stream.completed and not stream.errors
+    seen = [r["data"]["workflow"] for r in stream.results]
+    assert len(seen) > 1, "updates came from events, not only the first read"
+    assert all(w["shape"] == expected for w in seen)
+    assert seen[-1]["state"] == "SUCCESS"
+    # A record written before the shape was kept reads as null, and reads on.
+    client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        assert await client.hdel(workflow_key(started["id"]), "shape") == 1
+    finally:
+        await client.aclose()
+    old = (await async_api.data(READ, {"id": started["id"]}))["workflow"]
+    assert old["shape"] is None and [s["id"] for s in old["steps"]] == ids
+    assert old["state"] == "SUCCESS"
 
 
 async def test_invalid_trees_are_refused_with_paths_and_nothing_is_enqueued(
