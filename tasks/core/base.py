@@ -66,7 +66,7 @@ class JobTask(Task):  # type: ignore[misc]
         message_format(self.request)
         redelivered = bool(delivery.get("redelivered") or getattr(self.request, REDELIVERED, None))
         try:
-            if (holder := run_lease.take(events.client(), task_id)) is not None:
+            if run_lease.wanted and (holder := run_lease.take(events.client(), task_id)):
                 self._wait_for(holder, task_id, redelivered)
             if redelivered:
                 lost = events.losses(task_id)

@@ -10,6 +10,9 @@ run: :class:`tasks.core.base.JobTask` sends the job's message again to arrive wh
 would lapse, and acknowledges this one; once the lease is gone, that copy finds the job finished
 (and is dropped) or, if the run holding it was lost, runs it.
 
+Taken with every broker but Redis under JobQL's transport (:mod:`tasks.worker.broker`), which
+holds a running job's message across a reconnect, so no second delivery comes to fence off.
+
 The token names the worker's incarnation and the pool process: a lease left by a process of this
 very worker that no longer runs the job (a pool process killed, whose job Celery redelivers at
 once) is taken over at once instead of waited out. Any other lapses after ``lease_seconds`` (the
@@ -20,12 +23,13 @@ longer than an interval: a short run costs one ``SET`` and one release.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
 import time
-import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -86,12 +90,35 @@ class Holder:
     lapses_in: float
 
 
+# Whether runs take the lease here: a worker on a Redis broker with JobQL's transport
+# (tasks.worker.broker, which holds a running job's message across a reconnect, so no second
+# delivery comes) turns it off as it starts (tasks.worker.app.attach); on with any other broker.
+wanted = True
+
 _lock = threading.Lock()
 _held: dict[str, _Lease] = {}  # job id -> the lease a run of this process holds
 
 
+_tokens = itertools.count()
+_scripts: tuple[redis.Redis, Any, Any] | None = None  # a client, its release and renew scripts
+
+
 def _token() -> str:
-    return f"{liveness.incarnation()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    """Unique to this run: the incarnation and process, and a count within the process."""
+    return f"{liveness.incarnation()}:{os.getpid()}:{next(_tokens)}"
+
+
+def _registered(client: redis.Redis) -> tuple[Any, Any]:
+    """The release and renew scripts on ``client``, sent by their SHA (EVALSHA)."""
+    global _scripts
+    scripts = _scripts
+    if scripts is None or scripts[0] is not client:
+        scripts = _scripts = (
+            client,
+            client.register_script(RELEASE_SCRIPT),
+            client.register_script(RENEW_SCRIPT),
+        )
+    return scripts[1], scripts[2]
 
 
 def take(client: redis.Redis, job_id: str) -> Holder | None:
@@ -152,7 +179,7 @@ def release(client: redis.Redis, job_id: str) -> None:
             return
         del _held[job_id]
     try:
-        client.eval(RELEASE_SCRIPT, 1, lease.key, lease.token)
+        _registered(client)[0](keys=[lease.key], args=[lease.token])
     except redis.RedisError as exc:
         logger.warning("the run lease of job %s lapses by itself: %s", job_id, exc)
 
@@ -204,7 +231,7 @@ class Renewer:
             return
         ms = int(lease_seconds() * 1000)
         for job_id, lease in due:  # one call each: a cluster may hold them in many slots
-            outcome = client.eval(RENEW_SCRIPT, 1, lease.key, lease.token, ms)
+            outcome = _registered(client)[1](keys=[lease.key], args=[lease.token, ms])
             lease.renewed = now
             if outcome == 0:
                 logger.warning("job %s: another run took its lease while this one ran", job_id)
