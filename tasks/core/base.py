@@ -66,7 +66,9 @@ class JobTask(Task):  # type: ignore[misc]
         message_format(self.request)
         redelivered = bool(delivery.get("redelivered") or getattr(self.request, REDELIVERED, None))
         try:
-            if run_lease.wanted and (holder := run_lease.take(events.client(), task_id)):
+            # An eager run (``apply``) is no broker's delivery: nothing can deliver it twice.
+            leased = run_lease.wanted and not self.request.is_eager
+            if leased and (holder := run_lease.take(events.client(), task_id)):
                 self._wait_for(holder, task_id, redelivered)
             if redelivered:
                 lost = events.losses(task_id)
