@@ -5,7 +5,8 @@ whatever else runs there. This measures the two writes JobQL's worker adds per j
 CPU time (this process's and Valkey's), which other load moves far less:
 
 - the record's: ``events.started`` then ``events.succeeded``, for jobs of an owner whose
-  earlier job this process already ran (as a worker's next job is);
+  earlier job this process already ran (as a worker's next job is); then the same with the
+  job's run lease taken before and released after (``tasks.core.run_lease``);
 - Celery's result store of the outcome (``mark_as_done``), with the fast paths on and off;
 - a whole job's, as the worker's tracer makes them: the start, Celery's store of the
   success (with the request the task ran in), then ``on_success``'s record of it unless
@@ -66,7 +67,7 @@ def main() -> None:
     valkey.start()
     os.environ["JOBQL_REDIS_URL"] = valkey.url  # this process as a worker process
     try:
-        from tasks.core import events, records
+        from tasks.core import events, records, run_lease
         from tasks.core.settings import Settings
         from tests.support.apps import worker_app
 
@@ -92,6 +93,15 @@ def main() -> None:
         run(queued())  # the worker has run one job of the owner's: connected, scripts loaded
         jobs = [queued() for _ in range(args.jobs)]
         print(f"record writes (STARTED, SUCCESS): {measure(client, jobs, run)}")
+        records_client = events.client()
+
+        def leased(job_id: str) -> None:  # JobTask.before_start's lease, the postrun's release
+            run_lease.take(records_client, job_id)
+            run(job_id)
+            run_lease.release(records_client, job_id)
+
+        jobs = [queued() for _ in range(args.jobs)]
+        print(f"the same with the run lease (taken, released): {measure(client, jobs, leased)}")
         for fast in (True, False):
             settings = Settings(redis_url=valkey.url, fast_paths=fast)
             app = worker_app(settings)  # as a starting worker configures it

@@ -256,7 +256,7 @@ class Migration:
         if rest.startswith("{"):
             record_id = rest[rest.find("}") + 2 :]
             if ":" in record_id:
-                return  # a record's companion key (its log lines, its unsent marker)
+                return  # a record's companion (its log lines, unsent marker, run lease)
             self.counts.seen[kind] += 1
             self._versioned(kind, key, record_id)
             return

@@ -9,18 +9,25 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any
 
 import redis
 from celery import Task, states
-from celery.exceptions import BackendStoreError, Ignore
+from celery.exceptions import BackendStoreError, Ignore, Reject
 
-from tasks.core import events, formats, job_logs, liveness
+from tasks.core import events, formats, job_logs, liveness, run_lease
 from tasks.core.messages import OWNER_HEADER
 from tasks.core.records import TERMINAL_STATES, checked_json
 from tasks.core.settings import get_settings
 
 logger = logging.getLogger(__name__)
+
+# Headers of a message sent again because another run held the job's lease
+# (:meth:`JobTask._wait_for`): how many times it waited, and whether the delivery it
+# replaces was a redelivery (which counts towards ``JOBQL_MAX_WORKER_LOSSES``).
+DEFERRALS = "jobql_lease_waits"
+REDELIVERED = "jobql_redelivered"
 
 
 class JobTask(Task):  # type: ignore[misc]
@@ -57,8 +64,13 @@ class JobTask(Task):  # type: ignore[misc]
             return
         delivery = self.request.delivery_info or {}
         message_format(self.request)
+        redelivered = bool(delivery.get("redelivered") or getattr(self.request, REDELIVERED, None))
         try:
-            if delivery.get("redelivered"):
+            # An eager run (``apply``) is no broker's delivery: nothing can deliver it twice.
+            leased = run_lease.wanted and not self.request.is_eager
+            if leased and (holder := run_lease.take(events.client(), task_id)):
+                self._wait_for(holder, task_id, redelivered)
+            if redelivered:
                 lost = events.losses(task_id)
                 if lost > get_settings().max_worker_losses:
                     logger.error("job %s lost its worker %d times; failing it", task_id, lost)
@@ -80,6 +92,39 @@ class JobTask(Task):  # type: ignore[misc]
         if outcome in TERMINAL_STATES:
             logger.info("job %s is already %s; not running it again", task_id, outcome)
             raise Ignore()
+
+    def _wait_for(self, holder: run_lease.Holder, task_id: str, redelivered: bool) -> None:
+        """Another run of the job holds its lease (this delivery is a broker's second one,
+        as RabbitMQ's after a connection loss): this one is not run. Its message goes out again
+        to arrive when the lease would lapse, as it is (not a retry: nothing is recorded), and
+        this one is acknowledged; the copy then finds the job finished, or runs it if the run
+        holding the lease was lost. A redelivery's copy says so, for the lost-worker count."""
+        request = self.request
+        waits = int(getattr(request, DEFERRALS, None) or 0) + 1
+        delay = min(max(holder.lapses_in, 0.0), run_lease.lease_seconds()) + 0.2
+        log = logger.warning if waits == 1 else logger.info
+        log(
+            "job %s: this delivery waits for the run holding its lease (%s), %.1f s (wait %d)",
+            task_id,
+            holder.token,
+            delay,
+            waits,
+        )
+        copy = self.signature_from_request(request, countdown=delay)
+        headers = {**(copy.options.get("headers") or {}), DEFERRALS: waits}
+        if redelivered:
+            headers[REDELIVERED] = True
+        copy.options["headers"] = headers
+        copy.options["expires"] = None  # the job started already: it can no longer expire
+        try:
+            copy.apply_async()
+        except Exception as exc:
+            # Not sent: this delivery goes back to the broker instead, after the same wait
+            # (a pool process held that long; the broker is failing anyway).
+            logger.warning("job %s: could not send its delivery again (%s); requeued", task_id, exc)
+            time.sleep(delay)
+            raise Reject(exc, requeue=True) from exc
+        raise Ignore()
 
     def on_success(
         self, retval: Any, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -125,6 +170,8 @@ class JobTask(Task):  # type: ignore[misc]
         if happens and not _builtin(self.name) and not request.called_directly:
             events.retrying(request.id, self.name, retries, exc or sys.exc_info()[1])
             request.jobql_retry_recorded = True
+            # This run is over: the retry's message must not wait for its lease.
+            run_lease.release(events.client(), request.id)
         return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
 
     def on_retry(

@@ -15,7 +15,7 @@ from celery.concurrency import get_implementation
 from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
-from tasks.core import compat, tracing
+from tasks.core import compat, run_lease, tracing
 from tasks.core.settings import Settings
 
 # Imported for their receivers: revocations and tasks not built on JobTask are recorded in
@@ -40,7 +40,11 @@ def worker_config(settings: Settings) -> dict[str, Any]:
 
 
 def attach(app: Celery, settings: Settings) -> None:
-    app.conf.update(worker_config(settings))
+    config = worker_config(settings)
+    app.conf.update(config)
+    # JobQL's Redis transport keeps a running job's message from a second delivery; with any
+    # other transport each run takes its job's lease (tasks.core.run_lease).
+    run_lease.wanted = config["broker_transport"] is None
     # The API's /health/stats lists its own entries; a worker's are in its log.
     decided = compat.report()
     logger.info(

@@ -31,8 +31,9 @@ REDIS_TRANSPORT = compat.fix(
     "kombu.redis_transport",
     "kombu",
     VERIFIED,
-    "kombu's stock Redis transport (a Redis restart may stop a worker, and a broker "
-    "reconnect may start a second run of a running job)",
+    "kombu's stock Redis transport (a Redis restart may stop a worker, and after a broker "
+    "reconnect a running job's message is delivered again: its second delivery waits on "
+    "the run lease, tasks.core.run_lease)",
     upstream="a worker that loses Redis mid-job exits or stops consuming "
     "(celery/celery#10205, celery/celery#1307); after a reconnect kombu restores the "
     "message of a job still running, which then runs twice (as celery/celery#4671 on AMQP)",

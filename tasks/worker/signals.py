@@ -10,9 +10,16 @@ import logging
 from typing import Any
 
 import redis
-from celery.signals import task_failure, task_prerun, task_retry, task_revoked, task_success
+from celery.signals import (
+    task_failure,
+    task_postrun,
+    task_prerun,
+    task_retry,
+    task_revoked,
+    task_success,
+)
 
-from tasks.core import events, liveness
+from tasks.core import events, liveness, run_lease
 from tasks.core.base import JobTask, owner_hint
 
 logger = logging.getLogger(__name__)
@@ -84,3 +91,11 @@ def _on_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: 
         why = getattr(reason, "exc", None) or reason
         why = why if isinstance(why, BaseException) else None
         events.retrying(request.id, sender.name, (request.retries or 0) + 1, why)
+
+
+@task_postrun.connect
+def _release_run_lease(task_id: str | None = None, **_: Any) -> None:
+    """The run is over and its outcome (or retry) recorded: another delivery of the job may
+    now run it, or find it finished (:mod:`tasks.core.run_lease`)."""
+    if task_id and run_lease.holds(task_id):
+        run_lease.release(events.client(), task_id)
