@@ -44,6 +44,12 @@ pytestmark = [
         rabbitmq_unavailable() is not None,
         reason=f"{rabbitmq_unavailable()}; the AMQP reconnect mid-job is not tried",
     ),
+    # Half a minute of one worker: once per make test, in its RabbitMQ pass, not again in
+    # the main pass (which runs every test against Redis).
+    pytest.mark.skipif(
+        os.environ.get("JOBQL_TEST_BROKER") != "rabbitmq",
+        reason="runs in make test's RabbitMQ pass (JOBQL_TEST_BROKER=rabbitmq)",
+    ),
 ]
 
 QUEUE = "jobql"
