@@ -369,12 +369,13 @@ async def _replace_api(stack: Stack, i: int, to: Release, phases: Phases) -> Non
 
 async def _replace_worker(stack: Stack, i: int, to: Release, phases: Phases) -> None:
     """SIGTERM (warm shutdown: running jobs finish, nothing new is taken), then a worker of
-    ``to``."""
+    ``to``. The stop and the start are timed apart: a slow warm shutdown shows."""
     old = stack.workers[i]
-    with phases.phase(f"worker {i + 1} {old.release.version}->{to.version}"):
+    with phases.phase(f"worker {i + 1} {old.release.version} stop"):
         old.process.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(old.process.wait, 120)
         assert code == 0, f"worker {old.name} exited with {code}: {old.log.read_text()[-3000:]}"
+    with phases.phase(f"worker {i + 1} {to.version} start"):
         stack.workers[i] = await asyncio.to_thread(stack.start_worker, to)
 
 
