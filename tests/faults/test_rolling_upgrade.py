@@ -23,10 +23,10 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import httpx
 import pytest
@@ -195,6 +195,25 @@ class Submitted:
     via: str  # the version of the replica that took it
 
 
+class Rotated(Sequence[str]):
+    """The live rotation, read from its ``offset``-th entry on (a client's first choice)."""
+
+    def __init__(self, urls: list[str], offset: int) -> None:
+        self.urls, self.offset = urls, offset
+
+    def __len__(self) -> int:
+        return len(self.urls)
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[str]: ...
+    def __getitem__(self, i: int | slice) -> str | Sequence[str]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(len(self))][i]
+        return self.urls[(i + self.offset) % len(self.urls)]
+
+
 class Load:
     """The steady stream of jobs, its subscribers and workflows, and what became of them."""
 
@@ -250,9 +269,11 @@ class Load:
                 await asyncio.wait_for(self.stopping.wait(), INTERVAL)
 
     def _watch(self, job_id: str) -> None:
-        """A subscriber on every transport, each reconnecting across the rotation."""
+        """A subscriber on every transport, each reconnecting across the rotation; they
+        start on the replicas in turn, so each replica's replacement drops some."""
         for transport in TRANSPORTS:
-            watch = reconnecting(transport, self.stack.urls, WATCH, {"id": job_id}, within=180)
+            urls = Rotated(self.stack.urls, len(self.watches))
+            watch = reconnecting(transport, urls, WATCH, {"id": job_id}, within=180)
             self.watches.append(asyncio.create_task(watch))
 
     async def workflow(self) -> None:
