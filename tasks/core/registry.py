@@ -52,12 +52,20 @@ class TaskSpec:
     def prepare(self, data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Validate ``data``; return the Celery kwargs and the input as clients will read it.
 
+        The kwargs leave out every field at its default (the worker's model fills it in
+        again): a field added to an input since the previous release, always at its default
+        unless the caller uses it, would otherwise reach that release's workers, whose
+        models forbid unknown fields, and fail every such job during a rolling upgrade or a
+        downgrade (GraphQL fills a typed mutation's defaults in, so the field is always
+        there). The input as clients read it keeps every field.
+
         Raises pydantic's ``ValidationError`` with the offending fields.
         """
         if self.input_model is None:
             return dict(data), dict(data)
         model = self.input_model.model_validate(data)
-        return model.model_dump(mode="json"), model.model_dump(mode="json", by_alias=True)
+        kwargs = model.model_dump(mode="json", exclude_defaults=True)
+        return kwargs, model.model_dump(mode="json", by_alias=True)
 
 
 def _model(annotation: Any) -> type[BaseModel] | None:

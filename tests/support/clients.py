@@ -258,3 +258,36 @@ TRANSPORTS: dict[str, Transport] = {
     "multipart": multipart,
     "sse": sse,
 }
+
+
+async def reconnecting(
+    transport: str, base_urls: Sequence[str], query: str, variables: dict[str, Any],
+    within: float = 90, on_result: OnResult | None = None,
+) -> Stream:  # fmt: skip
+    """A subscriber on ``transport`` that outlives its connection and its server, reading
+    ``base_urls`` afresh at every attempt (a caller may change the list: a load balancer's
+    rotation). The WebSocket protocols reconnect as :func:`resubscribing` does. An HTTP
+    stream (multipart, SSE) that drops, or that the server ends before the job's final state
+    (a replica that shuts down ends its streams normally), is asked for again on the next
+    server: an HTTP client knows it is not done until it has seen the final state."""
+    if transport in ("graphql-transport-ws", "graphql-ws"):
+        protocol = TRANSPORT_WS if transport == "graphql-transport-ws" else LEGACY_WS
+        return await resubscribing(base_urls, query, variables, within, on_result, protocol)
+    stream = Stream()
+    attempt = 0
+    async with asyncio.timeout(within):
+        while True:
+            url = base_urls[attempt % len(base_urls)]
+            try:
+                part = await TRANSPORTS[transport](url, query, variables, within, on_result)
+            except (httpx.HTTPError, OSError):
+                part = None
+            if part is not None:
+                stream.starts.append(len(stream.results))
+                stream.results.extend(part.results)
+                stream.pings += part.pings
+                if part.completed and part.jobs and part.jobs[-1]["done"]:
+                    stream.completed = True
+                    return stream
+            attempt += 1
+            await asyncio.sleep(0.1 * min(attempt, 5))

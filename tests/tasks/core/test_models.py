@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
+from tasks.core.app import registry
 from tasks.core.models import Email
-from tasks.examples import SendEmailInput
+from tasks.examples import GenerateReportInput, SendEmailInput
 
 EMAIL = TypeAdapter(Email)
 
@@ -29,3 +30,16 @@ def test_the_email_example_takes_the_reserved_invalid_domain_to_fail_later() -> 
 def test_the_email_example_still_refuses_what_is_not_an_address(address: object) -> None:
     with pytest.raises(ValidationError):
         SendEmailInput(to=address, subject="s", body="b")
+
+
+def test_a_job_s_message_leaves_out_the_fields_at_their_default() -> None:
+    """A field added since the previous release (``logEvery``, 0.10.0) is at its default
+    unless the caller uses it, and GraphQL fills it in: in the message, it made the previous
+    release's workers refuse every such job (their models forbid unknown fields) during a
+    rolling upgrade (tests/faults/test_rolling_upgrade.py). Clients still read every field."""
+    spec = registry.get("generate_report")
+    assert spec is not None
+    kwargs, shown = spec.prepare({"userId": 1, "steps": 3, "stepDelay": 0.1, "logEvery": 0})
+    assert kwargs == {"userId": 1, "steps": 3}
+    assert shown == {"userId": 1, "steps": 3, "stepDelay": 0.1, "logEvery": 0}
+    assert GenerateReportInput.model_validate(kwargs) == GenerateReportInput(user_id=1, steps=3)
