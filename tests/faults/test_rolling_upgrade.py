@@ -452,6 +452,8 @@ async def test_a_rolling_upgrade_from_the_previous_release_loses_nothing(
     assert ledger.subscribers == ledger.subscribers_ended
 
 
+# Half a minute more of one worker: make reliability runs it, make test the upgrade alone.
+@pytest.mark.skipif(not FULL, reason="make reliability runs the downgrade (JOBQL_RELIABILITY=full)")
 @pytest.mark.timeout(600)
 async def test_a_rolling_downgrade_to_the_previous_release_loses_nothing(
     releases: tuple[Release, Release], stack: Stack, ledger: Ledger
