@@ -1,9 +1,11 @@
 """Redis answering but refusing writes: out of memory at ``maxmemory`` with ``noeviction``
-(``OOM``), or unable to persist with ``stop-writes-on-bgsave-error`` or a failing append-only
-file (``MISCONF``). PING still works in both, and redis-py raises them as ``ResponseError`` s
-(``OutOfMemoryError`` for OOM), not connection errors: unrecognised, the API answered them as
-internal errors with a traceback and the health checks saw nothing. This module names them, in
-words an operator can act on; the probes make a tiny write to find them.
+(``OOM``), unable to persist with ``stop-writes-on-bgsave-error`` or a failing append-only
+file (``MISCONF``), or a replica (``READONLY``: the URL names a node that a failover made a
+replica, until the address moves to the new primary). PING still works in each, and redis-py
+raises them as ``ResponseError`` s (``OutOfMemoryError``, ``ReadOnlyError``), not connection
+errors: unrecognised, the API answered them as internal errors with a traceback and the health
+checks saw nothing. This module names them, in words an operator can act on; the probes make a
+tiny write to find them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ def write_refusal(exc: BaseException) -> str | None:
     if isinstance(exc, redis.exceptions.OutOfMemoryError):
         # redis-py strips the reply's "OOM" code from the message: put it back.
         return f"Redis is out of memory: OOM {said}"
+    if isinstance(exc, redis.exceptions.ReadOnlyError):
+        # redis-py strips the "READONLY" code too.
+        return f"Redis is a read-only replica: READONLY {said}"
     if isinstance(exc, redis.exceptions.ResponseError) and said.startswith("MISCONF"):
         return f"Redis cannot persist to disk and refuses writes: {said}"
     return None
