@@ -1,4 +1,5 @@
-"""Job records and the broadcast on a Redis Cluster: three Valkey primaries, no replicas.
+"""Job records and the broadcast on a Redis Cluster: three Valkey primaries, no replicas
+(and, for the failover test, a stack of its own with three primaries and three replicas).
 
 Celery's broker stays a single Valkey (its Redis transport has no cluster support); the
 records and their events live on the cluster (``JOBQL_RECORDS_URL``), spread over 16 hash
@@ -9,8 +10,12 @@ cannot disturb the rest of the suite.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +31,8 @@ from tasks.core.settings import Settings
 from tests.conftest import AsyncGraphQL, running_api, running_worker, service_env
 from tests.live.test_live import _watch_until_progress
 from tests.live.test_subscriptions import WATCH, _assert_well_ordered, _report
-from tests.support.clients import graphql_transport_ws, sse
+from tests.support.clients import graphql_transport_ws, resubscribing, sse
+from tests.support.ledger import Ledger, scale
 
 pytestmark = pytest.mark.slow
 
@@ -41,11 +47,11 @@ class Services:
     url: str
 
 
-@pytest.fixture(scope="module")
-def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    data_dir = tmp_path_factory.mktemp("cluster")
+@contextmanager
+def _stack(data_dir: Path, replicas: int = 0) -> Iterator[Services]:
+    """A broker, a cluster for the records, a worker and an API over them."""
     broker = EmbeddedValkey(data_dir / "broker").start()
-    cluster = EmbeddedValkeyCluster(data_dir / "records")
+    cluster = EmbeddedValkeyCluster(data_dir / "records", replicas=replicas)
     try:
         cluster.start()
         env = service_env(
@@ -61,6 +67,12 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     finally:
         cluster.stop()
         broker.stop()
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    with _stack(tmp_path_factory.mktemp("cluster")) as stack:
+        yield stack
 
 
 @pytest.fixture
@@ -185,3 +197,94 @@ async def test_watchers_follow_a_job_whose_slot_moves_to_another_primary(
     assert after > before, "the reader followed the slot (and told its subscribers to resync)"
     again = await graphql_transport_ws(services.url, WATCH, {"id": job_id})
     assert again.completed and again.jobs[-1]["state"] == "SUCCESS"
+
+
+async def test_a_primary_killed_under_load_fails_over_to_its_replica_and_nothing_is_lost(
+    tmp_path: Path, ledger: Ledger
+) -> None:
+    """3 primaries, 3 replicas; a steady load of jobs, each watched over graphql-transport-ws;
+    SIGKILL a primary mid-stream. Its replica takes over after the node timeout (2 s)."""
+    with _stack(tmp_path, replicas=1) as stack:
+        async with AsyncGraphQL(stack.url) as client:
+            await _fail_over_under_load(stack, client, ledger)
+
+
+async def _watch_retrying(url: str, job_id: str, retries: list[str]) -> Any:
+    """A subscriber as a client written to the guide behaves: it reconnects when the socket
+    drops, and subscribes again when told SERVICE_UNAVAILABLE ("try again shortly")."""
+    async with asyncio.timeout(60):
+        while True:
+            stream = await resubscribing([url], WATCH, {"id": job_id})
+            codes = {e.get("extensions", {}).get("code") for e in stream.errors}
+            if codes != {"SERVICE_UNAVAILABLE"}:
+                return stream
+            retries.append(job_id)
+            await asyncio.sleep(0.2)
+
+
+async def _fail_over_under_load(stack: Services, api: AsyncGraphQL, ledger: Ledger) -> None:
+    victim = 0  # primary 0 serves the first third of the slots, and so a third of the tags
+    on_victim = {t for t in slots.tags_for(16) if _node_of(stack.cluster, records.job_prefix(t))
+                 == victim}  # fmt: skip
+    assert on_victim
+    accepted: list[str] = []
+    refused: Counter[str] = Counter()
+    watches: list[asyncio.Task[Any]] = []
+    refusals: list[float] = []
+    successes: list[float] = []
+    killed_at = 0.0
+    retries: list[str] = []
+    jobs = scale(60, 100)  # a fresh stack: one page of 100 lists them all
+    for index in range(jobs):
+        if index == jobs // 4:
+            await asyncio.to_thread(stack.cluster.kill, victim)
+            killed_at = time.monotonic()
+        body = await api.post(ENQUEUE)
+        now = time.monotonic()
+        if body.get("errors"):
+            refused[body["errors"][0].get("extensions", {}).get("code", "no code")] += 1
+            refusals.append(now)
+        else:
+            job_id = body["data"]["enqueue"]["id"]
+            accepted.append(job_id)
+            successes.append(now)
+            watches.append(asyncio.create_task(_watch_retrying(stack.url, job_id, retries)))
+        await asyncio.sleep(0.1)
+    promoted = await asyncio.to_thread(stack.cluster.wait_failover, victim)
+    assert promoted >= stack.cluster.primaries
+
+    assert set(refused) <= {"SERVICE_UNAVAILABLE"}, refused
+    await asyncio.wait(watches, timeout=30)
+    stalled = [(j, slots.tag_for(j, 16) in on_victim, (await api.job(j) or {}).get("state"))
+               for j, w in zip(accepted, watches, strict=True) if not w.done()]  # fmt: skip
+    assert not stalled, f"(job, on the killed primary, state) of stalled subscribers: {stalled}"
+    streams = [w.result() for w in watches]
+    for job_id, stream in zip(accepted, streams, strict=True):
+        assert stream.completed and not stream.errors, (job_id, stream.errors)
+        assert stream.jobs[-1]["state"] == "SUCCESS", (job_id, stream.jobs)
+        assert [j["state"] for j in stream.jobs].count("SUCCESS") == 1, stream.jobs
+    finals = [(await api.wait_done(job_id, within=30))["state"] for job_id in accepted]
+    assert finals == ["SUCCESS"] * len(accepted)
+    listed = {e["node"]["id"] for e in (await api.data(
+        "{ jobs(first: 100) { edges { node { id } } } }"))["jobs"]["edges"]}  # fmt: skip
+    assert listed == set(accepted), "no record of a refused mutation, none missing"
+    hit = [j for j in accepted if slots.tag_for(j, 16) in on_victim]
+    assert hit, "some of the jobs live on the killed primary's slots"
+
+    # Only jobs whose id hashes to the killed primary's slots are refused, so the window
+    # runs from the first refusal to the first success after the last one.
+    last_refusal = max(refusals, default=killed_at)
+    first_success = min((t for t in successes if t > last_refusal), default=last_refusal)
+    window = first_success - min(refusals, default=first_success)
+    since_kill = first_success - killed_at
+    ledger.submitted = jobs
+    ledger.terminal["SUCCESS"] = len(accepted)
+    ledger.rejected.update(refused)
+    ledger.subscribers = ledger.subscribers_ended = len(streams)
+    ledger.notes.append(
+        f"{len(hit)} jobs on the killed primary's slots; mutations refused for {window:.1f} s "
+        f"(first refusal to first success after the last), all served {since_kill:.1f} s after "
+        f"the kill, {sum(refused.values())} refusals, "
+        f"{len(retries)} subscribes answered SERVICE_UNAVAILABLE and retried"
+    )
+    ledger.settle()
