@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import re
 from collections.abc import Iterator, Sequence
 from enum import StrEnum
@@ -108,7 +109,9 @@ class RateLimited(JobQLError):
     code = ErrorCode.RATE_LIMITED
 
     def __init__(self, message: str, retry_after: float) -> None:
-        super().__init__(message, retryAfter=round(retry_after, 3))
+        # Rounded up to the millisecond: a wait under half of one rounded to 0, and a client
+        # told to retry after 0 s was refused again at once.
+        super().__init__(message, retryAfter=math.ceil(retry_after * 1000) / 1000)
 
 
 # What a broker or Redis that is down raises, wherever it is called from.
