@@ -39,7 +39,6 @@ from gql.schema.types import (
     JobFilter,
     JobId,
     Options,
-    PageInfo,
     Queue,
     TaskInfo,
     Terminate,
@@ -48,9 +47,11 @@ from gql.schema.types import (
     decode_cursor,
     encode_cursor,
     enqueue_request,
+    page_of,
+    page_size,
 )
 from gql.schema.workflows import WorkflowQuery, WorkflowSubscription, workflow_mutations
-from gql.services.errors import BadUserInput, ErrorCode, OperationRules, classify
+from gql.services.errors import ErrorCode, OperationRules, classify
 from gql.services.health import Health
 from gql.services.jobs import EnqueueRequest
 from gql.services.trusted import TrustedDocuments
@@ -115,9 +116,7 @@ class Query(WorkflowQuery, ScheduleQuery, OperatorQuery):
         ] = None,
     ) -> JobConnection:
         jobs = info.context.jobs
-        first = 20 if first is None else first
-        if not 0 <= first <= jobs.settings.max_page_size:
-            raise BadUserInput.field("first", f"must be 0..{jobs.settings.max_page_size}")
+        first = page_size(first, jobs.settings.max_page_size)
         scope = info.context.scope
         query = PageQuery(
             owner=info.context.owner if scope is None else scope,
@@ -130,16 +129,8 @@ class Query(WorkflowQuery, ScheduleQuery, OperatorQuery):
         )
         snapshots = await jobs.page(query, every_owner=scope is None) if first else []
         edges = [JobEdge(cursor=encode_cursor(s), node=Job.from_snapshot(s)) for s in snapshots]
-        page = edges[:first]
-        return JobConnection(
-            edges=page,
-            page_info=PageInfo(
-                has_next_page=len(edges) > first,
-                has_previous_page=after is not None,
-                start_cursor=page[0].cursor if page else None,
-                end_cursor=page[-1].cursor if page else None,
-            ),
-        )
+        page, page_info = page_of(edges, first, after)
+        return JobConnection(edges=page, page_info=page_info)
 
     @strawberry.field(description="Every task that can be enqueued, with its input's JSON Schema.")
     def tasks(self, info: Info) -> list[TaskInfo]:

@@ -6,7 +6,7 @@ import base64
 import binascii
 from datetime import datetime
 from enum import Enum
-from typing import Annotated, Any, NewType
+from typing import Annotated, Any, NewType, Protocol, TypeVar
 
 import strawberry
 from strawberry.scalars import JSON
@@ -281,6 +281,32 @@ class PageInfo:
     start_cursor: str | None = strawberry.field(description="The first edge's cursor.")
     end_cursor: str | None = strawberry.field(
         description="The last edge's cursor: pass it as `after` for the next page."
+    )
+
+
+class HasCursor(Protocol):
+    cursor: str
+
+
+Edge = TypeVar("Edge", bound=HasCursor)
+
+
+def page_size(first: int | None, largest: int) -> int:
+    """A connection's ``first``: 20 when unset, refused outside 0..``largest``."""
+    first = 20 if first is None else first
+    if not 0 <= first <= largest:
+        raise BadUserInput.field("first", f"must be 0..{largest}")
+    return first
+
+
+def page_of(edges: list[Edge], first: int, after: str | None) -> tuple[list[Edge], PageInfo]:
+    """The page of ``edges`` (read one past ``first`` to know whether more follow)."""
+    page = edges[:first]
+    return page, PageInfo(
+        has_next_page=len(edges) > first,
+        has_previous_page=after is not None,
+        start_cursor=page[0].cursor if page else None,
+        end_cursor=page[-1].cursor if page else None,
     )
 
 

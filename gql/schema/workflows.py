@@ -15,15 +15,16 @@ from gql.schema.inputs import to_data
 from gql.schema.subscriptions import until_expiry
 from gql.schema.types import (
     Options,
-    PageInfo,
     Terminate,
     cursor_of,
     decode_cursor,
     enqueue_request,
+    page_of,
+    page_size,
 )
 from gql.schema.workflow_types import Workflow, WorkflowConnection, WorkflowEdge, WorkflowInput
 from gql.services.auth import Principal
-from gql.services.errors import BadUserInput, NotFound
+from gql.services.errors import NotFound
 from gql.services.workflows import WorkflowService
 from tasks.core.records import JobSnapshot
 from tasks.core.workflow_records import WorkflowFailure as WorkflowFailureValue
@@ -63,10 +64,7 @@ class WorkflowQuery:
             str | None, strawberry.argument(description="A cursor: the workflows after that one.")
         ] = None,
     ) -> WorkflowConnection:
-        first = 20 if first is None else first
-        largest = info.context.jobs.settings.max_page_size
-        if not 0 <= first <= largest:
-            raise BadUserInput.field("first", f"must be 0..{largest}")
+        first = page_size(first, info.context.jobs.settings.max_page_size)
         before = decode_cursor(after) if after else None
         found = await _service(info).page(info.context.scope, first + 1, before) if first else []
         edges = [
@@ -75,16 +73,8 @@ class WorkflowQuery:
             )
             for score, watched in found
         ]
-        page = edges[:first]
-        return WorkflowConnection(
-            edges=page,
-            page_info=PageInfo(
-                has_next_page=len(edges) > first,
-                has_previous_page=after is not None,
-                start_cursor=page[0].cursor if page else None,
-                end_cursor=page[-1].cursor if page else None,
-            ),
-        )
+        page, page_info = page_of(edges, first, after)
+        return WorkflowConnection(edges=page, page_info=page_info)
 
 
 async def run_workflow(
