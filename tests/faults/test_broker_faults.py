@@ -22,6 +22,10 @@ from tests.support.proxy import LoopbackProxy
 pytestmark = pytest.mark.slow
 
 ENQUEUE = 'mutation { processData(input: {data: "b", delay: 0}) { id } }'
+# A black-holed broker is only noticed when the publish timeout runs out. Left alone, a
+# socket waits for its own timeout and kombu retries: seconds, not this plus scheduling.
+PUBLISH_TIMEOUT = 0.5
+SLACK = 2.0  # 50 to 200 answers on a shared, busy two-core machine
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +37,12 @@ def proxy(valkey: EmbeddedValkey) -> Iterator[LoopbackProxy]:
 
 @pytest.fixture(scope="module")
 def proxied_api(proxy: LoopbackProxy, valkey: EmbeddedValkey, data_dir: Path) -> Iterator[GraphQL]:
-    env = service_env(valkey.url, data_dir, JOBQL_BROKER_URL=f"redis://127.0.0.1:{proxy.port}/0")
+    env = service_env(
+        valkey.url,
+        data_dir,
+        JOBQL_BROKER_URL=f"redis://127.0.0.1:{proxy.port}/0",
+        JOBQL_PUBLISH_TIMEOUT=str(PUBLISH_TIMEOUT),
+    )
     with running_api(env, data_dir) as api:
         yield api
 
@@ -81,7 +90,7 @@ async def test_a_broker_fault_answers_each_mutation_unavailable_fast_and_recover
     codes = [code for _, code in answers]
     slowest = max(seconds for seconds, _ in answers)
     assert codes == ["SERVICE_UNAVAILABLE"] * count, codes
-    assert slowest < 2.0, f"the slowest answer took {slowest:.2f} s"
+    assert slowest < PUBLISH_TIMEOUT + SLACK, f"the slowest answer took {slowest:.2f} s"
     assert proxied_api.newest_job_id() == before, "a job record was left without its message"
 
     deadline = time.monotonic() + 15
@@ -94,4 +103,5 @@ async def test_a_broker_fault_answers_each_mutation_unavailable_fast_and_recover
     ledger.submitted = count + 1
     ledger.rejected["SERVICE_UNAVAILABLE"] = count
     ledger.terminal["PENDING (accepted)"] = 1
+    ledger.notes.append(f"slowest refusal {slowest:.2f} s (publish timeout {PUBLISH_TIMEOUT} s)")
     ledger.settle()
