@@ -124,6 +124,12 @@ class EmbeddedValkeyCluster:
         """Any node's address: clients discover the others from it."""
         return f"redis://127.0.0.1:{self.nodes[0].port}"
 
+    @property
+    def seeds(self) -> str:
+        """Every node's address, ``;``-separated: a client started while one is down
+        learns the cluster from another."""
+        return ";".join(node.url.removesuffix("/0") for node in self.nodes)
+
     def start(self, timeout: float = 30.0) -> EmbeddedValkeyCluster:
         import redis
 

@@ -196,7 +196,7 @@ class ShardedPubSubBackend:
 
     def _node_url(self, host: str, port: str | int) -> str:
         """The seed URL (scheme, credentials, options) pointed at one node."""
-        parts = urlsplit(self._url)
+        parts = urlsplit(redis_clients.cluster_seeds(self._url)[0])
         credentials = parts.netloc.rpartition("@")[0]
         netloc = f"{credentials}@{host}:{port}" if credentials else f"{host}:{port}"
         return urlunsplit((parts.scheme, netloc, "", parts.query, ""))

@@ -99,6 +99,9 @@ def run_checks(*, worker: str | None = None, beat: bool = False) -> int:
     if settings.records != settings.redis or settings.records_cluster:
         check(f"job records at {_safe(settings.records)} answer", lambda: _records(settings).ping(),
               "Is JOBQL_RECORDS_URL right (and JOBQL_RECORDS_CLUSTER for a cluster)?")  # fmt: skip
+    if settings.records_cluster and not redis_clients.cluster_seeds(settings.records)[1]:
+        _warn("JOBQL_RECORDS_URL names one node of the cluster: a process started while it "
+              "is down cannot find the others; name several, ';'-separated")  # fmt: skip
     if failures == failed_before:
         # PING works while Redis refuses every write (maxmemory, a disk it cannot save to).
         check(f"job records at {_safe(settings.records)} take writes", lambda: _write(settings),

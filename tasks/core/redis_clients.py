@@ -16,10 +16,13 @@ from urllib.parse import unquote, urlsplit
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelPool
 from redis.backoff import ExponentialBackoff
+from redis.cluster import ClusterNode as SyncClusterNode
+from redis.exceptions import RedisClusterUnreachableError, SlotNotCoveredError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -203,10 +206,69 @@ def async_client(
     return cast(aioredis.Redis, client)
 
 
+def cluster_seeds(url: str) -> tuple[str, list[tuple[str, int]]]:
+    """A cluster's URL names one node or several, ``;``-separated as Sentinel's are
+    (``redis://:pw@a:7000;redis://b:7001``): the first URL, whose scheme, credentials and
+    options serve every node, and the other nodes' addresses."""
+    first, *others = [part.strip() for part in url.split(";") if part.strip()]
+    seeds: list[tuple[str, int]] = []
+    for other in others:
+        parts = urlsplit(other)
+        if parts.scheme != urlsplit(first).scheme or not parts.hostname:
+            raise ValueError("a cluster URL is redis://host:port;redis://host:port, one scheme")
+        seeds.append((parts.hostname, parts.port or 6379))
+    return first, seeds
+
+
+# What redis-py's cluster client raises when no node it knows answers, or none serves a
+# slot (a primary died and its replica is not yet elected). They are not ``RedisError``s
+# (redis/redis-py#2310), so they would escape every handler that treats Redis as down.
+_CLUSTER_DOWN = (RedisClusterUnreachableError, SlotNotCoveredError)
+
+
+class _SyncCluster(redis.RedisCluster):
+    """redis-py's cluster client, raising a cluster that does not answer as the
+    ``redis.ConnectionError`` a single Redis that does not answer raises."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:  # it learns the nodes here: the seeds must answer
+            super().__init__(*args, **kwargs)
+        except _CLUSTER_DOWN as exc:
+            raise redis.ConnectionError(f"no node of the Redis Cluster answers: {exc}") from exc
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except _CLUSTER_DOWN as exc:
+            raise redis.ConnectionError(f"the Redis Cluster does not answer: {exc}") from exc
+
+
+class _AsyncCluster(aioredis.RedisCluster):
+    """:class:`_SyncCluster` for asyncio: it learns the nodes on its first command."""
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> _AsyncCluster:
+        try:
+            await super().initialize(*args, **kwargs)
+        except _CLUSTER_DOWN as exc:
+            raise redis.ConnectionError(f"no node of the Redis Cluster answers: {exc}") from exc
+        return self
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except _CLUSTER_DOWN as exc:
+            raise redis.ConnectionError(f"the Redis Cluster does not answer: {exc}") from exc
+
+
 def sync_cluster(url: str, settings: Settings, *, retry: Retry | None = None) -> redis.RedisCluster:
-    """A blocking client of a Redis Cluster (``JOBQL_RECORDS_CLUSTER``): ``url`` names any
-    node, the others are discovered; redis-py follows ``-MOVED``/``-ASK`` by itself."""
-    return redis.RedisCluster.from_url(url, **_common(url, settings, True, True, retry))
+    """A blocking client of a Redis Cluster (``JOBQL_RECORDS_CLUSTER``): ``url`` names one
+    node or several (:func:`cluster_seeds`), the others are discovered; redis-py follows
+    ``-MOVED``/``-ASK`` by itself. A client made while the only seed named is down cannot
+    start: name several."""
+    first, seeds = cluster_seeds(url)
+    nodes = [SyncClusterNode(host, port) for host, port in seeds]  # type: ignore[no-untyped-call]
+    kwargs = _common(first, settings, True, True, retry)
+    return _SyncCluster.from_url(first, startup_nodes=nodes, **kwargs)
 
 
 def async_cluster(
@@ -217,10 +279,12 @@ def async_cluster(
     max_connections: int | None = None,
 ) -> aioredis.RedisCluster:
     """An asyncio client of a Redis Cluster; ``max_connections`` is per node."""
-    kwargs = _common(url, settings, True, True, retry)
+    first, seeds = cluster_seeds(url)
+    kwargs = _common(first, settings, True, True, retry)
     if max_connections is not None:
         kwargs["max_connections"] = max_connections
-    return aioredis.RedisCluster.from_url(url, **kwargs)
+    nodes = [AsyncClusterNode(host, port) for host, port in seeds]
+    return _AsyncCluster.from_url(first, startup_nodes=nodes, **kwargs)
 
 
 def close(client: redis.Redis) -> None:

@@ -48,7 +48,8 @@ class Settings(BaseSettings):
     # Job records and their events (README "Deploying on a Redis Cluster"); by default the
     # Redis above.
     records_url: str | None = None
-    # JOBQL_RECORDS_URL names a node of a Redis/Valkey Cluster (the others are discovered);
+    # JOBQL_RECORDS_URL names nodes of a Redis/Valkey Cluster, ';'-separated (the others are
+    # discovered from whichever answers);
     # events then go out on sharded pub/sub. Celery's broker cannot be that cluster.
     records_cluster: bool = False
     # How many hash tags job records are spread over (tasks.core.slots): 1 on one Redis, 16 on a

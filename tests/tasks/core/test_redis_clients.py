@@ -9,8 +9,10 @@ import ssl
 from pathlib import Path
 
 import pytest
+import redis
 from pydantic import ValidationError
 
+from devtools.processes import free_port
 from gql.ops.checks import _safe
 from tasks.core import redis_clients
 from tasks.core.app import celery_config
@@ -103,3 +105,33 @@ def test_beat_reads_its_schedules_over_tls_and_through_sentinel_like_the_records
         ("10.0.0.2", 26380),
     ]
     assert pool.connection_kwargs["password"] == "s3cret" and pool.connection_kwargs["db"] == 2
+
+
+def test_a_cluster_url_names_several_seed_nodes_the_first_giving_credentials() -> None:
+    first, others = redis_clients.cluster_seeds(
+        "redis://default:pw@node-1:7000; redis://node-2:7001;redis://node-3"
+    )
+    assert first == "redis://default:pw@node-1:7000"
+    assert others == [("node-2", 7001), ("node-3", 6379)]
+    assert redis_clients.cluster_seeds("redis://node-1:7000") == ("redis://node-1:7000", [])
+    with pytest.raises(ValueError, match="one scheme"):
+        redis_clients.cluster_seeds("rediss://node-1:7000;redis://node-2:7001")
+
+
+def test_a_cluster_whose_seeds_are_all_down_raises_what_a_redis_that_is_down_raises() -> None:
+    # redis-py raises RedisClusterUnreachableError, which is no RedisError (redis-py#2310):
+    # every handler that answers "Redis is down" would let it escape.
+    settings = Settings(connect_timeout=0.2)
+    dead = ";".join(f"redis://127.0.0.1:{port}" for port in (free_port(), free_port()))
+    with pytest.raises(redis.ConnectionError, match="no node of the Redis Cluster answers"):
+        redis_clients.sync_cluster(dead, settings)
+
+
+async def test_an_asyncio_cluster_whose_seeds_are_down_raises_a_connection_error() -> None:
+    settings = Settings(connect_timeout=0.2)
+    client = redis_clients.async_cluster(f"redis://127.0.0.1:{free_port()}", settings)
+    try:
+        with pytest.raises(redis.ConnectionError, match="Redis Cluster"):
+            await client.get("jobql:probe")
+    finally:
+        await client.aclose()
