@@ -151,13 +151,18 @@ docs: sync  ## build the documentation site into var/site
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict  # without Material's end-of-life banner
 
 # The fault, load and bad-input scenarios (docs/operating/guarantees.md); `make test` runs each in
-# its smallest form, this runs them at full size and writes the ledger. The Django beats' lease
-# needs the example project's database and Django: its row goes to a ledger of its own.
-RELIABILITY_TESTS := tests/faults
+# its smallest form, this runs them at full size and writes the ledger: the fault files, the
+# Redis Cluster failover, then the RabbitMQ reconnect (only on a RabbitMQ broker). The Django
+# beats' lease needs the example project's database and Django. Each writes a ledger of its own.
+RELIABILITY_TESTS := tests/faults \
+	tests/live/test_cluster.py::test_a_primary_killed_under_load_fails_over_to_its_replica_and_nothing_is_lost
 
 reliability: sync  ## every fault scenario at full size; writes bench/results/reliability*.md
 	JOBQL_RELIABILITY=full JOBQL_LEDGER_OUT=bench/results/reliability.md \
 		$(BIN)/python -m pytest $(RELIABILITY_TESTS)
+	JOBQL_RELIABILITY=full JOBQL_TEST_BROKER=rabbitmq \
+		JOBQL_LEDGER_OUT=bench/results/reliability-rabbitmq.md \
+		$(BIN)/python -m pytest tests/faults/test_rabbitmq_reconnect.py
 	cd examples/django && JOBQL_RELIABILITY=full \
 		JOBQL_LEDGER_OUT=$(CURDIR)/bench/results/reliability-django.md \
 		$(abspath $(BIN))/python -m pytest tests/test_django_beats.py

@@ -22,6 +22,7 @@ import contextlib
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ INTERVAL = 0.4 if not FULL else 0.2
 CYCLE = ("report", "effect", "scheduled", "quick")
 REPORT = {"userId": 1, "steps": 25, "stepDelay": 0.1}  # 2.5 s: runs across a worker's stop
 # Seconds of load before the first replacement, between two, and after the last.
+# A warm shutdown longer than this (its jobs take a second or two) has its stacks written out.
+SLOW_STOP = 8.0
 WARMUP, BETWEEN, TAIL = (2.0, 1.0, 2.0) if not FULL else (5.0, 4.0, 5.0)
 WORKERS = scale(1, 2)
 CONCURRENCY = 4
@@ -394,10 +397,25 @@ async def _replace_worker(stack: Stack, i: int, to: Release, phases: Phases) -> 
     old = stack.workers[i]
     with phases.phase(f"worker {i + 1} {old.release.version} stop"):
         old.process.send_signal(signal.SIGTERM)
-        code = await asyncio.to_thread(old.process.wait, 120)
+        try:
+            code = await asyncio.to_thread(old.process.wait, SLOW_STOP)
+        except subprocess.TimeoutExpired:
+            # Its jobs take a second or two: say where a slow warm shutdown waits.
+            _dump_stacks(old.process.pid, old.log.with_suffix(".stacks"))
+            code = await asyncio.to_thread(old.process.wait, 120)
         assert code == 0, f"worker {old.name} exited with {code}: {old.log.read_text()[-3000:]}"
     with phases.phase(f"worker {i + 1} {to.version} start"):
         stack.workers[i] = await asyncio.to_thread(stack.start_worker, to)
+
+
+def _dump_stacks(pid: int, into: Path) -> None:
+    """Every thread's stack of ``pid`` and its pool processes (py-spy), appended to ``into``."""
+    spy = str(Path(sys.executable).with_name("py-spy"))
+    dump = subprocess.run([spy, "dump", "--subprocesses", "--pid", str(pid)],
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    with into.open("a") as out:
+        out.write(f"--- {time.strftime('%H:%M:%S')} worker {pid} still stopping\n")
+        out.write(dump.stdout + dump.stderr)
 
 
 async def _roll(stack: Stack, before: Release, after: Release, book: Ledger) -> None:
