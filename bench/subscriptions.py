@@ -8,10 +8,10 @@
    WebSocket, are opened against one API process; its RSS before and after gives the cost
    of one subscription.
 3. CPU per delivered event (``make bench``'s P13). Under the fan-out load (N jobs, each
-   reporting once a second), the API process's CPU time from the first report to the last
-   delivery, divided by the events its clients received; beside it, the same for a minimal
-   relay (``bench.baselines.relay``: one pub/sub reader, one WebSocket send per message)
-   delivering the same jobs' events to the same kind of clients.
+   reporting once a second), the API process's CPU time from just before the reports to
+   the last delivery, divided by the events its clients received; beside it, the same for
+   a minimal relay (``bench.baselines.relay``: one pub/sub reader, one WebSocket send per
+   message) delivering the same jobs' events to the same kind of clients.
 
     .venv/bin/python -m bench.subscriptions --events 500 --rate 50 --subscriptions 10000
 """
