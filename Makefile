@@ -167,6 +167,8 @@ reliability: sync  ## every fault scenario at full size; writes bench/results/re
 		JOBQL_LEDGER_OUT=$(CURDIR)/bench/results/reliability-django.md \
 		$(abspath $(BIN))/python -m pytest tests/test_django_beats.py
 
+# On another interpreter, in an environment of its own made from the same lock:
+# `make bench PYTHON=<python3.13> VENV=.venv-3.13` writes bench/results/latest-py3.13.*.
 bench: sync  ## every figure against its baseline, production profile; bench/results/latest.*
 	$(BIN)/python -m bench.run
 

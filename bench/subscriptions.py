@@ -7,6 +7,11 @@
 2. Capacity. K jobs wait (scheduled an hour ahead); K ``job(id)`` subscriptions, 100 per
    WebSocket, are opened against one API process; its RSS before and after gives the cost
    of one subscription.
+3. CPU per delivered event (``make bench``'s P13). Under the fan-out load (N jobs, each
+   reporting once a second), the API process's CPU time from just before the reports to
+   the last delivery, divided by the events its clients received; beside it, the same for
+   a minimal relay (``bench.baselines.relay``: one pub/sub reader, one WebSocket send per
+   message) delivering the same jobs' events to the same kind of clients.
 
     .venv/bin/python -m bench.subscriptions --events 500 --rate 50 --subscriptions 10000
 """
@@ -18,7 +23,11 @@ import asyncio
 import contextlib
 import json
 import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -27,7 +36,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from bench import auth
-from bench.stack import rss_kib, running_stack
+from bench.stack import ROOT, cpu_seconds, rss_kib, running_stack
+from devtools.processes import free_port, stop_all
+from tasks.core import records
 
 WATCH = "subscription($id: ID!) { job(id: $id) { state progress { data } } }"
 PER_CONNECTION = 100
@@ -157,20 +168,89 @@ async def _subscribe_all(base: str, ids: list[str]) -> list[ClientConnection]:
     return connections
 
 
-async def fanout_latency(base: str, count: int, seconds: float) -> list[float]:
-    """``count`` subscriptions, each job reporting progress once a second from a worker."""
-    async with httpx.AsyncClient(base_url=base, timeout=60) as http:
-        ids = await _waiting_jobs(http, count)
-        connections = await _subscribe_all(base, ids)
-        half = (len(ids) + 1) // 2
-        for part in (ids[:half], ids[half:]):  # two worker processes share the reporting
-            if part:
-                await _graphql(
-                    http,
-                    'mutation($i: JSON!) { enqueue(task: "bench.fanout", input: $i) { id } }',
-                    {"i": {"jobIds": part, "seconds": seconds, "senders": FANOUT_SENDERS}},
-                )
-    latencies: list[float] = []
+SAMPLE_EVERY = 0.05  # seconds between two readings of the serving process's CPU
+
+
+class CpuWindow:
+    """A serving process's CPU time while it delivers, and what its clients received.
+
+    It runs from ``start()`` (just before the progress reports are asked for, so the two
+    requests that ask count against the server) to the first reading after the last
+    delivery, not to the drain's deadline: the idle seconds the drain waits out would
+    otherwise be counted too. The readings come every ``SAMPLE_EVERY`` seconds.
+    """
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.delivered = 0
+        self.last_delivery = 0.0
+        self.readings: list[tuple[float, float]] = []  # (monotonic, CPU seconds)
+        self._sampler: asyncio.Task[None] | None = None
+
+    def _read(self) -> None:
+        if self.pid is not None:
+            self.readings.append((time.monotonic(), cpu_seconds(self.pid)))
+
+    async def _sample(self) -> None:
+        while True:
+            await asyncio.sleep(SAMPLE_EVERY)
+            self._read()
+
+    def start(self) -> None:
+        self._read()
+        self._sampler = asyncio.create_task(self._sample())
+
+    def note_delivery(self) -> None:
+        self.delivered += 1
+        self.last_delivery = time.monotonic()
+
+    async def stop(self) -> float:
+        """The CPU seconds the process spent in the window (0 without a pid)."""
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
+        self._read()
+        if not self.readings:
+            return 0.0
+        end = next(cpu for at, cpu in self.readings if at >= self.last_delivery)
+        return end - self.readings[0][1]
+
+
+@dataclass
+class Delivery:
+    """One fan-out as its clients saw it: latency per progress event (where the message
+    carries its send time), messages received, and the serving process's CPU meanwhile."""
+
+    latencies: list[float] = field(default_factory=list)
+    delivered: int = 0
+    server_cpu_seconds: float = 0.0
+
+    @property
+    def cpu_us_per_message(self) -> float:
+        return self.server_cpu_seconds / max(1, self.delivered) * 1e6
+
+
+async def _report_progress(http: httpx.AsyncClient, ids: list[str], seconds: float) -> None:
+    """Every job in ``ids`` reports progress once a second for ``seconds``, from two worker
+    processes (``bench.fanout``), through the step a task's own progress report takes."""
+    half = (len(ids) + 1) // 2
+    for part in (ids[:half], ids[half:]):
+        if part:
+            await _graphql(
+                http,
+                'mutation($i: JSON!) { enqueue(task: "bench.fanout", input: $i) { id } }',
+                {"i": {"jobIds": part, "seconds": seconds, "senders": FANOUT_SENDERS}},
+            )
+
+
+async def _drain(
+    connections: list[ClientConnection],
+    seconds: float,
+    receive: Callable[[ClientConnection, str | bytes], Awaitable[None]],
+) -> None:
+    """Hand every frame to ``receive`` until the reports' window and 5 s more are over,
+    then close every connection."""
     deadline = asyncio.get_running_loop().time() + seconds + 5
 
     async def drain(ws: ClientConnection) -> None:
@@ -179,18 +259,91 @@ async def fanout_latency(base: str, count: int, seconds: float) -> list[float]:
         with contextlib.suppress(TimeoutError, ConnectionClosed):
             async with asyncio.timeout_at(deadline):
                 async for raw in ws:
-                    message = json.loads(raw)
-                    if message["type"] == "next":
-                        progress = message["payload"]["data"]["job"]["progress"]
-                        if progress:
-                            latencies.append(time.time() - progress["data"]["sentAt"])
-                    elif message["type"] == "ping":  # graphql-transport-ws: answered at once
-                        await ws.send('{"type":"pong"}')
+                    await receive(ws, raw)
 
     await asyncio.gather(*(drain(ws) for ws in connections))
     # At once: each close may wait its close timeout for the server's answer.
     await asyncio.gather(*(ws.close() for ws in connections))
-    return latencies
+
+
+async def fanout_latency(
+    base: str,
+    count: int,
+    seconds: float,
+    api_pid: int | None = None,
+    alongside: Callable[[float], Coroutine[Any, Any, object]] | None = None,
+) -> Delivery:
+    """``count`` subscriptions, each job reporting progress once a second from a worker.
+
+    With ``api_pid``, the API process's CPU over the delivery (see ``CpuWindow``); with
+    ``alongside``, a load run while the reports go out (it is given their seconds)."""
+    window = CpuWindow(api_pid)
+    delivery = Delivery()
+    async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+        ids = await _waiting_jobs(http, count)
+        connections = await _subscribe_all(base, ids)
+        load = asyncio.create_task(alongside(seconds)) if alongside else None
+        window.start()
+        await _report_progress(http, ids, seconds)
+
+    async def receive(ws: ClientConnection, raw: str | bytes) -> None:
+        message = json.loads(raw)
+        if message["type"] == "next":
+            window.note_delivery()
+            progress = message["payload"]["data"]["job"]["progress"]
+            if progress:
+                delivery.latencies.append(time.time() - progress["data"]["sentAt"])
+        elif message["type"] == "ping":  # graphql-transport-ws: answered at once
+            await ws.send('{"type":"pong"}')
+
+    await _drain(connections, seconds, receive)
+    delivery.server_cpu_seconds = await window.stop()
+    delivery.delivered = window.delivered
+    if load is not None:
+        await load
+    return delivery
+
+
+async def relay_fanout(base: str, relay: RelayProcess, count: int, seconds: float) -> Delivery:
+    """P13's baseline: the same jobs, reports and clients (100 jobs a WebSocket), each job's
+    events delivered by the minimal relay (``bench.baselines.relay``) instead of the API."""
+    window = CpuWindow(relay.process.pid)
+
+    async def receive(_: ClientConnection, __: str | bytes) -> None:
+        window.note_delivery()
+
+    async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+        ids = await _waiting_jobs(http, count)
+        connections = []
+        for offset in range(0, len(ids), PER_CONNECTION):
+            ws = await connect(
+                f"ws://127.0.0.1:{relay.port}", max_size=None, ping_interval=None, max_queue=None
+            )
+            channels = [records.job_channel(job) for job in ids[offset : offset + PER_CONNECTION]]
+            await ws.send(json.dumps(channels))
+            connections.append(ws)
+        for ws in connections:
+            assert await asyncio.wait_for(ws.recv(), 120) == "ready"
+        window.start()
+        await _report_progress(http, ids, seconds)
+    await _drain(connections, seconds, receive)
+    return Delivery(delivered=window.delivered, server_cpu_seconds=await window.stop())
+
+
+class RelayProcess:
+    """``bench.baselines.relay`` in a process of its own, so its CPU is its own."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.baselines.relay", redis_url, str(self.port)],
+            cwd=ROOT, stdout=subprocess.PIPE,
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        assert self.process.stdout.readline().strip() == b"ready"
+
+    def stop(self) -> None:
+        stop_all([self.process])
 
 
 async def raw_fanout_latency(url: str, count: int, seconds: float) -> list[float]:

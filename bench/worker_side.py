@@ -249,7 +249,7 @@ async def measure(
     stack: Stack, jobs: int, reports: int, repetitions: int
 ) -> list[dict[str, float]]:
     """Per repetition, the baseline then JobQL: P10 (jobs/s), P10b (µs per progress
-    report), and each side's memory per job."""
+    report), and each side's memory per job (P16)."""
     # The baseline's worker reads its Redis from the environment.
     stack.env["BENCH_REDIS_URL"] = stack.valkey.url
     client = aioredis.Redis.from_url(stack.valkey.url, decode_responses=True)
@@ -274,6 +274,9 @@ async def measure(
                 "memory.jobql.used": jobql["used_memory_per_job"],
                 "memory.baseline.keys": base["key_bytes"],
                 "memory.jobql.keys": jobql["key_bytes"],
+                # P16: Valkey's used_memory growth per finished job, each side.
+                "P16.baseline": base["used_memory_per_job"],
+                "P16.jobql": jobql["used_memory_per_job"],
             })  # fmt: skip
     finally:
         await client.aclose()
