@@ -40,9 +40,15 @@ class Relay:
         for channel in channels:
             self.readers_of[channel.encode()].append(connection)
         await self.pubsub.subscribe(*channels)
-        if self.reader is None:  # redis-py's listen() ends at once while nothing is subscribed
-            self.reader = asyncio.create_task(self.read_forever())
         await connection.wait_closed()
+
+    async def start(self) -> None:
+        """Connect and start reading before any client comes: redis-py's pub/sub makes its
+        connection on the first subscribe, and clients subscribing at once while there was
+        none made one each, all but the last one's confirmations lost (a client then waited
+        for ``ready`` for good). ``listen()`` also ends at once while nothing is subscribed."""
+        await self.pubsub.subscribe("bench:relay:alive")
+        self.reader = asyncio.create_task(self.read_forever())
 
     async def read_forever(self) -> None:
         async for message in self.pubsub.listen():
@@ -61,6 +67,7 @@ class Relay:
 async def main(redis_url: str, port: int) -> None:
     client = aioredis.Redis.from_url(redis_url)
     relay = Relay(client.pubsub())
+    await relay.start()
     async with serve(relay.serve_client, "127.0.0.1", port, max_size=None, ping_interval=None):
         print("ready", flush=True)
         await asyncio.Future()  # until the bench stops the process

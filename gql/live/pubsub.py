@@ -117,6 +117,7 @@ class RedisPubSubBackend:
         self.on_moved: Callable[[str | None], None] = _nobody_to_rehome
         self.connected = asyncio.Event()
         self.reconnects = 0
+        self._heard = False  # whether anything was read since the watch last looked
 
     async def connect(self) -> None:
         """Start the reader; Redis being down now only delays the first connection."""
@@ -192,7 +193,7 @@ class RedisPubSubBackend:
                 # Our own channel last: its confirmation confirms every one before it.
                 await self._subscribe(pubsub, *self._channels, self._own_channel)
                 self._pubsub = pubsub
-                await self._read(pubsub, resync=not first)
+                await self._read_watched(pubsub, resync=not first)
             except Exception as exc:
                 # Whatever ends a connection, the reader outlives it: subscribers depend on it.
                 if not isinstance(exc, aioredis.RedisError | OSError):
@@ -213,24 +214,49 @@ class RedisPubSubBackend:
                 first = False
             backoff = 0.05
 
+    async def _read_watched(self, pubsub: PubSub, *, resync: bool) -> None:
+        """The read loop, and beside it a watch that PINGs a quiet connection. The read waits
+        with no timer: redis-py enters a timeout for every message read with one, and that
+        was a sixth of the API's CPU per delivered event. Whichever ends first ends both."""
+        reading = asyncio.create_task(self._read(pubsub, resync=resync))
+        watching = asyncio.create_task(self._watch(pubsub))
+        try:
+            done, _ = await asyncio.wait({reading, watching}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # what ended it: a lost connection, a PING not answered
+        finally:
+            for task in (reading, watching):
+                task.cancel()
+            await asyncio.gather(reading, watching, return_exceptions=True)
+
+    async def _watch(self, pubsub: PubSub) -> None:
+        """PING after ``idle_ping`` seconds in which nothing was read; nothing read in the
+        next ``idle_ping`` either (not even the PONG) counts as a lost connection."""
+        pinged = False
+        while True:
+            self._heard = False
+            await asyncio.sleep(self._idle_ping)
+            if self._heard:
+                pinged = False
+            elif pinged:
+                raise aioredis.ConnectionError("no answer to PING on the pub/sub connection")
+            else:
+                await pubsub.ping()
+                pinged = True
+
     async def _read(self, pubsub: PubSub, *, resync: bool) -> None:
-        awaiting_pong = False
         while True:
             try:
-                message = await pubsub.get_message(timeout=self._idle_ping)
+                message = await pubsub.get_message(timeout=None)
             except MovedError:
                 # An SSUBSCRIBE of a slot this node no longer serves: the replies come in
                 # order, but redis-py does not say whose this is; the waiting ones retry.
                 self._fail_confirmations(SlotMoved("a channel's slot moved"))
                 self.on_moved(None)
                 continue
+            self._heard = True
             if message is None:
-                if awaiting_pong:
-                    raise aioredis.ConnectionError("no answer to PING on the pub/sub connection")
-                await pubsub.ping()
-                awaiting_pong = True
                 continue
-            awaiting_pong = False
             kind, channel = message["type"], message["channel"]
             if kind in ("message", "smessage"):
                 try:
