@@ -19,6 +19,7 @@ import redis
 from celery import bootsteps, states
 from celery.backends.redis import RedisBackend as CeleryRedisBackend
 from celery.exceptions import BackendStoreError
+from celery.utils.serialization import create_exception_cls
 
 from tasks.core import compat, events, record_results, records, slots
 from tasks.core.result_backends import RECORDS_KEY, RESULTS_KEY, is_database, is_redis
@@ -169,6 +170,23 @@ class RedisBackend(ThresholdCompression, CeleryRedisBackend):  # type: ignore[mi
         # terminate) never overwrites it.
         return state in states.PROPAGATE_STATES and self._record_succeeded(task_id)
 
+    def _exception(self, described: Any) -> BaseException:
+        """The exception Celery described, as ``AsyncResult`` raises it again (its type and
+        arguments), for the record's ``error``; a plain one with its words if it cannot be."""
+        if isinstance(described, BaseException):
+            return described
+        try:
+            exception = self.exception_to_python(described)
+        except Exception:
+            exception = None
+        if isinstance(exception, BaseException):
+            return exception
+        fields = described if isinstance(described, dict) else {"exc_message": described}
+        name = str(fields.get("exc_type") or "Error").rsplit(".", 1)[-1]
+        words = fields.get("exc_message")
+        message = " ".join(map(str, words)) if isinstance(words, list | tuple) else str(words)
+        return create_exception_cls(name, __name__)(message)  # type: ignore[no-any-return]
+
     def _record_succeeded(self, task_id: str) -> bool:
         stored = self._from_records([task_id])[0]
         return stored is not None and self.decode_result(stored)["status"] == states.SUCCESS
@@ -188,8 +206,9 @@ class RedisBackend(ThresholdCompression, CeleryRedisBackend):  # type: ignore[mi
             payload = getattr(request, "jobql_result_json", None)
             outcome = events.succeeded(task_id, task, result, payload)
         else:
+            # Celery hands the store its description of the exception, not the exception.
             error = record_results.error_field(meta["result"], meta.get("traceback"))
-            outcome = events.failed(task_id, task, result, error)
+            outcome = events.failed(task_id, task, self._exception(result), error)
         if outcome is None or outcome == "missing":
             return False
         setattr(request, RECORDED_MARK, True)

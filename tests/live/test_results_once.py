@@ -67,6 +67,8 @@ def test_a_jobs_outcome_is_in_its_record_only_and_asyncresult_reads_it(
     done = api.wait_done(api.data(PROCESS)["processData"]["id"])
     failed = api.wait_done(api.data(FAIL)["sendEmail"]["id"])
     assert _key(settings, done["id"]) is None and _key(settings, failed["id"]) is None
+    # The record's own error, as JobQL shows it, is the exception's type and words.
+    assert failed["error"]["type"] == "PermanentEmailError", failed["error"]
     app = create_celery_app(settings)
     try:
         result = app.AsyncResult(done["id"])
