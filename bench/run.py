@@ -676,7 +676,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             "",
             f"Redis memory per finished job: JobQL {memory['memory.jobql.used']:,.0f} B"
-            f" (its record and Celery's result entry: {memory['memory.jobql.keys']:,.0f} B"
+            f" (its keys, the record and any Celery result entry:"
+            f" {memory['memory.jobql.keys']:,.0f} B"
             " by MEMORY USAGE), plain Celery"
             f" {memory['memory.baseline.used']:,.0f} B (its result entry:"
             f" {memory['memory.baseline.keys']:,.0f} B).",

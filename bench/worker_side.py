@@ -6,9 +6,11 @@ jobs' own finish times (JobQL's ``finished_at``, Celery's ``date_done``), the fi
 left out (the worker warming up), so neither side's start-up is measured. Progress is
 timed inside the task body: ``reports`` calls of ``job.progress`` against as many of stock
 ``self.update_state``. Memory is Valkey's ``used_memory`` growth per finished job, and
-``MEMORY USAGE`` of one job's keys (JobQL writes its record and Celery's result entry).
+``MEMORY USAGE`` of one job's keys (JobQL's record, and Celery's result entry where one is
+written: with ``JOBQL_CELERY_RESULTS=copy`` or ``all``, not with the default ``final``).
 
     .venv/bin/python -m bench.worker_side --jobs 3000
+    .venv/bin/python -m bench.worker_side --jobs 3000 --set JOBQL_CELERY_RESULTS=copy
 """
 
 from __future__ import annotations
@@ -298,8 +300,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=3000)
     parser.add_argument("--reports", type=int, default=200)
     parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--set", action="append", default=[], help="JOBQL_NAME=value for JobQL")
     args = parser.parse_args()
-    with running(settings={}) as stack:
+    settings = dict(item.split("=", 1) for item in args.set)
+    with running(settings=settings) as stack:
         runs = asyncio.run(measure(stack, args.jobs, args.reports, args.repetitions))
     print(json.dumps(runs, indent=2))
 

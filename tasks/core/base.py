@@ -92,6 +92,9 @@ class JobTask(Task):  # type: ignore[misc]
         if outcome in TERMINAL_STATES:
             logger.info("job %s is already %s; not running it again", task_id, outcome)
             raise Ignore()
+        if outcome == "ok":
+            # Its outcome may go to the record from the result backend's store.
+            self.request.jobql_started = True
 
     def _wait_for(self, holder: run_lease.Holder, task_id: str, redelivered: bool) -> None:
         """Another run of the job holds its lease (this delivery is a broker's second one,
@@ -129,7 +132,7 @@ class JobTask(Task):  # type: ignore[misc]
     def on_success(
         self, retval: Any, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
-        if not _builtin(self.name):
+        if not _builtin(self.name) and not recorded(self.request):
             payload = getattr(self.request, "jobql_result_json", None)
             events.succeeded(task_id, self.name, retval, payload)
 
@@ -141,7 +144,7 @@ class JobTask(Task):  # type: ignore[misc]
         kwargs: dict[str, Any],
         einfo: Any,
     ) -> None:
-        if not _builtin(self.name):
+        if not _builtin(self.name) and not recorded(self.request):
             events.failed(task_id, self.name, exc)
 
     def retry(
@@ -209,6 +212,12 @@ class JobTask(Task):  # type: ignore[misc]
             # and Flower) may miss one report, but a Redis blip must not fail the job. Seen
             # in the Redis-restart test: the report raised and the job ended in FAILURE.
             logger.warning("progress of job %s not stored in Celery's result backend", job_id)
+
+
+def recorded(request: Any) -> bool:
+    """Whether the result backend wrote the run's outcome to its record already
+    (``tasks.worker.results``, with the outcome stored once)."""
+    return bool(getattr(request, "jobql_outcome_recorded", False))
 
 
 def owner_hint(request: Any) -> str | None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from tasks.core import records, redis_clients, scripts, slots, timeline
+from tasks.core import record_results, records, redis_clients, scripts, slots, timeline
 from tasks.core.records import CANCELLABLE_STATES, RUNNING_STATES, JobState
 from tasks.core.settings import get_settings
 from tasks.core.workflow_records import WorkflowFailure, WorkflowSnapshot, workflow_key
@@ -327,16 +327,24 @@ def refused(job_id: str, kind: str, message: str) -> str:
     return transition(job_id, JobState.FAILURE, fields, allowed_from=CANCELLABLE_STATES)
 
 
-def succeeded(job_id: str | None, task: str, result: Any, payload: str | None = None) -> None:
-    """``payload``: the result's JSON, when the caller made it already."""
+def succeeded(job_id: str | None, task: str, result: Any, payload: str | None = None) -> str | None:
+    """``payload``: the result's JSON, when the caller made it already. Returns the
+    update's outcome, or None when it could not be recorded (see :func:`_safely`)."""
     if payload is None:
         payload = json.dumps(result, default=str, separators=(",", ":"))
-    _safely(job_id, task, JobState.SUCCESS, {"result": payload, "error": ""})
+    return _safely(job_id, task, JobState.SUCCESS, {"result": payload, "error": ""})
 
 
-def failed(job_id: str | None, task: str, exception: BaseException | None) -> None:
+def failed(
+    job_id: str | None, task: str, exception: BaseException | None, celery_error: str = ""
+) -> str | None:
+    """``celery_error``: Celery's description of the exception, for ``AsyncResult``
+    (:func:`tasks.core.record_results.error_field`). Returns as :func:`succeeded` does."""
     kind = type(exception).__name__ if exception else "Error"
-    _safely(job_id, task, JobState.FAILURE, {"error": _error_json(kind, str(exception))})
+    fields = {"error": _error_json(kind, str(exception))}
+    if celery_error:
+        fields[record_results.CELERY_ERROR] = celery_error
+    return _safely(job_id, task, JobState.FAILURE, fields)
 
 
 def retrying(
@@ -503,26 +511,26 @@ def _error_json(kind: str, message: str) -> str:
 
 def _safely(
     job_id: str | None, task: str, state: JobState, fields: dict[str, str], note: str = ""
-) -> None:
+) -> str | None:
     """Recording must not break the worker: a lost Redis is logged, the task still completes.
 
     A change a watcher must see (a final state, a retry) is tried again until Redis is back
     or ``JOBQL_REDIS_OUTAGE_TOLERANCE`` has passed: a Redis restart mid-job must not leave
-    the job's record short of its outcome.
+    the job's record short of its outcome. Returns the update's outcome, or None when it
+    was not recorded.
     """
     if not job_id:
-        return
+        return None
     deadline = time.monotonic() + get_settings().redis_outage_tolerance
     pause = 0.1
     while True:
         try:
             _progress.flush(job_id)
-            transition(job_id, state, fields, task=task, note=note)
-            return
+            return transition(job_id, state, fields, task=task, note=note)
         except redis.RedisError as exc:
             if time.monotonic() + pause > deadline:
                 logger.exception("could not record %s for job %s", state, job_id)
-                return
+                return None
             logger.warning("%s of job %s not recorded yet, trying again: %s", state, job_id, exc)
             time.sleep(pause)
             pause = min(1.0, pause * 2)

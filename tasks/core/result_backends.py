@@ -13,6 +13,13 @@ from tasks.core.result_compression import COMPRESSION_KEY, THRESHOLD_KEY
 from tasks.core.settings import Settings
 
 WORKER_BACKENDS = "tasks.worker.results"
+# Celery setting of JobQL's own: ``JOBQL_CELERY_RESULTS``, for the backend that honours it.
+RESULTS_KEY = "jobql_celery_results"
+# Where the backend finds job records: ``apart`` when they are not on the result backend's
+# Redis (another URL, a cluster: then the process's records client reads them), and over
+# how many hash tags they are spread. A plain Celery client naming JobQL's backend without
+# this setting reads them on the backend's Redis, with one tag (the defaults).
+RECORDS_KEY = "jobql_records"
 
 
 def is_database(url: str) -> bool:
@@ -49,6 +56,11 @@ def backend_options(settings: Settings) -> dict[str, Any]:
     options: dict[str, Any] = {
         COMPRESSION_KEY: settings.compression,
         THRESHOLD_KEY: settings.compression_threshold_bytes,
+        RESULTS_KEY: settings.celery_results,
+        RECORDS_KEY: {
+            "apart": settings.records != settings.result_backend or settings.records_cluster,
+            "shards": settings.shards,
+        },
     }
     if is_database(settings.result_backend):
         # The tables are made at the first use, not at a worker's start.

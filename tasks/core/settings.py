@@ -81,10 +81,13 @@ class Settings(BaseSettings):
     # unlike Redis, keeps them until something deletes them); 0 leaves it to celery beat.
     result_cleanup_interval: float = Field(default=3600.0, ge=0)
     # What Celery's result backend gets of each job, for AsyncResult / Flower /
-    # django-celery-results users: JobQL reads its own records, and each copy costs the
-    # worker two round trips. ``final``: the outcome only (stock Celery's default: no
-    # STARTED); ``all``: STARTED and every progress report too; ``none``: nothing.
-    celery_results: Literal["all", "final", "none"] = "final"
+    # django-celery-results users. ``final``: on a Redis backend the outcome is stored once,
+    # in the job's record, which AsyncResult reads through JobQL's backend (announced on
+    # Celery's channel for ``get()``); elsewhere, the outcome in the backend. ``copy``: the
+    # outcome also in Celery's own key, for tools that read the keys (Flower, stock
+    # Celery's backend); ``all``: the copy, STARTED and every progress report; ``none``:
+    # nothing.
+    celery_results: Literal["all", "copy", "final", "none"] = "final"
 
     task_modules: tuple[str, ...] = ("tasks.examples",)
     default_queue: str = "jobql"

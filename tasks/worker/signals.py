@@ -20,7 +20,7 @@ from celery.signals import (
 )
 
 from tasks.core import events, liveness, run_lease
-from tasks.core.base import JobTask, owner_hint
+from tasks.core.base import JobTask, owner_hint, recorded
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def _on_prerun(
     if _foreign(sender) and task_id:
         delivery = sender.request.delivery_info or {}
         try:
-            events.started(
+            outcome = events.started(
                 task_id,
                 sender.name,
                 sender.request.retries or 0,
@@ -68,11 +68,14 @@ def _on_prerun(
             )
         except redis.RedisError:
             logger.exception("could not record the start of job %s", task_id)
+            return
+        if outcome == "ok":
+            sender.request.jobql_started = True  # see tasks.worker.results
 
 
 @task_success.connect
 def _on_success(sender: Any = None, result: Any = None, **_: Any) -> None:
-    if _foreign(sender):
+    if _foreign(sender) and not recorded(sender.request):
         events.succeeded(sender.request.id, sender.name, result)
 
 
@@ -80,7 +83,7 @@ def _on_success(sender: Any = None, result: Any = None, **_: Any) -> None:
 def _on_failure(
     sender: Any = None, task_id: str | None = None, exception: BaseException | None = None, **_: Any
 ) -> None:
-    if _foreign(sender):
+    if _foreign(sender) and not recorded(sender.request):
         events.failed(task_id, sender.name, exception)
 
 

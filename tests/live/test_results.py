@@ -30,6 +30,8 @@ SETUP = {
     "JOBQL_COMPRESSION": "gzip",
     "JOBQL_COMPRESSION_THRESHOLD_BYTES": str(THRESHOLD),
     "JOBQL_MAX_RESULT_BYTES": str(LIMIT),
+    # These tests read Celery's own key: the copy kept for tools that read the keys.
+    "JOBQL_CELERY_RESULTS": "copy",
 }
 
 
@@ -45,6 +47,7 @@ def stack(valkey: EmbeddedValkey, data_dir: Path) -> Iterator[tuple[GraphQL, Set
         compression="gzip",
         compression_threshold_bytes=THRESHOLD,
         max_result_bytes=LIMIT,
+        celery_results="copy",
     )
     with running_worker(env, here, settings), running_api(env, here) as client:
         yield client, settings

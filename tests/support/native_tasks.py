@@ -8,6 +8,8 @@ import signal
 import time
 from typing import Any
 
+from celery import Task
+
 from tasks.core.app import celery_app
 from tasks.core.progress import JobContext
 
@@ -78,3 +80,17 @@ def flaky(self: Any) -> None:
     if not self.request.retries:
         raise self.retry(exc=ValueError("first try fails"), countdown=0)
     raise RuntimeError("second try fails too")
+
+
+@celery_app.task(name="native.total")
+def total(values: Any) -> int:
+    """A chord's body: the sum of its header's ``counted``, however the header nests them."""
+    if isinstance(values, dict):
+        return int(values.get("counted", 0))
+    return sum(total(value) for value in values)
+
+
+@celery_app.task(name="plain.boom", base=Task)
+def boom(message: str = "boom") -> None:
+    """A task on Celery's own base class, not JobTask: recorded through the worker's signals."""
+    raise KeyError(message)
