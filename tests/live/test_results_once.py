@@ -89,6 +89,7 @@ def test_a_jobs_outcome_is_in_its_record_only_and_asyncresult_reads_it(
         app.close()
 
 
+@pytest.mark.usefixtures("worker")  # a run of these alone starts none
 def test_get_returns_as_the_job_finishes_for_a_plain_celery_client(settings: Settings) -> None:
     _redis_backend(settings)
     app = _plain_client(settings)
@@ -114,6 +115,7 @@ def test_get_returns_as_the_job_finishes_for_a_plain_celery_client(settings: Set
         app.close()
 
 
+@pytest.mark.usefixtures("worker")  # a run of these alone starts none
 def test_a_chord_whose_header_nests_a_group_completes(settings: Settings) -> None:
     """A nested header makes Celery save the group and join its parts' results through
     ``get_many``: read from the parts' records."""
