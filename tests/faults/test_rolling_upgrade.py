@@ -42,7 +42,14 @@ from tests.conftest import service_env
 from tests.support.clients import TRANSPORTS, Stream, reconnecting
 from tests.support.ledger import FULL, Ledger, scale
 from tests.support.native_tasks import RUNS_KEY, SPANS_KEY
-from tests.support.releases import Release, current, prepare, previous_release, unavailable
+from tests.support.releases import (
+    RELEASES,
+    Release,
+    current,
+    prepare,
+    previous_release,
+    unavailable,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -400,9 +407,15 @@ async def _replace_worker(stack: Stack, i: int, to: Release, phases: Phases) -> 
         try:
             code = await asyncio.to_thread(old.process.wait, SLOW_STOP)
         except subprocess.TimeoutExpired:
-            # Its jobs take a second or two: say where a slow warm shutdown waits.
-            _dump_stacks(old.process.pid, old.log.with_suffix(".stacks"))
+            # Its jobs take a second or two: say where a slow warm shutdown waits. Into the
+            # checkout's var/, with the worker's log: pytest keeps only its last three
+            # temporary folders, and a CI run makes more (a 34.7 s stop was lost so).
+            kept = RELEASES.parent / "rolling-upgrade" / old.log.name
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            _dump_stacks(old.process.pid, kept.with_suffix(".stacks"))
             code = await asyncio.to_thread(old.process.wait, 120)
+            kept.write_bytes(old.log.read_bytes())
+            phases.seen.append(f"(stacks of the slow stop in {kept.with_suffix('.stacks')})")
         assert code == 0, f"worker {old.name} exited with {code}: {old.log.read_text()[-3000:]}"
     with phases.phase(f"worker {i + 1} {to.version} start"):
         stack.workers[i] = await asyncio.to_thread(stack.start_worker, to)
